@@ -16,8 +16,6 @@ pub const VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 128;
 /// Bytes of one block digest.
 pub const DIGEST_LEN: usize = 32;
-/// The part of the table header that the root covers.
-pub const COVERED_LEN: usize = 64;
 /// BLAKE3 key-derivation context of the root.
 pub const ROOT_CONTEXT: &str = "overlaybd-rs zfile integrity root v1";
 
@@ -105,10 +103,13 @@ pub fn block_digest(stored: &[u8]) -> [u8; DIGEST_LEN] {
     *blake3::hash(stored).as_bytes()
 }
 
-/// Computes the root over the covered header bytes, the raw index and the table.
-pub fn compute_root(covered: &[u8], index: &[u8], table: &[u8]) -> Root {
+/// Computes the root over the table header (its root field taken as zero), the raw index and
+/// the digests.
+pub fn compute_root(header: &[u8], index: &[u8], table: &[u8]) -> Root {
     let mut h = blake3::Hasher::new_derive_key(ROOT_CONTEXT);
-    h.update(&covered[..COVERED_LEN]);
+    h.update(&header[..off::ROOT]);
+    h.update(&[0u8; 32]);
+    h.update(&header[off::ROOT + 32..HEADER_LEN]);
     h.update(index);
     h.update(table);
     Root(*h.finalize().as_bytes())
@@ -142,8 +143,8 @@ pub fn encode(layout: &Layout, index: &[u8], digests: &[[u8; DIGEST_LEN]]) -> (V
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableHeader {
     pub layout: Layout,
-    /// The root the writer stored: good for spotting accidental damage, worthless against
-    /// tampering (whoever changes the table can change it too). Trust comes from outside.
+    /// The root the writer stored. It must match the content, but it proves nothing against
+    /// tampering (whoever rewrites the table can rewrite it too): trust comes from outside.
     pub stored_root: Root,
 }
 
@@ -213,7 +214,7 @@ mod tests {
             [32, 40, 48, 56]
         );
         assert_eq!([off::ALGO, off::VERIFY, off::ROOT], [60, 61, 64]);
-        assert_eq!((HEADER_LEN, DIGEST_LEN, COVERED_LEN), (128, 32, 64));
+        assert_eq!((HEADER_LEN, DIGEST_LEN), (128, 32));
     }
 
     #[test]
@@ -227,8 +228,9 @@ mod tests {
         assert_eq!(th.layout, layout());
         assert_eq!(th.stored_root, root);
         assert_eq!(compute_root(&bytes[..HEADER_LEN], &index, &bytes[HEADER_LEN..]), root);
-        // Every covered byte, every index byte and every table byte changes the root.
-        for i in (0..COVERED_LEN).chain(HEADER_LEN..bytes.len()) {
+        // Every byte but the root field itself, every index byte and every table byte
+        // changes the root.
+        for i in (0..off::ROOT).chain(off::ROOT + 32..bytes.len()) {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
             assert_ne!(compute_root(&b[..HEADER_LEN], &index, &b[HEADER_LEN..]), root, "byte {i}");

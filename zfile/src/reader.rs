@@ -467,19 +467,16 @@ fn load_table<S: ReadAt + ?Sized>(
     }
     let table = read_meta(src, at + integrity::HEADER_LEN as u64, table_len, "integrity table")?;
     let root = integrity::compute_root(&head, raw_index, &table);
-    match opts.trusted_root {
-        Some(trusted) if trusted != root => {
-            return Err(Error::Integrity(format!(
-                "root mismatch: trusted {trusted}, file yields {root}"
-            )))
+    if th.stored_root != root {
+        return Err(Error::Integrity(format!(
+            "table damaged: stored root {}, content yields {root}",
+            th.stored_root
+        )));
+    }
+    if let Some(trusted) = opts.trusted_root {
+        if trusted != root {
+            return Err(Error::Integrity(format!("root mismatch: trusted {trusted}, file yields {root}")));
         }
-        None if th.stored_root != root => {
-            return Err(Error::Integrity(format!(
-                "table damaged: stored root {}, content yields {root}",
-                th.stored_root
-            )))
-        }
-        _ => {}
     }
     let digests = table
         .chunks_exact(DIGEST_LEN)

@@ -159,3 +159,31 @@ impl<S: ReadAt> ReadAt for DamagedCache<S> {
         Ok(())
     }
 }
+
+/// Body of the `zfile_open_read` fuzz target: open arbitrary bytes as a ZFile (bare or in a
+/// tar envelope), read it all and at a few offsets, and check every block. Must never panic.
+pub fn fuzz_open_and_read(data: &[u8]) {
+    use crate::{OpenOptions, ZFile};
+    let opts = OpenOptions::default();
+    if let Ok(z) = ZFile::open_with(data, &opts) {
+        let len = z.len().min(1 << 24);
+        let mut buf = vec![0u8; len as usize];
+        let _ = z.read_at(0, &mut buf);
+        for off in [1, len / 2, len.saturating_sub(1)] {
+            let _ = z.read_at(off, &mut [0u8; 5000]);
+        }
+        let _ = z.plan(0, len);
+        let _ = z.verify_blocks(|_| {});
+    }
+    if let Ok((payload, _)) = crate::envelope::open_payload(data) {
+        let _ = ZFile::open(payload);
+    }
+}
+
+/// Body of the `tar_envelope` fuzz target.
+pub fn fuzz_envelope(data: &[u8]) {
+    if let Ok(env) = crate::envelope::detect(data) {
+        let end = env.payload_offset + env.payload_len.unwrap_or(0);
+        assert!(end <= data.len() as u64, "payload window past the data: {env:?}");
+    }
+}

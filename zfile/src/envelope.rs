@@ -277,21 +277,28 @@ pub fn tar_suffix(payload_len: u64) -> Vec<u8> {
 
 /// Wraps a seekable sink: writes a placeholder prefix (zeros, which no reader takes for a tar
 /// header or a ZFile), passes the payload through, and on [`PaxWriter::finish`] appends the
-/// suffix and writes the real prefix at the start.
+/// suffix and writes the real prefix at the start. Seeking is relative to the payload.
 #[derive(Debug)]
 pub struct PaxWriter<W: Write + Seek> {
     out: W,
+    /// Payload position of the sink.
+    pos: u64,
+    /// Payload length so far (the furthest byte written).
     len: u64,
 }
+
+const PREFIX: u64 = 3 * BLOCK as u64;
 
 impl<W: Write + Seek> PaxWriter<W> {
     pub fn new(mut out: W) -> io::Result<Self> {
         out.write_all(&[0u8; 3 * BLOCK])?;
-        Ok(PaxWriter { out, len: 0 })
+        Ok(PaxWriter { out, pos: 0, len: 0 })
     }
 
-    /// Completes the envelope and returns the sink and the payload length.
+    /// Completes the envelope and returns the sink (positioned at the end) and the payload
+    /// length.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
+        self.out.seek(SeekFrom::Start(PREFIX + self.len))?;
         self.out.write_all(&tar_suffix(self.len))?;
         let end = self.out.stream_position()?;
         self.out.seek(SeekFrom::Start(0))?;
@@ -305,11 +312,26 @@ impl<W: Write + Seek> PaxWriter<W> {
 impl<W: Write + Seek> Write for PaxWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf)?;
-        self.len += n as u64;
+        self.pos += n as u64;
+        self.len = self.len.max(self.pos);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+impl<W: Write + Seek> Seek for PaxWriter<W> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the payload"))?;
+        self.out.seek(SeekFrom::Start(PREFIX + target))?;
+        self.pos = target;
+        Ok(target)
     }
 }
 
@@ -424,5 +446,16 @@ mod tests {
         let (cur, len) = w.finish().unwrap();
         assert_eq!(len, 3);
         assert_eq!(cur.into_inner(), wrap_pax(b"abc"));
+        // Seeking back inside the payload (a ZFile header rewrite) keeps the length.
+        let mut w = PaxWriter::new(io::Cursor::new(Vec::new())).unwrap();
+        w.write_all(b"abcdef").unwrap();
+        assert_eq!(w.seek(SeekFrom::Start(1)).unwrap(), 1);
+        w.write_all(b"XY").unwrap();
+        assert_eq!(w.stream_position().unwrap(), 3);
+        assert_eq!(w.seek(SeekFrom::End(0)).unwrap(), 6);
+        assert!(w.seek(SeekFrom::Current(-7)).is_err());
+        let (cur, len) = w.finish().unwrap();
+        assert_eq!(len, 6);
+        assert_eq!(cur.into_inner(), wrap_pax(b"aXYdef"));
     }
 }

@@ -4,11 +4,18 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn obdctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_obdctl")).args(args).output().expect("run obdctl")
+    Command::new(env!("CARGO_BIN_EXE_obdctl"))
+        .args(args)
+        .output()
+        .expect("run obdctl")
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn p(dir: &Path, name: &str) -> String {
@@ -20,25 +27,46 @@ fn compress_info_verify_decompress() {
     let dir = tempfile::tempdir().unwrap();
     let input = zfile::testutil::gen_input(700_000, 7);
     std::fs::write(dir.path().join("in"), &input).unwrap();
-    for (algo, extra) in [("lz4", vec![]), ("zstd", vec!["--tar", "--threads", "2", "--level", "5"])] {
-        let mut args = vec!["zfile", "compress", "--algorithm", algo, "--integrity", "--block-size", "16K"];
+    for (algo, extra) in [
+        ("lz4", vec![]),
+        ("zstd", vec!["--tar", "--threads", "2", "--level", "5"]),
+    ] {
+        let mut args = vec![
+            "zfile",
+            "compress",
+            "--algorithm",
+            algo,
+            "--integrity",
+            "--block-size",
+            "16K",
+        ];
         args.extend(extra.iter().copied());
         let (i, o) = (p(dir.path(), "in"), p(dir.path(), "out"));
         args.extend([i.as_str(), o.as_str()]);
         let out = obdctl(&args);
         assert!(out.status.success(), "{}", text(&out));
-        let root = text(&out).lines().find_map(|l| l.strip_prefix("integrity root: ").map(str::to_string)).unwrap();
+        let root = text(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("integrity root: ").map(str::to_string))
+            .unwrap();
 
         let info = obdctl(&["zfile", "info", &o]);
         let t = text(&info);
         assert!(info.status.success(), "{t}");
         assert!(t.contains(&format!("algorithm:         {algo}")), "{t}");
-        assert!(t.contains("block size:        16384") && t.contains("original size:     700000"), "{t}");
+        assert!(
+            t.contains("block size:        16384") && t.contains("original size:     700000"),
+            "{t}"
+        );
         assert!(t.contains(&root), "{t}");
         assert_eq!(t.contains("PAX"), !extra.is_empty(), "{t}");
 
         let v = obdctl(&["zfile", "verify", &o, "--root", &root]);
-        assert!(v.status.success() && text(&v).contains("authenticated"), "{}", text(&v));
+        assert!(
+            v.status.success() && text(&v).contains("authenticated"),
+            "{}",
+            text(&v)
+        );
 
         let back = p(dir.path(), "back");
         let d = obdctl(&["zfile", "decompress", &o, &back]);
@@ -59,7 +87,11 @@ fn compress_info_verify_decompress() {
         // A wrong trusted root is refused at open.
         let other = format!("blake3:{}", "0".repeat(64));
         let v = obdctl(&["zfile", "verify", &o, "--root", &other]);
-        assert!(!v.status.success() && text(&v).contains("root mismatch"), "{}", text(&v));
+        assert!(
+            !v.status.success() && text(&v).contains("root mismatch"),
+            "{}",
+            text(&v)
+        );
     }
 }
 
@@ -71,7 +103,8 @@ fn reproduces_overlaybd_zfile_output() {
     let (i, o) = (p(dir.path(), "in"), p(dir.path(), "out"));
     let out = obdctl(&["zfile", "compress", "--no-header-rewrite", &i, &o]);
     assert!(out.status.success(), "{}", text(&out));
-    let vector = Path::new(env!("CARGO_MANIFEST_DIR")).join("../zfile/tests/vectors/a.lz4.bs4.zfile");
+    let vector =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../zfile/tests/vectors/a.lz4.bs4.zfile");
     assert!(std::fs::read(&o).unwrap() == std::fs::read(vector).unwrap());
 }
 
@@ -83,7 +116,14 @@ fn clear_errors() {
     let out = obdctl(&["zfile", "info", &junk]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("not a zfile"), "{}", text(&out));
-    let out = obdctl(&["zfile", "compress", "--block-size", "64K", &junk, &p(dir.path(), "x")]);
+    let out = obdctl(&[
+        "zfile",
+        "compress",
+        "--block-size",
+        "64K",
+        &junk,
+        &p(dir.path(), "x"),
+    ]);
     assert!(!out.status.success() && text(&out).contains("overlaybd's reader cannot read"));
     let out = obdctl(&["zfile", "verify", &p(dir.path(), "missing")]);
     assert!(!out.status.success() && text(&out).contains("missing"));

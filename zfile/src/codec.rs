@@ -26,7 +26,9 @@ pub struct Compressor {
 
 impl std::fmt::Debug for Compressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compressor").field("algo", &self.algo).finish()
+        f.debug_struct("Compressor")
+            .field("algo", &self.algo)
+            .finish()
     }
 }
 
@@ -74,7 +76,8 @@ pub fn decompress(algo: Algorithm, src: &[u8], dst: &mut [u8]) -> Result<usize, 
         }
         Algorithm::Zstd => ZSTD_DCTX.with(|cell| {
             let mut run = |d: &mut zstd::bulk::Decompressor<'static>| {
-                d.decompress_to_buffer(src, dst).map_err(|e| format!("zstd decompression failed: {e}"))
+                d.decompress_to_buffer(src, dst)
+                    .map_err(|e| format!("zstd decompression failed: {e}"))
             };
             match cell.try_borrow_mut() {
                 Ok(mut slot) => {
@@ -97,7 +100,9 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8 ^ (i / 97) as u8).collect();
+        let data: Vec<u8> = (0..10_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 97) as u8)
+            .collect();
         for algo in [Algorithm::Lz4, Algorithm::Zstd] {
             let mut c = Compressor::new(algo, ZSTD_DEFAULT_LEVEL).unwrap();
             let mut z = Vec::new();

@@ -67,7 +67,11 @@ fn checksum_ok(b: &[u8; BLOCK]) -> bool {
     let mut unsigned: u64 = 0;
     let mut signed: i64 = 0;
     for (i, &x) in b.iter().enumerate() {
-        let x = if (hdr::CHKSUM..hdr::CHKSUM + 8).contains(&i) { b' ' } else { x };
+        let x = if (hdr::CHKSUM..hdr::CHKSUM + 8).contains(&i) {
+            b' '
+        } else {
+            x
+        };
         unsigned += x as u64;
         signed += x as i8 as i64;
     }
@@ -90,9 +94,15 @@ fn parse_octal(f: &[u8]) -> Option<u64> {
         }
     }
     let s: &[u8] = {
-        let start = f.iter().position(|&c| c != b' ' && c != 0).unwrap_or(f.len());
+        let start = f
+            .iter()
+            .position(|&c| c != b' ' && c != 0)
+            .unwrap_or(f.len());
         let t = &f[start..];
-        let end = t.iter().position(|&c| c == b' ' || c == 0).unwrap_or(t.len());
+        let end = t
+            .iter()
+            .position(|&c| c == b' ' || c == 0)
+            .unwrap_or(t.len());
         &t[..end]
     };
     if s.is_empty() {
@@ -114,13 +124,18 @@ fn pax_size(records: &[u8], offset: u64) -> Result<Option<u64>> {
     let mut rest = records;
     let mut size = None;
     while !rest.is_empty() && rest[0] != 0 {
-        let sp = rest.iter().position(|&c| c == b' ').ok_or_else(|| bad("PAX record without length".into()))?;
+        let sp = rest
+            .iter()
+            .position(|&c| c == b' ')
+            .ok_or_else(|| bad("PAX record without length".into()))?;
         let len: usize = std::str::from_utf8(&rest[..sp])
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("PAX record length is not a number".into()))?;
         if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err(bad(format!("PAX record length {len} does not fit the record")));
+            return Err(bad(format!(
+                "PAX record length {len} does not fit the record"
+            )));
         }
         let kv = &rest[sp + 1..len - 1];
         if let Some(v) = kv.strip_prefix(b"size=") {
@@ -141,7 +156,11 @@ pub fn detect<S: ReadAt + ?Sized>(src: &S) -> Result<Envelope> {
     let mut first = [0u8; BLOCK];
     let got = read_full_at(src, 0, &mut first).map_err(|e| Error::io("read tar header", 0, e))?;
     if got < BLOCK || !is_tar_header(&first) {
-        return Ok(Envelope { kind: EnvelopeKind::None, payload_offset: 0, payload_len: total });
+        return Ok(Envelope {
+            kind: EnvelopeKind::None,
+            payload_offset: 0,
+            payload_len: total,
+        });
     }
     let mut header = first;
     let mut header_at = 0u64;
@@ -149,24 +168,45 @@ pub fn detect<S: ReadAt + ?Sized>(src: &S) -> Result<Envelope> {
     let mut kind = EnvelopeKind::Plain;
     if header[hdr::TYPEFLAG] == b'x' {
         kind = EnvelopeKind::Pax;
-        let len = parse_octal(&header[hdr::SIZE..hdr::SIZE + 12])
-            .ok_or_else(|| Error::Envelope { offset: 0, reason: "PAX header size is not a number".into() })?;
+        let len =
+            parse_octal(&header[hdr::SIZE..hdr::SIZE + 12]).ok_or_else(|| Error::Envelope {
+                offset: 0,
+                reason: "PAX header size is not a number".into(),
+            })?;
         if len > MAX_PAX_LEN {
-            return Err(Error::Envelope { offset: 0, reason: format!("PAX header of {len} bytes is too large") });
+            return Err(Error::Envelope {
+                offset: 0,
+                reason: format!("PAX header of {len} bytes is too large"),
+            });
         }
         let mut records = vec![0u8; len as usize];
-        let n = read_full_at(src, BLOCK as u64, &mut records).map_err(|e| Error::io("read PAX header", 512, e))?;
+        let n = read_full_at(src, BLOCK as u64, &mut records)
+            .map_err(|e| Error::io("read PAX header", 512, e))?;
         if n < records.len() {
-            return Err(Error::Truncated { what: "PAX header", offset: 512, need: len, got: n as u64 });
+            return Err(Error::Truncated {
+                what: "PAX header",
+                offset: 512,
+                need: len,
+                got: n as u64,
+            });
         }
         pax_len = pax_size(&records, BLOCK as u64)?;
         header_at = BLOCK as u64 + len.div_ceil(BLOCK as u64) * BLOCK as u64;
-        let n = read_full_at(src, header_at, &mut header).map_err(|e| Error::io("read tar header", header_at, e))?;
+        let n = read_full_at(src, header_at, &mut header)
+            .map_err(|e| Error::io("read tar header", header_at, e))?;
         if n < BLOCK {
-            return Err(Error::Truncated { what: "tar header after PAX", offset: header_at, need: 512, got: n as u64 });
+            return Err(Error::Truncated {
+                what: "tar header after PAX",
+                offset: header_at,
+                need: 512,
+                got: n as u64,
+            });
         }
         if !is_tar_header(&header) {
-            return Err(Error::Envelope { offset: header_at, reason: "no valid ustar header after the PAX header".into() });
+            return Err(Error::Envelope {
+                offset: header_at,
+                reason: "no valid ustar header after the PAX header".into(),
+            });
         }
     }
     let typeflag = header[hdr::TYPEFLAG];
@@ -176,19 +216,29 @@ pub fn detect<S: ReadAt + ?Sized>(src: &S) -> Result<Envelope> {
             reason: format!("member type {:?} is not a regular file", typeflag as char),
         });
     }
-    let ustar_len = parse_octal(&header[hdr::SIZE..hdr::SIZE + 12])
-        .ok_or_else(|| Error::Envelope { offset: header_at, reason: "member size is not a number".into() })?;
+    let ustar_len =
+        parse_octal(&header[hdr::SIZE..hdr::SIZE + 12]).ok_or_else(|| Error::Envelope {
+            offset: header_at,
+            reason: "member size is not a number".into(),
+        })?;
     let len = pax_len.unwrap_or(ustar_len);
     let payload_offset = header_at + BLOCK as u64;
     if let Some(total) = total {
-        if payload_offset.checked_add(len).is_none_or(|end| end > total) {
+        if payload_offset
+            .checked_add(len)
+            .is_none_or(|end| end > total)
+        {
             return Err(Error::Envelope {
                 offset: header_at,
                 reason: format!("member of {len} bytes at {payload_offset:#x} runs past the blob's {total} bytes"),
             });
         }
     }
-    Ok(Envelope { kind, payload_offset, payload_len: Some(len) })
+    Ok(Envelope {
+        kind,
+        payload_offset,
+        payload_len: Some(len),
+    })
 }
 
 /// The payload of `src` as a source of its own, and the envelope it had.
@@ -258,7 +308,16 @@ pub fn pax_prefix(payload_len: u64) -> [u8; 3 * BLOCK] {
         put_octal(h, hdr::MODE, 8, 0o644);
         put_octal(h, hdr::UID, 8, 0);
         put_octal(h, hdr::GID, 8, 0);
-        put_octal(h, hdr::SIZE, 12, if payload_len < 1 << 33 { payload_len } else { 0 });
+        put_octal(
+            h,
+            hdr::SIZE,
+            12,
+            if payload_len < 1 << 33 {
+                payload_len
+            } else {
+                0
+            },
+        );
         put_octal(h, hdr::MTIME, 12, 0);
         h[hdr::TYPEFLAG] = b'0';
         put_str(h, hdr::UNAME, "root");
@@ -292,7 +351,11 @@ const PREFIX: u64 = 3 * BLOCK as u64;
 impl<W: Write + Seek> PaxWriter<W> {
     pub fn new(mut out: W) -> io::Result<Self> {
         out.write_all(&[0u8; 3 * BLOCK])?;
-        Ok(PaxWriter { out, pos: 0, len: 0 })
+        Ok(PaxWriter {
+            out,
+            pos: 0,
+            len: 0,
+        })
     }
 
     /// Completes the envelope and returns the sink (positioned at the end) and the payload
@@ -355,7 +418,10 @@ mod tests {
         }
         // Where adding the length's own digits carries over to one more digit.
         let r = pax_record("k", &"v".repeat(94));
-        assert_eq!(r.split_once(' ').unwrap().0.parse::<usize>().unwrap(), r.len());
+        assert_eq!(
+            r.split_once(' ').unwrap().0.parse::<usize>().unwrap(),
+            r.len()
+        );
     }
 
     #[test]
@@ -364,7 +430,14 @@ mod tests {
         let blob = wrap_pax(&payload);
         assert_eq!(blob.len() % 512, 0);
         let env = detect(&blob[..]).unwrap();
-        assert_eq!(env, Envelope { kind: EnvelopeKind::Pax, payload_offset: 1536, payload_len: Some(1000) });
+        assert_eq!(
+            env,
+            Envelope {
+                kind: EnvelopeKind::Pax,
+                payload_offset: 1536,
+                payload_len: Some(1000)
+            }
+        );
         let (w, _) = open_payload(&blob[..]).unwrap();
         let mut back = vec![0u8; 1000];
         assert_eq!(read_full_at(&w, 0, &mut back).unwrap(), 1000);
@@ -383,10 +456,20 @@ mod tests {
         blob.extend_from_slice(&payload);
         blob.extend_from_slice(&tar_suffix(payload.len() as u64));
         let env = detect(&blob[..]).unwrap();
-        assert_eq!(env, Envelope { kind: EnvelopeKind::Plain, payload_offset: 512, payload_len: Some(11) });
+        assert_eq!(
+            env,
+            Envelope {
+                kind: EnvelopeKind::Plain,
+                payload_offset: 512,
+                payload_len: Some(11)
+            }
+        );
         let raw = b"ZFile\0\x01\0 and so on".to_vec();
         assert_eq!(detect(&raw[..]).unwrap().kind, EnvelopeKind::None);
-        assert_eq!(detect(&raw[..]).unwrap().payload_len, Some(raw.len() as u64));
+        assert_eq!(
+            detect(&raw[..]).unwrap().payload_len,
+            Some(raw.len() as u64)
+        );
     }
 
     #[test]
@@ -416,23 +499,38 @@ mod tests {
         let h: &mut [u8; 512] = (&mut blob[..512]).try_into().unwrap();
         put_octal(h, hdr::SIZE, 12, 1 << 30);
         finish_header(h);
-        assert!(detect(&blob[..]).unwrap_err().to_string().contains("too large"));
+        assert!(detect(&blob[..])
+            .unwrap_err()
+            .to_string()
+            .contains("too large"));
         // A broken PAX record.
         let mut blob = wrap_pax(&payload);
         blob[512..520].copy_from_slice(b"99 size=");
-        assert!(detect(&blob[..]).unwrap_err().to_string().contains("PAX record"));
+        assert!(detect(&blob[..])
+            .unwrap_err()
+            .to_string()
+            .contains("PAX record"));
         // A member that is not a regular file.
         let mut blob = wrap_pax(&payload);
         let h: &mut [u8; 512] = (&mut blob[1024..1536]).try_into().unwrap();
         h[hdr::TYPEFLAG] = b'5';
         finish_header(h);
-        assert!(detect(&blob[..]).unwrap_err().to_string().contains("regular file"));
+        assert!(detect(&blob[..])
+            .unwrap_err()
+            .to_string()
+            .contains("regular file"));
         // PAX header then garbage.
         let mut blob = wrap_pax(&payload);
         blob[1024..1536].fill(0x41);
-        assert!(detect(&blob[..]).unwrap_err().to_string().contains("no valid ustar"));
+        assert!(detect(&blob[..])
+            .unwrap_err()
+            .to_string()
+            .contains("no valid ustar"));
         // Base-256 and malformed numbers.
-        assert_eq!(parse_octal(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Some(256));
+        assert_eq!(
+            parse_octal(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            Some(256)
+        );
         assert_eq!(parse_octal(&[0xff; 12]), None);
         assert_eq!(parse_octal(b"0000000001 \0"), Some(1));
         assert_eq!(parse_octal(b"00000009\0\0\0\0"), None);

@@ -125,10 +125,18 @@ pub struct HeaderTrailer {
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4-byte field inside the slot"))
+    u32::from_le_bytes(
+        b[at..at + 4]
+            .try_into()
+            .expect("4-byte field inside the slot"),
+    )
 }
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8-byte field inside the slot"))
+    u64::from_le_bytes(
+        b[at..at + 8]
+            .try_into()
+            .expect("8-byte field inside the slot"),
+    )
 }
 
 impl HeaderTrailer {
@@ -156,7 +164,9 @@ impl HeaderTrailer {
             return Err(Error::NotZFile("bad magic0 (expected \"ZFile\\0\\1\")"));
         }
         if slot[off::MAGIC1..off::MAGIC1 + 16] != MAGIC1 {
-            return Err(Error::NotZFile("bad magic1 (expected \"tuji.yyf@Alibaba\")"));
+            return Err(Error::NotZFile(
+                "bad magic1 (expected \"tuji.yyf@Alibaba\")",
+            ));
         }
         Ok(HeaderTrailer {
             flags: u64_at(slot, off::FLAGS),
@@ -182,7 +192,8 @@ impl HeaderTrailer {
         s[off::MAGIC1..off::MAGIC1 + 16].copy_from_slice(&MAGIC1);
         s[off::SIZE..off::SIZE + 4].copy_from_slice(&HT_USED.to_le_bytes());
         s[off::FLAGS..off::FLAGS + 8].copy_from_slice(&self.flags.to_le_bytes());
-        s[off::INDEX_OFFSET..off::INDEX_OFFSET + 8].copy_from_slice(&self.index_offset.to_le_bytes());
+        s[off::INDEX_OFFSET..off::INDEX_OFFSET + 8]
+            .copy_from_slice(&self.index_offset.to_le_bytes());
         s[off::INDEX_SIZE..off::INDEX_SIZE + 8].copy_from_slice(&self.index_size.to_le_bytes());
         s[off::ORIGINAL_FILE_SIZE..off::ORIGINAL_FILE_SIZE + 8]
             .copy_from_slice(&self.original_file_size.to_le_bytes());
@@ -254,7 +265,7 @@ mod tests {
             0x00, // use_dict
             0x00, // padding
             0, 0, 0, 0, // opt.reserved
-            0, 0, 0, 0, // dict_size
+            0, 0, 0, 0,    // dict_size
             0x01, // verify
             0, 0, 0, 0, 0, 0, 0, // padding
         ];
@@ -266,21 +277,44 @@ mod tests {
     fn field_offsets_match_the_spec() {
         // docs/format/zfile.md, "Header and trailer" table.
         assert_eq!(
-            [off::MAGIC0, off::MAGIC1, off::SIZE, off::DIGEST, off::FLAGS, off::INDEX_OFFSET],
+            [
+                off::MAGIC0,
+                off::MAGIC1,
+                off::SIZE,
+                off::DIGEST,
+                off::FLAGS,
+                off::INDEX_OFFSET
+            ],
             [0, 8, 24, 28, 32, 40]
         );
         assert_eq!(
-            [off::INDEX_SIZE, off::ORIGINAL_FILE_SIZE, off::INDEX_CRC, off::RESERVED_0],
+            [
+                off::INDEX_SIZE,
+                off::ORIGINAL_FILE_SIZE,
+                off::INDEX_CRC,
+                off::RESERVED_0
+            ],
             [48, 56, 64, 68]
         );
         assert_eq!(
-            [off::BLOCK_SIZE, off::ALGO, off::LEVEL, off::USE_DICT, off::OPT_RESERVED],
+            [
+                off::BLOCK_SIZE,
+                off::ALGO,
+                off::LEVEL,
+                off::USE_DICT,
+                off::OPT_RESERVED
+            ],
             [72, 76, 77, 78, 80]
         );
         assert_eq!([off::DICT_SIZE, off::VERIFY], [84, 88]);
         assert_eq!((HT_SLOT, HT_USED), (512, 96));
         assert_eq!(
-            [flags::HEADER, flags::DATA_FILE, flags::SEALED, flags::HEADER_OVERWRITE],
+            [
+                flags::HEADER,
+                flags::DATA_FILE,
+                flags::SEALED,
+                flags::HEADER_OVERWRITE
+            ],
             [1, 2, 4, 8]
         );
         assert_eq!([flags::CALC_DIGEST, flags::INDEX_COMPRESSED], [16, 32]);

@@ -38,7 +38,13 @@ impl JumpTable {
     /// `data_start` is where block 0 begins; `data_limit` is the first byte blocks may not reach
     /// (the index offset); `min_len` is the smallest valid entry (5 with per-block CRCs: at
     /// least one compressed byte and the CRC; 1 without); `max_len` the largest.
-    pub fn build(raw: &[u8], data_start: u64, data_limit: u64, min_len: u32, max_len: u32) -> Result<Self> {
+    pub fn build(
+        raw: &[u8],
+        data_start: u64,
+        data_limit: u64,
+        min_len: u32,
+        max_len: u32,
+    ) -> Result<Self> {
         debug_assert_eq!(raw.len() % 4, 0);
         let n = raw.len() / 4;
         let mut bases = Vec::with_capacity(n.div_ceil(GROUP));
@@ -66,7 +72,11 @@ impl JumpTable {
                 });
             }
         }
-        Ok(JumpTable { bases, deltas, end: pos })
+        Ok(JumpTable {
+            bases,
+            deltas,
+            end: pos,
+        })
     }
 
     #[cfg(test)]
@@ -86,7 +96,10 @@ impl JumpTable {
     pub fn extent(&self, i: u64) -> BlobExtent {
         let i = i as usize;
         let offset = self.start(i);
-        BlobExtent { offset, len: (self.start(i + 1) - offset) as u32 }
+        BlobExtent {
+            offset,
+            len: (self.start(i + 1) - offset) as u32,
+        }
     }
 
     /// One past the last stored block.
@@ -114,7 +127,13 @@ mod tests {
         let t = JumpTable::build(&raw(&lens), 512, u64::MAX, 5, 70004).unwrap();
         let mut pos = 512;
         for (i, &l) in lens.iter().enumerate() {
-            assert_eq!(t.extent(i as u64), BlobExtent { offset: pos, len: l });
+            assert_eq!(
+                t.extent(i as u64),
+                BlobExtent {
+                    offset: pos,
+                    len: l
+                }
+            );
             pos += l as u64;
         }
         assert_eq!(t.data_end(), pos);

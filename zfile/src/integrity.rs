@@ -91,11 +91,19 @@ fn put(b: &mut [u8], at: usize, v: &[u8]) {
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("field inside the table header"))
+    u32::from_le_bytes(
+        b[at..at + 4]
+            .try_into()
+            .expect("field inside the table header"),
+    )
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("field inside the table header"))
+    u64::from_le_bytes(
+        b[at..at + 8]
+            .try_into()
+            .expect("field inside the table header"),
+    )
 }
 
 /// Digest of one stored block (compressed bytes and CRC, exactly the index entry's length).
@@ -121,12 +129,36 @@ pub fn encode(layout: &Layout, index: &[u8], digests: &[[u8; DIGEST_LEN]]) -> (V
     let mut out = vec![0u8; HEADER_LEN + digests.len() * DIGEST_LEN];
     put(&mut out, off::MAGIC, &MAGIC);
     put(&mut out, off::VERSION, &VERSION.to_le_bytes());
-    put(&mut out, off::HEADER_LEN, &(HEADER_LEN as u32).to_le_bytes());
-    put(&mut out, off::BLOCK_COUNT, &layout.block_count.to_le_bytes());
-    put(&mut out, off::DIGEST_LEN, &(DIGEST_LEN as u32).to_le_bytes());
-    put(&mut out, off::ORIGINAL_FILE_SIZE, &layout.original_file_size.to_le_bytes());
-    put(&mut out, off::INDEX_OFFSET, &layout.index_offset.to_le_bytes());
-    put(&mut out, off::DATA_OFFSET, &layout.data_offset.to_le_bytes());
+    put(
+        &mut out,
+        off::HEADER_LEN,
+        &(HEADER_LEN as u32).to_le_bytes(),
+    );
+    put(
+        &mut out,
+        off::BLOCK_COUNT,
+        &layout.block_count.to_le_bytes(),
+    );
+    put(
+        &mut out,
+        off::DIGEST_LEN,
+        &(DIGEST_LEN as u32).to_le_bytes(),
+    );
+    put(
+        &mut out,
+        off::ORIGINAL_FILE_SIZE,
+        &layout.original_file_size.to_le_bytes(),
+    );
+    put(
+        &mut out,
+        off::INDEX_OFFSET,
+        &layout.index_offset.to_le_bytes(),
+    );
+    put(
+        &mut out,
+        off::DATA_OFFSET,
+        &layout.data_offset.to_le_bytes(),
+    );
     put(&mut out, off::BLOCK_SIZE, &layout.block_size.to_le_bytes());
     out[off::ALGO] = layout.algo;
     out[off::VERIFY] = layout.verify as u8;
@@ -161,15 +193,21 @@ pub fn decode_header(head: &[u8; HEADER_LEN], offset: u64) -> Result<TableHeader
     }
     let version = u32_at(head, off::VERSION);
     if version != VERSION {
-        return Err(Error::Integrity(at(&format!("version {version} is not supported (expected {VERSION})"))));
+        return Err(Error::Integrity(at(&format!(
+            "version {version} is not supported (expected {VERSION})"
+        ))));
     }
     let hlen = u32_at(head, off::HEADER_LEN);
     if hlen as usize != HEADER_LEN {
-        return Err(Error::Integrity(at(&format!("header length {hlen}, expected {HEADER_LEN}"))));
+        return Err(Error::Integrity(at(&format!(
+            "header length {hlen}, expected {HEADER_LEN}"
+        ))));
     }
     let dlen = u32_at(head, off::DIGEST_LEN);
     if dlen as usize != DIGEST_LEN {
-        return Err(Error::Integrity(at(&format!("digest length {dlen}, expected {DIGEST_LEN}"))));
+        return Err(Error::Integrity(at(&format!(
+            "digest length {dlen}, expected {DIGEST_LEN}"
+        ))));
     }
     let mut root = [0u8; 32];
     root.copy_from_slice(&head[off::ROOT..off::ROOT + 32]);
@@ -206,11 +244,23 @@ mod tests {
     #[test]
     fn offsets_match_the_spec() {
         assert_eq!(
-            [off::MAGIC, off::VERSION, off::HEADER_LEN, off::BLOCK_COUNT, off::DIGEST_LEN, off::FLAGS],
+            [
+                off::MAGIC,
+                off::VERSION,
+                off::HEADER_LEN,
+                off::BLOCK_COUNT,
+                off::DIGEST_LEN,
+                off::FLAGS
+            ],
             [0, 8, 12, 16, 24, 28]
         );
         assert_eq!(
-            [off::ORIGINAL_FILE_SIZE, off::INDEX_OFFSET, off::DATA_OFFSET, off::BLOCK_SIZE],
+            [
+                off::ORIGINAL_FILE_SIZE,
+                off::INDEX_OFFSET,
+                off::DATA_OFFSET,
+                off::BLOCK_SIZE
+            ],
             [32, 40, 48, 56]
         );
         assert_eq!([off::ALGO, off::VERIFY, off::ROOT], [60, 61, 64]);
@@ -227,18 +277,28 @@ mod tests {
         let th = decode_header(&head, 0).unwrap();
         assert_eq!(th.layout, layout());
         assert_eq!(th.stored_root, root);
-        assert_eq!(compute_root(&bytes[..HEADER_LEN], &index, &bytes[HEADER_LEN..]), root);
+        assert_eq!(
+            compute_root(&bytes[..HEADER_LEN], &index, &bytes[HEADER_LEN..]),
+            root
+        );
         // Every byte but the root field itself, every index byte and every table byte
         // changes the root.
         for i in (0..off::ROOT).chain(off::ROOT + 32..bytes.len()) {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
-            assert_ne!(compute_root(&b[..HEADER_LEN], &index, &b[HEADER_LEN..]), root, "byte {i}");
+            assert_ne!(
+                compute_root(&b[..HEADER_LEN], &index, &b[HEADER_LEN..]),
+                root,
+                "byte {i}"
+            );
         }
         for i in 0..index.len() {
             let mut x = index;
             x[i] ^= 1;
-            assert_ne!(compute_root(&bytes[..HEADER_LEN], &x, &bytes[HEADER_LEN..]), root);
+            assert_ne!(
+                compute_root(&bytes[..HEADER_LEN], &x, &bytes[HEADER_LEN..]),
+                root
+            );
         }
     }
 
@@ -251,13 +311,20 @@ mod tests {
         assert_eq!(s["blake3:".len()..].parse::<Root>().unwrap(), r);
         assert!("blake3:abc".parse::<Root>().is_err());
         assert!("sha256:".repeat(2).parse::<Root>().is_err());
-        assert!(format!("blake3:{}", "zz".repeat(32)).parse::<Root>().is_err());
+        assert!(format!("blake3:{}", "zz".repeat(32))
+            .parse::<Root>()
+            .is_err());
     }
 
     #[test]
     fn bad_headers_are_named() {
         let (bytes, _) = encode(&layout(), &[0; 8], &[[0; 32]; 2]);
-        for (at, what) in [(off::VERSION, "version"), (off::HEADER_LEN, "header length"), (off::DIGEST_LEN, "digest length"), (0, "magic")] {
+        for (at, what) in [
+            (off::VERSION, "version"),
+            (off::HEADER_LEN, "header length"),
+            (off::DIGEST_LEN, "digest length"),
+            (0, "magic"),
+        ] {
             let mut head: [u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().unwrap();
             head[at] ^= 0x55;
             let e = decode_header(&head, 0x99).unwrap_err().to_string();

@@ -51,7 +51,8 @@ pub use writer::{Summary, WriterOptions, ZFileWriter, OVERLAYBD_SAFE_MAX_BLOCK_S
 /// Does `head` (the first bytes of a file) start with a ZFile header? Magics and the header
 /// flag only; `open` checks the rest.
 pub fn is_zfile(head: &[u8]) -> bool {
-    let Ok(slot) = <&[u8; header::HT_SLOT]>::try_from(head.get(..header::HT_SLOT).unwrap_or(&[])) else {
+    let Ok(slot) = <&[u8; header::HT_SLOT]>::try_from(head.get(..header::HT_SLOT).unwrap_or(&[]))
+    else {
         return false;
     };
     matches!(header::HeaderTrailer::decode(slot), Ok(h) if h.has(header::flags::HEADER))

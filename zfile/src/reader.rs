@@ -8,7 +8,10 @@ use std::ops::Range;
 use crate::codec::{self, compress_bound};
 use crate::crc::{block_crc, crc32c_raw};
 use crate::error::{Error, Result};
-use crate::header::{self, flags, Algorithm, HeaderTrailer, HT_SLOT, MAX_BLOCK_SIZE, MAX_INDEX_ENTRIES, MIN_BLOCK_SIZE};
+use crate::header::{
+    self, flags, Algorithm, HeaderTrailer, HT_SLOT, MAX_BLOCK_SIZE, MAX_INDEX_ENTRIES,
+    MIN_BLOCK_SIZE,
+};
 use crate::index::{BlobExtent, JumpTable};
 use crate::integrity::{self, Layout, Root, DIGEST_LEN};
 use crate::source::{read_full_at, ReadAt};
@@ -89,20 +92,37 @@ pub struct ZFile<S> {
 
 impl<S> std::fmt::Debug for ZFile<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZFile").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("ZFile")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
-fn read_exact<S: ReadAt + ?Sized>(src: &S, offset: u64, buf: &mut [u8], what: &'static str) -> Result<()> {
+fn read_exact<S: ReadAt + ?Sized>(
+    src: &S,
+    offset: u64,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<()> {
     let n = read_full_at(src, offset, buf).map_err(|e| Error::io("read", offset, e))?;
     if n < buf.len() {
-        return Err(Error::Truncated { what, offset, need: buf.len() as u64, got: n as u64 });
+        return Err(Error::Truncated {
+            what,
+            offset,
+            need: buf.len() as u64,
+            got: n as u64,
+        });
     }
     Ok(())
 }
 
 /// Reads `len` bytes at `offset` in pieces, growing the buffer only as data arrives.
-fn read_meta<S: ReadAt + ?Sized>(src: &S, offset: u64, len: u64, what: &'static str) -> Result<Vec<u8>> {
+fn read_meta<S: ReadAt + ?Sized>(
+    src: &S,
+    offset: u64,
+    len: u64,
+    what: &'static str,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     while (out.len() as u64) < len {
         let piece = (len - out.len() as u64).min(META_CHUNK as u64) as usize;
@@ -111,13 +131,22 @@ fn read_meta<S: ReadAt + ?Sized>(src: &S, offset: u64, len: u64, what: &'static 
         let at = offset + start as u64;
         let n = read_full_at(src, at, &mut out[start..]).map_err(|e| Error::io("read", at, e))?;
         if n < piece {
-            return Err(Error::Truncated { what, offset, need: len, got: (start + n) as u64 });
+            return Err(Error::Truncated {
+                what,
+                offset,
+                need: len,
+                got: (start + n) as u64,
+            });
         }
     }
     Ok(out)
 }
 
-fn read_slot<S: ReadAt + ?Sized>(src: &S, offset: u64, what: &'static str) -> Result<[u8; HT_SLOT]> {
+fn read_slot<S: ReadAt + ?Sized>(
+    src: &S,
+    offset: u64,
+    what: &'static str,
+) -> Result<[u8; HT_SLOT]> {
     let mut slot = [0u8; HT_SLOT];
     read_exact(src, offset, &mut slot, what)?;
     Ok(slot)
@@ -134,10 +163,17 @@ impl<S: ReadAt> ZFile<S> {
         let head_slot = read_slot(&src, 0, "zfile header")?;
         let head = HeaderTrailer::decode(&head_slot)?;
         if !head.has(flags::HEADER) {
-            return Err(Error::NotZFile("first slot is not a header (flag bit 0 clear)"));
+            return Err(Error::NotZFile(
+                "first slot is not a header (flag bit 0 clear)",
+            ));
         }
         if head.has(flags::CALC_DIGEST) && !header::digest_matches(&head_slot) {
-            return Err(bad("header", "digest", head.digest as u64, "header digest mismatch"));
+            return Err(bad(
+                "header",
+                "digest",
+                head.digest as u64,
+                "header digest mismatch",
+            ));
         }
         let (ht, index_source, which, trailer_at) = if head.has(flags::HEADER_OVERWRITE) {
             (head.clone(), IndexSource::Header, "header", None)
@@ -151,30 +187,58 @@ impl<S: ReadAt> ZFile<S> {
                 ))
             })?;
             if size < 2 * HT_SLOT as u64 {
-                return Err(Error::Truncated { what: "zfile header and trailer", offset: 0, need: 1024, got: size });
+                return Err(Error::Truncated {
+                    what: "zfile header and trailer",
+                    offset: 0,
+                    need: 1024,
+                    got: size,
+                });
             }
             let at = size - HT_SLOT as u64;
             let slot = read_slot(&src, at, "zfile trailer")?;
-            let t = HeaderTrailer::decode(&slot).map_err(|_| Error::NotZFile("no trailer at the end of the file"))?;
+            let t = HeaderTrailer::decode(&slot)
+                .map_err(|_| Error::NotZFile("no trailer at the end of the file"))?;
             if t.has(flags::HEADER) || !t.has(flags::DATA_FILE) || !t.has(flags::SEALED) {
-                return Err(bad("trailer", "flags", t.flags, "expected a sealed data-file trailer"));
+                return Err(bad(
+                    "trailer",
+                    "flags",
+                    t.flags,
+                    "expected a sealed data-file trailer",
+                ));
             }
             if t.has(flags::CALC_DIGEST) && !header::digest_matches(&slot) {
-                return Err(bad("trailer", "digest", t.digest as u64, "trailer digest mismatch"));
+                return Err(bad(
+                    "trailer",
+                    "digest",
+                    t.digest as u64,
+                    "trailer digest mismatch",
+                ));
             }
             (t, IndexSource::Trailer, "trailer", Some(at))
         };
         let algorithm = ht.algorithm(which)?;
         if ht.use_dict != 0 {
-            return Err(Error::Unsupported(format!("zfile {which}: dictionaries are not supported")));
+            return Err(Error::Unsupported(format!(
+                "zfile {which}: dictionaries are not supported"
+            )));
         }
         let bs = ht.block_size;
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_power_of_two() {
-            return Err(bad(which, "block_size", bs as u64, "not a power of two from 512 to 65536"));
+            return Err(bad(
+                which,
+                "block_size",
+                bs as u64,
+                "not a power of two from 512 to 65536",
+            ));
         }
         let n = ht.index_size;
         if n > MAX_INDEX_ENTRIES {
-            return Err(bad(which, "index_size", n, "more than 1,000,000,000 entries"));
+            return Err(bad(
+                which,
+                "index_size",
+                n,
+                "more than 1,000,000,000 entries",
+            ));
         }
         let needed = ht.original_file_size.div_ceil(bs as u64);
         if n != needed {
@@ -188,12 +252,22 @@ impl<S: ReadAt> ZFile<S> {
         }
         let data_offset = HT_SLOT as u64 + ht.dict_size as u64;
         if ht.index_offset < data_offset {
-            return Err(bad(which, "index_offset", ht.index_offset, "inside the header"));
+            return Err(bad(
+                which,
+                "index_offset",
+                ht.index_offset,
+                "inside the header",
+            ));
         }
         let index_end = ht.index_offset + 4 * n;
         if let Some(t) = trailer_at {
             if index_end > t {
-                return Err(bad(which, "index_offset", ht.index_offset, "index runs into the trailer"));
+                return Err(bad(
+                    which,
+                    "index_offset",
+                    ht.index_offset,
+                    "index runs into the trailer",
+                ));
             }
         }
         let raw_index = read_meta(&src, ht.index_offset, 4 * n, "zfile index")?;
@@ -201,12 +275,23 @@ impl<S: ReadAt> ZFile<S> {
         if digests_checked {
             let crc = crc32c_raw(0, &raw_index);
             if crc != ht.index_crc {
-                return Err(bad(which, "index_crc", ht.index_crc as u64, "index crc mismatch"));
+                return Err(bad(
+                    which,
+                    "index_crc",
+                    ht.index_crc as u64,
+                    "index crc mismatch",
+                ));
             }
         }
         let crc_len = if ht.verify { 4 } else { 0 };
         let max_len = (compress_bound(algorithm, bs as usize) + crc_len) as u32;
-        let jump = JumpTable::build(&raw_index, data_offset, ht.index_offset, 1 + crc_len as u32, max_len)?;
+        let jump = JumpTable::build(
+            &raw_index,
+            data_offset,
+            ht.index_offset,
+            1 + crc_len as u32,
+            max_len,
+        )?;
 
         let layout = Layout {
             block_count: n,
@@ -220,7 +305,9 @@ impl<S: ReadAt> ZFile<S> {
         let table = load_table(&src, opts, &layout, index_end, trailer_at, &raw_index)?;
         let (integrity_root, verification) = match &table {
             None => (None, Verification::Crc),
-            Some((_, root)) if opts.trusted_root.is_some() => (Some(*root), Verification::Authenticated),
+            Some((_, root)) if opts.trusted_root.is_some() => {
+                (Some(*root), Verification::Authenticated)
+            }
             Some((_, root)) => (Some(*root), Verification::TableSelfConsistent),
         };
         let info = Info {
@@ -239,7 +326,12 @@ impl<S: ReadAt> ZFile<S> {
             integrity_root,
             verification,
         };
-        Ok(ZFile { src, info, jump, table: table.map(|(t, _)| t) })
+        Ok(ZFile {
+            src,
+            info,
+            jump,
+            table: table.map(|(t, _)| t),
+        })
     }
 
     pub fn info(&self) -> &Info {
@@ -266,7 +358,11 @@ impl<S: ReadAt> ZFile<S> {
 
     /// Memory held by the index and the digest table.
     pub fn heap_bytes(&self) -> usize {
-        self.jump.heap_bytes() + self.table.as_ref().map_or(0, |t| t.digests.capacity() * DIGEST_LEN)
+        self.jump.heap_bytes()
+            + self
+                .table
+                .as_ref()
+                .map_or(0, |t| t.digests.capacity() * DIGEST_LEN)
     }
 
     /// The plan for reading `[offset, offset + len)`: which blocks, and which contiguous byte
@@ -275,7 +371,10 @@ impl<S: ReadAt> ZFile<S> {
     pub fn plan(&self, offset: u64, len: u64) -> ReadPlan {
         let end = offset.saturating_add(len).min(self.len());
         if offset >= end {
-            return ReadPlan { blocks: 0..0, blob: 0..0 };
+            return ReadPlan {
+                blocks: 0..0,
+                blob: 0..0,
+            };
         }
         let bs = self.info.block_size as u64;
         let blocks = offset / bs..(end - 1) / bs + 1;
@@ -290,7 +389,12 @@ impl<S: ReadAt> ZFile<S> {
 
     /// Checks a stored block (CRC, digest) and decompresses it into `out`, which has the
     /// block's raw length.
-    fn decode_block(&self, block: u64, stored: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    fn decode_block(
+        &self,
+        block: u64,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> std::result::Result<(), String> {
         if let Some(t) = &self.table {
             if integrity::block_digest(stored) != t.digests[block as usize] {
                 return Err("blake3 digest mismatch".into());
@@ -316,14 +420,23 @@ impl<S: ReadAt> ZFile<S> {
     /// Reads block `block` again, straight from the origin, after a failed check.
     fn reload_block(&self, block: u64, out: &mut [u8], first_failure: String) -> Result<()> {
         let ext = self.jump.extent(block);
-        let corrupt = |reason: String| Error::Corrupt { block, offset: ext.offset, reason };
+        let corrupt = |reason: String| Error::Corrupt {
+            block,
+            offset: ext.offset,
+            reason,
+        };
         self.src
             .discard_cached(ext.offset, ext.len as u64)
             .map_err(|e| Error::io("discard cached block", ext.offset, e))?;
         let mut stored = vec![0u8; ext.len as usize];
         read_exact(&self.src, ext.offset, &mut stored, "zfile block")?;
-        self.decode_block(block, &stored, out)
-            .map_err(|again| corrupt(if again == first_failure { again } else { format!("{first_failure}, then {again}") }))
+        self.decode_block(block, &stored, out).map_err(|again| {
+            corrupt(if again == first_failure {
+                again
+            } else {
+                format!("{first_failure}, then {again}")
+            })
+        })
     }
 
     /// Reads up to `buf.len()` bytes at `offset` of the uncompressed data; returns the count,
@@ -355,7 +468,8 @@ impl<S: ReadAt> ZFile<S> {
                 read_exact(&self.src, first.offset, &mut stored[..span], "zfile block")?;
                 for b in block..=last {
                     let ext = self.jump.extent(b);
-                    let s = &stored[(ext.offset - first.offset) as usize..(ext.end() - first.offset) as usize];
+                    let s = &stored
+                        [(ext.offset - first.offset) as usize..(ext.end() - first.offset) as usize];
                     let raw_len = self.raw_len(b);
                     let raw_start = b * bs;
                     let raw_end = raw_start + raw_len as u64;
@@ -376,7 +490,9 @@ impl<S: ReadAt> ZFile<S> {
                         if let Err(why) = self.decode_block(b, s, t) {
                             self.reload_block(b, t, why)?;
                         }
-                        buf[dst_range].copy_from_slice(&t[(want_start - raw_start) as usize..(want_end - raw_start) as usize]);
+                        buf[dst_range].copy_from_slice(
+                            &t[(want_start - raw_start) as usize..(want_end - raw_start) as usize],
+                        );
                     }
                 }
                 block = last + 1;
@@ -396,7 +512,9 @@ impl<S: ReadAt> ZFile<S> {
         while block < total {
             let first = self.jump.extent(block);
             let mut last = block;
-            while last + 1 < total && self.jump.extent(last + 1).end() - first.offset <= 4 * MAX_BATCH {
+            while last + 1 < total
+                && self.jump.extent(last + 1).end() - first.offset <= 4 * MAX_BATCH
+            {
                 last += 1;
             }
             let span = (self.jump.extent(last).end() - first.offset) as usize;
@@ -404,10 +522,15 @@ impl<S: ReadAt> ZFile<S> {
             read_exact(&self.src, first.offset, &mut stored, "zfile block")?;
             for b in block..=last {
                 let ext = self.jump.extent(b);
-                let s = &stored[(ext.offset - first.offset) as usize..(ext.end() - first.offset) as usize];
+                let s = &stored
+                    [(ext.offset - first.offset) as usize..(ext.end() - first.offset) as usize];
                 let out = &mut raw[..self.raw_len(b)];
                 if let Err(reason) = self.decode_block(b, s, out) {
-                    on_bad(Error::Corrupt { block: b, offset: ext.offset, reason });
+                    on_bad(Error::Corrupt {
+                        block: b,
+                        offset: ext.offset,
+                        reason,
+                    });
                 }
             }
             block = last + 1;
@@ -424,7 +547,12 @@ pub struct ReadPlan {
 }
 
 fn bad(which: &'static str, field: &'static str, value: u64, reason: &'static str) -> Error {
-    Error::BadHeader { which, field, value, reason }
+    Error::BadHeader {
+        which,
+        field,
+        value,
+        reason,
+    }
 }
 
 /// Finds, reads and checks the integrity table that starts right after the index.
@@ -463,9 +591,16 @@ fn load_table<S: ReadAt + ?Sized>(
     }
     let table_len = layout.block_count * DIGEST_LEN as u64;
     if table_len > room - integrity::HEADER_LEN as u64 {
-        return Err(Error::Integrity(format!("table at {at:#x} runs into the trailer")));
+        return Err(Error::Integrity(format!(
+            "table at {at:#x} runs into the trailer"
+        )));
     }
-    let table = read_meta(src, at + integrity::HEADER_LEN as u64, table_len, "integrity table")?;
+    let table = read_meta(
+        src,
+        at + integrity::HEADER_LEN as u64,
+        table_len,
+        "integrity table",
+    )?;
     let root = integrity::compute_root(&head, raw_index, &table);
     if th.stored_root != root {
         return Err(Error::Integrity(format!(
@@ -475,7 +610,9 @@ fn load_table<S: ReadAt + ?Sized>(
     }
     if let Some(trusted) = opts.trusted_root {
         if trusted != root {
-            return Err(Error::Integrity(format!("root mismatch: trusted {trusted}, file yields {root}")));
+            return Err(Error::Integrity(format!(
+                "root mismatch: trusted {trusted}, file yields {root}"
+            )));
         }
     }
     let digests = table

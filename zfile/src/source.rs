@@ -15,7 +15,10 @@ pub trait ReadAt: Send + Sync {
 
     /// Total length in bytes, when the source knows it.
     fn size(&self) -> io::Result<u64> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "source does not know its size"))
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "source does not know its size",
+        ))
     }
 
     /// Drops any cached copy of `[offset, offset + len)` so that the next read goes to the

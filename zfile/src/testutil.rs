@@ -49,7 +49,11 @@ fn shake(tag: &[u8], seed: &[u8], i: &[u8], len: usize) -> Vec<u8> {
 fn segment(vocab: &[String], seed: u64, i: u64) -> Vec<u8> {
     let s = seed.to_le_bytes();
     let n = i.to_le_bytes();
-    let ctl = Sha256::new().chain_update(b"ctl").chain_update(s).chain_update(n).finalize();
+    let ctl = Sha256::new()
+        .chain_update(b"ctl")
+        .chain_update(s)
+        .chain_update(n)
+        .finalize();
     let len = 1 + (u32::from_le_bytes(ctl[4..8].try_into().expect("4 bytes")) % 262_144) as usize;
     match ctl[0] % 4 {
         0 => vec![0u8; len],
@@ -95,7 +99,12 @@ pub struct FaultySource<S> {
 
 impl<S> FaultySource<S> {
     pub fn new(inner: S, max_chunk: usize, fail_on: Option<u64>) -> Self {
-        FaultySource { inner, max_chunk, fail_on, calls: AtomicU64::new(0) }
+        FaultySource {
+            inner,
+            max_chunk,
+            fail_on,
+            calls: AtomicU64::new(0),
+        }
     }
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
@@ -128,7 +137,11 @@ pub struct DamagedCache<S> {
 impl<S> DamagedCache<S> {
     /// Bytes in each `(offset, len)` range read back with their low bit flipped.
     pub fn new(origin: S, damaged: Vec<(u64, u64)>) -> Self {
-        DamagedCache { origin, damaged: Mutex::new(damaged), discards: AtomicU64::new(0) }
+        DamagedCache {
+            origin,
+            damaged: Mutex::new(damaged),
+            discards: AtomicU64::new(0),
+        }
     }
     pub fn discards(&self) -> u64 {
         self.discards.load(Ordering::Relaxed)
@@ -184,6 +197,9 @@ pub fn fuzz_open_and_read(data: &[u8]) {
 pub fn fuzz_envelope(data: &[u8]) {
     if let Ok(env) = crate::envelope::detect(data) {
         let end = env.payload_offset + env.payload_len.unwrap_or(0);
-        assert!(end <= data.len() as u64, "payload window past the data: {env:?}");
+        assert!(
+            end <= data.len() as u64,
+            "payload window past the data: {env:?}"
+        );
     }
 }

@@ -74,7 +74,9 @@ impl WriterOptions {
         }
         match (self.algorithm, self.level) {
             (Algorithm::Lz4, Some(l)) => {
-                return Err(Error::Unsupported(format!("level {l}: lz4 has no compression levels")))
+                return Err(Error::Unsupported(format!(
+                    "level {l}: lz4 has no compression levels"
+                )))
             }
             (Algorithm::Zstd, Some(l)) => {
                 let range = zstd::compression_level_range();
@@ -128,7 +130,13 @@ struct Chunk {
 }
 
 /// Compresses `raw` block by block.
-fn compress_chunk(c: &mut Compressor, raw: &[u8], bs: usize, crc: bool, digests: bool) -> io::Result<Chunk> {
+fn compress_chunk(
+    c: &mut Compressor,
+    raw: &[u8],
+    bs: usize,
+    crc: bool,
+    digests: bool,
+) -> io::Result<Chunk> {
     let mut out = Chunk {
         data: Vec::with_capacity(raw.len() / 2),
         lens: Vec::with_capacity(raw.len().div_ceil(bs)),
@@ -168,17 +176,24 @@ impl Pool {
             let rx = Arc::clone(&rx);
             let mut c = Compressor::new(opts.algorithm, opts.codec_level())?;
             let (bs, crc, dig) = (opts.block_size as usize, opts.block_crc, opts.integrity);
-            let h = thread::Builder::new().name(format!("zfile-compress-{i}")).spawn(move || loop {
-                let job = match rx.lock() {
-                    Ok(guard) => guard.recv(),
-                    Err(_) => return,
-                };
-                let Ok((raw, reply)) = job else { return };
-                let _ = reply.send(compress_chunk(&mut c, &raw, bs, crc, dig));
-            })?;
+            let h = thread::Builder::new()
+                .name(format!("zfile-compress-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((raw, reply)) = job else { return };
+                    let _ = reply.send(compress_chunk(&mut c, &raw, bs, crc, dig));
+                })?;
             workers.push(h);
         }
-        Ok(Pool { jobs: Some(tx), workers, pending: VecDeque::new(), depth: 2 * opts.threads })
+        Ok(Pool {
+            jobs: Some(tx),
+            workers,
+            pending: VecDeque::new(),
+            depth: 2 * opts.threads,
+        })
     }
 }
 
@@ -227,12 +242,16 @@ impl<W: Write> ZFileWriter<W> {
     pub fn new(mut out: W, opts: WriterOptions) -> Result<Self> {
         opts.validate()?;
         let head = Self::slot(&opts, flags::HEADER | flags::DATA_FILE | flags::CALC_DIGEST);
-        out.write_all(&head.encode()).map_err(|e| Error::io("write header", 0, e))?;
+        out.write_all(&head.encode())
+            .map_err(|e| Error::io("write header", 0, e))?;
         let engine = if opts.threads > 1 {
-            Engine::Pool(Pool::new(&opts).map_err(|e| Error::io("start compression threads", 0, e))?)
+            Engine::Pool(
+                Pool::new(&opts).map_err(|e| Error::io("start compression threads", 0, e))?,
+            )
         } else {
             Engine::Inline(
-                Compressor::new(opts.algorithm, opts.codec_level()).map_err(|e| Error::io("init codec", 0, e))?,
+                Compressor::new(opts.algorithm, opts.codec_level())
+                    .map_err(|e| Error::io("init codec", 0, e))?,
             )
         };
         Ok(ZFileWriter {
@@ -249,7 +268,13 @@ impl<W: Write> ZFileWriter<W> {
     }
 
     fn slot(opts: &WriterOptions, f: u64) -> HeaderTrailer {
-        HeaderTrailer::new(f, opts.algorithm, opts.level_byte(), opts.block_size, opts.block_crc)
+        HeaderTrailer::new(
+            f,
+            opts.algorithm,
+            opts.level_byte(),
+            opts.block_size,
+            opts.block_crc,
+        )
     }
 
     fn emit(&mut self, chunk: Chunk) -> io::Result<()> {
@@ -276,7 +301,8 @@ impl<W: Write> ZFileWriter<W> {
             Engine::Pool(pool) => {
                 let (tx, rx) = mpsc::sync_channel(1);
                 let jobs = pool.jobs.as_ref().expect("pool is open until drop");
-                jobs.send((raw, tx)).map_err(|_| io::Error::other("compression thread exited"))?;
+                jobs.send((raw, tx))
+                    .map_err(|_| io::Error::other("compression thread exited"))?;
                 pool.pending.push_back(rx);
                 if pool.pending.len() >= pool.depth {
                     self.collect_one()?;
@@ -288,23 +314,32 @@ impl<W: Write> ZFileWriter<W> {
 
     /// Writes the oldest finished chunk (waiting for it).
     fn collect_one(&mut self) -> io::Result<bool> {
-        let Engine::Pool(pool) = &mut self.engine else { return Ok(false) };
-        let Some(rx) = pool.pending.pop_front() else { return Ok(false) };
-        let chunk = rx.recv().map_err(|_| io::Error::other("compression thread exited"))??;
+        let Engine::Pool(pool) = &mut self.engine else {
+            return Ok(false);
+        };
+        let Some(rx) = pool.pending.pop_front() else {
+            return Ok(false);
+        };
+        let chunk = rx
+            .recv()
+            .map_err(|_| io::Error::other("compression thread exited"))??;
         self.emit(chunk)?;
         Ok(true)
     }
 
     fn check_open(&self) -> io::Result<()> {
         if self.broken {
-            return Err(io::Error::other("zfile writer failed earlier; its output is incomplete"));
+            return Err(io::Error::other(
+                "zfile writer failed earlier; its output is incomplete",
+            ));
         }
         Ok(())
     }
 
     /// Writes everything but the trailer: last block, index, integrity table.
     fn write_tail(&mut self) -> Result<(HeaderTrailer, Summary)> {
-        self.check_open().map_err(|e| Error::io("write", self.pos, e))?;
+        self.check_open()
+            .map_err(|e| Error::io("write", self.pos, e))?;
         let r = (|| {
             self.submit()?;
             while self.collect_one()? {}
@@ -316,7 +351,9 @@ impl<W: Write> ZFileWriter<W> {
         })?;
         let index: Vec<u8> = self.lens.iter().flat_map(|l| l.to_le_bytes()).collect();
         let index_offset = self.pos;
-        self.out.write_all(&index).map_err(|e| Error::io("write index", index_offset, e))?;
+        self.out
+            .write_all(&index)
+            .map_err(|e| Error::io("write index", index_offset, e))?;
         self.pos += index.len() as u64;
         let blocks = self.lens.len() as u64;
         let mut root = None;
@@ -331,7 +368,9 @@ impl<W: Write> ZFileWriter<W> {
                 verify: self.opts.block_crc,
             };
             let (bytes, r) = integrity::encode(&layout, &index, &self.digests);
-            self.out.write_all(&bytes).map_err(|e| Error::io("write integrity table", self.pos, e))?;
+            self.out
+                .write_all(&bytes)
+                .map_err(|e| Error::io("write integrity table", self.pos, e))?;
             self.pos += bytes.len() as u64;
             root = Some(r);
         }
@@ -360,8 +399,12 @@ impl<W: Write> ZFileWriter<W> {
     fn finish_trailer(mut self) -> Result<(W, Summary, HeaderTrailer)> {
         let (mut ht, summary) = self.write_tail()?;
         ht.flags = flags::DATA_FILE | flags::SEALED | flags::CALC_DIGEST;
-        self.out.write_all(&ht.encode()).map_err(|e| Error::io("write trailer", self.pos, e))?;
-        self.out.flush().map_err(|e| Error::io("flush", self.pos, e))?;
+        self.out
+            .write_all(&ht.encode())
+            .map_err(|e| Error::io("write trailer", self.pos, e))?;
+        self.out
+            .flush()
+            .map_err(|e| Error::io("flush", self.pos, e))?;
         Ok((self.out, summary, ht))
     }
 }
@@ -375,9 +418,12 @@ impl<W: Write + Seek> ZFileWriter<W> {
         let end = out.stream_position().map_err(|e| Error::io("seek", 0, e))?;
         let start = end - summary.file_len;
         ht.flags = flags::HEADER | flags::DATA_FILE | flags::HEADER_OVERWRITE | flags::CALC_DIGEST;
-        out.seek(SeekFrom::Start(start)).map_err(|e| Error::io("seek", start, e))?;
-        out.write_all(&ht.encode()).map_err(|e| Error::io("rewrite header", start, e))?;
-        out.seek(SeekFrom::Start(end)).map_err(|e| Error::io("seek", end, e))?;
+        out.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io("seek", start, e))?;
+        out.write_all(&ht.encode())
+            .map_err(|e| Error::io("rewrite header", start, e))?;
+        out.seek(SeekFrom::Start(end))
+            .map_err(|e| Error::io("seek", end, e))?;
         out.flush().map_err(|e| Error::io("flush", end, e))?;
         Ok((out, summary))
     }

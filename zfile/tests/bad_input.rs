@@ -8,8 +8,16 @@ use zfile::header::{self, off, HeaderTrailer, HT_SLOT};
 use zfile::{Error, OpenOptions, WriterOptions, ZFile};
 
 fn small_file(integrity: bool) -> (Vec<u8>, Vec<u8>, zfile::Summary) {
-    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8 ^ (i >> 9) as u8).collect();
-    let (file, summary) = compress(&data, WriterOptions { integrity, ..Default::default() });
+    let data: Vec<u8> = (0..20_000u32)
+        .map(|i| (i % 253) as u8 ^ (i >> 9) as u8)
+        .collect();
+    let (file, summary) = compress(
+        &data,
+        WriterOptions {
+            integrity,
+            ..Default::default()
+        },
+    );
     (data, file, summary)
 }
 
@@ -44,7 +52,10 @@ fn truncated_at_every_length() {
             }
         }
         assert!(open_err(&file[..0]).contains("truncated"));
-        assert!(open_err(&file[..600]).contains("truncated") || open_err(&file[..600]).contains("trailer"));
+        assert!(
+            open_err(&file[..600]).contains("truncated")
+                || open_err(&file[..600]).contains("trailer")
+        );
     }
 }
 
@@ -52,7 +63,8 @@ fn truncated_at_every_length() {
 fn header_form_truncated_blocks_error_on_read() {
     use std::io::Write;
     let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
-    let mut w = zfile::ZFileWriter::new(std::io::Cursor::new(Vec::new()), WriterOptions::default()).unwrap();
+    let mut w = zfile::ZFileWriter::new(std::io::Cursor::new(Vec::new()), WriterOptions::default())
+        .unwrap();
     w.write_all(&data).unwrap();
     let file = w.finish_with_header().unwrap().0.into_inner();
     // Keep the header and half the blocks; the header alone locates the (now missing) index.
@@ -66,7 +78,9 @@ fn wrong_magic_and_garbage() {
     let mut f = file.clone();
     f[0] = b'X';
     assert!(open_err(&f).contains("not a zfile"));
-    let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     assert!(open_err(&garbage).contains("not a zfile"));
     // A trailer that is not one.
     let mut f = file.clone();
@@ -93,11 +107,24 @@ fn damaged_header_or_trailer_is_caught_by_digest() {
 #[test]
 fn inconsistent_fields_are_named() {
     let (_, file, _) = small_file(false);
-    let cases: Vec<(Box<dyn Fn(&mut HeaderTrailer)>, &str)> = vec![
-        (Box::new(|h| h.index_offset = 1 << 40), "index runs into the trailer"),
+    type Patch = Box<dyn Fn(&mut HeaderTrailer)>;
+    let cases: Vec<(Patch, &str)> = vec![
+        (
+            Box::new(|h| h.index_offset = 1 << 40),
+            "index runs into the trailer",
+        ),
         (Box::new(|h| h.index_offset = 100), "inside the header"),
-        (Box::new(|h| h.index_size = 1 << 40), "more than 1,000,000,000"),
-        (Box::new(|h| { h.index_size = 999_999_999; h.original_file_size = 999_999_999 * 4096 }), "index runs into"),
+        (
+            Box::new(|h| h.index_size = 1 << 40),
+            "more than 1,000,000,000",
+        ),
+        (
+            Box::new(|h| {
+                h.index_size = 999_999_999;
+                h.original_file_size = 999_999_999 * 4096
+            }),
+            "index runs into",
+        ),
         (Box::new(|h| h.original_file_size += 5000), "entries, but"),
         (Box::new(|h| h.block_size = 3000), "block_size"),
         (Box::new(|h| h.block_size = 1 << 20), "block_size"),
@@ -119,7 +146,12 @@ fn inconsistent_fields_are_named() {
 fn bad_index_entries_are_named() {
     let (_, file, summary) = small_file(false);
     let io = summary.index_offset as usize;
-    for (entry, value, want) in [(2usize, 0u32, "entry 2"), (1, 4, "entry 1"), (0, 1 << 30, "entry 0"), (3, 0xFFFF_FFFF, "entry 3")] {
+    for (entry, value, want) in [
+        (2usize, 0u32, "entry 2"),
+        (1, 4, "entry 1"),
+        (0, 1 << 30, "entry 0"),
+        (3, 0xFFFF_FFFF, "entry 3"),
+    ] {
         let mut f = file.clone();
         f[io + 4 * entry..io + 4 * entry + 4].copy_from_slice(&value.to_le_bytes());
         let crc = zfile::crc::crc32c_raw(0, &f[io..io + 4 * summary.blocks as usize]);
@@ -144,7 +176,10 @@ fn block_that_decompresses_to_the_wrong_size() {
     patch_trailer(&mut f, |h| h.original_file_size = 8192);
     let z = ZFile::open(&f[..]).unwrap();
     let e = z.read_at(0, &mut [0u8; 8192]).unwrap_err().to_string();
-    assert!(e.contains("zfile block 1") && e.contains("decompressed to 3904 bytes, expected 4096"), "{e}");
+    assert!(
+        e.contains("zfile block 1") && e.contains("decompressed to 3904 bytes, expected 4096"),
+        "{e}"
+    );
     // And claiming less: the block no longer fits its buffer.
     let (mut f, _) = compress(&data, WriterOptions::default());
     patch_trailer(&mut f, |h| h.original_file_size = 4097);
@@ -158,7 +193,10 @@ fn index_size_claims_do_not_allocate_ahead_of_data() {
     // A header-form file claiming 900 million blocks of a tiny file: the reader must fail
     // at the end of data without having allocated 3.6 GB.
     let mut slot = HeaderTrailer::new(
-        header::flags::HEADER | header::flags::DATA_FILE | header::flags::HEADER_OVERWRITE | header::flags::CALC_DIGEST,
+        header::flags::HEADER
+            | header::flags::DATA_FILE
+            | header::flags::HEADER_OVERWRITE
+            | header::flags::CALC_DIGEST,
         zfile::Algorithm::Lz4,
         0,
         4096,
@@ -170,7 +208,16 @@ fn index_size_claims_do_not_allocate_ahead_of_data() {
     let mut f = slot.encode().to_vec();
     f.extend_from_slice(&[0u8; 4096]);
     let e = ZFile::open(&f[..]).unwrap_err();
-    assert!(matches!(e, Error::Truncated { what: "zfile index", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Truncated {
+                what: "zfile index",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -190,9 +237,18 @@ fn trusted_root_tamper_detection_covers_every_byte() {
     // With a trusted root, flipping any single byte of the file is detected at open or on
     // the read that touches it.
     let data: Vec<u8> = (0..9000u32).map(|i| (i % 199) as u8).collect();
-    let (file, summary) = compress(&data, WriterOptions { integrity: true, ..Default::default() });
+    let (file, summary) = compress(
+        &data,
+        WriterOptions {
+            integrity: true,
+            ..Default::default()
+        },
+    );
     let root = summary.integrity_root.unwrap();
-    let opts = OpenOptions { trusted_root: Some(root), ..Default::default() };
+    let opts = OpenOptions {
+        trusted_root: Some(root),
+        ..Default::default()
+    };
     assert!(read_all(&ZFile::open_with(&file[..], &opts).unwrap()) == data);
     for i in 0..file.len() {
         let mut f = file.clone();
@@ -201,34 +257,62 @@ fn trusted_root_tamper_detection_covers_every_byte() {
             Err(_) => true,
             Ok(z) => z.read_at(0, &mut vec![0u8; data.len()]).is_err(),
         };
-        assert!(detected, "flipping byte {i} of {} went unnoticed", file.len());
+        assert!(
+            detected,
+            "flipping byte {i} of {} went unnoticed",
+            file.len()
+        );
     }
 }
 
 #[test]
 fn a_forger_who_fixes_every_checksum_is_stopped_by_the_trusted_root() {
     let data = vec![0x55u8; 12_000];
-    let (file, summary) = compress(&data, WriterOptions { integrity: true, ..Default::default() });
+    let (file, summary) = compress(
+        &data,
+        WriterOptions {
+            integrity: true,
+            ..Default::default()
+        },
+    );
     let trusted = summary.integrity_root.unwrap();
     // The forger replaces the whole content and rebuilds a self-consistent file, table and all.
     let evil = vec![0x66u8; 12_000];
-    let (forged, forged_summary) = compress(&evil, WriterOptions { integrity: true, ..Default::default() });
+    let (forged, forged_summary) = compress(
+        &evil,
+        WriterOptions {
+            integrity: true,
+            ..Default::default()
+        },
+    );
     assert_eq!(forged.len(), file.len());
     // Without a trusted root it opens (the table is self-consistent) ...
     let z = ZFile::open(&forged[..]).unwrap();
-    assert_eq!(z.info().verification, zfile::Verification::TableSelfConsistent);
+    assert_eq!(
+        z.info().verification,
+        zfile::Verification::TableSelfConsistent
+    );
     assert_eq!(z.info().integrity_root, forged_summary.integrity_root);
     // ... with the trusted root it is refused.
-    let e = ZFile::open_with(&forged[..], &OpenOptions { trusted_root: Some(trusted), ..Default::default() })
-        .unwrap_err()
-        .to_string();
+    let e = ZFile::open_with(
+        &forged[..],
+        &OpenOptions {
+            trusted_root: Some(trusted),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("root mismatch"), "{e}");
 }
 
 #[test]
 fn trusted_root_requires_a_table() {
     let (_, file, _) = small_file(false);
-    let opts = OpenOptions { trusted_root: Some(zfile::Root([1; 32])), ..Default::default() };
+    let opts = OpenOptions {
+        trusted_root: Some(zfile::Root([1; 32])),
+        ..Default::default()
+    };
     let e = ZFile::open_with(&file[..], &opts).unwrap_err().to_string();
     assert!(e.contains("no integrity table"), "{e}");
 }
@@ -236,7 +320,11 @@ fn trusted_root_requires_a_table() {
 #[test]
 fn fuzz_bodies_survive_mutated_vectors() {
     // A deterministic taste of what the fuzz targets do, run on every test run.
-    let mut seeds = vec![vector("a.lz4.bs4.zfile")[..40_000].to_vec(), vector("zf.small.zstd.bs4.zfile"), vector("e.lz4.bs4.zfile")];
+    let mut seeds = vec![
+        vector("a.lz4.bs4.zfile")[..40_000].to_vec(),
+        vector("zf.small.zstd.bs4.zfile"),
+        vector("e.lz4.bs4.zfile"),
+    ];
     seeds.push(small_file(true).1);
     seeds.push(zfile::envelope::pax_prefix(100).to_vec());
     let mut x: u32 = 12345;

@@ -28,21 +28,33 @@ fn mixed(len: usize, seed: u64) -> Vec<u8> {
 fn opts_strategy() -> impl Strategy<Value = WriterOptions> {
     (
         prop_oneof![Just(Algorithm::Lz4), Just(Algorithm::Zstd)],
-        prop_oneof![Just(4096u32), Just(8192), Just(16384), Just(32768), Just(65536)],
+        prop_oneof![
+            Just(4096u32),
+            Just(8192),
+            Just(16384),
+            Just(32768),
+            Just(65536)
+        ],
         any::<bool>(),
         any::<bool>(),
         1usize..4,
         prop_oneof![Just(None), Just(Some(1)), Just(Some(7))],
     )
-        .prop_map(|(algorithm, block_size, block_crc, integrity, threads, level)| WriterOptions {
-            algorithm,
-            block_size,
-            block_crc,
-            integrity,
-            threads,
-            level: if algorithm == Algorithm::Zstd { level } else { None },
-            allow_overlaybd_unreadable: true,
-        })
+        .prop_map(
+            |(algorithm, block_size, block_crc, integrity, threads, level)| WriterOptions {
+                algorithm,
+                block_size,
+                block_crc,
+                integrity,
+                threads,
+                level: if algorithm == Algorithm::Zstd {
+                    level
+                } else {
+                    None
+                },
+                allow_overlaybd_unreadable: true,
+            },
+        )
 }
 
 proptest! {
@@ -97,7 +109,13 @@ proptest! {
 #[test]
 fn many_threads_read_one_file() {
     let data = mixed(3 << 20, 9);
-    let (file, _) = compress(&data, WriterOptions { algorithm: Algorithm::Zstd, ..Default::default() });
+    let (file, _) = compress(
+        &data,
+        WriterOptions {
+            algorithm: Algorithm::Zstd,
+            ..Default::default()
+        },
+    );
     let z = ZFile::open(file).unwrap();
     std::thread::scope(|s| {
         for t in 0..4u64 {
@@ -120,7 +138,13 @@ fn many_threads_read_one_file() {
 fn short_reads_from_the_source_are_fine() {
     let data = mixed(200_000, 3);
     for integrity in [false, true] {
-        let (file, _) = compress(&data, WriterOptions { integrity, ..Default::default() });
+        let (file, _) = compress(
+            &data,
+            WriterOptions {
+                integrity,
+                ..Default::default()
+            },
+        );
         for chunk in [1, 7, 512, 4099] {
             let z = ZFile::open(FaultySource::new(&file[..], chunk, None)).unwrap();
             assert!(read_all(&z) == data, "chunk {chunk}");
@@ -131,7 +155,13 @@ fn short_reads_from_the_source_are_fine() {
 #[test]
 fn a_failing_source_gives_errors_not_panics() {
     let data = mixed(100_000, 4);
-    let (file, _) = compress(&data, WriterOptions { integrity: true, ..Default::default() });
+    let (file, _) = compress(
+        &data,
+        WriterOptions {
+            integrity: true,
+            ..Default::default()
+        },
+    );
     // Count the calls a clean open + full read makes, then fail each one in turn.
     let probe = FaultySource::new(&file[..], 3000, None);
     let z = ZFile::open(&probe).unwrap();
@@ -146,7 +176,10 @@ fn a_failing_source_gives_errors_not_panics() {
         });
         match result {
             Err(e) => assert!(e.to_string().contains("injected failure"), "call {n}: {e}"),
-            Ok(out) => panic!("call {n} failed but the read succeeded ({} bytes)", out.len()),
+            Ok(out) => panic!(
+                "call {n} failed but the read succeeded ({} bytes)",
+                out.len()
+            ),
         }
     }
 }
@@ -155,7 +188,13 @@ fn a_failing_source_gives_errors_not_panics() {
 fn a_bad_cached_block_is_fetched_again_from_the_origin() {
     let data = mixed(100_000, 5);
     for integrity in [false, true] {
-        let (file, _) = compress(&data, WriterOptions { integrity, ..Default::default() });
+        let (file, _) = compress(
+            &data,
+            WriterOptions {
+                integrity,
+                ..Default::default()
+            },
+        );
         let z = ZFile::open(&file[..]).unwrap();
         let ext = z.block_extent(3);
         // The cache holds a damaged copy of block 3; the origin is right.
@@ -170,11 +209,20 @@ fn a_bad_cached_block_is_fetched_again_from_the_origin() {
 fn a_block_bad_at_the_origin_is_an_error_naming_it() {
     let data = mixed(100_000, 6);
     for integrity in [false, true] {
-        let (mut file, _) = compress(&data, WriterOptions { integrity, ..Default::default() });
+        let (mut file, _) = compress(
+            &data,
+            WriterOptions {
+                integrity,
+                ..Default::default()
+            },
+        );
         let ext = ZFile::open(&file[..]).unwrap().block_extent(5);
         file[ext.offset as usize + 2] ^= 0x10;
         let z = ZFile::open(&file[..]).unwrap();
-        let e = z.read_at(0, &mut vec![0u8; data.len()]).unwrap_err().to_string();
+        let e = z
+            .read_at(0, &mut vec![0u8; data.len()])
+            .unwrap_err()
+            .to_string();
         let want = format!("zfile block 5 at offset {:#x}", ext.offset);
         assert!(e.starts_with(&want), "{e}");
         assert!(e.contains(if integrity { "blake3" } else { "crc" }), "{e}");
@@ -191,12 +239,50 @@ fn a_block_bad_at_the_origin_is_an_error_naming_it() {
 #[test]
 fn writer_refuses_bad_settings_with_reasons() {
     let cases = [
-        (WriterOptions { block_size: 3000, ..Default::default() }, "power of two"),
-        (WriterOptions { block_size: 2048, ..Default::default() }, "power of two"),
-        (WriterOptions { block_size: 131072, allow_overlaybd_unreadable: true, ..Default::default() }, "64 KiB"),
-        (WriterOptions { level: Some(5), ..Default::default() }, "lz4 has no compression levels"),
-        (WriterOptions { algorithm: Algorithm::Zstd, level: Some(99), ..Default::default() }, "zstd level 99"),
-        (WriterOptions { threads: 0, ..Default::default() }, "threads"),
+        (
+            WriterOptions {
+                block_size: 3000,
+                ..Default::default()
+            },
+            "power of two",
+        ),
+        (
+            WriterOptions {
+                block_size: 2048,
+                ..Default::default()
+            },
+            "power of two",
+        ),
+        (
+            WriterOptions {
+                block_size: 131072,
+                allow_overlaybd_unreadable: true,
+                ..Default::default()
+            },
+            "64 KiB",
+        ),
+        (
+            WriterOptions {
+                level: Some(5),
+                ..Default::default()
+            },
+            "lz4 has no compression levels",
+        ),
+        (
+            WriterOptions {
+                algorithm: Algorithm::Zstd,
+                level: Some(99),
+                ..Default::default()
+            },
+            "zstd level 99",
+        ),
+        (
+            WriterOptions {
+                threads: 0,
+                ..Default::default()
+            },
+            "threads",
+        ),
     ];
     for (opts, want) in cases {
         let e = ZFileWriter::new(Vec::new(), opts).unwrap_err().to_string();
@@ -207,9 +293,29 @@ fn writer_refuses_bad_settings_with_reasons() {
 #[test]
 fn zstd_level_is_recorded_and_used() {
     let data = mixed(300_000, 8);
-    let (fast, _) = compress(&data, WriterOptions { algorithm: Algorithm::Zstd, level: Some(1), ..Default::default() });
-    let (best, _) = compress(&data, WriterOptions { algorithm: Algorithm::Zstd, level: Some(19), ..Default::default() });
-    let (dflt, _) = compress(&data, WriterOptions { algorithm: Algorithm::Zstd, ..Default::default() });
+    let (fast, _) = compress(
+        &data,
+        WriterOptions {
+            algorithm: Algorithm::Zstd,
+            level: Some(1),
+            ..Default::default()
+        },
+    );
+    let (best, _) = compress(
+        &data,
+        WriterOptions {
+            algorithm: Algorithm::Zstd,
+            level: Some(19),
+            ..Default::default()
+        },
+    );
+    let (dflt, _) = compress(
+        &data,
+        WriterOptions {
+            algorithm: Algorithm::Zstd,
+            ..Default::default()
+        },
+    );
     assert!(best.len() < fast.len());
     assert_eq!(ZFile::open(&fast[..]).unwrap().info().level, 1);
     assert_eq!(ZFile::open(&dflt[..]).unwrap().info().level, 0);

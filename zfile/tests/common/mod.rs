@@ -33,7 +33,11 @@ pub fn zf_input() -> &'static [u8] {
     static INPUT: OnceLock<Vec<u8>> = OnceLock::new();
     INPUT.get_or_init(|| {
         let data = zfile::testutil::gen_input(2_098_386, 101);
-        assert_eq!(sha256_hex(&data), sums()["zf.input.bin"], "gen_input port disagrees with gen_input.py");
+        assert_eq!(
+            sha256_hex(&data),
+            sums()["zf.input.bin"],
+            "gen_input port disagrees with gen_input.py"
+        );
         data
     })
 }

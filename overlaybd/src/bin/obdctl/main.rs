@@ -5,7 +5,11 @@ mod zfile_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "obdctl", version, about = "Inspect and build overlaybd image files")]
+#[command(
+    name = "obdctl",
+    version,
+    about = "Inspect and build overlaybd image files"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

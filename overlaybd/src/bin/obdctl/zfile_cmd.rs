@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use zfile::envelope::{self, EnvelopeKind, PaxWriter};
 use zfile::{Algorithm, OpenOptions, ReadAt, Root, WriterOptions, ZFile, ZFileWriter};
@@ -62,7 +62,10 @@ pub enum ZfileCmd {
 fn parse_size(s: &str) -> std::result::Result<u32, String> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = lower.strip_suffix("kib").or_else(|| lower.strip_suffix('k')) {
+    let (num, mult) = if let Some(n) = lower
+        .strip_suffix("kib")
+        .or_else(|| lower.strip_suffix('k'))
+    {
         (n.to_string(), 1024)
     } else {
         (lower.clone(), 1)
@@ -79,13 +82,20 @@ fn open_in(path: &PathBuf) -> Result<File> {
 }
 
 /// Opens a blob as a ZFile, looking through a tar envelope.
-fn open_zfile(path: &PathBuf, opts: &OpenOptions) -> Result<(ZFile<zfile::Window<File>>, EnvelopeKind)> {
-    let (payload, env) = envelope::open_payload(open_in(path)?).with_context(|| format!("{}", path.display()))?;
+fn open_zfile(
+    path: &PathBuf,
+    opts: &OpenOptions,
+) -> Result<(ZFile<zfile::Window<File>>, EnvelopeKind)> {
+    let (payload, env) =
+        envelope::open_payload(open_in(path)?).with_context(|| format!("{}", path.display()))?;
     let z = ZFile::open_with(payload, opts).with_context(|| format!("{}", path.display()))?;
     Ok((z, env.kind))
 }
 
-fn finish<W: Write + std::io::Seek>(w: ZFileWriter<W>, trailer_only: bool) -> zfile::Result<(W, zfile::Summary)> {
+fn finish<W: Write + std::io::Seek>(
+    w: ZFileWriter<W>,
+    trailer_only: bool,
+) -> zfile::Result<(W, zfile::Summary)> {
     if trailer_only {
         w.finish()
     } else {
@@ -124,16 +134,19 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
             opts.validate()?;
             let start = Instant::now();
             let mut src = open_in(&input)?;
-            let out = File::create(&output).with_context(|| format!("create {}", output.display()))?;
+            let out =
+                File::create(&output).with_context(|| format!("create {}", output.display()))?;
             let summary = if tar {
                 let mut w = ZFileWriter::new(PaxWriter::new(BufWriter::new(out))?, opts)?;
-                std::io::copy(&mut src, &mut w).with_context(|| format!("compress {}", input.display()))?;
+                std::io::copy(&mut src, &mut w)
+                    .with_context(|| format!("compress {}", input.display()))?;
                 let (pax, summary) = finish(w, no_header_rewrite)?;
                 pax.finish()?.0.flush()?;
                 summary
             } else {
                 let mut w = ZFileWriter::new(BufWriter::new(out), opts)?;
-                std::io::copy(&mut src, &mut w).with_context(|| format!("compress {}", input.display()))?;
+                std::io::copy(&mut src, &mut w)
+                    .with_context(|| format!("compress {}", input.display()))?;
                 let (mut f, summary) = finish(w, no_header_rewrite)?;
                 f.flush()?;
                 summary
@@ -156,7 +169,9 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
         ZfileCmd::Decompress { input, output } => {
             let start = Instant::now();
             let (z, _) = open_zfile(&input, &OpenOptions::default())?;
-            let mut out = BufWriter::new(File::create(&output).with_context(|| format!("create {}", output.display()))?);
+            let mut out = BufWriter::new(
+                File::create(&output).with_context(|| format!("create {}", output.display()))?,
+            );
             let mut buf = vec![0u8; 4 << 20];
             let mut off = 0;
             while off < z.len() {
@@ -165,11 +180,20 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
                 off += n as u64;
             }
             out.flush()?;
-            println!("{} -> {}: {} bytes, {:.0} MB/s", input.display(), output.display(), off, mb_per_s(off, start));
+            println!(
+                "{} -> {}: {} bytes, {:.0} MB/s",
+                input.display(),
+                output.display(),
+                off,
+                mb_per_s(off, start)
+            );
             Ok(ExitCode::SUCCESS)
         }
         ZfileCmd::Verify { input, root } => {
-            let opts = OpenOptions { trusted_root: root, ..Default::default() };
+            let opts = OpenOptions {
+                trusted_root: root,
+                ..Default::default()
+            };
             let (z, _) = open_zfile(&input, &opts)?;
             let mut bad = 0u64;
             let checked = z.verify_blocks(|e| {
@@ -181,11 +205,18 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
             let what = match z.info().verification {
                 zfile::Verification::Crc if z.info().block_crc => "crc",
                 zfile::Verification::Crc => "decompression only (no crc in this file)",
-                zfile::Verification::TableSelfConsistent => "crc + blake3 (table self-consistent, no trusted root given)",
-                zfile::Verification::Authenticated => "crc + blake3 (authenticated by the trusted root)",
+                zfile::Verification::TableSelfConsistent => {
+                    "crc + blake3 (table self-consistent, no trusted root given)"
+                }
+                zfile::Verification::Authenticated => {
+                    "crc + blake3 (authenticated by the trusted root)"
+                }
             };
             if bad > 0 {
-                println!("{}: {bad} of {checked} blocks failed ({what})", input.display());
+                println!(
+                    "{}: {bad} of {checked} blocks failed ({what})",
+                    input.display()
+                );
                 return Ok(ExitCode::from(1));
             }
             println!("{}: all {checked} blocks ok ({what})", input.display());
@@ -219,13 +250,17 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
             println!("index found in:    {:?}", i.index_source);
             println!("header flags:      {:#x}", i.header_flags);
             println!("block crc:         {}", i.block_crc);
-            println!("header/index crc:  {}", if i.digests_checked { "present, ok" } else { "absent (pre-2023 writer)" });
+            println!(
+                "header/index crc:  {}",
+                if i.digests_checked {
+                    "present, ok"
+                } else {
+                    "absent (pre-2023 writer)"
+                }
+            );
             match i.integrity_root {
                 Some(r) => println!("integrity root:    {r}"),
                 None => println!("integrity root:    none (no integrity table)"),
-            }
-            if z.len() > 0 && i.blocks == 0 {
-                bail!("inconsistent file");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, then runs the format check,
+# clippy with warnings denied, and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+need_rust
+# lz4-sys and zstd-sys build their C sources with cc.
+need_pkgs gcc:gcc
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked

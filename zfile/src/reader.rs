@@ -382,6 +382,22 @@ impl<S: ReadAt> ZFile<S> {
         ReadPlan { blocks, blob }
     }
 
+    /// Neighbouring blocks from `block` (before `end`) whose stored bytes fit in `max_bytes`
+    /// (at least one block), to be fetched in one source read: the first block's extent, the
+    /// last block, and the span in bytes.
+    fn batch(&self, block: u64, end: u64, max_bytes: u64) -> (BlobExtent, u64, usize) {
+        let first = self.jump.extent(block);
+        let mut last = block;
+        while last + 1 < end && self.jump.extent(last + 1).end() - first.offset <= max_bytes {
+            last += 1;
+        }
+        (
+            first,
+            last,
+            (self.jump.extent(last).end() - first.offset) as usize,
+        )
+    }
+
     fn raw_len(&self, block: u64) -> usize {
         let bs = self.info.block_size as u64;
         (self.len() - block * bs).min(bs) as usize
@@ -453,15 +469,7 @@ impl<S: ReadAt> ZFile<S> {
             let (stored, tmp) = scratch;
             let mut block = plan.blocks.start;
             while block < plan.blocks.end {
-                // Gather neighbouring blocks into one source read.
-                let first = self.jump.extent(block);
-                let mut last = block;
-                while last + 1 < plan.blocks.end
-                    && self.jump.extent(last + 1).end() - first.offset <= MAX_BATCH
-                {
-                    last += 1;
-                }
-                let span = (self.jump.extent(last).end() - first.offset) as usize;
+                let (first, last, span) = self.batch(block, plan.blocks.end, MAX_BATCH);
                 if stored.len() < span {
                     stored.resize(span, 0);
                 }
@@ -510,14 +518,7 @@ impl<S: ReadAt> ZFile<S> {
         let mut block = 0;
         let total = self.info.blocks;
         while block < total {
-            let first = self.jump.extent(block);
-            let mut last = block;
-            while last + 1 < total
-                && self.jump.extent(last + 1).end() - first.offset <= 4 * MAX_BATCH
-            {
-                last += 1;
-            }
-            let span = (self.jump.extent(last).end() - first.offset) as usize;
+            let (first, last, span) = self.batch(block, total, 4 * MAX_BATCH);
             stored.resize(span, 0);
             read_exact(&self.src, first.offset, &mut stored, "zfile block")?;
             for b in block..=last {

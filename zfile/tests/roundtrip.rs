@@ -293,29 +293,18 @@ fn writer_refuses_bad_settings_with_reasons() {
 #[test]
 fn zstd_level_is_recorded_and_used() {
     let data = mixed(300_000, 8);
-    let (fast, _) = compress(
-        &data,
-        WriterOptions {
-            algorithm: Algorithm::Zstd,
-            level: Some(1),
-            ..Default::default()
-        },
-    );
-    let (best, _) = compress(
-        &data,
-        WriterOptions {
-            algorithm: Algorithm::Zstd,
-            level: Some(19),
-            ..Default::default()
-        },
-    );
-    let (dflt, _) = compress(
-        &data,
-        WriterOptions {
-            algorithm: Algorithm::Zstd,
-            ..Default::default()
-        },
-    );
+    let zstd = |level| {
+        compress(
+            &data,
+            WriterOptions {
+                algorithm: Algorithm::Zstd,
+                level,
+                ..Default::default()
+            },
+        )
+        .0
+    };
+    let (fast, best, dflt) = (zstd(Some(1)), zstd(Some(19)), zstd(None));
     assert!(best.len() < fast.len());
     assert_eq!(ZFile::open(&fast[..]).unwrap().info().level, 1);
     assert_eq!(ZFile::open(&dflt[..]).unwrap().info().level, 0);

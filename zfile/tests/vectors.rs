@@ -207,3 +207,43 @@ fn writer_zstd_files_match_overlaybd_layout() {
     let theirs_len = theirs.len() as f64;
     assert!((z.source().len() as f64 - theirs_len).abs() / theirs_len < 0.01);
 }
+
+/// Files written before overlaybd's 2023 digest change carry stack garbage: flag bits 6..63,
+/// `digest`, `index_crc`, reserved and padding fields, bytes 96..511, and the header's index
+/// fields (the header was not rewritten). The flag words below are the ones found in
+/// overlaybd's 2021 ext4 base layer. Such a file must read normally.
+#[test]
+fn tolerates_garbage_left_by_old_writers() {
+    use zfile::header::off;
+    let mut f = vector("a.lz4.bs4.zfile");
+    let n = f.len();
+    let mut noise: u32 = 0xdead_beef;
+    let mut garbage = |b: &mut [u8]| {
+        for x in b {
+            noise = noise.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *x = (noise >> 24) as u8;
+        }
+    };
+    for (slot, flags) in [
+        (0usize, 0x0000_7FFE_A464_0B43u64),
+        (n - 512, 0x0000_7FFE_A464_0B46),
+    ] {
+        let s = &mut f[slot..slot + 512];
+        s[off::FLAGS..off::FLAGS + 8].copy_from_slice(&flags.to_le_bytes());
+        garbage(&mut s[off::DIGEST..off::DIGEST + 4]);
+        garbage(&mut s[off::INDEX_CRC..off::INDEX_CRC + 4]);
+        garbage(&mut s[off::RESERVED_0..off::RESERVED_0 + 4]);
+        garbage(&mut s[off::OPT_RESERVED..off::OPT_RESERVED + 4]);
+        garbage(&mut s[off::VERIFY + 1..off::VERIFY + 8]);
+        garbage(&mut s[79..80]);
+        garbage(&mut s[96..512]);
+        if slot == 0 {
+            garbage(&mut s[off::INDEX_OFFSET..off::ORIGINAL_FILE_SIZE + 8]);
+        }
+    }
+    let z = ZFile::open(&f[..]).unwrap();
+    assert!(!z.info().digests_checked);
+    assert_eq!(z.info().index_source, IndexSource::Trailer);
+    assert!(read_all(&z) == zf_input());
+    assert!(zfile::is_zfile(&f));
+}

@@ -84,6 +84,12 @@ fn compress_info_verify_decompress() {
         assert!(text(&v).contains("BAD zfile block"), "{}", text(&v));
         let d = obdctl(&["zfile", "decompress", &bad, &back]);
         assert!(!d.status.success());
+        assert!(
+            !Path::new(&back).exists(),
+            "a failed decompress left {back} behind"
+        );
+        let d = obdctl(&["zfile", "decompress", "--root", &root, &o, &back]);
+        assert!(d.status.success(), "{}", text(&d));
         // A wrong trusted root is refused at open.
         let other = format!("blake3:{}", "0".repeat(64));
         let v = obdctl(&["zfile", "verify", &o, "--root", &other]);
@@ -125,6 +131,13 @@ fn clear_errors() {
         &p(dir.path(), "x"),
     ]);
     assert!(!out.status.success() && text(&out).contains("overlaybd's reader cannot read"));
+    let out = obdctl(&["zfile", "compress", &junk, &junk]);
+    assert!(
+        !out.status.success() && text(&out).contains("both the input and the output"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(&junk).unwrap(), vec![0x42u8; 5000]);
     let out = obdctl(&["zfile", "verify", &p(dir.path(), "missing")]);
     assert!(!out.status.success() && text(&out).contains("missing"));
 }

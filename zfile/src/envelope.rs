@@ -537,6 +537,118 @@ mod tests {
         assert_eq!(parse_octal(b"77777777777777777777777"), None);
     }
 
+    /// The prefix exactly as overlaybd's `TarFile::write_header_trailer` writes it: numeric
+    /// fields space-padded (`%*lo`), mode from `st_mode`, the member's size field 0.
+    fn overlaybd_prefix(payload_len: u64) -> Vec<u8> {
+        fn oct_nonull(b: &mut [u8], at: usize, width: usize, v: u64) {
+            let s = format!("{v:>w$o}", w = width - 1);
+            put_str(b, at, &s);
+            b[at + width - 1] = b' ';
+        }
+        fn oct(b: &mut [u8], at: usize, width: usize, v: u64) {
+            let s = format!("{v:>w$o} ", w = width - 2);
+            put_str(b, at, &s);
+        }
+        fn sum(b: &mut [u8; 512]) {
+            b[hdr::CHKSUM..hdr::CHKSUM + 8].fill(b' ');
+            let c: u64 = b.iter().map(|&x| x as u64).sum();
+            b[hdr::CHKSUM..hdr::CHKSUM + 8].fill(0);
+            oct(b, hdr::CHKSUM, 8, c);
+        }
+        let mut out = vec![0u8; 1536];
+        let record = pax_record("size", &payload_len.to_string());
+        let h: &mut [u8; 512] = (&mut out[..512]).try_into().unwrap();
+        h[hdr::TYPEFLAG] = b'x';
+        put_str(h, hdr::NAME, "overlaybd.pax");
+        oct_nonull(h, hdr::SIZE, 12, record.len() as u64);
+        put_str(h, hdr::VERSION, "00");
+        put_str(h, hdr::MAGIC, "ustar\0");
+        sum(h);
+        put_str(&mut out[512..], 0, &record);
+        let h: &mut [u8; 512] = (&mut out[1024..]).try_into().unwrap();
+        h[hdr::TYPEFLAG] = b'0';
+        put_str(h, hdr::UNAME, "root");
+        oct(h, hdr::UID, 8, 0);
+        put_str(h, hdr::GNAME, "root");
+        oct(h, hdr::GID, 8, 0);
+        oct(h, hdr::MODE, 8, 0o100644);
+        oct_nonull(h, hdr::MTIME, 12, 0);
+        oct_nonull(h, hdr::SIZE, 12, 0);
+        put_str(h, hdr::NAME, "overlaybd.commit");
+        put_str(h, hdr::VERSION, "00");
+        put_str(h, hdr::MAGIC, "ustar\0");
+        sum(h);
+        out
+    }
+
+    #[test]
+    fn reads_the_prefix_overlaybd_writes() {
+        let payload = vec![0x5au8; 3000];
+        let mut blob = overlaybd_prefix(3000);
+        blob.extend_from_slice(&payload);
+        blob.extend_from_slice(&tar_suffix(3000));
+        let env = detect(&blob[..]).unwrap();
+        assert_eq!(
+            env,
+            Envelope {
+                kind: EnvelopeKind::Pax,
+                payload_offset: 1536,
+                payload_len: Some(3000)
+            }
+        );
+    }
+
+    #[test]
+    fn reads_the_gnu_form() {
+        let payload = b"payload".to_vec();
+        let mut h = [0u8; BLOCK];
+        put_str(&mut h, hdr::NAME, "x");
+        put_octal(&mut h, hdr::SIZE, 12, payload.len() as u64);
+        h[hdr::TYPEFLAG] = b'0';
+        finish_header(&mut h);
+        put_str(&mut h, hdr::MAGIC, "ustar ");
+        put_str(&mut h, hdr::VERSION, " \0");
+        h[hdr::CHKSUM..hdr::CHKSUM + 8].fill(b' ');
+        let sum: u64 = h.iter().map(|&x| x as u64).sum();
+        put_str(&mut h, hdr::CHKSUM, &format!("{sum:06o}\0 "));
+        let mut blob = h.to_vec();
+        blob.extend_from_slice(&payload);
+        blob.extend_from_slice(&tar_suffix(payload.len() as u64));
+        let env = detect(&blob[..]).unwrap();
+        assert_eq!(
+            env,
+            Envelope {
+                kind: EnvelopeKind::Plain,
+                payload_offset: 512,
+                payload_len: Some(7)
+            }
+        );
+    }
+
+    #[test]
+    fn huge_sizes_without_a_known_blob_size_do_not_overflow() {
+        /// A source that hides its size.
+        struct NoSize(Vec<u8>);
+        impl ReadAt for NoSize {
+            fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.read_at(offset, buf)
+            }
+        }
+        let mut blob = pax_prefix(5).to_vec();
+        let rec = pax_record("size", &u64::MAX.to_string());
+        blob[512..1024].fill(0);
+        put_str(&mut blob[512..], 0, &rec);
+        let h: &mut [u8; 512] = (&mut blob[..512]).try_into().unwrap();
+        put_octal(h, hdr::SIZE, 12, rec.len() as u64);
+        finish_header(h);
+        let (w, env) = open_payload(NoSize(blob)).unwrap();
+        assert_eq!(env.payload_len, Some(u64::MAX));
+        assert_eq!(w.len(), u64::MAX - 1536);
+        let mut b = [0u8; 4];
+        assert_eq!(w.read_at(w.len() - 2, &mut b).unwrap(), 0);
+        assert_eq!(w.read_at(u64::MAX, &mut b).unwrap(), 0);
+    }
+
     #[test]
     fn pax_writer_seeks_back() {
         let mut w = PaxWriter::new(io::Cursor::new(Vec::new())).unwrap();

@@ -33,6 +33,7 @@ pub mod off {
     pub const BLOCK_SIZE: usize = 56;
     pub const ALGO: usize = 60;
     pub const VERIFY: usize = 61;
+    pub const LEVEL: usize = 62;
     pub const ROOT: usize = 64;
 }
 
@@ -84,6 +85,8 @@ pub struct Layout {
     pub block_size: u32,
     pub algo: u8,
     pub verify: bool,
+    /// The slot's `level` byte.
+    pub level: u8,
 }
 
 fn put(b: &mut [u8], at: usize, v: &[u8]) {
@@ -111,14 +114,21 @@ pub fn block_digest(stored: &[u8]) -> [u8; DIGEST_LEN] {
     *blake3::hash(stored).as_bytes()
 }
 
-/// Computes the root over the table header (its root field taken as zero), the raw index and
-/// the digests.
-pub fn compute_root(header: &[u8], index: &[u8], table: &[u8]) -> Root {
+/// The root hasher primed with the table header (its root field taken as zero) and the raw
+/// index; the digests follow.
+pub fn root_hasher(header: &[u8], index: &[u8]) -> blake3::Hasher {
     let mut h = blake3::Hasher::new_derive_key(ROOT_CONTEXT);
     h.update(&header[..off::ROOT]);
     h.update(&[0u8; 32]);
     h.update(&header[off::ROOT + 32..HEADER_LEN]);
     h.update(index);
+    h
+}
+
+/// Computes the root over the table header (its root field taken as zero), the raw index and
+/// the digests.
+pub fn compute_root(header: &[u8], index: &[u8], table: &[u8]) -> Root {
+    let mut h = root_hasher(header, index);
     h.update(table);
     Root(*h.finalize().as_bytes())
 }
@@ -162,6 +172,7 @@ pub fn encode(layout: &Layout, index: &[u8], digests: &[[u8; DIGEST_LEN]]) -> (V
     put(&mut out, off::BLOCK_SIZE, &layout.block_size.to_le_bytes());
     out[off::ALGO] = layout.algo;
     out[off::VERIFY] = layout.verify as u8;
+    out[off::LEVEL] = layout.level;
     for (i, d) in digests.iter().enumerate() {
         put(&mut out, HEADER_LEN + i * DIGEST_LEN, d);
     }
@@ -209,6 +220,13 @@ pub fn decode_header(head: &[u8; HEADER_LEN], offset: u64) -> Result<TableHeader
             "digest length {dlen}, expected {DIGEST_LEN}"
         ))));
     }
+    let flags = u32_at(head, off::FLAGS);
+    if flags != 0 {
+        return Err(Error::Integrity(at(&format!("unknown flags {flags:#x}"))));
+    }
+    if head[off::LEVEL + 1] != 0 || head[off::ROOT + 32..HEADER_LEN].iter().any(|&b| b != 0) {
+        return Err(Error::Integrity(at("reserved bytes are not zero")));
+    }
     let mut root = [0u8; 32];
     root.copy_from_slice(&head[off::ROOT..off::ROOT + 32]);
     Ok(TableHeader {
@@ -220,6 +238,7 @@ pub fn decode_header(head: &[u8; HEADER_LEN], offset: u64) -> Result<TableHeader
             block_size: u32_at(head, off::BLOCK_SIZE),
             algo: head[off::ALGO],
             verify: head[off::VERIFY] != 0,
+            level: head[off::LEVEL],
         },
         stored_root: Root(root),
     })
@@ -238,6 +257,7 @@ mod tests {
             block_size: 4096,
             algo: 1,
             verify: true,
+            level: 0,
         }
     }
 
@@ -263,7 +283,10 @@ mod tests {
             ],
             [32, 40, 48, 56]
         );
-        assert_eq!([off::ALGO, off::VERIFY, off::ROOT], [60, 61, 64]);
+        assert_eq!(
+            [off::ALGO, off::VERIFY, off::LEVEL, off::ROOT],
+            [60, 61, 62, 64]
+        );
         assert_eq!((HEADER_LEN, DIGEST_LEN), (128, 32));
     }
 

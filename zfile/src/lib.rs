@@ -46,14 +46,22 @@ pub use index::BlobExtent;
 pub use integrity::Root;
 pub use reader::{IndexSource, Info, OpenOptions, ReadPlan, Verification, ZFile};
 pub use source::{ReadAt, Window};
-pub use writer::{Summary, WriterOptions, ZFileWriter, OVERLAYBD_SAFE_MAX_BLOCK_SIZE};
+pub use writer::{Summary, WriterOptions, ZFileWriter, MAX_THREADS, OVERLAYBD_SAFE_MAX_BLOCK_SIZE};
 
-/// Does `head` (the first bytes of a file) start with a ZFile header? Magics and the header
-/// flag only; `open` checks the rest.
+/// Does `head` (the first bytes of a file) start with a ZFile header? Magics, the header flag
+/// and, when present, the header digest (as overlaybd's `is_zfile`); `open` checks the rest.
 pub fn is_zfile(head: &[u8]) -> bool {
-    let Ok(slot) = <&[u8; header::HT_SLOT]>::try_from(head.get(..header::HT_SLOT).unwrap_or(&[]))
+    let Some(slot) = head
+        .get(..header::HT_SLOT)
+        .and_then(|s| <&[u8; header::HT_SLOT]>::try_from(s).ok())
     else {
         return false;
     };
-    matches!(header::HeaderTrailer::decode(slot), Ok(h) if h.has(header::flags::HEADER))
+    match header::HeaderTrailer::decode(slot) {
+        Ok(h) => {
+            h.has(header::flags::HEADER)
+                && (!h.has(header::flags::CALC_DIGEST) || header::digest_matches(slot))
+        }
+        Err(_) => false,
+    }
 }

@@ -76,6 +76,9 @@ pub struct Info {
     /// Root of the integrity table, when the file has one and it was checked.
     pub integrity_root: Option<Root>,
     pub verification: Verification,
+    /// The trailer was read and checked (always in the trailer form; in the header form only
+    /// when the file has an integrity table and the source knows its size).
+    pub trailer_checked: bool,
 }
 
 struct Table {
@@ -175,8 +178,10 @@ impl<S: ReadAt> ZFile<S> {
                 "header digest mismatch",
             ));
         }
-        let (ht, index_source, which, trailer_at) = if head.has(flags::HEADER_OVERWRITE) {
-            (head.clone(), IndexSource::Header, "header", None)
+        let (ht, index_source, which, trailer_at, trailer_slot) = if head
+            .has(flags::HEADER_OVERWRITE)
+        {
+            (head.clone(), IndexSource::Header, "header", None, None)
         } else {
             if !head.has(flags::DATA_FILE) {
                 return Err(bad("header", "flags", head.flags, "not a data file"));
@@ -214,7 +219,7 @@ impl<S: ReadAt> ZFile<S> {
                     "trailer digest mismatch",
                 ));
             }
-            (t, IndexSource::Trailer, "trailer", Some(at))
+            (t, IndexSource::Trailer, "trailer", Some(at), Some(slot))
         };
         let algorithm = ht.algorithm(which)?;
         if ht.use_dict != 0 {
@@ -259,7 +264,12 @@ impl<S: ReadAt> ZFile<S> {
                 "inside the header",
             ));
         }
-        let index_end = ht.index_offset + 4 * n;
+        let index_end = ht.index_offset.checked_add(4 * n).ok_or(bad(
+            which,
+            "index_offset",
+            ht.index_offset,
+            "index ends past 2^64",
+        ))?;
         if let Some(t) = trailer_at {
             if index_end > t {
                 return Err(bad(
@@ -301,14 +311,56 @@ impl<S: ReadAt> ZFile<S> {
             block_size: bs,
             algo: ht.algo,
             verify: ht.verify,
+            level: ht.level,
         };
         let table = load_table(&src, opts, &layout, index_end, trailer_at, &raw_index)?;
+        let mut trailer_checked = trailer_at.is_some();
+        if let Some((_, _, table_end)) = &table {
+            // Only our writer makes tables, and it writes canonical slots: require them, so that
+            // no byte of the file escapes a check (the slot CRCs alone are not authentication).
+            let want_head = canonical_slot(
+                &layout,
+                index_source == IndexSource::Header,
+                true,
+                ht.index_crc,
+            );
+            if head_slot != want_head {
+                return Err(Error::Integrity(
+                    "header slot differs from the one the table describes".into(),
+                ));
+            }
+            let want_trailer = canonical_slot(&layout, false, false, ht.index_crc);
+            let trailer_slot = match (trailer_slot, src.size()) {
+                (Some(slot), _) => Some((trailer_at.expect("trailer form"), slot)),
+                (None, Ok(size)) if size >= *table_end => Some((
+                    size.saturating_sub(HT_SLOT as u64),
+                    read_slot(&src, size.saturating_sub(HT_SLOT as u64), "zfile trailer")?,
+                )),
+                (None, Ok(size)) => {
+                    return Err(Error::Truncated {
+                        what: "zfile trailer",
+                        offset: *table_end,
+                        need: HT_SLOT as u64,
+                        got: size.saturating_sub(*table_end),
+                    })
+                }
+                (None, Err(_)) => None,
+            };
+            if let Some((at, slot)) = trailer_slot {
+                if at != *table_end || slot != want_trailer {
+                    return Err(Error::Integrity(format!(
+                        "the trailer must follow the table at {table_end:#x} and match it (found at {at:#x})"
+                    )));
+                }
+                trailer_checked = true;
+            }
+        }
         let (integrity_root, verification) = match &table {
             None => (None, Verification::Crc),
-            Some((_, root)) if opts.trusted_root.is_some() => {
+            Some((_, root, _)) if opts.trusted_root.is_some() => {
                 (Some(*root), Verification::Authenticated)
             }
-            Some((_, root)) => (Some(*root), Verification::TableSelfConsistent),
+            Some((_, root, _)) => (Some(*root), Verification::TableSelfConsistent),
         };
         let info = Info {
             algorithm,
@@ -325,12 +377,13 @@ impl<S: ReadAt> ZFile<S> {
             header_flags: head.flags,
             integrity_root,
             verification,
+            trailer_checked,
         };
         Ok(ZFile {
             src,
             info,
             jump,
-            table: table.map(|(t, _)| t),
+            table: table.map(|(t, _, _)| t),
         })
     }
 
@@ -351,9 +404,9 @@ impl<S: ReadAt> ZFile<S> {
         &self.src
     }
 
-    /// Where block `i` is stored.
-    pub fn block_extent(&self, i: u64) -> BlobExtent {
-        self.jump.extent(i)
+    /// Where block `i` is stored (`None` past the last block).
+    pub fn block_extent(&self, i: u64) -> Option<BlobExtent> {
+        (i < self.info.blocks).then(|| self.jump.extent(i))
     }
 
     /// Memory held by the index and the digest table.
@@ -556,7 +609,33 @@ fn bad(which: &'static str, field: &'static str, value: u64, reason: &'static st
     }
 }
 
-/// Finds, reads and checks the integrity table that starts right after the index.
+/// The header or trailer slot our writer produces for `layout`.
+fn canonical_slot(
+    layout: &Layout,
+    header_form: bool,
+    header: bool,
+    index_crc: u32,
+) -> [u8; HT_SLOT] {
+    let algo = Algorithm::from_id(layout.algo).expect("checked at open");
+    let f = match (header, header_form) {
+        (true, true) => {
+            flags::HEADER | flags::DATA_FILE | flags::HEADER_OVERWRITE | flags::CALC_DIGEST
+        }
+        (true, false) => flags::HEADER | flags::DATA_FILE | flags::CALC_DIGEST,
+        (false, _) => flags::DATA_FILE | flags::SEALED | flags::CALC_DIGEST,
+    };
+    let mut ht = HeaderTrailer::new(f, algo, layout.level, layout.block_size, layout.verify);
+    if !header || header_form {
+        ht.index_offset = layout.index_offset;
+        ht.index_size = layout.block_count;
+        ht.original_file_size = layout.original_file_size;
+        ht.index_crc = index_crc;
+    }
+    ht.encode()
+}
+
+/// Finds, reads and checks the integrity table that starts right after the index. Returns the
+/// digests, the root and where the table ends.
 fn load_table<S: ReadAt + ?Sized>(
     src: &S,
     opts: &OpenOptions,
@@ -564,7 +643,7 @@ fn load_table<S: ReadAt + ?Sized>(
     at: u64,
     trailer_at: Option<u64>,
     raw_index: &[u8],
-) -> Result<Option<(Table, Root)>> {
+) -> Result<Option<(Table, Root, u64)>> {
     if opts.ignore_table && opts.trusted_root.is_none() {
         return Ok(None);
     }
@@ -591,18 +670,30 @@ fn load_table<S: ReadAt + ?Sized>(
         )));
     }
     let table_len = layout.block_count * DIGEST_LEN as u64;
-    if table_len > room - integrity::HEADER_LEN as u64 {
+    let table_end = at + integrity::HEADER_LEN as u64 + table_len;
+    if trailer_at.is_some_and(|t| table_end != t) {
         return Err(Error::Integrity(format!(
-            "table at {at:#x} runs into the trailer"
+            "table at {at:#x} ends at {table_end:#x}, but the trailer is at {:#x}",
+            trailer_at.unwrap_or_default()
         )));
     }
-    let table = read_meta(
-        src,
-        at + integrity::HEADER_LEN as u64,
-        table_len,
-        "integrity table",
-    )?;
-    let root = integrity::compute_root(&head, raw_index, &table);
+    // Hash and keep the digests piece by piece: memory holds one copy of the table.
+    let mut hasher = integrity::root_hasher(&head, raw_index);
+    let mut digests: Vec<[u8; DIGEST_LEN]> = Vec::new();
+    let mut pos = at + integrity::HEADER_LEN as u64;
+    let mut piece = vec![0u8; META_CHUNK.min(table_len as usize)];
+    while pos < table_end {
+        let n = ((table_end - pos) as usize).min(piece.len());
+        read_exact(src, pos, &mut piece[..n], "integrity table")?;
+        hasher.update(&piece[..n]);
+        digests.extend(
+            piece[..n]
+                .chunks_exact(DIGEST_LEN)
+                .map(|c| <[u8; DIGEST_LEN]>::try_from(c).expect("chunks_exact")),
+        );
+        pos += n as u64;
+    }
+    let root = Root(*hasher.finalize().as_bytes());
     if th.stored_root != root {
         return Err(Error::Integrity(format!(
             "table damaged: stored root {}, content yields {root}",
@@ -616,11 +707,7 @@ fn load_table<S: ReadAt + ?Sized>(
             )));
         }
     }
-    let digests = table
-        .chunks_exact(DIGEST_LEN)
-        .map(|c| c.try_into().expect("chunks_exact(DIGEST_LEN)"))
-        .collect();
-    Ok(Some((Table { digests }, root)))
+    Ok(Some((Table { digests }, root, table_end)))
 }
 
 type Scratch = (Vec<u8>, Vec<u8>);

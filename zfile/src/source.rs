@@ -105,8 +105,13 @@ pub struct Window<S> {
 }
 
 impl<S: ReadAt> Window<S> {
+    /// A window of `len` bytes at `start` (cut short where `start + len` would overflow).
     pub fn new(inner: S, start: u64, len: u64) -> Self {
-        Window { inner, start, len }
+        Window {
+            inner,
+            start,
+            len: len.min(u64::MAX - start),
+        }
     }
     /// Offset of the window in the inner source.
     pub fn start(&self) -> u64 {

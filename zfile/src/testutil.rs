@@ -187,6 +187,16 @@ pub fn fuzz_open_and_read(data: &[u8]) {
         }
         let _ = z.plan(0, len);
         let _ = z.verify_blocks(|_| {});
+        // The authenticated path, with the root the file itself yields.
+        if let Some(root) = z.info().integrity_root {
+            let opts = OpenOptions {
+                trusted_root: Some(root),
+                ..Default::default()
+            };
+            if let Ok(z) = ZFile::open_with(data, &opts) {
+                let _ = z.read_at(0, &mut buf);
+            }
+        }
     }
     if let Ok((payload, _)) = crate::envelope::open_payload(data) {
         let _ = ZFile::open(payload);

@@ -13,9 +13,11 @@ use std::thread;
 use crate::codec::{Compressor, ZSTD_DEFAULT_LEVEL};
 use crate::crc::{block_crc, crc32c_raw};
 use crate::error::{Error, Result};
-use crate::header::{flags, Algorithm, HeaderTrailer, HT_SLOT, MAX_BLOCK_SIZE};
+use crate::header::{flags, Algorithm, HeaderTrailer, HT_SLOT, MAX_BLOCK_SIZE, MAX_INDEX_ENTRIES};
 use crate::integrity::{self, Layout, Root, DIGEST_LEN};
 
+/// Most compression threads.
+pub const MAX_THREADS: usize = 256;
 /// Raw bytes handed to a worker at once.
 const CHUNK_BYTES: usize = 512 * 1024;
 /// Largest block size whose blocks overlaybd's reader can always read: its read buffer is
@@ -79,19 +81,19 @@ impl WriterOptions {
                 )))
             }
             (Algorithm::Zstd, Some(l)) => {
-                let range = zstd::compression_level_range();
-                if !range.contains(&l) {
+                let max = *zstd::compression_level_range().end();
+                if !(1..=max).contains(&l) {
                     return Err(Error::Unsupported(format!(
-                        "zstd level {l}: must be from {} to {}",
-                        range.start(),
-                        range.end()
+                        "zstd level {l}: must be from 1 to {max}"
                     )));
                 }
             }
             _ => {}
         }
-        if self.threads == 0 {
-            return Err(Error::Unsupported("threads must be at least 1".into()));
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            return Err(Error::Unsupported(format!(
+                "threads must be from 1 to {MAX_THREADS}"
+            )));
         }
         Ok(())
     }
@@ -103,7 +105,7 @@ impl WriterOptions {
     /// The `level` byte: 0 for the codec's default, else the zstd level (overlaybd ignores it).
     fn level_byte(&self) -> u8 {
         match self.level {
-            Some(l) if l != ZSTD_DEFAULT_LEVEL && (1..=255).contains(&l) => l as u8,
+            Some(l) if l != ZSTD_DEFAULT_LEVEL => u8::try_from(l).unwrap_or(0),
             _ => 0,
         }
     }
@@ -366,6 +368,7 @@ impl<W: Write> ZFileWriter<W> {
                 block_size: self.opts.block_size,
                 algo: self.opts.algorithm.id(),
                 verify: self.opts.block_crc,
+                level: self.opts.level_byte(),
             };
             let (bytes, r) = integrity::encode(&layout, &index, &self.digests);
             self.out
@@ -439,6 +442,13 @@ impl<W: Write> Write for ZFileWriter<W> {
             self.pending.extend_from_slice(&buf[..n]);
             buf = &buf[n..];
             self.raw_len += n as u64;
+            if self.raw_len.div_ceil(self.opts.block_size as u64) > MAX_INDEX_ENTRIES {
+                self.broken = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!("more than {MAX_INDEX_ENTRIES} blocks: no reader can open the file"),
+                ));
+            }
             if self.pending.len() == CHUNK_BYTES {
                 if let Err(e) = self.submit() {
                     self.broken = true;

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use zfile::header::{self, off, HeaderTrailer, HT_SLOT};
+
 use zfile::{Error, OpenOptions, WriterOptions, ZFile};
 
 fn small_file(integrity: bool) -> (Vec<u8>, Vec<u8>, zfile::Summary) {
@@ -224,7 +225,7 @@ fn index_size_claims_do_not_allocate_ahead_of_data() {
 fn errors_map_to_io_kinds() {
     use std::io::ErrorKind;
     let (data, mut file, _) = small_file(false);
-    let ext = ZFile::open(&file[..]).unwrap().block_extent(0);
+    let ext = ZFile::open(&file[..]).unwrap().block_extent(0).unwrap();
     file[ext.offset as usize] ^= 1;
     let z = ZFile::open(&file[..]).unwrap();
     let e = zfile::ReadAt::read_at(&z, 0, &mut vec![0u8; data.len()]).unwrap_err();
@@ -232,37 +233,154 @@ fn errors_map_to_io_kinds() {
     assert!(e.to_string().contains("crc mismatch"));
 }
 
-#[test]
-fn trusted_root_tamper_detection_covers_every_byte() {
-    // With a trusted root, flipping any single byte of the file is detected at open or on
-    // the read that touches it.
-    let data: Vec<u8> = (0..9000u32).map(|i| (i % 199) as u8).collect();
-    let (file, summary) = compress(
-        &data,
-        WriterOptions {
-            integrity: true,
-            ..Default::default()
-        },
-    );
-    let root = summary.integrity_root.unwrap();
+/// A file with the integrity table, in the trailer form or the header-rewrite form.
+fn table_file(data: &[u8], header_form: bool) -> (Vec<u8>, zfile::Root) {
+    use std::io::Write;
+    let opts = WriterOptions {
+        integrity: true,
+        ..Default::default()
+    };
+    let mut w = zfile::ZFileWriter::new(std::io::Cursor::new(Vec::new()), opts).unwrap();
+    w.write_all(data).unwrap();
+    let (c, s) = if header_form {
+        w.finish_with_header().unwrap()
+    } else {
+        w.finish().unwrap()
+    };
+    (c.into_inner(), s.integrity_root.unwrap())
+}
+
+/// Opens with the trusted root and reads everything; true when anything was refused.
+fn refused(file: &[u8], root: zfile::Root, len: usize) -> bool {
     let opts = OpenOptions {
         trusted_root: Some(root),
         ..Default::default()
     };
-    assert!(read_all(&ZFile::open_with(&file[..], &opts).unwrap()) == data);
-    for i in 0..file.len() {
-        let mut f = file.clone();
-        f[i] ^= 0x01;
-        let detected = match ZFile::open_with(&f[..], &opts) {
-            Err(_) => true,
-            Ok(z) => z.read_at(0, &mut vec![0u8; data.len()]).is_err(),
-        };
+    match ZFile::open_with(file, &opts) {
+        Err(_) => true,
+        Ok(z) => z.read_at(0, &mut vec![0u8; len]).is_err(),
+    }
+}
+
+#[test]
+fn trusted_root_tamper_detection_covers_every_byte() {
+    // With a trusted root, changing any byte of the file, in either form, is detected at open
+    // or on the read that touches it; so is appending or removing bytes.
+    let data: Vec<u8> = (0..9000u32).map(|i| (i % 199) as u8).collect();
+    for header_form in [false, true] {
+        let (file, root) = table_file(&data, header_form);
+        assert!(!refused(&file, root, data.len()));
+        for i in 0..file.len() {
+            for flip in [0x01u8, 0x80] {
+                let mut f = file.clone();
+                f[i] ^= flip;
+                assert!(
+                    refused(&f, root, data.len()),
+                    "form {header_form}: byte {i} ^ {flip:#x} went unnoticed"
+                );
+            }
+        }
+        let mut longer = file.clone();
+        longer.extend_from_slice(&[0u8; 512]);
         assert!(
-            detected,
-            "flipping byte {i} of {} went unnoticed",
-            file.len()
+            refused(&longer, root, data.len()),
+            "form {header_form}: appended bytes"
+        );
+        assert!(
+            refused(&file[..file.len() - 1], root, data.len()),
+            "form {header_form}: cut"
         );
     }
+}
+
+#[test]
+fn a_forger_who_fixes_slot_crcs_is_still_caught() {
+    // Slot digests are CRCs anyone can recompute: changing unused slot bytes and fixing the
+    // digest must still be refused when the file has a table.
+    let data = vec![9u8; 20_000];
+    for header_form in [false, true] {
+        let (file, root) = table_file(&data, header_form);
+        let n = file.len();
+        for (slot_at, byte) in [
+            (0usize, 300usize),
+            (0, header::off::LEVEL),
+            (n - 512, 100),
+            (n - 512, header::off::RESERVED_0),
+        ] {
+            let mut f = file.clone();
+            f[slot_at + byte] ^= 0x5a;
+            let slot: &mut [u8; HT_SLOT] = (&mut f[slot_at..slot_at + HT_SLOT]).try_into().unwrap();
+            let d = header::slot_digest(slot);
+            slot[off::DIGEST..off::DIGEST + 4].copy_from_slice(&d.to_le_bytes());
+            assert!(header::digest_matches(slot));
+            assert!(
+                refused(&f, root, data.len()),
+                "form {header_form}: slot at {slot_at} byte {byte}"
+            );
+            // Without a trusted root the table still ties the slots down.
+            assert!(
+                ZFile::open(&f[..]).is_err(),
+                "form {header_form}: slot at {slot_at} byte {byte}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_table_can_be_ignored_when_no_root_is_given() {
+    let data = vec![1u8; 10_000];
+    let (mut file, _) = table_file(&data, false);
+    let table_at = ZFile::open(&file[..]).unwrap().info().index_offset as usize + 4 * 3;
+    file[table_at + 100] ^= 1; // damage the table's reserved bytes
+    assert!(ZFile::open(&file[..])
+        .unwrap_err()
+        .to_string()
+        .contains("integrity"));
+    let opts = OpenOptions {
+        ignore_table: true,
+        ..Default::default()
+    };
+    let z = ZFile::open_with(&file[..], &opts).unwrap();
+    assert_eq!(z.info().verification, zfile::Verification::Crc);
+    assert!(read_all(&z) == data);
+    // A trusted root overrides ignore_table.
+    let opts = OpenOptions {
+        ignore_table: true,
+        trusted_root: Some(zfile::Root([0; 32])),
+    };
+    assert!(ZFile::open_with(&file[..], &opts).is_err());
+}
+
+#[test]
+fn hostile_index_offset_does_not_overflow() {
+    let mut slot = HeaderTrailer::new(
+        header::flags::HEADER
+            | header::flags::DATA_FILE
+            | header::flags::HEADER_OVERWRITE
+            | header::flags::CALC_DIGEST,
+        zfile::Algorithm::Lz4,
+        0,
+        4096,
+        true,
+    );
+    slot.index_size = 2;
+    slot.original_file_size = 8000;
+    for io in [u64::MAX, u64::MAX - 4, u64::MAX - 7, 1 << 63] {
+        slot.index_offset = io;
+        let f = slot.encode().to_vec();
+        let e = ZFile::open(&f[..]).unwrap_err().to_string();
+        assert!(e.contains("index"), "{e}");
+    }
+}
+
+#[test]
+fn is_zfile_checks_the_header_digest() {
+    let (_, file, _) = small_file(false);
+    assert!(zfile::is_zfile(&file));
+    let mut f = file.clone();
+    f[200] ^= 1;
+    assert!(!zfile::is_zfile(&f));
+    assert!(!zfile::is_zfile(&file[..100]));
 }
 
 #[test]

@@ -114,7 +114,7 @@ fn reads_the_block_overlaybd_cannot() {
     // fixed 64 KiB buffer rejects; our buffers are sized by the codec's bound, so we read it.
     let z = ZFile::open(vector("c3.lz4.bs64.UNREADABLE.zfile")).unwrap();
     let big = (0..z.info().blocks)
-        .map(|i| z.block_extent(i).len)
+        .map(|i| z.block_extent(i).unwrap().len)
         .max()
         .unwrap();
     assert_eq!(big, 65_798);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use zfile::envelope::{self, EnvelopeKind, PaxWriter};
 use zfile::{Algorithm, OpenOptions, ReadAt, Root, WriterOptions, ZFile, ZFileWriter};
@@ -47,7 +47,13 @@ pub enum ZfileCmd {
         output: PathBuf,
     },
     /// Decompress IN (a ZFile, bare or in a tar envelope) into OUT.
-    Decompress { input: PathBuf, output: PathBuf },
+    Decompress {
+        input: PathBuf,
+        output: PathBuf,
+        /// Trusted integrity root (blake3:<hex>): every block is checked against it.
+        #[arg(long)]
+        root: Option<Root>,
+    },
     /// Check every CRC and, when the file has the integrity table, every BLAKE3 digest.
     Verify {
         input: PathBuf,
@@ -92,6 +98,24 @@ fn open_zfile(
     Ok((z, env.kind))
 }
 
+/// Creates OUT (refusing to overwrite IN), runs `f` on it, and removes OUT if `f` fails, so
+/// that no half-written file is left behind.
+fn write_output<T>(
+    input: &PathBuf,
+    output: &PathBuf,
+    f: impl FnOnce(File) -> Result<T>,
+) -> Result<T> {
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        if a == b {
+            bail!("{} is both the input and the output", output.display());
+        }
+    }
+    let out = File::create(output).with_context(|| format!("create {}", output.display()))?;
+    f(out).inspect_err(|_| {
+        let _ = std::fs::remove_file(output);
+    })
+}
+
 fn finish<W: Write + std::io::Seek>(
     w: ZFileWriter<W>,
     trailer_only: bool,
@@ -134,23 +158,23 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
             opts.validate()?;
             let start = Instant::now();
             let mut src = open_in(&input)?;
-            let out =
-                File::create(&output).with_context(|| format!("create {}", output.display()))?;
-            let summary = if tar {
-                let mut w = ZFileWriter::new(PaxWriter::new(BufWriter::new(out))?, opts)?;
-                std::io::copy(&mut src, &mut w)
-                    .with_context(|| format!("compress {}", input.display()))?;
-                let (pax, summary) = finish(w, no_header_rewrite)?;
-                pax.finish()?.0.flush()?;
-                summary
-            } else {
-                let mut w = ZFileWriter::new(BufWriter::new(out), opts)?;
-                std::io::copy(&mut src, &mut w)
-                    .with_context(|| format!("compress {}", input.display()))?;
-                let (mut f, summary) = finish(w, no_header_rewrite)?;
-                f.flush()?;
-                summary
-            };
+            let summary = write_output(&input, &output, |out| {
+                if tar {
+                    let mut w = ZFileWriter::new(PaxWriter::new(BufWriter::new(out))?, opts)?;
+                    std::io::copy(&mut src, &mut w)
+                        .with_context(|| format!("compress {}", input.display()))?;
+                    let (pax, summary) = finish(w, no_header_rewrite)?;
+                    pax.finish()?.0.flush()?;
+                    Ok(summary)
+                } else {
+                    let mut w = ZFileWriter::new(BufWriter::new(out), opts)?;
+                    std::io::copy(&mut src, &mut w)
+                        .with_context(|| format!("compress {}", input.display()))?;
+                    let (mut f, summary) = finish(w, no_header_rewrite)?;
+                    f.flush()?;
+                    Ok(summary)
+                }
+            })?;
             println!(
                 "{} -> {}: {} bytes in {} blocks, {} bytes out ({:.1}%), {:.0} MB/s",
                 input.display(),
@@ -166,20 +190,29 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ZfileCmd::Decompress { input, output } => {
+        ZfileCmd::Decompress {
+            input,
+            output,
+            root,
+        } => {
             let start = Instant::now();
-            let (z, _) = open_zfile(&input, &OpenOptions::default())?;
-            let mut out = BufWriter::new(
-                File::create(&output).with_context(|| format!("create {}", output.display()))?,
-            );
-            let mut buf = vec![0u8; 4 << 20];
-            let mut off = 0;
-            while off < z.len() {
-                let n = z.read_at(off, &mut buf)?;
-                out.write_all(&buf[..n])?;
-                off += n as u64;
-            }
-            out.flush()?;
+            let opts = OpenOptions {
+                trusted_root: root,
+                ..Default::default()
+            };
+            let (z, _) = open_zfile(&input, &opts)?;
+            let off = write_output(&input, &output, |out| {
+                let mut out = BufWriter::new(out);
+                let mut buf = vec![0u8; 4 << 20];
+                let mut off = 0;
+                while off < z.len() {
+                    let n = z.read_at(off, &mut buf)?;
+                    out.write_all(&buf[..n])?;
+                    off += n as u64;
+                }
+                out.flush()?;
+                Ok(off)
+            })?;
             println!(
                 "{} -> {}: {} bytes, {:.0} MB/s",
                 input.display(),

@@ -1,7 +1,11 @@
 //! The data plane of the image service.
 //!
-//! This crate will own overlaybd's LSMT layer format (committed, append-only writable and
-//! sparse writable layers), the merged layer stack, blob sources (registry, local cache, P2P
-//! agent) with the background downloader, trace record/replay, the device exports (FUSE
-//! single-file + loop, NBD) and the `overlaybd-daemon` binary. Today it carries the `obdctl`
-//! tool, whose `zfile` commands work over the [`zfile`] crate.
+//! Today: overlaybd's LSMT layer format and the merged layer stack ([`lsmt`]), and the
+//! `obdctl` tool. Later issues add blob sources (registry, local cache, P2P agent) with the
+//! background downloader, trace record/replay, the device exports (FUSE single-file + loop,
+//! NBD) and the `overlaybd-daemon` binary.
+
+mod error;
+pub mod lsmt;
+
+pub use error::{Error, Result};

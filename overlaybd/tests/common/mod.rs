@@ -1,0 +1,80 @@
+#![allow(dead_code)]
+//! Shared helpers of the overlaybd integration tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use overlaybd::lsmt::{blob, PieceKind, RoLayer, Stack, Upper};
+use sha2::{Digest, Sha256};
+use zfile::ReadAt;
+
+pub fn vectors() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+pub fn vector(name: &str) -> PathBuf {
+    vectors().join(name)
+}
+
+/// A read-only layer from a vector file (envelope and ZFile detected).
+pub fn lower(path: &Path) -> (Arc<dyn ReadAt>, RoLayer) {
+    let (src, _) = blob::open_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let layer = RoLayer::open(&*src).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (src, layer)
+}
+
+pub fn stack(names: &[&str], upper: Option<Upper>) -> Stack {
+    Stack::new(names.iter().map(|n| lower(&vector(n))).collect(), upper).unwrap()
+}
+
+/// sha256 of the whole virtual disk, reading it in 4 MiB pieces through the stack.
+pub fn disk_sha256(s: &Stack) -> String {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let zeros = vec![0u8; 4 << 20];
+    let mut off = 0;
+    while off < s.virtual_size() {
+        let n = ((s.virtual_size() - off) as usize).min(buf.len());
+        // Holes are hashed from a zero buffer; the rest goes through read_at.
+        let plan = s.plan(off, n as u64);
+        if plan.iter().all(|p| matches!(p.kind, PieceKind::Hole | PieceKind::Zeroes)) {
+            h.update(&zeros[..n]);
+        } else {
+            assert_eq!(s.read_at(off, &mut buf[..n]).unwrap(), n);
+            h.update(&buf[..n]);
+        }
+        off += n as u64;
+    }
+    hex::encode(h.finalize())
+}
+
+pub const D_DISK: &str = "86ab2e83ec395813e890c2c096811cf45488299889603a6d9421bdb8fb1f2b82";
+pub const F_DISK: &str = "3efabb3cc212a818721df35ae95f486a8ef56e248ad1c815e2dd3ca3063958f5";
+pub const G_DISK: &str = "587420226cb36c24b710cc8fb366f5bf4b927d253a0aa25a67c4c1cdc8fa4d4e";
+
+/// Copies a vector into `dir` (for tests that modify files).
+pub fn copy_to(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy(vector(name), &p).unwrap();
+    let mut perm = std::fs::metadata(&p).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&p, perm).unwrap();
+    p
+}
+
+/// Fails under CI when a tool is missing; elsewhere says why the test is skipped.
+pub fn require_tool(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool} || test -x /usr/sbin/{tool} || test -x /sbin/{tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required (CI=true); install e2fsprogs");
+        }
+        eprintln!("skipping: {tool} not found (install e2fsprogs)");
+    }
+    found
+}

@@ -38,6 +38,42 @@ pub struct RwLayer {
     state: Mutex<State>,
 }
 
+/// Replays a writable layer's log (the entries after the index file's header) into an index.
+/// Stops at the first entry whose data is not (fully) inside the `data_sectors` of the data
+/// file, or that is malformed; `kept` counts the entries before that point.
+#[derive(Debug)]
+pub struct Replay {
+    pub index: Index0,
+    pub kept: u64,
+    data_sectors: u64,
+    stopped: bool,
+}
+
+impl Replay {
+    pub fn new(data_sectors: u64) -> Self {
+        Replay { index: Index0::new(), kept: 0, data_sectors, stopped: false }
+    }
+
+    /// Feeds whole entries; returns false once replay has stopped.
+    pub fn feed(&mut self, raw: &[u8]) -> bool {
+        if self.stopped {
+            return false;
+        }
+        for m in decode_all(raw) {
+            if !m.is_invalid() {
+                let present = if m.zeroed { m.moffset <= self.data_sectors } else { m.mend() <= self.data_sectors };
+                if !present || m.length == 0 || m.length > MAX_LENGTH || m.moffset < HT_SPACE as u64 / SECTOR {
+                    self.stopped = true;
+                    return false;
+                }
+                self.index.insert(Mapping { tag: 0, ..m });
+            }
+            self.kept += 1;
+        }
+        true
+    }
+}
+
 fn check_aligned(offset: u64, len: u64, what: &str) -> Result<()> {
     if offset % SECTOR != 0 || len % SECTOR != 0 {
         return Err(Error::Invalid(format!(
@@ -106,28 +142,20 @@ impl RwLayer {
         if entries > MAX_INDEX_ENTRIES {
             return Err(Error::corrupt("writable layer index", format!("{entries} entries exceed {MAX_INDEX_ENTRIES}")));
         }
-        let data_sectors = data_size / SECTOR;
-        let mut index = Index0::new();
-        let mut kept = 0u64;
+        let mut replay = Replay::new(data_size / SECTOR);
         let mut raw = vec![0u8; 1 << 20];
         let mut at = HT_SPACE as u64;
         let end = HT_SPACE as u64 + entries * MAPPING_BYTES as u64;
-        'replay: while at < end {
+        while at < end {
             let n = ((end - at) as usize).min(raw.len());
             log.read_exact_at(&mut raw[..n], at)
                 .map_err(|e| Error::io("read", index_path.display().to_string(), at, e))?;
-            for m in decode_all(&raw[..n]) {
-                if !m.is_invalid() {
-                    let present = if m.zeroed { m.moffset <= data_sectors } else { m.mend() <= data_sectors };
-                    if !present || m.length == 0 || m.length > MAX_LENGTH {
-                        break 'replay;
-                    }
-                    index.insert(Mapping { tag: 0, ..m });
-                }
-                kept += 1;
+            if !replay.feed(&raw[..n]) {
+                break;
             }
             at += n as u64;
         }
+        let (index, kept) = (replay.index, replay.kept);
         let log_end = HT_SPACE as u64 + kept * MAPPING_BYTES as u64;
         if log_end < log_size {
             log.set_len(log_end).map_err(|e| Error::io("truncate", index_path.display().to_string(), log_end, e))?;

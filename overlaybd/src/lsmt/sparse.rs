@@ -147,7 +147,9 @@ impl SparseLayer {
         Ok(())
     }
 
-    /// Punches a hole: the range reads as zeros and its space is freed.
+    /// Punches a hole: the range reads as zeros and its space is freed. A hole means "not
+    /// written here", so after a reopen lower layers show through it again: in a stack, use
+    /// [`super::Stack::trim`], which writes zeros where lower layers hold data.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
         self.check(offset, len, "trim")?;
         // SAFETY: fallocate on a descriptor owned by `self.file`; no memory is passed.
@@ -169,6 +171,20 @@ impl SparseLayer {
             let s = (offset + done) / SECTOR;
             idx.insert(Mapping::zeroes(s, (n / SECTOR) as u32, s + BASE / SECTOR));
             done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes zeros over `[offset, offset + len)`: unlike [`SparseLayer::trim`], the range stays
+    /// allocated, so it keeps hiding lower layers after a reopen.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len, "write zeroes")?;
+        let zeros = vec![0u8; (len.min(1 << 20)) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.write(offset + done, &zeros[..n])?;
+            done += n as u64;
         }
         Ok(())
     }

@@ -146,6 +146,11 @@ impl Stack {
         self.upper.as_ref()
     }
 
+    /// Takes the writable layer out (to seal or commit it), dropping the stack.
+    pub fn into_upper(self) -> Option<Upper> {
+        self.upper
+    }
+
     /// The merged read-only index.
     pub fn merged_index(&self) -> &RoIndex {
         &self.merged
@@ -248,8 +253,29 @@ impl Stack {
         self.upper_or_err("write")?.write(offset, buf)
     }
 
+    /// Discards a range. On an append-only upper this logs a zeroed extent. A sparse upper
+    /// can only record "zero here" by storing zeros, since its holes let lower layers show
+    /// through: it punches holes where no lower layer has data and writes zeros elsewhere.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.upper_or_err("trim")?.trim(offset, len)
+        match self.upper_or_err("trim")? {
+            Upper::Sparse(l) => {
+                let end = offset.checked_add(len).filter(|&e| e <= self.virtual_size).ok_or_else(|| {
+                    Error::Invalid(format!("trim of {len} bytes at {offset} goes past the disk"))
+                })?;
+                let mut below = Vec::new();
+                self.push_lower(offset, end, offset, end, &mut below);
+                let mut pos = offset;
+                for p in below {
+                    match p.kind {
+                        PieceKind::Data { .. } => l.write_zeroes(pos, p.len)?,
+                        PieceKind::Hole | PieceKind::Zeroes => l.trim(pos, p.len)?,
+                    }
+                    pos += p.len;
+                }
+                Ok(())
+            }
+            u => u.trim(offset, len),
+        }
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -15,7 +15,11 @@ pub enum Error {
     },
     /// A structure ends before its declared size.
     #[error("truncated {what}: need {need} bytes, have {got}")]
-    Truncated { what: &'static str, need: u64, got: u64 },
+    Truncated {
+        what: &'static str,
+        need: u64,
+        got: u64,
+    },
     /// The bytes are not an LSMT layer.
     #[error("not an lsmt {0}: bad magic")]
     NotLsmt(&'static str),
@@ -33,12 +37,25 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(op: &'static str, what: impl Into<String>, offset: u64, source: io::Error) -> Self {
-        Error::Io { op, what: what.into(), offset, source }
+    pub(crate) fn io(
+        op: &'static str,
+        what: impl Into<String>,
+        offset: u64,
+        source: io::Error,
+    ) -> Self {
+        Error::Io {
+            op,
+            what: what.into(),
+            offset,
+            source,
+        }
     }
 
     pub(crate) fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Corrupt { what: what.into(), reason: reason.into() }
+        Error::Corrupt {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Maps to `io::Error` (corrupt data → `InvalidData`, bad requests → `InvalidInput`).
@@ -47,10 +64,12 @@ impl Error {
             Error::Io { source, .. } => source.kind(),
             Error::Truncated { .. } => io::ErrorKind::UnexpectedEof,
             Error::Invalid(_) => io::ErrorKind::InvalidInput,
-            Error::Zfile(_) => return match self {
-                Error::Zfile(z) => z.into_io(),
-                _ => unreachable!("matched above"),
-            },
+            Error::Zfile(_) => {
+                return match self {
+                    Error::Zfile(z) => z.into_io(),
+                    _ => unreachable!("matched above"),
+                }
+            }
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, self)

@@ -15,7 +15,8 @@ fn with_index(f: impl FnOnce(&mut Vec<Mapping>)) -> Vec<u8> {
     let mut file = committed();
     let t = HeaderTrailer::decode(&file[file.len() - HT_SPACE..], "t").unwrap();
     let io = t.index_offset as usize;
-    let mut maps: Vec<Mapping> = overlaybd::lsmt::mapping::decode_all(&file[io..io + 16 * t.index_size as usize]).collect();
+    let mut maps: Vec<Mapping> =
+        overlaybd::lsmt::mapping::decode_all(&file[io..io + 16 * t.index_size as usize]).collect();
     f(&mut maps);
     let raw = encode_all(&maps);
     file[io..io + raw.len()].copy_from_slice(&raw);
@@ -49,13 +50,35 @@ fn bad_header_and_trailer() {
     assert!(err(&f).contains("not an lsmt"));
     let n = committed().len();
     for (patch, want) in [
-        (Box::new(|t: &mut HeaderTrailer| t.index_size = 200_000_000) as Box<dyn Fn(&mut HeaderTrailer)>, "exceeds"),
-        (Box::new(|t: &mut HeaderTrailer| t.index_size = 100_000), "does not fit"),
-        (Box::new(|t: &mut HeaderTrailer| t.index_offset = 1 << 40), "does not fit"),
-        (Box::new(|t: &mut HeaderTrailer| t.index_offset = 100), "does not fit"),
-        (Box::new(|t: &mut HeaderTrailer| t.index_offset += 7), "does not fit"),
-        (Box::new(|t: &mut HeaderTrailer| t.flags = flags::DATA_FILE), "sealed"),
-        (Box::new(|t: &mut HeaderTrailer| t.flags |= flags::HEADER), "sealed"),
+        (
+            Box::new(|t: &mut HeaderTrailer| t.index_size = 200_000_000)
+                as Box<dyn Fn(&mut HeaderTrailer)>,
+            "exceeds",
+        ),
+        (
+            Box::new(|t: &mut HeaderTrailer| t.index_size = 100_000),
+            "does not fit",
+        ),
+        (
+            Box::new(|t: &mut HeaderTrailer| t.index_offset = 1 << 40),
+            "does not fit",
+        ),
+        (
+            Box::new(|t: &mut HeaderTrailer| t.index_offset = 100),
+            "does not fit",
+        ),
+        (
+            Box::new(|t: &mut HeaderTrailer| t.index_offset += 7),
+            "does not fit",
+        ),
+        (
+            Box::new(|t: &mut HeaderTrailer| t.flags = flags::DATA_FILE),
+            "sealed",
+        ),
+        (
+            Box::new(|t: &mut HeaderTrailer| t.flags |= flags::HEADER),
+            "sealed",
+        ),
     ] {
         let mut f = committed();
         let mut t = HeaderTrailer::decode(&f[n - HT_SPACE..], "t").unwrap();
@@ -100,7 +123,11 @@ fn a_torn_or_hostile_log_replays_its_good_prefix() {
     let l = RwLayer::open(&d, &i).unwrap();
     assert_eq!(l.mappings().len(), 2);
     drop(l);
-    assert_eq!(std::fs::read(&i).unwrap(), good, "the log is cut back to its good prefix");
+    assert_eq!(
+        std::fs::read(&i).unwrap(),
+        good,
+        "the log is cut back to its good prefix"
+    );
     // Padding entries (group commit) are skipped, not taken for the end.
     let mut log = good.clone();
     log.extend_from_slice(&Mapping::invalid().encode());
@@ -121,11 +148,55 @@ fn unaligned_and_read_only_requests_are_refused() {
     let e = s.write_at(0, &[0u8; 512]).unwrap_err().to_string();
     assert!(e.contains("read-only"), "{e}");
     let dir = tempfile::tempdir().unwrap();
-    let l = RwLayer::create(&dir.path().join("d"), &dir.path().join("i"), 1 << 20, None, Default::default()).unwrap();
-    assert!(l.write(100, &[0u8; 512]).unwrap_err().to_string().contains("multiples of 512"));
-    assert!(l.trim(0, 100).unwrap_err().to_string().contains("multiples of 512"));
+    let l = RwLayer::create(
+        &dir.path().join("d"),
+        &dir.path().join("i"),
+        1 << 20,
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    assert!(l
+        .write(100, &[0u8; 512])
+        .unwrap_err()
+        .to_string()
+        .contains("multiples of 512"));
+    assert!(l
+        .trim(0, 100)
+        .unwrap_err()
+        .to_string()
+        .contains("multiples of 512"));
     // Reads at any byte offset work (the plan cuts sectors), and stop at the disk's end.
     let mut b = [0u8; 10];
     assert_eq!(s.read_at((1 << 30) - 5, &mut b).unwrap(), 5);
     assert_eq!(s.read_at(1 << 30, &mut b).unwrap(), 0);
+}
+
+#[test]
+fn fuzz_bodies_survive_mutated_vectors() {
+    let seeds: Vec<Vec<u8>> = ["d.lsmt", "f.upper.lsmt", "e.lz4.bs4.zfile", "d.rw.index"]
+        .iter()
+        .map(|n| std::fs::read(common::vector(n)).unwrap())
+        .collect();
+    let mut x: u32 = 7;
+    for seed in &seeds {
+        for _ in 0..150 {
+            let mut f = seed.clone();
+            for _ in 0..1 + x % 3 {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                // Aim at the structures: the last 8 KiB (index + trailer) and the header.
+                let region = if x & 1 == 0 {
+                    f.len().saturating_sub(8192)
+                } else {
+                    0
+                };
+                let i = region + (x as usize >> 4) % (f.len() - region).min(8192);
+                f[i] = (x >> 24) as u8;
+            }
+            overlaybd::lsmt::fuzz::layer(&f);
+            let mut log = (f.len() as u64).to_le_bytes().to_vec();
+            log.extend_from_slice(&f[HT_SPACE.min(f.len())..]);
+            overlaybd::lsmt::fuzz::log(&log);
+        }
+    }
 }

@@ -21,7 +21,10 @@ enum Op {
 fn apply(disk: &mut [u8], op: Op) {
     match op {
         Op::Write(off, len, seed) => {
-            for (i, b) in disk[off as usize..(off + len) as usize].iter_mut().enumerate() {
+            for (i, b) in disk[off as usize..(off + len) as usize]
+                .iter_mut()
+                .enumerate()
+            {
                 *b = seed ^ (i as u8).wrapping_mul(13) ^ (i >> 9) as u8;
             }
         }
@@ -59,7 +62,12 @@ fn reopen_after_a_crash_at_every_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (data, index) = (dir.path().join("data"), dir.path().join("index"));
     let layer = RwLayer::create(&data, &index, VSIZE, None, Uuid::NIL).unwrap();
-    let flushed = [Op::Write(0, 8192, 1), Op::Write(4096, 1024, 2), Op::Trim(512, 512), Op::Write(65536, 4096, 3)];
+    let flushed = [
+        Op::Write(0, 8192, 1),
+        Op::Write(4096, 1024, 2),
+        Op::Trim(512, 512),
+        Op::Write(65536, 4096, 3),
+    ];
     let later = [
         Op::Write(1024, 2048, 4),
         Op::Trim(65536, 1024),

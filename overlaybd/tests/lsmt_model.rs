@@ -8,7 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use overlaybd::lsmt::{self, blob, CommitOptions, RoLayer, RwLayer, SparseLayer, Stack, Upper, Uuid};
+use overlaybd::lsmt::{
+    self, blob, CommitOptions, RoLayer, RwLayer, SparseLayer, Stack, Upper, Uuid,
+};
 use proptest::prelude::*;
 use zfile::ReadAt;
 
@@ -42,7 +44,10 @@ fn op(granule: u64) -> impl Strategy<Value = Op> {
 fn sector_bytes(seed: u8, sector: u64) -> [u8; 512] {
     let mut b = [0u8; 512];
     for (i, x) in b.iter_mut().enumerate() {
-        *x = seed ^ (sector as u8).wrapping_mul(31) ^ (i as u8).wrapping_mul(7) ^ ((sector >> 8) as u8);
+        *x = seed
+            ^ (sector as u8).wrapping_mul(31)
+            ^ (i as u8).wrapping_mul(7)
+            ^ ((sector >> 8) as u8);
     }
     b
 }
@@ -62,9 +67,20 @@ impl World {
         let n = self.files;
         let vsize = VSIZE_SECTORS * 512;
         if self.sparse {
-            Upper::Sparse(SparseLayer::create(&self.dir.join(format!("sparse{n}")), vsize, None, self.parent).unwrap())
+            Upper::Sparse(
+                SparseLayer::create(
+                    &self.dir.join(format!("sparse{n}")),
+                    vsize,
+                    None,
+                    self.parent,
+                )
+                .unwrap(),
+            )
         } else {
-            let (d, i) = (self.dir.join(format!("data{n}")), self.dir.join(format!("index{n}")));
+            let (d, i) = (
+                self.dir.join(format!("data{n}")),
+                self.dir.join(format!("index{n}")),
+            );
             Upper::Append(RwLayer::create(&d, &i, vsize, None, self.parent).unwrap())
         }
     }
@@ -74,7 +90,10 @@ impl World {
         if self.sparse {
             vec![self.dir.join(format!("sparse{n}"))]
         } else {
-            vec![self.dir.join(format!("data{n}")), self.dir.join(format!("index{n}"))]
+            vec![
+                self.dir.join(format!("data{n}")),
+                self.dir.join(format!("index{n}")),
+            ]
         }
     }
 
@@ -94,7 +113,12 @@ impl World {
     }
 }
 
-fn check_range(stack: &Stack, model: &BTreeMap<u64, [u8; 512]>, sector: u64, sectors: u64) -> Result<(), TestCaseError> {
+fn check_range(
+    stack: &Stack,
+    model: &BTreeMap<u64, [u8; 512]>,
+    sector: u64,
+    sectors: u64,
+) -> Result<(), TestCaseError> {
     let end = (sector + sectors).min(VSIZE_SECTORS);
     if sector >= end {
         return Ok(());
@@ -111,13 +135,24 @@ fn check_range(stack: &Stack, model: &BTreeMap<u64, [u8; 512]>, sector: u64, sec
 
 fn run(ops: Vec<Op>, sparse: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = World { dir: dir.path().to_path_buf(), sparse, lowers: vec![], stack: None, files: 0, parent: Uuid::NIL };
+    let mut w = World {
+        dir: dir.path().to_path_buf(),
+        sparse,
+        lowers: vec![],
+        stack: None,
+        files: 0,
+        parent: Uuid::NIL,
+    };
     let upper = w.new_upper();
     w.restack(upper);
     let mut model: BTreeMap<u64, [u8; 512]> = BTreeMap::new();
     for op in ops {
         match op {
-            Op::Write { sector, sectors, seed } => {
+            Op::Write {
+                sector,
+                sectors,
+                seed,
+            } => {
                 let sectors = sectors.min(VSIZE_SECTORS - sector);
                 let mut buf = Vec::with_capacity((sectors * 512) as usize);
                 for s in sector..sector + sectors {
@@ -125,11 +160,19 @@ fn run(ops: Vec<Op>, sparse: bool) -> Result<(), TestCaseError> {
                     buf.extend_from_slice(&b);
                     model.insert(s, b);
                 }
-                w.stack.as_ref().unwrap().write_at(sector * 512, &buf).unwrap();
+                w.stack
+                    .as_ref()
+                    .unwrap()
+                    .write_at(sector * 512, &buf)
+                    .unwrap();
             }
             Op::Trim { sector, sectors } => {
                 let sectors = sectors.min(VSIZE_SECTORS - sector);
-                w.stack.as_ref().unwrap().trim(sector * 512, sectors * 512).unwrap();
+                w.stack
+                    .as_ref()
+                    .unwrap()
+                    .trim(sector * 512, sectors * 512)
+                    .unwrap();
                 for s in sector..sector + sectors {
                     model.remove(&s);
                 }
@@ -148,7 +191,9 @@ fn run(ops: Vec<Op>, sparse: bool) -> Result<(), TestCaseError> {
                 w.restack(upper);
             }
             Op::Seal if !sparse => {
-                let Upper::Append(rw) = w.take_upper() else { unreachable!() };
+                let Upper::Append(rw) = w.take_upper() else {
+                    unreachable!()
+                };
                 let data = w.upper_paths()[0].clone();
                 rw.seal().unwrap();
                 w.push_lower(&data);
@@ -172,10 +217,23 @@ fn run(ops: Vec<Op>, sparse: bool) -> Result<(), TestCaseError> {
                 let path = w.dir.join(format!("commit{}", w.files));
                 let f = std::fs::File::create(&path).unwrap();
                 if zf {
-                    let zopts = zfile::WriterOptions { integrity: true, block_size: 8192, ..Default::default() };
-                    let mut z = zfile::ZFileWriter::new(zfile::envelope::PaxWriter::new(f).unwrap(), zopts).unwrap();
+                    let zopts = zfile::WriterOptions {
+                        integrity: true,
+                        block_size: 8192,
+                        ..Default::default()
+                    };
+                    let mut z =
+                        zfile::ZFileWriter::new(zfile::envelope::PaxWriter::new(f).unwrap(), zopts)
+                            .unwrap();
                     lsmt::commit(&maps, &[src], &mut z, &opts).unwrap();
-                    z.finish_with_header().unwrap().0.finish().unwrap().0.flush().unwrap();
+                    z.finish_with_header()
+                        .unwrap()
+                        .0
+                        .finish()
+                        .unwrap()
+                        .0
+                        .flush()
+                        .unwrap();
                 } else {
                     let mut f = std::io::BufWriter::new(f);
                     lsmt::commit(&maps, &[src], &mut f, &opts).unwrap();
@@ -185,7 +243,9 @@ fn run(ops: Vec<Op>, sparse: bool) -> Result<(), TestCaseError> {
                 let upper = w.new_upper();
                 w.restack(upper);
             }
-            Op::Read { sector, sectors } => check_range(w.stack.as_ref().unwrap(), &model, sector, sectors)?,
+            Op::Read { sector, sectors } => {
+                check_range(w.stack.as_ref().unwrap(), &model, sector, sectors)?
+            }
         }
     }
     let stack = w.stack.as_ref().unwrap();
@@ -195,7 +255,16 @@ fn run(ops: Vec<Op>, sparse: bool) -> Result<(), TestCaseError> {
     let maps: Vec<lsmt::Mapping> = stack.merged_index().iter().collect();
     let sources: Vec<&dyn ReadAt> = w.lowers.iter().map(|(s, _)| &**s as &dyn ReadAt).collect();
     let mut flat = Vec::new();
-    lsmt::commit(&maps, &sources, &mut flat, &CommitOptions { virtual_size: VSIZE_SECTORS * 512, ..Default::default() }).unwrap();
+    lsmt::commit(
+        &maps,
+        &sources,
+        &mut flat,
+        &CommitOptions {
+            virtual_size: VSIZE_SECTORS * 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let flat: Arc<dyn ReadAt> = Arc::new(flat);
     let layer = RoLayer::open(&*flat).unwrap();
     let upper = w.take_upper();

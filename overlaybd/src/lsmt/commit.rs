@@ -42,14 +42,20 @@ pub struct CommitSummary {
 }
 
 fn write_all(out: &mut dyn Write, buf: &[u8], pos: &mut u64) -> Result<()> {
-    out.write_all(buf).map_err(|e| Error::io("write", "committed layer", *pos, e))?;
+    out.write_all(buf)
+        .map_err(|e| Error::io("write", "committed layer", *pos, e))?;
     *pos += buf.len() as u64;
     Ok(())
 }
 
 /// Writes a committed layer from `maps` (sorted, non-overlapping; `tag` selects the source in
 /// `sources` that holds each extent's data at `moffset`).
-pub fn commit(maps: &[Mapping], sources: &[&dyn ReadAt], out: &mut dyn Write, opts: &CommitOptions) -> Result<CommitSummary> {
+pub fn commit(
+    maps: &[Mapping],
+    sources: &[&dyn ReadAt],
+    out: &mut dyn Write,
+    opts: &CommitOptions,
+) -> Result<CommitSummary> {
     let mut head = HeaderTrailer::new(
         flags::HEADER | flags::DATA_FILE | flags::SEALED,
         opts.virtual_size,
@@ -65,14 +71,24 @@ pub fn commit(maps: &[Mapping], sources: &[&dyn ReadAt], out: &mut dyn Write, op
     let mut buf = Vec::new();
     for (i, m) in maps.iter().enumerate() {
         if i > 0 && maps[i - 1].end() > m.offset {
-            return Err(Error::Invalid(format!("commit: extent {i} overlaps the previous one")));
+            return Err(Error::Invalid(format!(
+                "commit: extent {i} overlaps the previous one"
+            )));
         }
         if m.zeroed {
-            index.push(Mapping { moffset, tag: 0, ..*m });
+            index.push(Mapping {
+                moffset,
+                tag: 0,
+                ..*m
+            });
             continue;
         }
         let src = *sources.get(m.tag as usize).ok_or_else(|| {
-            Error::Invalid(format!("commit: extent {i} names source {} of {}", m.tag, sources.len()))
+            Error::Invalid(format!(
+                "commit: extent {i} names source {} of {}",
+                m.tag,
+                sources.len()
+            ))
         })?;
         let mut done = 0u64;
         while done < m.length as u64 {
@@ -83,7 +99,11 @@ pub fn commit(maps: &[Mapping], sources: &[&dyn ReadAt], out: &mut dyn Write, op
             let mut p = 0;
             while p < n {
                 let len = PIECE_SECTORS.min(n - p);
-                index.push(Mapping::data(m.offset + done + p, len as u32, moffset + done + p));
+                index.push(Mapping::data(
+                    m.offset + done + p,
+                    len as u32,
+                    moffset + done + p,
+                ));
                 p += len;
             }
             done += n;
@@ -95,7 +115,10 @@ pub fn commit(maps: &[Mapping], sources: &[&dyn ReadAt], out: &mut dyn Write, op
     compress(&mut index);
     let real = index.len();
     if real % INDEX_ALIGN_ENTRIES != 0 {
-        index.resize(real.next_multiple_of(INDEX_ALIGN_ENTRIES), Mapping::invalid());
+        index.resize(
+            real.next_multiple_of(INDEX_ALIGN_ENTRIES),
+            Mapping::invalid(),
+        );
     }
     write_all(out, &encode_all(&index), &mut pos)?;
     let mut trailer = head.clone();
@@ -103,7 +126,8 @@ pub fn commit(maps: &[Mapping], sources: &[&dyn ReadAt], out: &mut dyn Write, op
     trailer.index_offset = index_offset;
     trailer.index_size = index.len() as u64;
     write_all(out, &trailer.encode()?, &mut pos)?;
-    out.flush().map_err(|e| Error::io("flush", "committed layer", pos, e))?;
+    out.flush()
+        .map_err(|e| Error::io("flush", "committed layer", pos, e))?;
     Ok(CommitSummary {
         index_offset,
         index_entries: index.len() as u64,

@@ -92,8 +92,13 @@ impl Uuid {
 fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
     // The kernel's generator; a UUID needs no more than this.
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let seed = t.as_nanos() ^ (std::process::id() as u128) << 64;
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
@@ -122,7 +127,8 @@ impl fmt::Debug for Uuid {
 impl std::str::FromStr for Uuid {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Uuid::parse(s).ok_or_else(|| format!("{s:?} is not a UUID (XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX)"))
+        Uuid::parse(s)
+            .ok_or_else(|| format!("{s:?} is not a UUID (XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX)"))
     }
 }
 
@@ -172,16 +178,26 @@ impl HeaderTrailer {
     /// Decodes a slot; `which` names it in errors. Only the magics are checked here.
     pub fn decode(slot: &[u8], which: &'static str) -> Result<Self> {
         if slot.len() < HT_SPACE {
-            return Err(Error::Truncated { what: which, need: HT_SPACE as u64, got: slot.len() as u64 });
+            return Err(Error::Truncated {
+                what: which,
+                need: HT_SPACE as u64,
+                got: slot.len() as u64,
+            });
         }
-        if slot[off::MAGIC0..off::MAGIC0 + 8] != MAGIC0 || slot[off::MAGIC1..off::MAGIC1 + 16] != MAGIC1 {
+        if slot[off::MAGIC0..off::MAGIC0 + 8] != MAGIC0
+            || slot[off::MAGIC1..off::MAGIC1 + 16] != MAGIC1
+        {
             return Err(Error::NotLsmt(which));
         }
         let u64_at = |at: usize| u64::from_le_bytes(slot[at..at + 8].try_into().expect("8 bytes"));
         let tag = &slot[off::USER_TAG..off::USER_TAG + USER_TAG_LEN];
         let tag_end = tag.iter().position(|&c| c == 0).unwrap_or(USER_TAG_LEN);
         Ok(HeaderTrailer {
-            flags: u32::from_le_bytes(slot[off::FLAGS..off::FLAGS + 4].try_into().expect("4 bytes")),
+            flags: u32::from_le_bytes(
+                slot[off::FLAGS..off::FLAGS + 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            ),
             index_offset: u64_at(off::INDEX_OFFSET),
             index_size: u64_at(off::INDEX_SIZE),
             virtual_size: u64_at(off::VIRTUAL_SIZE),
@@ -206,9 +222,11 @@ impl HeaderTrailer {
         s[off::MAGIC1..off::MAGIC1 + 16].copy_from_slice(&MAGIC1);
         s[off::SIZE..off::SIZE + 4].copy_from_slice(&HT_USED.to_le_bytes());
         s[off::FLAGS..off::FLAGS + 4].copy_from_slice(&self.flags.to_le_bytes());
-        s[off::INDEX_OFFSET..off::INDEX_OFFSET + 8].copy_from_slice(&self.index_offset.to_le_bytes());
+        s[off::INDEX_OFFSET..off::INDEX_OFFSET + 8]
+            .copy_from_slice(&self.index_offset.to_le_bytes());
         s[off::INDEX_SIZE..off::INDEX_SIZE + 8].copy_from_slice(&self.index_size.to_le_bytes());
-        s[off::VIRTUAL_SIZE..off::VIRTUAL_SIZE + 8].copy_from_slice(&self.virtual_size.to_le_bytes());
+        s[off::VIRTUAL_SIZE..off::VIRTUAL_SIZE + 8]
+            .copy_from_slice(&self.virtual_size.to_le_bytes());
         let u = self.uuid.unwrap_or(Uuid::NIL).to_string();
         s[off::UUID..off::UUID + 36].copy_from_slice(u.as_bytes());
         let p = self.parent_uuid.unwrap_or(Uuid::NIL).to_string();
@@ -227,16 +245,39 @@ mod tests {
     #[test]
     fn offsets_match_the_spec() {
         assert_eq!(
-            [off::MAGIC0, off::MAGIC1, off::SIZE, off::FLAGS, off::INDEX_OFFSET, off::INDEX_SIZE],
+            [
+                off::MAGIC0,
+                off::MAGIC1,
+                off::SIZE,
+                off::FLAGS,
+                off::INDEX_OFFSET,
+                off::INDEX_SIZE
+            ],
             [0, 8, 24, 28, 32, 40]
         );
         assert_eq!(
-            [off::VIRTUAL_SIZE, off::UUID, off::PARENT_UUID, off::RESERVED, off::VERSION, off::SUB_VERSION, off::USER_TAG],
+            [
+                off::VIRTUAL_SIZE,
+                off::UUID,
+                off::PARENT_UUID,
+                off::RESERVED,
+                off::VERSION,
+                off::SUB_VERSION,
+                off::USER_TAG
+            ],
             [48, 56, 93, 130, 132, 133, 134]
         );
         assert_eq!((HT_SPACE, HT_USED, USER_TAG_LEN), (4096, 390, 256));
         assert_eq!(off::USER_TAG + USER_TAG_LEN, HT_USED as usize);
-        assert_eq!([flags::HEADER, flags::DATA_FILE, flags::SEALED, flags::SPARSE_RW], [1, 2, 4, 16]);
+        assert_eq!(
+            [
+                flags::HEADER,
+                flags::DATA_FILE,
+                flags::SEALED,
+                flags::SPARSE_RW
+            ],
+            [1, 2, 4, 16]
+        );
     }
 
     #[test]
@@ -245,13 +286,21 @@ mod tests {
         assert_eq!(u.to_string(), "11111111-2222-3333-4444-55555555555A");
         assert_eq!(u.0[0], 0x11);
         assert_eq!(u.0[15], 0x5a);
-        for bad in ["", "11111111-2222-3333-4444-5555555555", "11111111+2222-3333-4444-555555555555", "G1111111-2222-3333-4444-555555555555"] {
+        for bad in [
+            "",
+            "11111111-2222-3333-4444-5555555555",
+            "11111111+2222-3333-4444-555555555555",
+            "G1111111-2222-3333-4444-555555555555",
+        ] {
             assert!(Uuid::parse(bad).is_none(), "{bad}");
         }
         let r = Uuid::random();
         assert_eq!(r.0[6] >> 4, 4);
         assert_ne!(r, Uuid::random());
-        assert_eq!(Uuid::NIL.to_string(), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            Uuid::NIL.to_string(),
+            "00000000-0000-0000-0000-000000000000"
+        );
     }
 
     #[test]
@@ -262,7 +311,10 @@ mod tests {
         assert_eq!(HeaderTrailer::decode(&s, "header").unwrap(), h);
         let mut bad = s.clone();
         bad[9] ^= 1;
-        assert!(matches!(HeaderTrailer::decode(&bad, "header"), Err(Error::NotLsmt("header"))));
+        assert!(matches!(
+            HeaderTrailer::decode(&bad, "header"),
+            Err(Error::NotLsmt("header"))
+        ));
         assert!(HeaderTrailer::decode(&s[..100], "header").is_err());
         h.user_tag = vec![1; 257];
         assert!(h.encode().is_err());

@@ -92,7 +92,10 @@ impl<K: Key> Tree<K> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.levels.iter().map(|l| l.capacity() * std::mem::size_of::<Node<K>>()).sum()
+        self.levels
+            .iter()
+            .map(|l| l.capacity() * std::mem::size_of::<Node<K>>())
+            .sum()
     }
 }
 
@@ -260,7 +263,9 @@ mod tests {
     use super::*;
 
     fn extents(n: u64, gap: u64) -> Vec<Mapping> {
-        (0..n).map(|i| Mapping::data(i * (8 + gap), 8, 8 + i * 8)).collect()
+        (0..n)
+            .map(|i| Mapping::data(i * (8 + gap), 8, 8 + i * 8))
+            .collect()
     }
 
     #[test]
@@ -268,11 +273,20 @@ mod tests {
         for n in [0u64, 1, 2, 15, 16, 17, 255, 256, 257, 4097] {
             for wide in [false, true] {
                 let base = if wide { 1u64 << 40 } else { 0 };
-                let maps: Vec<Mapping> = extents(n, 3).into_iter().map(|mut m| { m.offset += base; m }).collect();
+                let maps: Vec<Mapping> = extents(n, 3)
+                    .into_iter()
+                    .map(|mut m| {
+                        m.offset += base;
+                        m
+                    })
+                    .collect();
                 let idx = RoIndex::new(&maps);
                 assert_eq!(idx.len() as u64, n);
                 assert!(idx.iter().eq(maps.iter().copied()));
-                for x in (base..base + n * 11 + 20).step_by(1).chain([0, u64::MAX / 4]) {
+                for x in (base..base + n * 11 + 20)
+                    .step_by(1)
+                    .chain([0, u64::MAX / 4])
+                {
                     let want = maps.iter().position(|m| m.end() > x).unwrap_or(maps.len());
                     assert_eq!(idx.first_ending_after(x), want, "n {n} x {x}");
                     let cover = maps.iter().find(|m| m.offset <= x && x < m.end()).copied();
@@ -286,7 +300,10 @@ mod tests {
     fn overlapping_trims_edges() {
         let idx = RoIndex::new(&[Mapping::data(10, 10, 100), Mapping::zeroes(30, 10, 5)]);
         let v: Vec<_> = idx.overlapping(15, 35).collect();
-        assert_eq!(v, vec![Mapping::data(15, 5, 105), Mapping::zeroes(30, 5, 5)]);
+        assert_eq!(
+            v,
+            vec![Mapping::data(15, 5, 105), Mapping::zeroes(30, 5, 5)]
+        );
         assert_eq!(idx.overlapping(20, 30).count(), 0);
     }
 
@@ -298,10 +315,22 @@ mod tests {
         let top = RoIndex::new(&[Mapping::data(25, 25, 8)]);
         let m = RoIndex::merge(&[&lower, &mid, &top]);
         let want = vec![
-            Mapping { tag: 0, ..Mapping::data(0, 20, 8) },
-            Mapping { tag: 1, ..Mapping::zeroes(20, 5, 0) },
-            Mapping { tag: 2, ..Mapping::data(25, 25, 8) },
-            Mapping { tag: 0, ..Mapping::data(50, 50, 58) },
+            Mapping {
+                tag: 0,
+                ..Mapping::data(0, 20, 8)
+            },
+            Mapping {
+                tag: 1,
+                ..Mapping::zeroes(20, 5, 0)
+            },
+            Mapping {
+                tag: 2,
+                ..Mapping::data(25, 25, 8)
+            },
+            Mapping {
+                tag: 0,
+                ..Mapping::data(50, 50, 58)
+            },
         ];
         assert_eq!(m, want);
         assert!(RoIndex::merge(&[]).is_empty());

@@ -25,16 +25,34 @@ pub struct Mapping {
 
 impl Mapping {
     pub fn data(offset: u64, length: u32, moffset: u64) -> Self {
-        Mapping { offset, length, moffset, zeroed: false, tag: 0 }
+        Mapping {
+            offset,
+            length,
+            moffset,
+            zeroed: false,
+            tag: 0,
+        }
     }
 
     pub fn zeroes(offset: u64, length: u32, moffset: u64) -> Self {
-        Mapping { offset, length, moffset, zeroed: true, tag: 0 }
+        Mapping {
+            offset,
+            length,
+            moffset,
+            zeroed: true,
+            tag: 0,
+        }
     }
 
     /// The padding entry overlaybd writes to fill an index to a 4 KiB multiple.
     pub fn invalid() -> Self {
-        Mapping { offset: INVALID_OFFSET, length: 0, moffset: 0, zeroed: false, tag: 0 }
+        Mapping {
+            offset: INVALID_OFFSET,
+            length: 0,
+            moffset: 0,
+            zeroed: false,
+            tag: 0,
+        }
     }
 
     pub fn is_invalid(&self) -> bool {
@@ -83,7 +101,8 @@ impl Mapping {
     /// `w0 = offset | length << 50`, `w1 = moffset | zeroed << 55 | tag << 56`, little-endian.
     pub fn encode(&self) -> [u8; MAPPING_BYTES] {
         let w0 = (self.offset & INVALID_OFFSET) | ((self.length as u64 & MAX_LENGTH as u64) << 50);
-        let w1 = (self.moffset & MAX_MOFFSET) | ((self.zeroed as u64) << 55) | ((self.tag as u64) << 56);
+        let w1 =
+            (self.moffset & MAX_MOFFSET) | ((self.zeroed as u64) << 55) | ((self.tag as u64) << 56);
         let mut b = [0u8; MAPPING_BYTES];
         b[..8].copy_from_slice(&w0.to_le_bytes());
         b[8..].copy_from_slice(&w1.to_le_bytes());
@@ -105,7 +124,8 @@ impl Mapping {
 
 /// Decodes a run of encoded mappings (a trailing partial entry is ignored).
 pub fn decode_all(raw: &[u8]) -> impl Iterator<Item = Mapping> + '_ {
-    raw.chunks_exact(MAPPING_BYTES).map(|c| Mapping::decode(c.try_into().expect("chunks_exact")))
+    raw.chunks_exact(MAPPING_BYTES)
+        .map(|c| Mapping::decode(c.try_into().expect("chunks_exact")))
 }
 
 /// Encodes mappings back to back.
@@ -146,12 +166,21 @@ mod tests {
     fn encoding_matches_the_spec() {
         // docs/format/lsmt.md: {offset 0x10, length 8, moffset 8}.
         let m = Mapping::data(0x10, 8, 8);
-        assert_eq!(m.encode(), [0x10, 0, 0, 0, 0, 0, 0x20, 0, 8, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            m.encode(),
+            [0x10, 0, 0, 0, 0, 0, 0x20, 0, 8, 0, 0, 0, 0, 0, 0, 0]
+        );
         assert_eq!(
             Mapping::invalid().encode(),
             [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
-        let z = Mapping { offset: 1, length: MAX_LENGTH, moffset: MAX_MOFFSET, zeroed: true, tag: 0xAB };
+        let z = Mapping {
+            offset: 1,
+            length: MAX_LENGTH,
+            moffset: MAX_MOFFSET,
+            zeroed: true,
+            tag: 0xAB,
+        };
         assert_eq!(Mapping::decode(&z.encode()), z);
         assert_eq!(z.encode()[15], 0xAB);
         assert_eq!(z.encode()[14] & 0x80, 0x80);
@@ -180,7 +209,9 @@ mod tests {
         assert_eq!(v.len(), 4);
         assert_eq!(v[0].length, 128);
         // Merging stops before reaching MAX_LENGTH (strictly below).
-        let mut v: Vec<Mapping> = (0..300).map(|i| Mapping::data(i * 64, 64, 8 + i * 64)).collect();
+        let mut v: Vec<Mapping> = (0..300)
+            .map(|i| Mapping::data(i * 64, 64, 8 + i * 64))
+            .collect();
         compress(&mut v);
         assert_eq!(v[0].length, 16320);
         assert_eq!(v.iter().map(|m| m.length as u64).sum::<u64>(), 300 * 64);

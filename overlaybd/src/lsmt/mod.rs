@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod commit;
+pub mod fuzz;
 pub mod header;
 pub mod index;
 pub mod index0;

@@ -14,15 +14,28 @@ pub const MAX_INDEX_ENTRIES: u64 = 128_000_000;
 /// Sector where data begins (right after the header).
 pub const DATA_START_SECTOR: u64 = (HT_SPACE as u64) / SECTOR;
 
-pub(crate) fn read_exact_at<S: ReadAt + ?Sized>(src: &S, offset: u64, buf: &mut [u8], what: &'static str) -> Result<()> {
+pub(crate) fn read_exact_at<S: ReadAt + ?Sized>(
+    src: &S,
+    offset: u64,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<()> {
     let n = read_full_at(src, offset, buf).map_err(|e| Error::io("read", what, offset, e))?;
     if n < buf.len() {
-        return Err(Error::Truncated { what, need: buf.len() as u64, got: n as u64 });
+        return Err(Error::Truncated {
+            what,
+            need: buf.len() as u64,
+            got: n as u64,
+        });
     }
     Ok(())
 }
 
-pub(crate) fn read_slot<S: ReadAt + ?Sized>(src: &S, offset: u64, which: &'static str) -> Result<HeaderTrailer> {
+pub(crate) fn read_slot<S: ReadAt + ?Sized>(
+    src: &S,
+    offset: u64,
+    which: &'static str,
+) -> Result<HeaderTrailer> {
     let mut slot = vec![0u8; HT_SPACE];
     read_exact_at(src, offset, &mut slot, which)?;
     HeaderTrailer::decode(&slot, which)
@@ -74,7 +87,10 @@ pub fn check_mappings(maps: &[Mapping], data_end: u64, what: &str) -> Result<()>
 pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping>)> {
     let header = read_slot(src, 0, "layer header")?;
     if !header.has(flags::HEADER) {
-        return Err(Error::corrupt("layer header", "flag bit 0 (header) is clear"));
+        return Err(Error::corrupt(
+            "layer header",
+            "flag bit 0 (header) is clear",
+        ));
     }
     if !header.has(flags::DATA_FILE) {
         return Err(Error::corrupt(
@@ -82,9 +98,15 @@ pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping
             "this is an index file, not a layer (open the data file and its index as a writable layer)",
         ));
     }
-    let file_size = src.size().map_err(|e| Error::io("size of", "layer", 0, e))?;
+    let file_size = src
+        .size()
+        .map_err(|e| Error::io("size of", "layer", 0, e))?;
     if file_size < 2 * HT_SPACE as u64 {
-        return Err(Error::Truncated { what: "layer (header + trailer)", need: 2 * HT_SPACE as u64, got: file_size });
+        return Err(Error::Truncated {
+            what: "layer (header + trailer)",
+            need: 2 * HT_SPACE as u64,
+            got: file_size,
+        });
     }
     let trailer_at = file_size - HT_SPACE as u64;
     let trailer = read_slot(src, trailer_at, "layer trailer").map_err(|e| match e {
@@ -101,15 +123,25 @@ pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping
     if trailer.has(flags::HEADER) || !trailer.has(flags::DATA_FILE) || !trailer.has(flags::SEALED) {
         return Err(Error::corrupt(
             "layer trailer",
-            format!("flags {:#x}: expected a sealed data-file trailer", trailer.flags),
+            format!(
+                "flags {:#x}: expected a sealed data-file trailer",
+                trailer.flags
+            ),
         ));
     }
     let n = trailer.index_size;
     if n > MAX_INDEX_ENTRIES {
-        return Err(Error::corrupt("layer trailer", format!("index_size {n} exceeds {MAX_INDEX_ENTRIES}")));
+        return Err(Error::corrupt(
+            "layer trailer",
+            format!("index_size {n} exceeds {MAX_INDEX_ENTRIES}"),
+        ));
     }
     let io = trailer.index_offset;
-    if io < HT_SPACE as u64 || io % SECTOR != 0 || io > trailer_at || n * MAPPING_BYTES as u64 > trailer_at - io {
+    if io < HT_SPACE as u64
+        || io % SECTOR != 0
+        || io > trailer_at
+        || n * MAPPING_BYTES as u64 > trailer_at - io
+    {
         return Err(Error::corrupt(
             "layer trailer",
             format!("index of {n} entries at {io:#x} does not fit between the header and the trailer at {trailer_at:#x}"),
@@ -124,7 +156,11 @@ pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping
     check_mappings(&maps, io / SECTOR, "layer index")?;
     let meta = LayerMeta {
         extents: maps.len() as u64,
-        data_sectors: maps.iter().filter(|m| !m.zeroed).map(|m| m.length as u64).sum(),
+        data_sectors: maps
+            .iter()
+            .filter(|m| !m.zeroed)
+            .map(|m| m.length as u64)
+            .sum(),
         header,
         trailer,
         file_size,
@@ -141,13 +177,19 @@ pub struct RoLayer {
 
 impl std::fmt::Debug for RoLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoLayer").field("meta", &self.meta).field("extents", &self.index.len()).finish()
+        f.debug_struct("RoLayer")
+            .field("meta", &self.meta)
+            .field("extents", &self.index.len())
+            .finish()
     }
 }
 
 impl RoLayer {
     pub fn open<S: ReadAt + ?Sized>(src: &S) -> Result<Self> {
         let (meta, maps) = read_layer(src)?;
-        Ok(RoLayer { meta, index: RoIndex::new(&maps) })
+        Ok(RoLayer {
+            meta,
+            index: RoIndex::new(&maps),
+        })
     }
 }

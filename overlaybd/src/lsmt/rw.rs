@@ -51,7 +51,12 @@ pub struct Replay {
 
 impl Replay {
     pub fn new(data_sectors: u64) -> Self {
-        Replay { index: Index0::new(), kept: 0, data_sectors, stopped: false }
+        Replay {
+            index: Index0::new(),
+            kept: 0,
+            data_sectors,
+            stopped: false,
+        }
     }
 
     /// Feeds whole entries; returns false once replay has stopped.
@@ -61,8 +66,16 @@ impl Replay {
         }
         for m in decode_all(raw) {
             if !m.is_invalid() {
-                let present = if m.zeroed { m.moffset <= self.data_sectors } else { m.mend() <= self.data_sectors };
-                if !present || m.length == 0 || m.length > MAX_LENGTH || m.moffset < HT_SPACE as u64 / SECTOR {
+                let present = if m.zeroed {
+                    m.moffset <= self.data_sectors
+                } else {
+                    m.mend() <= self.data_sectors
+                };
+                if !present
+                    || m.length == 0
+                    || m.length > MAX_LENGTH
+                    || m.moffset < HT_SPACE as u64 / SECTOR
+                {
                     self.stopped = true;
                     return false;
                 }
@@ -89,14 +102,28 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
     if create {
         o.create_new(true);
     }
-    o.open(path).map_err(|e| Error::io(if create { "create" } else { "open" }, path.display().to_string(), 0, e))
+    o.open(path).map_err(|e| {
+        Error::io(
+            if create { "create" } else { "open" },
+            path.display().to_string(),
+            0,
+            e,
+        )
+    })
 }
 
 impl RwLayer {
     /// Creates the two files (which must not exist) for a disk of `virtual_size` bytes.
-    pub fn create(data_path: &Path, index_path: &Path, virtual_size: u64, uuid: Option<Uuid>, parent: Uuid) -> Result<Self> {
+    pub fn create(
+        data_path: &Path,
+        index_path: &Path,
+        virtual_size: u64,
+        uuid: Option<Uuid>,
+        parent: Uuid,
+    ) -> Result<Self> {
         let uuid = uuid.unwrap_or_else(Uuid::random);
-        let header = HeaderTrailer::new(flags::HEADER | flags::DATA_FILE, virtual_size, uuid, parent);
+        let header =
+            HeaderTrailer::new(flags::HEADER | flags::DATA_FILE, virtual_size, uuid, parent);
         let data = open_rw(data_path, true)?;
         data.write_all_at(&header.encode()?, 0)
             .map_err(|e| Error::io("write", data_path.display().to_string(), 0, e))?;
@@ -110,7 +137,11 @@ impl RwLayer {
             log,
             data_path: data_path.to_path_buf(),
             header,
-            state: Mutex::new(State { data_end: HT_SPACE as u64, log_end: HT_SPACE as u64, index: Index0::new() }),
+            state: Mutex::new(State {
+                data_end: HT_SPACE as u64,
+                log_end: HT_SPACE as u64,
+                index: Index0::new(),
+            }),
         };
         layer.flush()?;
         Ok(layer)
@@ -123,24 +154,48 @@ impl RwLayer {
         let data = open_rw(data_path, false)?;
         let log = open_rw(index_path, false)?;
         let header = read_slot(&data, 0, "writable layer data header")?;
-        if !header.has(flags::HEADER) || !header.has(flags::DATA_FILE) || header.has(flags::SPARSE_RW) {
-            return Err(Error::corrupt("writable layer data header", format!("flags {:#x}", header.flags)));
+        if !header.has(flags::HEADER)
+            || !header.has(flags::DATA_FILE)
+            || header.has(flags::SPARSE_RW)
+        {
+            return Err(Error::corrupt(
+                "writable layer data header",
+                format!("flags {:#x}", header.flags),
+            ));
         }
         if header.has(flags::SEALED) {
-            return Err(Error::corrupt("writable layer data header", "the layer is sealed"));
+            return Err(Error::corrupt(
+                "writable layer data header",
+                "the layer is sealed",
+            ));
         }
         let ih = read_slot(&log, 0, "writable layer index header")?;
         if !ih.has(flags::HEADER) || ih.has(flags::DATA_FILE) || ih.has(flags::SEALED) {
-            return Err(Error::corrupt("writable layer index header", format!("flags {:#x}", ih.flags)));
+            return Err(Error::corrupt(
+                "writable layer index header",
+                format!("flags {:#x}", ih.flags),
+            ));
         }
         if ih.index_offset != HT_SPACE as u64 {
-            return Err(Error::corrupt("writable layer index header", format!("index_offset {}", ih.index_offset)));
+            return Err(Error::corrupt(
+                "writable layer index header",
+                format!("index_offset {}", ih.index_offset),
+            ));
         }
-        let data_size = data.metadata().map_err(|e| Error::io("stat", data_path.display().to_string(), 0, e))?.len();
-        let log_size = log.metadata().map_err(|e| Error::io("stat", index_path.display().to_string(), 0, e))?.len();
+        let data_size = data
+            .metadata()
+            .map_err(|e| Error::io("stat", data_path.display().to_string(), 0, e))?
+            .len();
+        let log_size = log
+            .metadata()
+            .map_err(|e| Error::io("stat", index_path.display().to_string(), 0, e))?
+            .len();
         let entries = (log_size.saturating_sub(HT_SPACE as u64)) / MAPPING_BYTES as u64;
         if entries > MAX_INDEX_ENTRIES {
-            return Err(Error::corrupt("writable layer index", format!("{entries} entries exceed {MAX_INDEX_ENTRIES}")));
+            return Err(Error::corrupt(
+                "writable layer index",
+                format!("{entries} entries exceed {MAX_INDEX_ENTRIES}"),
+            ));
         }
         let mut replay = Replay::new(data_size / SECTOR);
         let mut raw = vec![0u8; 1 << 20];
@@ -158,7 +213,8 @@ impl RwLayer {
         let (index, kept) = (replay.index, replay.kept);
         let log_end = HT_SPACE as u64 + kept * MAPPING_BYTES as u64;
         if log_end < log_size {
-            log.set_len(log_end).map_err(|e| Error::io("truncate", index_path.display().to_string(), log_end, e))?;
+            log.set_len(log_end)
+                .map_err(|e| Error::io("truncate", index_path.display().to_string(), log_end, e))?;
         }
         let data_end = data_size.next_multiple_of(SECTOR).max(HT_SPACE as u64);
         Ok(RwLayer {
@@ -166,7 +222,11 @@ impl RwLayer {
             log,
             data_path: data_path.to_path_buf(),
             header,
-            state: Mutex::new(State { data_end, log_end, index }),
+            state: Mutex::new(State {
+                data_end,
+                log_end,
+                index,
+            }),
         })
     }
 
@@ -212,7 +272,11 @@ impl RwLayer {
             self.data
                 .write_all_at(piece, pos)
                 .map_err(|e| Error::io("write", self.data_path.display().to_string(), pos, e))?;
-            let m = Mapping::data(off / SECTOR, (piece.len() as u64 / SECTOR) as u32, pos / SECTOR);
+            let m = Mapping::data(
+                off / SECTOR,
+                (piece.len() as u64 / SECTOR) as u32,
+                pos / SECTOR,
+            );
             let mut st = self.lock();
             self.log_entry(&mut st, &m)?;
         }
@@ -226,7 +290,11 @@ impl RwLayer {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(MAX_LENGTH as u64 * SECTOR);
-            let m = Mapping::zeroes((offset + done) / SECTOR, (n / SECTOR) as u32, st.data_end / SECTOR);
+            let m = Mapping::zeroes(
+                (offset + done) / SECTOR,
+                (n / SECTOR) as u32,
+                st.data_end / SECTOR,
+            );
             self.log_entry(&mut st, &m)?;
             done += n;
         }
@@ -235,8 +303,12 @@ impl RwLayer {
 
     /// Makes every completed write and trim durable.
     pub fn flush(&self) -> Result<()> {
-        self.data.sync_data().map_err(|e| Error::io("sync", self.data_path.display().to_string(), 0, e))?;
-        self.log.sync_data().map_err(|e| Error::io("sync", "writable layer index", 0, e))
+        self.data
+            .sync_data()
+            .map_err(|e| Error::io("sync", self.data_path.display().to_string(), 0, e))?;
+        self.log
+            .sync_data()
+            .map_err(|e| Error::io("sync", "writable layer index", 0, e))
     }
 
     /// Extents overlapping sectors `[begin, end)`, cut to them.
@@ -263,7 +335,9 @@ impl RwLayer {
         bytes.resize(bytes.len().next_multiple_of(SECTOR as usize), 0);
         let index_offset = st.data_end;
         let path = self.data_path.display().to_string();
-        self.data.write_all_at(&bytes, index_offset).map_err(|e| Error::io("write", path.clone(), index_offset, e))?;
+        self.data
+            .write_all_at(&bytes, index_offset)
+            .map_err(|e| Error::io("write", path.clone(), index_offset, e))?;
         let mut trailer = HeaderTrailer::new(
             flags::DATA_FILE | flags::SEALED,
             self.header.virtual_size,
@@ -273,10 +347,16 @@ impl RwLayer {
         trailer.index_offset = index_offset;
         trailer.index_size = maps.len() as u64;
         let at = index_offset + bytes.len() as u64;
-        self.data.write_all_at(&trailer.encode()?, at).map_err(|e| Error::io("write", path.clone(), at, e))?;
+        self.data
+            .write_all_at(&trailer.encode()?, at)
+            .map_err(|e| Error::io("write", path.clone(), at, e))?;
         let end = at + HT_SPACE as u64;
-        self.data.set_len(end).map_err(|e| Error::io("truncate", path.clone(), end, e))?;
-        self.data.sync_all().map_err(|e| Error::io("sync", path, 0, e))?;
+        self.data
+            .set_len(end)
+            .map_err(|e| Error::io("truncate", path.clone(), end, e))?;
+        self.data
+            .sync_all()
+            .map_err(|e| Error::io("sync", path, 0, e))?;
         Ok(end)
     }
 }

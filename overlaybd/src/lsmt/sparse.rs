@@ -34,15 +34,26 @@ fn seek(file: &File, at: u64, whence: libc::c_int) -> std::io::Result<Option<u64
     let r = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, whence) };
     if r < 0 {
         let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     Ok(Some(r as u64))
 }
 
 impl SparseLayer {
-    pub fn create(path: &Path, virtual_size: u64, uuid: Option<Uuid>, parent: Uuid) -> Result<Self> {
+    pub fn create(
+        path: &Path,
+        virtual_size: u64,
+        uuid: Option<Uuid>,
+        parent: Uuid,
+    ) -> Result<Self> {
         if virtual_size % SECTOR != 0 {
-            return Err(Error::Invalid(format!("virtual size {virtual_size} is not a multiple of 512")));
+            return Err(Error::Invalid(format!(
+                "virtual size {virtual_size} is not a multiple of 512"
+            )));
         }
         let file = OpenOptions::new()
             .read(true)
@@ -56,10 +67,18 @@ impl SparseLayer {
             uuid.unwrap_or_else(Uuid::random),
             parent,
         );
-        file.write_all_at(&header.encode()?, 0).map_err(|e| Error::io("write", path.display().to_string(), 0, e))?;
-        file.set_len(BASE + virtual_size).map_err(|e| Error::io("truncate", path.display().to_string(), 0, e))?;
-        file.sync_all().map_err(|e| Error::io("sync", path.display().to_string(), 0, e))?;
-        Ok(SparseLayer { file, path: path.to_path_buf(), header, index: Mutex::new(Index0::new()) })
+        file.write_all_at(&header.encode()?, 0)
+            .map_err(|e| Error::io("write", path.display().to_string(), 0, e))?;
+        file.set_len(BASE + virtual_size)
+            .map_err(|e| Error::io("truncate", path.display().to_string(), 0, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("sync", path.display().to_string(), 0, e))?;
+        Ok(SparseLayer {
+            file,
+            path: path.to_path_buf(),
+            header,
+            index: Mutex::new(Index0::new()),
+        })
     }
 
     pub fn open(path: &Path) -> Result<Self> {
@@ -70,15 +89,23 @@ impl SparseLayer {
             .map_err(|e| Error::io("open", path.display().to_string(), 0, e))?;
         let header = read_slot(&file, 0, "sparse layer header")?;
         if !header.has(flags::HEADER) || !header.has(flags::SPARSE_RW) {
-            return Err(Error::corrupt("sparse layer header", format!("flags {:#x}: not a sparse layer", header.flags)));
+            return Err(Error::corrupt(
+                "sparse layer header",
+                format!("flags {:#x}: not a sparse layer", header.flags),
+            ));
         }
-        let size = file.metadata().map_err(|e| Error::io("stat", path.display().to_string(), 0, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path.display().to_string(), 0, e))?
+            .len();
         let end = size.min(BASE + header.virtual_size);
         let mut index = Index0::new();
         let mut at = BASE;
         let p = path.display().to_string();
         while at < end {
-            let Some(begin) = seek(&file, at, libc::SEEK_DATA).map_err(|e| Error::io("seek", p.clone(), at, e))? else {
+            let Some(begin) = seek(&file, at, libc::SEEK_DATA)
+                .map_err(|e| Error::io("seek", p.clone(), at, e))?
+            else {
                 break;
             };
             if begin >= end {
@@ -89,7 +116,10 @@ impl SparseLayer {
                 .unwrap_or(end)
                 .min(end);
             // Data regions are block aligned; sector-align defensively.
-            let (b, e) = (begin / SECTOR * SECTOR, stop.next_multiple_of(SECTOR).min(end));
+            let (b, e) = (
+                begin / SECTOR * SECTOR,
+                stop.next_multiple_of(SECTOR).min(end),
+            );
             let mut s = (b - BASE) / SECTOR;
             let last = (e - BASE) / SECTOR;
             while s < last {
@@ -99,7 +129,12 @@ impl SparseLayer {
             }
             at = stop.max(begin + 1);
         }
-        Ok(SparseLayer { file, path: path.to_path_buf(), header, index: Mutex::new(index) })
+        Ok(SparseLayer {
+            file,
+            path: path.to_path_buf(),
+            header,
+            index: Mutex::new(index),
+        })
     }
 
     pub fn header(&self) -> &HeaderTrailer {
@@ -116,9 +151,14 @@ impl SparseLayer {
 
     fn check(&self, offset: u64, len: u64, what: &str) -> Result<()> {
         if offset % SECTOR != 0 || len % SECTOR != 0 {
-            return Err(Error::Invalid(format!("{what} at {offset} of {len} bytes is not 512-byte aligned")));
+            return Err(Error::Invalid(format!(
+                "{what} at {offset} of {len} bytes is not 512-byte aligned"
+            )));
         }
-        if offset.checked_add(len).is_none_or(|e| e > self.header.virtual_size) {
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > self.header.virtual_size)
+        {
             return Err(Error::Invalid(format!(
                 "{what} at {offset} of {len} bytes goes past the virtual size {}",
                 self.header.virtual_size
@@ -162,7 +202,12 @@ impl SparseLayer {
             )
         };
         if r != 0 {
-            return Err(Error::io("punch hole in", self.path.display().to_string(), BASE + offset, std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "punch hole in",
+                self.path.display().to_string(),
+                BASE + offset,
+                std::io::Error::last_os_error(),
+            ));
         }
         let mut idx = self.lock();
         let mut done = 0u64;
@@ -190,7 +235,9 @@ impl SparseLayer {
     }
 
     pub fn flush(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io("sync", self.path.display().to_string(), 0, e))
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("sync", self.path.display().to_string(), 0, e))
     }
 
     pub fn overlapping(&self, begin: u64, end: u64) -> Vec<Mapping> {

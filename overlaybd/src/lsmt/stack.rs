@@ -115,23 +115,40 @@ impl Stack {
     /// bytes), and an optional writable top.
     pub fn new(lowers: Vec<(Arc<dyn ReadAt>, RoLayer)>, upper: Option<Upper>) -> Result<Self> {
         if lowers.len() > MAX_LAYERS {
-            return Err(Error::Invalid(format!("{} layers: at most {MAX_LAYERS}", lowers.len())));
+            return Err(Error::Invalid(format!(
+                "{} layers: at most {MAX_LAYERS}",
+                lowers.len()
+            )));
         }
         let indexes: Vec<&RoIndex> = lowers.iter().map(|(_, l)| &l.index).collect();
         let maps = RoIndex::merge(&indexes);
         if maps.len() as u64 > MAX_INDEX_ENTRIES {
-            return Err(Error::Invalid(format!("merged index of {} extents exceeds {MAX_INDEX_ENTRIES}", maps.len())));
+            return Err(Error::Invalid(format!(
+                "merged index of {} extents exceeds {MAX_INDEX_ENTRIES}",
+                maps.len()
+            )));
         }
         let merged = RoIndex::new(&maps);
         // The virtual size is that of the top-most layer that has one.
         let virtual_size = upper
             .iter()
             .map(|u| u.header().virtual_size)
-            .chain(lowers.iter().rev().map(|(_, l)| l.meta.trailer.virtual_size))
+            .chain(
+                lowers
+                    .iter()
+                    .rev()
+                    .map(|(_, l)| l.meta.trailer.virtual_size),
+            )
             .find(|&v| v > 0)
             .unwrap_or(0);
         let (sources, metas) = lowers.into_iter().map(|(s, l)| (s, l.meta)).unzip();
-        Ok(Stack { sources, metas, merged, upper, virtual_size })
+        Ok(Stack {
+            sources,
+            metas,
+            merged,
+            upper,
+            virtual_size,
+        })
     }
 
     pub fn virtual_size(&self) -> u64 {
@@ -163,7 +180,13 @@ impl Stack {
             .iter()
             .enumerate()
             .map(|(i, m)| (m.trailer.uuid, m.trailer.parent_uuid, format!("layer {i}")))
-            .chain(self.upper.iter().map(|u| (u.header().uuid, u.header().parent_uuid, "the writable layer".to_string())))
+            .chain(self.upper.iter().map(|u| {
+                (
+                    u.header().uuid,
+                    u.header().parent_uuid,
+                    "the writable layer".to_string(),
+                )
+            }))
             .collect();
         for w in uuids.windows(2) {
             let (below, _, _) = &w[0];
@@ -188,7 +211,10 @@ impl Stack {
             push_mapping(&m, Source::Lower(m.tag), begin, end, &mut pos, out);
         }
         if pos < to {
-            out.push(Piece { len: to - pos, kind: PieceKind::Hole });
+            out.push(Piece {
+                len: to - pos,
+                kind: PieceKind::Hole,
+            });
         }
     }
 
@@ -223,7 +249,11 @@ impl Stack {
     fn source(&self, s: Source) -> &dyn ReadAt {
         match s {
             Source::Lower(i) => &*self.sources[i as usize],
-            Source::Upper => self.upper.as_ref().expect("plans name Upper only when there is one").source(),
+            Source::Upper => self
+                .upper
+                .as_ref()
+                .expect("plans name Upper only when there is one")
+                .source(),
         }
     }
 
@@ -235,7 +265,9 @@ impl Stack {
             let dst = &mut buf[at..at + p.len as usize];
             match p.kind {
                 PieceKind::Hole | PieceKind::Zeroes => dst.fill(0),
-                PieceKind::Data { source, offset } => read_exact_at(self.source(source), offset, dst, "layer data")?,
+                PieceKind::Data { source, offset } => {
+                    read_exact_at(self.source(source), offset, dst, "layer data")?
+                }
             }
             at += p.len as usize;
         }
@@ -243,12 +275,20 @@ impl Stack {
     }
 
     fn upper_or_err(&self, what: &str) -> Result<&Upper> {
-        self.upper.as_ref().ok_or_else(|| Error::Invalid(format!("{what}: the stack is read-only")))
+        self.upper
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("{what}: the stack is read-only")))
     }
 
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.virtual_size) {
-            return Err(Error::Invalid(format!("write of {} bytes at {offset} goes past the disk", buf.len())));
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.virtual_size)
+        {
+            return Err(Error::Invalid(format!(
+                "write of {} bytes at {offset} goes past the disk",
+                buf.len()
+            )));
         }
         self.upper_or_err("write")?.write(offset, buf)
     }
@@ -259,9 +299,14 @@ impl Stack {
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
         match self.upper_or_err("trim")? {
             Upper::Sparse(l) => {
-                let end = offset.checked_add(len).filter(|&e| e <= self.virtual_size).ok_or_else(|| {
-                    Error::Invalid(format!("trim of {len} bytes at {offset} goes past the disk"))
-                })?;
+                let end = offset
+                    .checked_add(len)
+                    .filter(|&e| e <= self.virtual_size)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "trim of {len} bytes at {offset} goes past the disk"
+                        ))
+                    })?;
                 let mut below = Vec::new();
                 self.push_lower(offset, end, offset, end, &mut below);
                 let mut pos = offset;
@@ -288,11 +333,21 @@ impl Stack {
 
 /// Appends the bytes of mapping `m` (in sectors) that fall in `[pos, end)` to the plan and
 /// advances `pos`; `begin..end` is the whole request.
-fn push_mapping(m: &Mapping, source: Source, _begin: u64, end: u64, pos: &mut u64, out: &mut Vec<Piece>) {
+fn push_mapping(
+    m: &Mapping,
+    source: Source,
+    _begin: u64,
+    end: u64,
+    pos: &mut u64,
+    out: &mut Vec<Piece>,
+) {
     let m_start = m.offset * SECTOR;
     let m_end = (m.end() * SECTOR).min(end);
     if m_start > *pos {
-        out.push(Piece { len: m_start - *pos, kind: PieceKind::Hole });
+        out.push(Piece {
+            len: m_start - *pos,
+            kind: PieceKind::Hole,
+        });
         *pos = m_start;
     }
     if m_end <= *pos {
@@ -302,10 +357,15 @@ fn push_mapping(m: &Mapping, source: Source, _begin: u64, end: u64, pos: &mut u6
     let kind = if m.zeroed {
         PieceKind::Zeroes
     } else {
-        PieceKind::Data { source, offset: m.moffset * SECTOR + (*pos - m_start) }
+        PieceKind::Data {
+            source,
+            offset: m.moffset * SECTOR + (*pos - m_start),
+        }
     };
     match out.last_mut() {
-        Some(last) if last.kind == kind && matches!(kind, PieceKind::Hole | PieceKind::Zeroes) => last.len += len,
+        Some(last) if last.kind == kind && matches!(kind, PieceKind::Hole | PieceKind::Zeroes) => {
+            last.len += len
+        }
         _ => out.push(Piece { len, kind }),
     }
     *pos = m_end;

@@ -37,7 +37,10 @@ pub fn disk_sha256(s: &Stack) -> String {
         let n = ((s.virtual_size() - off) as usize).min(buf.len());
         // Holes are hashed from a zero buffer; the rest goes through read_at.
         let plan = s.plan(off, n as u64);
-        if plan.iter().all(|p| matches!(p.kind, PieceKind::Hole | PieceKind::Zeroes)) {
+        if plan
+            .iter()
+            .all(|p| matches!(p.kind, PieceKind::Hole | PieceKind::Zeroes))
+        {
             h.update(&zeros[..n]);
         } else {
             assert_eq!(s.read_at(off, &mut buf[..n]).unwrap(), n);
@@ -66,7 +69,10 @@ pub fn copy_to(dir: &Path, name: &str) -> PathBuf {
 /// Fails under CI when a tool is missing; elsewhere says why the test is skipped.
 pub fn require_tool(tool: &str) -> bool {
     let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool} || test -x /usr/sbin/{tool} || test -x /sbin/{tool}")])
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/sbin/{tool} || test -x /sbin/{tool}"),
+        ])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);

@@ -21,7 +21,7 @@ pub enum ZfileCmd {
         #[arg(long)]
         level: Option<i32>,
         /// Raw bytes per block: 4K, 8K, 16K, 32K (64K only with --allow-overlaybd-unreadable).
-        #[arg(long, default_value = "4K", value_parser = parse_size)]
+        #[arg(long, default_value = "4K", value_parser = crate::args::parse_block_size)]
         block_size: u32,
         /// Wrap the ZFile in overlaybd's tar envelope (PAX form, member overlaybd.commit).
         #[arg(long)]
@@ -63,24 +63,6 @@ pub enum ZfileCmd {
     },
     /// Print the header fields, block count, ratio and integrity root.
     Info { input: PathBuf },
-}
-
-fn parse_size(s: &str) -> std::result::Result<u32, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = lower
-        .strip_suffix("kib")
-        .or_else(|| lower.strip_suffix('k'))
-    {
-        (n.to_string(), 1024)
-    } else {
-        (lower.clone(), 1)
-    };
-    num.trim()
-        .parse::<u32>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a size like 4K or 4096"))
 }
 
 fn open_in(path: &PathBuf) -> Result<File> {

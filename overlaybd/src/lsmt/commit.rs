@@ -114,7 +114,7 @@ pub fn commit(
     debug_assert_eq!(index_offset, pos);
     compress(&mut index);
     let real = index.len();
-    if real % INDEX_ALIGN_ENTRIES != 0 {
+    if !real.is_multiple_of(INDEX_ALIGN_ENTRIES) {
         index.resize(
             real.next_multiple_of(INDEX_ALIGN_ENTRIES),
             Mapping::invalid(),

@@ -189,7 +189,7 @@ impl RoLayer {
         let (meta, maps) = read_layer(src)?;
         Ok(RoLayer {
             meta,
-            index: RoIndex::new(&maps),
+            index: RoIndex::new(&maps)?,
         })
     }
 }

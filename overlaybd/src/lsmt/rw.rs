@@ -88,7 +88,7 @@ impl Replay {
 }
 
 fn check_aligned(offset: u64, len: u64, what: &str) -> Result<()> {
-    if offset % SECTOR != 0 || len % SECTOR != 0 {
+    if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
         return Err(Error::Invalid(format!(
             "{what} of {len} bytes at {offset}: offset and length must be multiples of 512"
         )));

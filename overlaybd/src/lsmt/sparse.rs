@@ -50,7 +50,7 @@ impl SparseLayer {
         uuid: Option<Uuid>,
         parent: Uuid,
     ) -> Result<Self> {
-        if virtual_size % SECTOR != 0 {
+        if !virtual_size.is_multiple_of(SECTOR) {
             return Err(Error::Invalid(format!(
                 "virtual size {virtual_size} is not a multiple of 512"
             )));
@@ -150,7 +150,7 @@ impl SparseLayer {
     }
 
     fn check(&self, offset: u64, len: u64, what: &str) -> Result<()> {
-        if offset % SECTOR != 0 || len % SECTOR != 0 {
+        if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
             return Err(Error::Invalid(format!(
                 "{what} at {offset} of {len} bytes is not 512-byte aligned"
             )));

@@ -128,7 +128,7 @@ impl Stack {
                 maps.len()
             )));
         }
-        let merged = RoIndex::new(&maps);
+        let merged = RoIndex::new(&maps)?;
         // The virtual size is that of the top-most layer that has one.
         let virtual_size = upper
             .iter()

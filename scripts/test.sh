@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 need_rust
-# lz4-sys and zstd-sys build their C sources with cc.
-need_pkgs gcc:gcc
+# lz4-sys and zstd-sys build their C sources with cc; the LSMT tests check an ext4 image
+# with e2fsck and read it with debugfs (no root needed).
+need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs tar:tar
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

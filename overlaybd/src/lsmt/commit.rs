@@ -35,6 +35,8 @@ pub struct CommitOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitSummary {
     pub index_offset: u64,
+    /// Extents in the committed index (padding not counted).
+    pub extents: u64,
     /// Index entries written, padding included.
     pub index_entries: u64,
     pub data_sectors: u64,
@@ -130,6 +132,7 @@ pub fn commit(
         .map_err(|e| Error::io("flush", "committed layer", pos, e))?;
     Ok(CommitSummary {
         index_offset,
+        extents: real as u64,
         index_entries: index.len() as u64,
         data_sectors: moffset - DATA_START_SECTOR,
         file_len: pos,

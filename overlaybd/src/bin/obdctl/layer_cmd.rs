@@ -247,7 +247,7 @@ pub fn run(cmd: LayerCmd) -> Result<ExitCode> {
             let size = std::fs::metadata(out_path)?.len();
             println!(
                 "committed {} extents ({} bytes of data) into {} ({size} bytes) in {:.2} s",
-                summary.index_entries,
+                summary.extents,
                 summary.data_sectors * 512,
                 out_path.display(),
                 start.elapsed().as_secs_f64()

@@ -103,7 +103,7 @@ fn merge() {
     let mut out = 0;
     for _ in 0..3 {
         let t = Instant::now();
-        let m = RoIndex::merge(&refs);
+        let m = RoIndex::merge(&refs, usize::MAX).unwrap();
         let idx = RoIndex::new(&m).unwrap();
         out = idx.len();
         best = best.min(t.elapsed());

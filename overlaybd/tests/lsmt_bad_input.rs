@@ -135,11 +135,17 @@ fn a_torn_or_hostile_log_replays_its_good_prefix() {
     std::fs::write(&i, &log).unwrap();
     assert_eq!(RwLayer::open(&d, &i).unwrap().mappings().len(), 3);
     assert_eq!(INVALID_OFFSET, (1 << 50) - 1);
-    // Wrong kinds of files.
-    let e = RwLayer::open(&i, &i).unwrap_err().to_string();
+    // Wrong kinds of files (copies, since a layer file cannot be opened twice for writing).
+    let (i2, d2) = (dir.path().join("i2"), dir.path().join("d2"));
+    std::fs::copy(&i, &i2).unwrap();
+    std::fs::copy(&d, &d2).unwrap();
+    let e = RwLayer::open(&i2, &i).unwrap_err().to_string();
     assert!(e.contains("data header"), "{e}");
-    let e = RwLayer::open(&d, &d).unwrap_err().to_string();
+    let e = RwLayer::open(&d, &d2).unwrap_err().to_string();
     assert!(e.contains("index header"), "{e}");
+    // The same file twice is refused by the lock.
+    let e = RwLayer::open(&d, &d).unwrap_err().to_string();
+    assert!(e.contains("in use"), "{e}");
 }
 
 #[test]
@@ -198,5 +204,70 @@ fn fuzz_bodies_survive_mutated_vectors() {
             log.extend_from_slice(&f[HT_SPACE.min(f.len())..]);
             overlaybd::lsmt::fuzz::log(&log);
         }
+    }
+}
+
+#[test]
+fn writable_layers_guard_their_files_and_ranges() {
+    use overlaybd::lsmt::{RwLayer, SparseLayer, Uuid};
+    let dir = tempfile::tempdir().unwrap();
+    let (d, i) = (dir.path().join("d"), dir.path().join("i"));
+    let l = RwLayer::create(&d, &i, 1 << 20, None, Uuid::NIL).unwrap();
+    // A second writer is refused while the first holds the layer; a reader too.
+    assert!(RwLayer::open(&d, &i)
+        .unwrap_err()
+        .to_string()
+        .contains("in use"));
+    assert!(RwLayer::open_read_only(&d, &i)
+        .unwrap_err()
+        .to_string()
+        .contains("in use"));
+    // Writes and trims past the virtual size are refused.
+    assert!(l
+        .write(1 << 20, &[0u8; 512])
+        .unwrap_err()
+        .to_string()
+        .contains("past the virtual size"));
+    assert!(l
+        .trim((1 << 20) - 512, 1024)
+        .unwrap_err()
+        .to_string()
+        .contains("past the virtual size"));
+    l.write(0, &[1u8; 4096]).unwrap();
+    drop(l);
+    // A read-only open refuses changes and never touches the files.
+    let before = (std::fs::read(&d).unwrap(), std::fs::read(&i).unwrap());
+    let ro = RwLayer::open_read_only(&d, &i).unwrap();
+    assert!(ro
+        .write(0, &[0u8; 512])
+        .unwrap_err()
+        .to_string()
+        .contains("read-only"));
+    assert!(
+        RwLayer::open_read_only(&d, &i).is_ok(),
+        "readers share the layer"
+    );
+    drop(ro);
+    assert_eq!(
+        before,
+        (std::fs::read(&d).unwrap(), std::fs::read(&i).unwrap())
+    );
+    // Once sealed, the data file can no longer be opened for writing.
+    RwLayer::open(&d, &i).unwrap().seal().unwrap();
+    let e = RwLayer::open(&d, &i).unwrap_err().to_string();
+    assert!(e.contains("sealed"), "{e}");
+    // Absurd virtual sizes.
+    for v in [0u64, 1000, 1 << 62] {
+        let e = RwLayer::create(
+            &dir.path().join(format!("x{v}")),
+            &dir.path().join(format!("y{v}")),
+            v,
+            None,
+            Uuid::NIL,
+        );
+        assert!(e.unwrap_err().to_string().contains("virtual size"), "{v}");
+        assert!(
+            SparseLayer::create(&dir.path().join(format!("s{v}")), v, None, Uuid::NIL).is_err()
+        );
     }
 }

@@ -145,6 +145,21 @@ fn seal_then_commit_equals_direct_commit() {
     // ... whose index decodes like overlaybd's own seal of the same layer ...
     let (_, theirs) = lower(&vector("d.sealed.lsmt"));
     assert!(layer.index.iter().eq(theirs.index.iter()));
+    // ... whose trailer and index entries are byte-identical to overlaybd's seal (only the
+    // index padding differs: overlaybd leaves uninitialised memory there) ...
+    let ours = std::fs::read(&data).unwrap();
+    let theirs = std::fs::read(vector("d.sealed.lsmt")).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    assert_eq!(
+        &ours[ours.len() - 4096..],
+        &theirs[theirs.len() - 4096..],
+        "trailer"
+    );
+    assert_eq!(
+        &ours[..360_960 + 9 * 16],
+        &theirs[..360_960 + 9 * 16],
+        "data and index entries"
+    );
     // ... and committing it gives the same bytes as committing the writable layer.
     let mut out = Vec::new();
     let maps: Vec<_> = layer.index.iter().collect();

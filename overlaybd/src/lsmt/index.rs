@@ -15,7 +15,12 @@ const B: usize = 16;
 pub const MAX_PACKED_MOFFSET: u64 = (1 << 41) - 1;
 
 fn pack(m: &Mapping) -> u64 {
-    m.moffset | (m.length as u64) << 41 | (m.zeroed as u64) << 55 | (m.tag as u64) << 56
+    debug_assert!(m.length <= 0x3FFF);
+    // A zeroed extent's moffset means nothing: keep only what fits.
+    (m.moffset & MAX_PACKED_MOFFSET)
+        | (m.length as u64 & 0x3FFF) << 41
+        | (m.zeroed as u64) << 55
+        | (m.tag as u64) << 56
 }
 
 fn unpack(offset: u64, v: u64) -> Mapping {
@@ -268,21 +273,11 @@ impl RoIndex {
                 m.offset, m.moffset
             )));
         }
-        // Zeroed extents' moffset means nothing: keep it in range.
-        let clamp = |m: &Mapping| Mapping {
-            moffset: if m.zeroed {
-                m.moffset & MAX_PACKED_MOFFSET
-            } else {
-                m.moffset
-            },
-            ..*m
-        };
-        let maps: Vec<Mapping> = maps.iter().map(clamp).collect();
         let narrow = maps.last().is_none_or(|m| m.offset < u32::MAX as u64);
         let tree = if narrow {
-            Trees::Narrow(Tree::build(&maps))
+            Trees::Narrow(Tree::build(maps))
         } else {
-            Trees::Wide(Tree::build(&maps))
+            Trees::Wide(Tree::build(maps))
         };
         Ok(RoIndex { tree })
     }
@@ -339,17 +334,25 @@ impl RoIndex {
     }
 
     /// Painter's merge of layer indexes, lowest first: each sector takes the extent of the
-    /// highest layer that maps it, tagged with that layer's position in `layers`.
-    pub fn merge(layers: &[&RoIndex]) -> Vec<Mapping> {
+    /// highest layer that maps it, tagged with that layer's position in `layers`. Fails as
+    /// soon as the result would exceed `limit` extents.
+    pub fn merge(layers: &[&RoIndex], limit: usize) -> Result<Vec<Mapping>> {
         let mut out = Vec::new();
         if let Some(top) = layers.len().checked_sub(1) {
-            merge_into(layers, top, 0, u64::MAX, &mut out);
+            merge_into(layers, top, 0, u64::MAX, &mut out, limit)?;
         }
-        out
+        Ok(out)
     }
 }
 
-fn merge_into(layers: &[&RoIndex], level: usize, begin: u64, end: u64, out: &mut Vec<Mapping>) {
+fn merge_into(
+    layers: &[&RoIndex],
+    level: usize,
+    begin: u64,
+    end: u64,
+    out: &mut Vec<Mapping>,
+    limit: usize,
+) -> Result<()> {
     let idx = layers[level];
     let mut pos = begin;
     let mut i = idx.first_ending_after(begin);
@@ -359,17 +362,23 @@ fn merge_into(layers: &[&RoIndex], level: usize, begin: u64, end: u64, out: &mut
             break;
         }
         if m.offset > pos && level > 0 {
-            merge_into(layers, level - 1, pos, m.offset, out);
+            merge_into(layers, level - 1, pos, m.offset, out, limit)?;
         }
         let mut t = m.trimmed(begin, end);
         t.tag = level as u8;
         pos = t.end();
+        if out.len() >= limit {
+            return Err(Error::Invalid(format!(
+                "the merged index exceeds {limit} extents"
+            )));
+        }
         out.push(t);
         i += 1;
     }
     if pos < end && level > 0 {
-        merge_into(layers, level - 1, pos, end, out);
+        merge_into(layers, level - 1, pos, end, out, limit)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -470,7 +479,7 @@ mod tests {
         let lower = RoIndex::new(&[Mapping::data(0, 100, 8)]).unwrap();
         let mid = RoIndex::new(&[Mapping::zeroes(20, 10, 0)]).unwrap();
         let top = RoIndex::new(&[Mapping::data(25, 25, 8)]).unwrap();
-        let m = RoIndex::merge(&[&lower, &mid, &top]);
+        let m = RoIndex::merge(&[&lower, &mid, &top], 100).unwrap();
         let want = vec![
             Mapping {
                 tag: 0,
@@ -490,7 +499,11 @@ mod tests {
             },
         ];
         assert_eq!(m, want);
-        assert!(RoIndex::merge(&[]).is_empty());
+        assert!(RoIndex::merge(&[], 0).unwrap().is_empty());
+        let e = RoIndex::merge(&[&lower, &mid, &top], 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceeds 3"), "{e}");
     }
 
     #[test]

@@ -64,9 +64,14 @@ impl Mapping {
         self.offset + self.length as u64
     }
 
-    /// One past the last stored sector.
+    /// One past the last stored sector; a zeroed extent stores nothing, so its end is its
+    /// `moffset` (overlaybd's definition, which decides what a commit merges).
     pub fn mend(&self) -> u64 {
-        self.moffset + self.length as u64
+        if self.zeroed {
+            self.moffset
+        } else {
+            self.moffset + self.length as u64
+        }
     }
 
     /// Drops the sectors before `x` (which must lie inside the extent); the stored position
@@ -202,12 +207,20 @@ mod tests {
             Mapping::data(0, 64, 8),
             Mapping::data(64, 64, 72),
             Mapping::zeroes(128, 8, 136),
-            Mapping::zeroes(136, 8, 136), // zeroed: moffsets are not contiguous
+            Mapping::zeroes(136, 8, 136), // a zeroed extent ends at its moffset: these merge
             Mapping::data(144, 8, 200),   // file gap
+            Mapping::zeroes(152, 8, 208), // data then zeroes never merge
         ];
         compress(&mut v);
-        assert_eq!(v.len(), 4);
-        assert_eq!(v[0].length, 128);
+        assert_eq!(
+            v,
+            vec![
+                Mapping::data(0, 128, 8),
+                Mapping::zeroes(128, 16, 136),
+                Mapping::data(144, 8, 200),
+                Mapping::zeroes(152, 8, 208)
+            ]
+        );
         // Merging stops before reaching MAX_LENGTH (strictly below).
         let mut v: Vec<Mapping> = (0..300)
             .map(|i| Mapping::data(i * 64, 64, 8 + i * 64))

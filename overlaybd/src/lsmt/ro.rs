@@ -147,12 +147,21 @@ pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping
             format!("index of {n} entries at {io:#x} does not fit between the header and the trailer at {trailer_at:#x}"),
         ));
     }
-    let mut raw = vec![0u8; (n as usize) * MAPPING_BYTES];
-    read_exact_at(src, io, &mut raw, "layer index")?;
-    let maps: Vec<Mapping> = decode_all(&raw)
-        .filter(|m| !m.is_invalid() && m.length > 0)
-        .map(|m| Mapping { tag: 0, ..m })
-        .collect();
+    // Decode in pieces: memory holds the decoded extents, not the raw index as well.
+    let mut maps = Vec::new();
+    let mut raw = vec![0u8; (64 * 1024 * MAPPING_BYTES).min((n as usize) * MAPPING_BYTES)];
+    let mut at = io;
+    let end = io + n * MAPPING_BYTES as u64;
+    while at < end {
+        let len = ((end - at) as usize).min(raw.len());
+        read_exact_at(src, at, &mut raw[..len], "layer index")?;
+        maps.extend(
+            decode_all(&raw[..len])
+                .filter(|m| !m.is_invalid() && m.length > 0)
+                .map(|m| Mapping { tag: 0, ..m }),
+        );
+        at += len as u64;
+    }
     check_mappings(&maps, io / SECTOR, "layer index")?;
     let meta = LayerMeta {
         extents: maps.len() as u64,

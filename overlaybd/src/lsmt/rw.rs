@@ -23,6 +23,10 @@ pub const MAX_IO_SIZE: u64 = 4 << 20;
 struct State {
     /// Next append position in the data file (bytes, sector aligned).
     data_end: u64,
+    /// End of the furthest completed write: what a trim records as its position. Space
+    /// reserved by a write still in flight (or one that failed) is not counted, so a flushed
+    /// trim never points past the end of a data file that survived a crash.
+    written_end: u64,
     /// Bytes of the index file.
     log_end: u64,
     index: Index0,
@@ -36,6 +40,54 @@ pub struct RwLayer {
     data_path: PathBuf,
     header: HeaderTrailer,
     state: Mutex<State>,
+    read_only: bool,
+}
+
+/// Largest virtual size: offsets are 50-bit sector numbers.
+pub const MAX_VIRTUAL_SIZE: u64 = (1 << 50) * SECTOR;
+
+fn check_vsize(vsize: u64, what: &str) -> Result<()> {
+    if vsize == 0 || !vsize.is_multiple_of(SECTOR) || vsize > MAX_VIRTUAL_SIZE {
+        return Err(Error::Invalid(format!(
+            "{what}: virtual size {vsize} must be a positive multiple of 512 of at most 2^59 bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Takes an advisory lock on a layer file: exclusive for writers, shared for readers.
+pub(crate) fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    // SAFETY: flock on a descriptor owned by `file`; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Error::Invalid(format!("{} is in use by another process", path.display()))
+        } else {
+            Error::io("lock", path.display().to_string(), 0, e)
+        });
+    }
+    Ok(())
+}
+
+/// Does the file end with a sealed trailer (a writable layer that was sealed in place)?
+fn is_sealed(data: &File) -> Result<bool> {
+    let size = data
+        .metadata()
+        .map_err(|e| Error::io("stat", "writable layer data", 0, e))?
+        .len();
+    if size < 2 * HT_SPACE as u64 {
+        return Ok(false);
+    }
+    Ok(match read_slot(data, size - HT_SPACE as u64, "trailer") {
+        Ok(t) => !t.has(flags::HEADER) && t.has(flags::SEALED),
+        Err(_) => false,
+    })
 }
 
 /// Replays a writable layer's log (the entries after the index file's header) into an index.
@@ -96,20 +148,22 @@ fn check_aligned(offset: u64, len: u64, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn open_rw(path: &Path, create: bool) -> Result<File> {
+fn open_file(path: &Path, create: bool, write: bool) -> Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).write(true);
+    o.read(true).write(write);
     if create {
         o.create_new(true);
     }
-    o.open(path).map_err(|e| {
+    let f = o.open(path).map_err(|e| {
         Error::io(
             if create { "create" } else { "open" },
             path.display().to_string(),
             0,
             e,
         )
-    })
+    })?;
+    lock_file(&f, path, write)?;
+    Ok(f)
 }
 
 impl RwLayer {
@@ -121,15 +175,16 @@ impl RwLayer {
         uuid: Option<Uuid>,
         parent: Uuid,
     ) -> Result<Self> {
+        check_vsize(virtual_size, "create")?;
         let uuid = uuid.unwrap_or_else(Uuid::random);
         let header =
             HeaderTrailer::new(flags::HEADER | flags::DATA_FILE, virtual_size, uuid, parent);
-        let data = open_rw(data_path, true)?;
+        let data = open_file(data_path, true, true)?;
         data.write_all_at(&header.encode()?, 0)
             .map_err(|e| Error::io("write", data_path.display().to_string(), 0, e))?;
         let mut ih = HeaderTrailer::new(flags::HEADER, virtual_size, uuid, parent);
         ih.index_offset = HT_SPACE as u64;
-        let log = open_rw(index_path, true)?;
+        let log = open_file(index_path, true, true)?;
         log.write_all_at(&ih.encode()?, 0)
             .map_err(|e| Error::io("write", index_path.display().to_string(), 0, e))?;
         let layer = RwLayer {
@@ -139,9 +194,11 @@ impl RwLayer {
             header,
             state: Mutex::new(State {
                 data_end: HT_SPACE as u64,
+                written_end: HT_SPACE as u64,
                 log_end: HT_SPACE as u64,
                 index: Index0::new(),
             }),
+            read_only: false,
         };
         layer.flush()?;
         Ok(layer)
@@ -151,8 +208,18 @@ impl RwLayer {
     /// not (fully) in the data file, or at a torn entry; the log is cut there so that later
     /// appends can never revive it. Everything flushed before a crash survives.
     pub fn open(data_path: &Path, index_path: &Path) -> Result<Self> {
-        let data = open_rw(data_path, false)?;
-        let log = open_rw(index_path, false)?;
+        Self::open_mode(data_path, index_path, false)
+    }
+
+    /// Opens for reading only (to commit or inspect a layer): the files are not modified, and a
+    /// layer that another process has open for writing is refused.
+    pub fn open_read_only(data_path: &Path, index_path: &Path) -> Result<Self> {
+        Self::open_mode(data_path, index_path, true)
+    }
+
+    fn open_mode(data_path: &Path, index_path: &Path, read_only: bool) -> Result<Self> {
+        let data = open_file(data_path, false, !read_only)?;
+        let log = open_file(index_path, false, !read_only)?;
         let header = read_slot(&data, 0, "writable layer data header")?;
         if !header.has(flags::HEADER)
             || !header.has(flags::DATA_FILE)
@@ -163,11 +230,12 @@ impl RwLayer {
                 format!("flags {:#x}", header.flags),
             ));
         }
-        if header.has(flags::SEALED) {
-            return Err(Error::corrupt(
-                "writable layer data header",
-                "the layer is sealed",
-            ));
+        check_vsize(header.virtual_size, "writable layer data header")?;
+        if header.has(flags::SEALED) || is_sealed(&data)? {
+            return Err(Error::Invalid(format!(
+                "{} is sealed: open it as a read-only layer",
+                data_path.display()
+            )));
         }
         let ih = read_slot(&log, 0, "writable layer index header")?;
         if !ih.has(flags::HEADER) || ih.has(flags::DATA_FILE) || ih.has(flags::SEALED) {
@@ -212,7 +280,7 @@ impl RwLayer {
         }
         let (index, kept) = (replay.index, replay.kept);
         let log_end = HT_SPACE as u64 + kept * MAPPING_BYTES as u64;
-        if log_end < log_size {
+        if log_end < log_size && !read_only {
             log.set_len(log_end)
                 .map_err(|e| Error::io("truncate", index_path.display().to_string(), log_end, e))?;
         }
@@ -224,9 +292,11 @@ impl RwLayer {
             header,
             state: Mutex::new(State {
                 data_end,
+                written_end: (data_size / SECTOR * SECTOR).max(HT_SPACE as u64),
                 log_end,
                 index,
             }),
+            read_only,
         })
     }
 
@@ -258,9 +328,29 @@ impl RwLayer {
         Ok(())
     }
 
+    fn check_writable(&self, offset: u64, len: u64, what: &str) -> Result<()> {
+        if self.read_only {
+            return Err(Error::Invalid(format!(
+                "{what}: {} is open read-only",
+                self.data_path.display()
+            )));
+        }
+        check_aligned(offset, len, what)?;
+        if offset
+            .checked_add(len)
+            .is_none_or(|e| e > self.header.virtual_size)
+        {
+            return Err(Error::Invalid(format!(
+                "{what} of {len} bytes at {offset} goes past the virtual size {}",
+                self.header.virtual_size
+            )));
+        }
+        Ok(())
+    }
+
     /// Writes `buf` at byte `offset` of the virtual disk (both 512-byte aligned).
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        check_aligned(offset, buf.len() as u64, "write")?;
+        self.check_writable(offset, buf.len() as u64, "write")?;
         for (i, piece) in buf.chunks(MAX_IO_SIZE as usize).enumerate() {
             let off = offset + i as u64 * MAX_IO_SIZE;
             let pos = {
@@ -278,14 +368,16 @@ impl RwLayer {
                 pos / SECTOR,
             );
             let mut st = self.lock();
+            st.written_end = st.written_end.max(pos + piece.len() as u64);
             self.log_entry(&mut st, &m)?;
         }
         Ok(())
     }
 
-    /// Discards `[offset, offset + len)`: it reads as zeros from now on.
+    /// Discards `[offset, offset + len)`: it reads as zeros from now on. The zeroed extent
+    /// records the end of the furthest completed write as its position.
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        check_aligned(offset, len, "trim")?;
+        self.check_writable(offset, len, "trim")?;
         let mut st = self.lock();
         let mut done = 0;
         while done < len {
@@ -293,7 +385,7 @@ impl RwLayer {
             let m = Mapping::zeroes(
                 (offset + done) / SECTOR,
                 (n / SECTOR) as u32,
-                st.data_end / SECTOR,
+                st.written_end / SECTOR,
             );
             self.log_entry(&mut st, &m)?;
             done += n;
@@ -329,6 +421,12 @@ impl RwLayer {
     /// Seals in place: appends the sorted index (zero-padded to 512 bytes) and a trailer to
     /// the data file, which becomes a read-only layer. The index file is no longer needed.
     pub fn seal(self) -> Result<u64> {
+        if self.read_only {
+            return Err(Error::Invalid(format!(
+                "seal: {} is open read-only",
+                self.data_path.display()
+            )));
+        }
         let st = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
         let maps = st.index.dump();
         let mut bytes = encode_all(&maps);

@@ -50,9 +50,12 @@ impl SparseLayer {
         uuid: Option<Uuid>,
         parent: Uuid,
     ) -> Result<Self> {
-        if !virtual_size.is_multiple_of(SECTOR) {
+        if virtual_size == 0
+            || !virtual_size.is_multiple_of(SECTOR)
+            || virtual_size > super::rw::MAX_VIRTUAL_SIZE
+        {
             return Err(Error::Invalid(format!(
-                "virtual size {virtual_size} is not a multiple of 512"
+                "virtual size {virtual_size} must be a positive multiple of 512 of at most 2^59 bytes"
             )));
         }
         let file = OpenOptions::new()
@@ -61,6 +64,7 @@ impl SparseLayer {
             .create_new(true)
             .open(path)
             .map_err(|e| Error::io("create", path.display().to_string(), 0, e))?;
+        super::rw::lock_file(&file, path, true)?;
         let header = HeaderTrailer::new(
             flags::HEADER | flags::DATA_FILE | flags::SPARSE_RW,
             virtual_size,
@@ -87,11 +91,20 @@ impl SparseLayer {
             .write(true)
             .open(path)
             .map_err(|e| Error::io("open", path.display().to_string(), 0, e))?;
+        super::rw::lock_file(&file, path, true)?;
         let header = read_slot(&file, 0, "sparse layer header")?;
         if !header.has(flags::HEADER) || !header.has(flags::SPARSE_RW) {
             return Err(Error::corrupt(
                 "sparse layer header",
                 format!("flags {:#x}: not a sparse layer", header.flags),
+            ));
+        }
+        if header.virtual_size > super::rw::MAX_VIRTUAL_SIZE
+            || !header.virtual_size.is_multiple_of(SECTOR)
+        {
+            return Err(Error::corrupt(
+                "sparse layer header",
+                format!("virtual size {}", header.virtual_size),
             ));
         }
         let size = file

@@ -121,13 +121,7 @@ impl Stack {
             )));
         }
         let indexes: Vec<&RoIndex> = lowers.iter().map(|(_, l)| &l.index).collect();
-        let maps = RoIndex::merge(&indexes);
-        if maps.len() as u64 > MAX_INDEX_ENTRIES {
-            return Err(Error::Invalid(format!(
-                "merged index of {} extents exceeds {MAX_INDEX_ENTRIES}",
-                maps.len()
-            )));
-        }
+        let maps = RoIndex::merge(&indexes, MAX_INDEX_ENTRIES as usize)?;
         let merged = RoIndex::new(&maps)?;
         // The virtual size is that of the top-most layer that has one.
         let virtual_size = upper

@@ -106,7 +106,9 @@ fn peek_header(path: &Path) -> Result<(HeaderTrailer, Arc<dyn ReadAt>, blob::Wra
 
 fn open_upper(files: &[PathBuf]) -> Result<Upper> {
     Ok(match files {
-        [d, i] => Upper::Append(RwLayer::open(d, i).with_context(|| d.display().to_string())?),
+        [d, i] => {
+            Upper::Append(RwLayer::open_read_only(d, i).with_context(|| d.display().to_string())?)
+        }
         [s] => Upper::Sparse(SparseLayer::open(s).with_context(|| s.display().to_string())?),
         _ => bail!("--upper takes DATA INDEX or one sparse file"),
     })
@@ -173,7 +175,8 @@ pub fn run(cmd: LayerCmd) -> Result<ExitCode> {
             let (maps, src, header): (Vec<lsmt::Mapping>, Arc<dyn ReadAt>, HeaderTrailer) =
                 match inputs {
                     [d, i] => {
-                        let l = RwLayer::open(d, i).with_context(|| d.display().to_string())?;
+                        let l = RwLayer::open_read_only(d, i)
+                            .with_context(|| d.display().to_string())?;
                         let h = l.header().clone();
                         let f = l.data_file().try_clone()?;
                         (l.mappings(), Arc::new(f), h)

@@ -139,10 +139,16 @@ impl Replay {
     }
 }
 
-fn check_aligned(offset: u64, len: u64, what: &str) -> Result<()> {
+/// Checks a write or trim: 512-byte aligned and inside the virtual disk.
+pub(crate) fn check_request(offset: u64, len: u64, virtual_size: u64, what: &str) -> Result<()> {
     if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
         return Err(Error::Invalid(format!(
             "{what} of {len} bytes at {offset}: offset and length must be multiples of 512"
+        )));
+    }
+    if offset.checked_add(len).is_none_or(|e| e > virtual_size) {
+        return Err(Error::Invalid(format!(
+            "{what} of {len} bytes at {offset} goes past the virtual size {virtual_size}"
         )));
     }
     Ok(())
@@ -335,17 +341,7 @@ impl RwLayer {
                 self.data_path.display()
             )));
         }
-        check_aligned(offset, len, what)?;
-        if offset
-            .checked_add(len)
-            .is_none_or(|e| e > self.header.virtual_size)
-        {
-            return Err(Error::Invalid(format!(
-                "{what} of {len} bytes at {offset} goes past the virtual size {}",
-                self.header.virtual_size
-            )));
-        }
-        Ok(())
+        check_request(offset, len, self.header.virtual_size, what)
     }
 
     /// Writes `buf` at byte `offset` of the virtual disk (both 512-byte aligned).

@@ -163,21 +163,7 @@ impl SparseLayer {
     }
 
     fn check(&self, offset: u64, len: u64, what: &str) -> Result<()> {
-        if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
-            return Err(Error::Invalid(format!(
-                "{what} at {offset} of {len} bytes is not 512-byte aligned"
-            )));
-        }
-        if offset
-            .checked_add(len)
-            .is_none_or(|e| e > self.header.virtual_size)
-        {
-            return Err(Error::Invalid(format!(
-                "{what} at {offset} of {len} bytes goes past the virtual size {}",
-                self.header.virtual_size
-            )));
-        }
-        Ok(())
+        super::rw::check_request(offset, len, self.header.virtual_size, what)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index0> {

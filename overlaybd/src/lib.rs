@@ -5,6 +5,7 @@
 //! background downloader, trace record/replay, the device exports (FUSE single-file + loop,
 //! NBD) and the `overlaybd-daemon` binary.
 
+pub mod cache;
 mod error;
 pub mod lsmt;
 

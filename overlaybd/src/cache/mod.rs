@@ -1,0 +1,617 @@
+//! The local blob cache: fetched byte ranges of remote blobs kept on disk across restarts.
+//!
+//! Each blob has a sparse data file and a record of which refill units (default 256 KiB) are
+//! present, with the CRC-32C of each. A unit is first checked against its CRC when it is used
+//! after an open, so a crash at any point (torn writes, a record newer or older than the data)
+//! can only make data look *absent*, never present: the unit fails its CRC and is fetched
+//! again. The record is replaced atomically (write to a temporary file, rename) at checkpoints.
+//!
+//! Reads are synchronous (`ReadAt`); concurrent misses on one unit fetch it once. A
+//! [`CacheDir`] shares a capacity across blobs and evicts the least recently used ones between
+//! high and low watermarks. Layout: `docs/format/cache.md`.
+
+mod record;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+
+use zfile::source::read_full_at;
+use zfile::ReadAt;
+
+use crate::error::{Error, Result};
+use record::Unit;
+
+/// Default refill unit: a miss fetches at least this much.
+pub const DEFAULT_UNIT: u32 = 256 * 1024;
+
+/// Counters of one cached blob.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Bytes served from the cache file.
+    pub hit_bytes: AtomicU64,
+    /// Bytes fetched from the origin.
+    pub fetched_bytes: AtomicU64,
+    /// Reads sent to the origin.
+    pub origin_reads: AtomicU64,
+    /// Units that failed their CRC (or were dropped by the reader) and were fetched again.
+    pub dropped_units: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct UnitState {
+    unit: Unit,
+    /// Checked against its CRC since this process opened the blob.
+    verified: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    units: Vec<UnitState>,
+    inflight: HashSet<u64>,
+    dirty: bool,
+}
+
+/// Something the [`CacheDir`] can evict.
+trait Evict: Send + Sync {
+    fn evict(&self) -> Result<u64>;
+}
+
+/// A blob's cache, in front of its origin.
+pub struct BlobCache<S> {
+    origin: S,
+    key: String,
+    data: File,
+    data_path: PathBuf,
+    record_path: PathBuf,
+    size: u64,
+    unit: u64,
+    state: Mutex<State>,
+    fetched: Condvar,
+    /// Readers hold it shared while they use cache file bytes; eviction and drops take it
+    /// exclusively, so bytes are never punched out from under a read.
+    epoch: RwLock<()>,
+    stats: Stats,
+    dir: Option<Arc<Shared>>,
+}
+
+impl<S> std::fmt::Debug for BlobCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobCache")
+            .field("key", &self.key)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor owned by `file`; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn valid_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.len() > 200
+        || !key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b":-_.".contains(&c))
+        || key.starts_with('.')
+    {
+        return Err(Error::Invalid(format!(
+            "cache key {key:?}: use a blob digest like sha256:<hex>"
+        )));
+    }
+    Ok(())
+}
+
+impl<S: ReadAt> BlobCache<S> {
+    /// Opens (or creates) the cache of blob `key` (its digest) of `size` bytes in `dir`.
+    pub fn open(dir: &Path, key: &str, size: u64, unit: u32, origin: S) -> Result<Self> {
+        Self::open_in(dir, key, size, unit, origin, None)
+    }
+
+    fn open_in(
+        dir: &Path,
+        key: &str,
+        size: u64,
+        unit: u32,
+        origin: S,
+        shared: Option<Arc<Shared>>,
+    ) -> Result<Self> {
+        valid_key(key)?;
+        if unit == 0 || !unit.is_multiple_of(4096) {
+            return Err(Error::Invalid(format!(
+                "refill unit {unit}: must be a positive multiple of 4096"
+            )));
+        }
+        let name = key.replace(':', "_");
+        let data_path = dir.join(format!("{name}.data"));
+        let record_path = dir.join(format!("{name}.record"));
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)
+            .map_err(|e| Error::io("open", data_path.display().to_string(), 0, e))?;
+        data.set_len(size)
+            .map_err(|e| Error::io("size", data_path.display().to_string(), 0, e))?;
+        let n = size.div_ceil(unit as u64) as usize;
+        // A missing or damaged record means an empty cache: never a reason to fail.
+        let units = std::fs::read(&record_path)
+            .ok()
+            .and_then(|raw| record::decode(&raw, size, unit).ok())
+            .unwrap_or_else(|| vec![Unit::default(); n]);
+        let state = State {
+            units: units
+                .into_iter()
+                .map(|unit| UnitState {
+                    unit,
+                    verified: false,
+                })
+                .collect(),
+            inflight: HashSet::new(),
+            dirty: false,
+        };
+        Ok(BlobCache {
+            origin,
+            key: key.to_string(),
+            data,
+            data_path,
+            record_path,
+            size,
+            unit: unit as u64,
+            state: Mutex::new(state),
+            fetched: Condvar::new(),
+            epoch: RwLock::new(()),
+            stats: Stats::default(),
+            dir: shared,
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes of the blob present in the cache.
+    pub fn cached_bytes(&self) -> u64 {
+        let st = self.lock();
+        (0..st.units.len() as u64)
+            .filter(|&u| st.units[u as usize].unit.present)
+            .map(|u| self.unit_len(u))
+            .sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unit_len(&self, u: u64) -> u64 {
+        (self.size - u * self.unit).min(self.unit)
+    }
+
+    /// Writes the record if it changed (atomically: temporary file, then rename).
+    pub fn checkpoint(&self) -> Result<()> {
+        let raw = {
+            let mut st = self.lock();
+            if !st.dirty {
+                return Ok(());
+            }
+            st.dirty = false;
+            let units: Vec<Unit> = st.units.iter().map(|u| u.unit).collect();
+            record::encode(self.size, self.unit as u32, &units)
+        };
+        let tmp = self.record_path.with_extension("record.tmp");
+        let p = self.record_path.display().to_string();
+        std::fs::write(&tmp, &raw).map_err(|e| Error::io("write", p.clone(), 0, e))?;
+        std::fs::rename(&tmp, &self.record_path).map_err(|e| Error::io("rename", p, 0, e))
+    }
+
+    /// Makes unit `u` present and verified, fetching it once however many readers ask.
+    /// Returns the bytes it added to the cache.
+    fn ensure(&self, u: u64) -> Result<u64> {
+        let len = self.unit_len(u) as usize;
+        let at = u * self.unit;
+        loop {
+            let mut st = self.lock();
+            let s = st.units[u as usize];
+            if s.unit.present && s.verified {
+                return Ok(0);
+            }
+            if st.inflight.contains(&u) {
+                drop(self.fetched.wait(st).unwrap_or_else(|p| p.into_inner()));
+                continue;
+            }
+            st.inflight.insert(u);
+            drop(st);
+            let result = self.fill(at, len, s);
+            let mut st = self.lock();
+            st.inflight.remove(&u);
+            if let Ok(state) = &result {
+                st.units[u as usize] = *state;
+                st.dirty = true;
+            }
+            drop(st);
+            self.fetched.notify_all();
+            result?;
+            return Ok(if s.unit.present { 0 } else { len as u64 });
+        }
+    }
+
+    /// Verifies a present unit or fetches it; returns its new state.
+    fn fill(&self, at: u64, len: usize, s: UnitState) -> Result<UnitState> {
+        let mut buf = vec![0u8; len];
+        if s.unit.present {
+            let ok = read_full_at(&self.data, at, &mut buf).is_ok_and(|n| n == len)
+                && crc32c::crc32c(&buf) == s.unit.crc;
+            if ok {
+                return Ok(UnitState {
+                    unit: s.unit,
+                    verified: true,
+                });
+            }
+            self.stats.dropped_units.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.origin_reads.fetch_add(1, Ordering::Relaxed);
+        let n = read_full_at(&self.origin, at, &mut buf)
+            .map_err(|e| Error::io("fetch", self.key.clone(), at, e))?;
+        if n < len {
+            return Err(Error::Truncated {
+                what: "blob from its origin",
+                need: len as u64,
+                got: n as u64,
+            });
+        }
+        self.stats
+            .fetched_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+        self.data
+            .write_all_at(&buf, at)
+            .map_err(|e| Error::io("write", self.data_path.display().to_string(), at, e))?;
+        Ok(UnitState {
+            unit: Unit {
+                present: true,
+                crc: crc32c::crc32c(&buf),
+            },
+            verified: true,
+        })
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.size - offset) as usize;
+        let mut added = 0;
+        {
+            let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
+            for u in offset / self.unit..=(offset + n as u64 - 1) / self.unit {
+                added += self.ensure(u)?;
+            }
+            let got = read_full_at(&self.data, offset, &mut buf[..n])
+                .map_err(|e| Error::io("read", self.data_path.display().to_string(), offset, e))?;
+            if got < n {
+                return Err(Error::Truncated {
+                    what: "cache file",
+                    need: n as u64,
+                    got: got as u64,
+                });
+            }
+        }
+        self.stats.hit_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        // Accounting and eviction run without this blob's pin, so that two readers of two
+        // blobs can never wait on each other.
+        if let Some(dir) = &self.dir {
+            dir.touch(&self.key);
+            if added > 0 {
+                dir.grew(&self.key, added);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Drops the units covering `[offset, offset + len)` (their bytes failed a check above).
+    fn drop_range(&self, offset: u64, len: u64) -> Result<u64> {
+        if len == 0 || offset >= self.size {
+            return Ok(0);
+        }
+        let _excl = self.epoch.write().unwrap_or_else(|p| p.into_inner());
+        let end = (offset + len).min(self.size);
+        let mut freed = 0;
+        let mut st = self.lock();
+        for u in offset / self.unit..=(end - 1) / self.unit {
+            let s = &mut st.units[u as usize];
+            if s.unit.present {
+                freed += self.unit_len(u);
+                self.stats.dropped_units.fetch_add(1, Ordering::Relaxed);
+            }
+            *s = UnitState::default();
+            punch(&self.data, u * self.unit, self.unit_len(u)).map_err(|e| {
+                Error::io(
+                    "punch",
+                    self.data_path.display().to_string(),
+                    u * self.unit,
+                    e,
+                )
+            })?;
+        }
+        st.dirty = true;
+        Ok(freed)
+    }
+}
+
+impl<S: ReadAt> ReadAt for BlobCache<S> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(offset, buf).map_err(Error::into_io)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.size)
+    }
+    fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        let freed = self.drop_range(offset, len).map_err(Error::into_io)?;
+        if let Some(dir) = &self.dir {
+            dir.shrank(&self.key, freed);
+        }
+        Ok(())
+    }
+}
+
+impl<S: ReadAt> Evict for BlobCache<S> {
+    fn evict(&self) -> Result<u64> {
+        let freed = self.drop_range(0, self.size)?;
+        self.checkpoint()?;
+        Ok(freed)
+    }
+}
+
+impl<S> Drop for BlobCache<S> {
+    fn drop(&mut self) {
+        // Best effort: a lost record only costs refetches.
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if st.dirty {
+            let units: Vec<Unit> = st.units.iter().map(|u| u.unit).collect();
+            let raw = record::encode(self.size, self.unit as u32, &units);
+            let tmp = self.record_path.with_extension("record.tmp");
+            if std::fs::write(&tmp, raw).is_ok() {
+                let _ = std::fs::rename(&tmp, &self.record_path);
+            }
+        }
+    }
+}
+
+struct Entry {
+    bytes: u64,
+    last_use: u64,
+    open: Option<Weak<dyn Evict>>,
+}
+
+struct Inner {
+    used: u64,
+    clock: u64,
+    blobs: HashMap<String, Entry>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    capacity: u64,
+    high: u64,
+    low: u64,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch(&self, key: &str) {
+        let mut g = self.lock();
+        g.clock += 1;
+        let now = g.clock;
+        if let Some(e) = g.blobs.get_mut(key) {
+            e.last_use = now;
+        }
+    }
+
+    fn shrank(&self, key: &str, bytes: u64) {
+        let mut g = self.lock();
+        g.used = g.used.saturating_sub(bytes);
+        if let Some(e) = g.blobs.get_mut(key) {
+            e.bytes = e.bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn grew(&self, key: &str, bytes: u64) {
+        let victims = {
+            let mut g = self.lock();
+            g.used += bytes;
+            if let Some(e) = g.blobs.get_mut(key) {
+                e.bytes += bytes;
+            }
+            if g.used <= self.high {
+                return;
+            }
+            // Least recently used first, never the blob being filled.
+            let mut order: Vec<(u64, String)> = g
+                .blobs
+                .iter()
+                .filter(|(k, e)| k.as_str() != key && e.bytes > 0)
+                .map(|(k, e)| (e.last_use, k.clone()))
+                .collect();
+            order.sort();
+            let mut excess = g.used - self.low;
+            let mut victims = Vec::new();
+            for (_, k) in order {
+                if excess == 0 {
+                    break;
+                }
+                let e = &g.blobs[&k];
+                excess = excess.saturating_sub(e.bytes);
+                victims.push((k.clone(), e.open.as_ref().and_then(Weak::upgrade)));
+            }
+            victims
+        };
+        for (k, open) in victims {
+            let freed = match open {
+                Some(blob) => blob.evict().unwrap_or(0),
+                None => {
+                    let name = k.replace(':', "_");
+                    let data = self.dir.join(format!("{name}.data"));
+                    let len = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+                    let _ = std::fs::remove_file(self.dir.join(format!("{name}.record")));
+                    let _ = std::fs::remove_file(&data);
+                    let mut g = self.lock();
+                    let freed = g.blobs.remove(&k).map_or(len, |e| e.bytes);
+                    g.used = g.used.saturating_sub(freed);
+                    continue;
+                }
+            };
+            self.shrank(&k, freed);
+        }
+    }
+}
+
+/// A cache directory shared by many blobs, with a capacity.
+#[derive(Clone)]
+pub struct CacheDir {
+    shared: Arc<Shared>,
+    unit: u32,
+}
+
+impl std::fmt::Debug for CacheDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheDir")
+            .field("dir", &self.shared.dir)
+            .field("capacity", &self.shared.capacity)
+            .finish()
+    }
+}
+
+impl CacheDir {
+    /// Opens `dir` with a capacity in bytes; eviction starts above `high` (a fraction of the
+    /// capacity, e.g. 0.9) and stops below `low` (e.g. 0.7). Blobs cached by earlier runs count
+    /// towards the capacity (by their records).
+    pub fn open(dir: &Path, capacity: u64, high: f64, low: f64, unit: u32) -> Result<Self> {
+        if !(0.0 < low && low <= high && high <= 1.0) {
+            return Err(Error::Invalid(format!(
+                "watermarks {low}..{high}: need 0 < low ≤ high ≤ 1"
+            )));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("create", dir.display().to_string(), 0, e))?;
+        let mut blobs = HashMap::new();
+        let mut used = 0;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io("list", dir.display().to_string(), 0, e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(stem) = name.strip_suffix(".data") else {
+                continue;
+            };
+            // Present bytes, by the record; without one the data counts as garbage to reclaim.
+            let bytes = std::fs::read(dir.join(format!("{stem}.record")))
+                .ok()
+                .and_then(|r| present_bytes(&r))
+                .unwrap_or_else(|| e.metadata().map(|m| m.len()).unwrap_or(0));
+            used += bytes;
+            blobs.insert(
+                stem.replacen('_', ":", 1),
+                Entry {
+                    bytes,
+                    last_use: 0,
+                    open: None,
+                },
+            );
+        }
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            capacity,
+            high: (capacity as f64 * high) as u64,
+            low: (capacity as f64 * low) as u64,
+            inner: Mutex::new(Inner {
+                used,
+                clock: 0,
+                blobs,
+            }),
+        });
+        Ok(CacheDir { shared, unit })
+    }
+
+    /// The cache of blob `key` (a digest) of `size` bytes, in front of `origin`.
+    pub fn blob<S: ReadAt + 'static>(
+        &self,
+        key: &str,
+        size: u64,
+        origin: S,
+    ) -> Result<Arc<BlobCache<S>>> {
+        let cache = Arc::new(BlobCache::open_in(
+            &self.shared.dir,
+            key,
+            size,
+            self.unit,
+            origin,
+            Some(self.shared.clone()),
+        )?);
+        let bytes = cache.cached_bytes();
+        let weak: Weak<dyn Evict> = Arc::downgrade(&(cache.clone() as Arc<dyn Evict>));
+        let mut g = self.shared.lock();
+        g.clock += 1;
+        let now = g.clock;
+        let old = g.blobs.insert(
+            key.to_string(),
+            Entry {
+                bytes,
+                last_use: now,
+                open: Some(weak),
+            },
+        );
+        g.used = g.used - old.map_or(0, |e| e.bytes) + bytes;
+        Ok(cache)
+    }
+
+    /// Bytes the directory holds, by its accounting.
+    pub fn used(&self) -> u64 {
+        self.shared.lock().used
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.shared.capacity
+    }
+}
+
+fn present_bytes(raw: &[u8]) -> Option<u64> {
+    if raw.len() < 36 {
+        return None;
+    }
+    let unit = u32::from_le_bytes(raw[12..16].try_into().ok()?) as u64;
+    let size = u64::from_le_bytes(raw[16..24].try_into().ok()?);
+    let units = record::decode(raw, size, unit as u32).ok()?;
+    Some(
+        units
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.present)
+            .map(|(i, _)| (size - i as u64 * unit).min(unit))
+            .sum(),
+    )
+}

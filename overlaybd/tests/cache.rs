@@ -1,0 +1,348 @@
+//! The local blob cache: correctness, single-flight, persistence, crash safety, eviction.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use overlaybd::cache::{BlobCache, CacheDir};
+use zfile::source::read_full_at;
+use zfile::ReadAt;
+
+/// An origin that counts what it serves, can be slow, and can fail.
+struct Origin {
+    data: Vec<u8>,
+    reads: AtomicU64,
+    bytes: AtomicU64,
+    delay: Duration,
+    fail: AtomicBool,
+}
+
+impl Origin {
+    fn new(len: usize, seed: u64) -> Arc<Self> {
+        let mut x = seed | 1;
+        let data = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        Arc::new(Origin {
+            data,
+            reads: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            delay: Duration::ZERO,
+            fail: AtomicBool::new(false),
+        })
+    }
+}
+
+impl ReadAt for Origin {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(io::Error::other("origin down"));
+        }
+        std::thread::sleep(self.delay);
+        let n = self.data.read_at(offset, buf)?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.data.len() as u64)
+    }
+}
+
+const UNIT: u32 = 64 * 1024;
+
+fn check_all(c: &dyn ReadAt, want: &[u8]) {
+    let mut buf = vec![0u8; want.len()];
+    assert_eq!(read_full_at(c, 0, &mut buf).unwrap(), want.len());
+    assert!(buf == want, "cache returned wrong bytes");
+}
+
+#[test]
+fn reads_are_correct_and_fetch_whole_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(3 * UNIT as usize + 12_345, 1);
+    let c = BlobCache::open(
+        dir.path(),
+        "sha256:aa",
+        o.data.len() as u64,
+        UNIT,
+        o.clone(),
+    )
+    .unwrap();
+    let mut b = [0u8; 100];
+    c.read_at(70_000, &mut b).unwrap();
+    assert_eq!(&b[..], &o.data[70_000..70_100]);
+    assert_eq!(
+        o.bytes.load(Ordering::Relaxed),
+        UNIT as u64,
+        "one refill unit"
+    );
+    c.read_at(70_500, &mut b).unwrap();
+    assert_eq!(o.reads.load(Ordering::Relaxed), 1, "served from the cache");
+    // A read across units and the short last unit.
+    let mut big = vec![0u8; 200_000];
+    let n = c.read_at(o.data.len() as u64 - 150_000, &mut big).unwrap();
+    assert_eq!(n, 150_000);
+    assert_eq!(&big[..n], &o.data[o.data.len() - 150_000..]);
+    check_all(&c, &o.data);
+    assert_eq!(
+        o.bytes.load(Ordering::Relaxed),
+        o.data.len() as u64,
+        "every byte fetched exactly once"
+    );
+    assert_eq!(c.cached_bytes(), o.data.len() as u64);
+}
+
+#[test]
+fn concurrent_cold_readers_fetch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Arc::try_unwrap(Origin::new(8 * UNIT as usize, 2))
+        .ok()
+        .unwrap();
+    o.delay = Duration::from_millis(20);
+    let o = Arc::new(o);
+    let c = BlobCache::open(
+        dir.path(),
+        "sha256:bb",
+        o.data.len() as u64,
+        UNIT,
+        o.clone(),
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let (c, o) = (&c, &o);
+            s.spawn(move || check_all(c, &o.data));
+        }
+    });
+    assert_eq!(
+        o.bytes.load(Ordering::Relaxed),
+        o.data.len() as u64,
+        "8 readers, each unit fetched once"
+    );
+}
+
+#[test]
+fn persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(5 * UNIT as usize, 3);
+    {
+        let c = BlobCache::open(
+            dir.path(),
+            "sha256:cc",
+            o.data.len() as u64,
+            UNIT,
+            o.clone(),
+        )
+        .unwrap();
+        check_all(&c, &o.data);
+        c.checkpoint().unwrap();
+    }
+    let before = o.reads.load(Ordering::Relaxed);
+    let c = BlobCache::open(
+        dir.path(),
+        "sha256:cc",
+        o.data.len() as u64,
+        UNIT,
+        o.clone(),
+    )
+    .unwrap();
+    check_all(&c, &o.data);
+    assert_eq!(
+        o.reads.load(Ordering::Relaxed),
+        before,
+        "a reopened cache serves from disk"
+    );
+    // Opened for another size: the old record does not apply.
+    drop(c);
+    let c = BlobCache::open(
+        dir.path(),
+        "sha256:cc",
+        o.data.len() as u64 - 1,
+        UNIT,
+        o.clone(),
+    )
+    .unwrap();
+    assert_eq!(c.cached_bytes(), 0);
+}
+
+#[test]
+fn no_crash_state_makes_wrong_data_look_present() {
+    // For one unit, every combination of what a crash can leave: the data absent (hole), torn
+    // (a prefix written), or complete; and the record saying absent, present, or damaged. The
+    // reopened cache must always return the origin's bytes.
+    let o = Origin::new(2 * UNIT as usize, 4);
+    let u = UNIT as usize;
+    let seed_dir = tempfile::tempdir().unwrap();
+    {
+        let c = BlobCache::open(
+            seed_dir.path(),
+            "sha256:dd",
+            o.data.len() as u64,
+            UNIT,
+            o.clone(),
+        )
+        .unwrap();
+        check_all(&c, &o.data);
+        c.checkpoint().unwrap();
+    }
+    let good_data = std::fs::read(seed_dir.path().join("sha256_dd.data")).unwrap();
+    let good_record = std::fs::read(seed_dir.path().join("sha256_dd.record")).unwrap();
+    for torn in [0usize, 1, 4096, u / 2, u - 1, u] {
+        for record in ["absent", "present", "damaged"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut data = good_data.clone();
+            // Unit 1 holds only its first `torn` bytes (the rest never reached the disk).
+            data[u + torn..].fill(0);
+            std::fs::write(dir.path().join("sha256_dd.data"), &data).unwrap();
+            match record {
+                "absent" => {}
+                "present" => {
+                    std::fs::write(dir.path().join("sha256_dd.record"), &good_record).unwrap()
+                }
+                _ => {
+                    let mut r = good_record.clone();
+                    r[40] ^= 1;
+                    std::fs::write(dir.path().join("sha256_dd.record"), &r).unwrap();
+                }
+            }
+            let c = BlobCache::open(
+                dir.path(),
+                "sha256:dd",
+                o.data.len() as u64,
+                UNIT,
+                o.clone(),
+            )
+            .unwrap();
+            check_all(&c, &o.data);
+            let dropped = c.stats().dropped_units.load(Ordering::Relaxed);
+            if record == "present" && torn < u {
+                assert_eq!(dropped, 1, "torn {torn}: the torn unit failed its check");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_zfile_block_damaged_in_the_cache_is_fetched_again() {
+    // ZFile over the cache: a corrupted cached block fails its CRC, the reader asks the cache
+    // to drop it, and the next read fetches it from the origin.
+    use std::io::Write;
+    let plain: Vec<u8> = (0..600_000u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 11) as u8)
+        .collect();
+    let mut w = zfile::ZFileWriter::new(Vec::new(), zfile::WriterOptions::default()).unwrap();
+    w.write_all(&plain).unwrap();
+    let blob = w.finish().unwrap().0;
+    let o = Arc::new(Origin {
+        data: blob,
+        reads: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        delay: Duration::ZERO,
+        fail: AtomicBool::new(false),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(
+        BlobCache::open(
+            dir.path(),
+            "sha256:ee",
+            o.data.len() as u64,
+            UNIT,
+            o.clone(),
+        )
+        .unwrap(),
+    );
+    let z = zfile::ZFile::open(cache.clone()).unwrap();
+    let mut out = vec![0u8; plain.len()];
+    z.read_at(0, &mut out).unwrap();
+    assert!(out == plain);
+    // Damage block 20 in the cache file, behind the cache's back.
+    let ext = z.block_extent(20).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("sha256_ee.data"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xFF; 8], ext.offset + 2).unwrap();
+    let before = o.reads.load(Ordering::Relaxed);
+    let mut again = vec![0u8; plain.len()];
+    z.read_at(0, &mut again).unwrap();
+    assert!(again == plain);
+    assert_eq!(
+        o.reads.load(Ordering::Relaxed),
+        before + 1,
+        "exactly the damaged unit was fetched again"
+    );
+    assert_eq!(cache.stats().dropped_units.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn origin_failures_are_errors_and_nothing_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(2 * UNIT as usize, 5);
+    let c = BlobCache::open(
+        dir.path(),
+        "sha256:ff",
+        o.data.len() as u64,
+        UNIT,
+        o.clone(),
+    )
+    .unwrap();
+    o.fail.store(true, Ordering::Relaxed);
+    let e = c.read_at(0, &mut [0u8; 10]).unwrap_err();
+    assert!(e.to_string().contains("origin down"), "{e}");
+    assert_eq!(c.cached_bytes(), 0);
+    o.fail.store(false, Ordering::Relaxed);
+    check_all(&c, &o.data);
+    assert!(BlobCache::open(dir.path(), "../evil", 10, UNIT, o.clone()).is_err());
+    assert!(BlobCache::open(dir.path(), "sha256:ok", 10, 1000, o.clone()).is_err());
+}
+
+#[test]
+fn least_recently_used_blobs_are_evicted_between_watermarks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 16 * UNIT as u64;
+    let cd = CacheDir::open(dir.path(), cap, 0.9, 0.75, UNIT).unwrap();
+    let origins: Vec<_> = (0..4)
+        .map(|i| Origin::new(6 * UNIT as usize, 10 + i))
+        .collect();
+    let blobs: Vec<_> = origins
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            cd.blob(&format!("sha256:{i}"), o.data.len() as u64, o.clone())
+                .unwrap()
+        })
+        .collect();
+    // Read 0, 1, 2 (18 units > 14.4, the high watermark): blob 0, the least recently used,
+    // goes, which brings the cache to 12 units, the low watermark (whole blobs are evicted).
+    for i in 0..3 {
+        check_all(&*blobs[i], &origins[i].data);
+        assert!(cd.used() <= cap, "used {} over capacity", cd.used());
+    }
+    assert_eq!(blobs[0].cached_bytes(), 0, "blob 0 was evicted");
+    assert!(blobs[1].cached_bytes() > 0 && blobs[2].cached_bytes() > 0);
+    assert_eq!(cd.used(), 12 * UNIT as u64);
+    // Touch 1, then read 3: now 2 is the least recently used.
+    let mut b = [0u8; 10];
+    blobs[1].read_at(0, &mut b).unwrap();
+    check_all(&*blobs[3], &origins[3].data);
+    assert_eq!(blobs[2].cached_bytes(), 0, "blob 2 was evicted");
+    assert!(blobs[1].cached_bytes() > 0);
+    // Evicted blobs still read correctly (fetched again).
+    check_all(&*blobs[0], &origins[0].data);
+    assert!(cd.used() <= cap);
+    // A new CacheDir over the same directory accounts for what is on disk.
+    for b in &blobs {
+        b.checkpoint().unwrap();
+    }
+    let used = cd.used();
+    drop(blobs);
+    let again = CacheDir::open(dir.path(), cap, 0.9, 0.75, UNIT).unwrap();
+    assert_eq!(again.used(), used);
+}

@@ -8,5 +8,6 @@
 pub mod cache;
 mod error;
 pub mod lsmt;
+pub mod registry;
 
 pub use error::{Error, Result};

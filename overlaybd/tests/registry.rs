@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ struct Registry {
     child: Child,
     url: String,
     creds: Option<(String, String)>,
-    _dir: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Drop for Registry {
@@ -47,23 +48,35 @@ impl Registry {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut auth = String::new();
-        if let Some((u, p)) = basic {
+        let auth = basic.map(|(u, p)| {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", u, p])
                 .output()
                 .unwrap();
             assert!(out.status.success());
             std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-            auth = format!(
+            format!(
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 dir.path().join("htpasswd").display()
-            );
-        }
+            )
+        });
+        let mut reg = Registry::start_with(auth, &dir.path().join("data"))?;
+        reg.creds = basic.map(|(u, p)| (u.to_string(), p.to_string()));
+        reg._dirs.push(dir);
+        Some(reg)
+    }
+
+    /// A registry over `storage` with an optional `auth:` section.
+    fn start_with(auth: Option<String>, storage: &Path) -> Option<Registry> {
+        Self::start_on(auth, storage, free_port())
+    }
+
+    fn start_on(auth: Option<String>, storage: &Path, port: u16) -> Option<Registry> {
+        let dir = tempfile::tempdir().unwrap();
         let cfg = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-            dir.path().join("data").display()
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{}",
+            storage.display(),
+            auth.unwrap_or_default()
         );
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
         let child = Command::new("docker-registry")
@@ -76,8 +89,8 @@ impl Registry {
         let reg = Registry {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            creds: basic.map(|(u, p)| (u.to_string(), p.to_string())),
-            _dir: dir,
+            creds: None,
+            _dirs: vec![dir],
         };
         let t = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -562,4 +575,215 @@ fn persistent_faults_fail_cleanly_within_the_deadline() {
         "{:?}",
         t.elapsed()
     );
+}
+
+fn b64(data: &[u8], url: bool) -> String {
+    let t: &[u8; 64] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(t[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if !url {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// Makes (or replaces) the token signer's key and certificate in `dir`.
+fn signing_key(dir: &Path) {
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=token-signer",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+/// A token server in the style of Docker's: Basic credentials in, a JWT signed with the
+/// current key of `dir` out (so that replacing the key invalidates tokens already issued).
+fn token_server(
+    dir: &Path,
+    user: &'static str,
+    pass: &'static str,
+    real_ttl: u64,
+) -> (String, Arc<AtomicUsize>) {
+    signing_key(dir);
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let issued = Arc::new(AtomicUsize::new(0));
+    let count = issued.clone();
+    let dir = dir.to_path_buf();
+    let expected = format!("Basic {}", b64(format!("{user}:{pass}").as_bytes(), false));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let mut authorized = false;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.trim().eq_ignore_ascii_case("authorization") && v.trim() == expected {
+                        authorized = true;
+                    }
+                }
+            }
+            if !authorized {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                continue;
+            }
+            let query = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .split_once('?')
+                .map(|(_, q)| q.to_string())
+                .unwrap_or_default();
+            let scope = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("scope="))
+                .unwrap_or("")
+                .replace("%3A", ":")
+                .replace("%2F", "/");
+            let repo = scope.split(':').nth(1).unwrap_or("").to_string();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            let der = Command::new("openssl")
+                .args(["x509", "-outform", "DER", "-in"])
+                .arg(&cert)
+                .output()
+                .unwrap()
+                .stdout;
+            let x5c = b64(&der, false);
+            let header = format!(r#"{{"alg":"RS256","typ":"JWT","x5c":["{x5c}"]}}"#);
+            let claims = format!(
+                r#"{{"iss":"test-issuer","sub":"{user}","aud":"test-registry","exp":{},"nbf":{},"iat":{},"jti":"t{n}","access":[{{"type":"repository","name":"{repo}","actions":["pull","push"]}}]}}"#,
+                now + real_ttl,
+                now - 10,
+                now
+            );
+            let signing_input = format!(
+                "{}.{}",
+                b64(header.as_bytes(), true),
+                b64(claims.as_bytes(), true)
+            );
+            let input = dir.join(format!("in{n}"));
+            std::fs::write(&input, &signing_input).unwrap();
+            let sig = Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(&key)
+                .arg(&input)
+                .output()
+                .unwrap()
+                .stdout;
+            let jwt = format!("{signing_input}.{}", b64(&sig, true));
+            let body = format!(r#"{{"token":"{jwt}","expires_in":3600}}"#);
+            let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (url, issued)
+}
+
+#[test]
+fn bearer_tokens_from_a_token_server() {
+    if !common::require_tool("docker-registry") || !common::require_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (realm, issued) = token_server(dir.path(), "alice", "s3cret", 300);
+    // Push through an open registry, then serve the same storage with token auth.
+    let data = random(800_000, 9);
+    let storage = dir.path().join("storage");
+    let digest = {
+        let reg = Registry::start_with(None, &storage).unwrap();
+        reg.push("test/bearer", &data)
+    };
+    let auth = format!(
+        "auth:\n  token:\n    realm: {realm}\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+        dir.path().join("cert.pem").display()
+    );
+    let reg = Registry::start_with(Some(auth.clone()), &storage).unwrap();
+    let creds = Some(Credentials {
+        username: "alice".into(),
+        password: "s3cret".into(),
+    });
+    let blob = RegistryBlob::open(
+        reg.location("test/bearer", &digest),
+        Some(data.len() as u64),
+        RegistryOptions {
+            credentials: creds,
+            ..quick()
+        },
+    )
+    .unwrap();
+    check_reads(&blob, &data);
+    assert_eq!(
+        blob.stats().token_fetches.load(Ordering::Relaxed),
+        1,
+        "the token is cached"
+    );
+    // The registry stops accepting the token the client holds (its signer's key was rotated
+    // and the registry restarted, on the same port): the next read meets a 401, fetches a
+    // fresh token, and succeeds.
+    let port: u16 = reg.url.rsplit(':').next().unwrap().parse().unwrap();
+    drop(reg);
+    signing_key(dir.path());
+    let reg = Registry::start_on(Some(auth.clone()), &storage, port).unwrap();
+    let mut b = vec![0u8; 1000];
+    blob.read_at(5000, &mut b).unwrap();
+    assert_eq!(&b[..], &data[5000..6000]);
+    assert_eq!(
+        blob.stats().token_fetches.load(Ordering::Relaxed),
+        2,
+        "a fresh token after the 401"
+    );
+    assert!(issued.load(Ordering::Relaxed) >= 2);
+    // Without credentials the token server refuses: a clear, immediate error.
+    let t = Instant::now();
+    let e = RegistryBlob::open(reg.location("test/bearer", &digest), None, quick())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refused the credentials"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(1));
 }

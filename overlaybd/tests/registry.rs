@@ -787,3 +787,50 @@ fn bearer_tokens_from_a_token_server() {
     assert!(e.contains("refused the credentials"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn eight_cold_readers_make_the_registry_serve_the_blob_once() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let data = random(8 << 20, 12);
+    let digest = reg.push("test/eight", &data);
+    let remote = RegistryBlob::open(
+        reg.location("test/eight", &digest),
+        Some(data.len() as u64),
+        quick(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = overlaybd::cache::BlobCache::open(
+        dir.path(),
+        &digest,
+        data.len() as u64,
+        256 * 1024,
+        remote,
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let (cache, data) = (&cache, &data);
+            s.spawn(move || {
+                // Each reader walks the blob from a different place, in 64 KiB reads.
+                let n = data.len() as u64;
+                let mut off = t * n / 8;
+                let mut buf = vec![0u8; 65536];
+                for _ in 0..n / 65536 {
+                    let k = cache.read_at(off, &mut buf).unwrap();
+                    assert_eq!(&buf[..k], &data[off as usize..off as usize + k]);
+                    off = (off + k as u64) % n;
+                }
+            });
+        }
+    });
+    let served = cache.stats().fetched_bytes.load(Ordering::Relaxed);
+    assert_eq!(
+        served,
+        data.len() as u64,
+        "the registry served {served} bytes for a {} byte blob",
+        data.len()
+    );
+}

@@ -29,6 +29,8 @@ use record::Unit;
 
 /// Default refill unit: a miss fetches at least this much.
 pub const DEFAULT_UNIT: u32 = 256 * 1024;
+/// Most bytes fetched from the origin in one read, when a read misses many adjacent units.
+pub const MAX_RUN: u64 = 16 << 20;
 
 /// Counters of one cached blob.
 #[derive(Debug, Default)]
@@ -227,74 +229,128 @@ impl<S: ReadAt> BlobCache<S> {
         std::fs::rename(&tmp, &self.record_path).map_err(|e| Error::io("rename", p, 0, e))
     }
 
-    /// Makes unit `u` present and verified, fetching it once however many readers ask.
-    /// Returns the bytes it added to the cache.
-    fn ensure(&self, u: u64) -> Result<u64> {
-        let len = self.unit_len(u) as usize;
-        let at = u * self.unit;
+    /// Makes units `first..=last` present and verified. Units another reader is already
+    /// fetching are waited for; the rest are claimed at once and fetched in runs of adjacent
+    /// units, one origin read per run (at most [`MAX_RUN`] bytes). Returns the bytes added.
+    fn ensure_range(&self, first: u64, last: u64) -> Result<u64> {
+        let mut added = 0;
         loop {
             let mut st = self.lock();
-            let s = st.units[u as usize];
-            if s.unit.present && s.verified {
-                return Ok(0);
+            let mut claim = Vec::new();
+            let mut waiting = false;
+            for u in first..=last {
+                let s = st.units[u as usize];
+                if s.unit.present && s.verified {
+                    continue;
+                }
+                if st.inflight.contains(&u) {
+                    waiting = true;
+                } else {
+                    claim.push((u, s));
+                }
             }
-            if st.inflight.contains(&u) {
+            if claim.is_empty() {
+                if !waiting {
+                    return Ok(added);
+                }
                 drop(self.fetched.wait(st).unwrap_or_else(|p| p.into_inner()));
                 continue;
             }
-            st.inflight.insert(u);
+            for (u, _) in &claim {
+                st.inflight.insert(*u);
+            }
             drop(st);
-            let result = self.fill(at, len, s);
+            let result = self.fill(&claim);
             let mut st = self.lock();
-            st.inflight.remove(&u);
-            if let Ok(state) = &result {
-                st.units[u as usize] = *state;
-                st.dirty = true;
+            for (u, _) in &claim {
+                st.inflight.remove(u);
+            }
+            let mut failure = None;
+            match result {
+                Ok(states) => {
+                    for (u, state) in states {
+                        if !st.units[u as usize].unit.present {
+                            added += self.unit_len(u);
+                        }
+                        st.units[u as usize] = state;
+                    }
+                    st.dirty = true;
+                }
+                Err(e) => failure = Some(e),
             }
             drop(st);
             self.fetched.notify_all();
-            result?;
-            return Ok(if s.unit.present { 0 } else { len as u64 });
+            if let Some(e) = failure {
+                return Err(e);
+            }
         }
     }
 
-    /// Verifies a present unit or fetches it; returns its new state.
-    fn fill(&self, at: u64, len: usize, s: UnitState) -> Result<UnitState> {
-        let mut buf = vec![0u8; len];
-        if s.unit.present {
-            let ok = read_full_at(&self.data, at, &mut buf).is_ok_and(|n| n == len)
-                && crc32c::crc32c(&buf) == s.unit.crc;
-            if ok {
-                return Ok(UnitState {
-                    unit: s.unit,
-                    verified: true,
+    /// Verifies claimed units that the record says are present, then fetches the others in
+    /// runs of adjacent units.
+    fn fill(&self, claim: &[(u64, UnitState)]) -> Result<Vec<(u64, UnitState)>> {
+        let mut done = Vec::with_capacity(claim.len());
+        let mut missing = Vec::new();
+        for &(u, s) in claim {
+            if s.unit.present {
+                let mut buf = vec![0u8; self.unit_len(u) as usize];
+                let ok = read_full_at(&self.data, u * self.unit, &mut buf)
+                    .is_ok_and(|n| n == buf.len())
+                    && crc32c::crc32c(&buf) == s.unit.crc;
+                if ok {
+                    done.push((
+                        u,
+                        UnitState {
+                            unit: s.unit,
+                            verified: true,
+                        },
+                    ));
+                    continue;
+                }
+                self.stats.dropped_units.fetch_add(1, Ordering::Relaxed);
+            }
+            missing.push(u);
+        }
+        let max_units = (MAX_RUN / self.unit).max(1);
+        let mut i = 0;
+        while i < missing.len() {
+            let start = missing[i];
+            let mut end = start;
+            while i + 1 < missing.len() && missing[i + 1] == end + 1 && end + 1 - start < max_units
+            {
+                i += 1;
+                end += 1;
+            }
+            i += 1;
+            let at = start * self.unit;
+            let len = ((end + 1) * self.unit).min(self.size) - at;
+            let mut buf = vec![0u8; len as usize];
+            self.stats.origin_reads.fetch_add(1, Ordering::Relaxed);
+            let n = read_full_at(&self.origin, at, &mut buf)
+                .map_err(|e| Error::io("fetch", self.key.clone(), at, e))?;
+            if n < buf.len() {
+                return Err(Error::Truncated {
+                    what: "blob from its origin",
+                    need: len,
+                    got: n as u64,
                 });
             }
-            self.stats.dropped_units.fetch_add(1, Ordering::Relaxed);
+            self.stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
+            self.data
+                .write_all_at(&buf, at)
+                .map_err(|e| Error::io("write", self.data_path.display().to_string(), at, e))?;
+            for (k, chunk) in buf.chunks(self.unit as usize).enumerate() {
+                let state = UnitState {
+                    unit: Unit {
+                        present: true,
+                        crc: crc32c::crc32c(chunk),
+                    },
+                    verified: true,
+                };
+                done.push((start + k as u64, state));
+            }
         }
-        self.stats.origin_reads.fetch_add(1, Ordering::Relaxed);
-        let n = read_full_at(&self.origin, at, &mut buf)
-            .map_err(|e| Error::io("fetch", self.key.clone(), at, e))?;
-        if n < len {
-            return Err(Error::Truncated {
-                what: "blob from its origin",
-                need: len as u64,
-                got: n as u64,
-            });
-        }
-        self.stats
-            .fetched_bytes
-            .fetch_add(len as u64, Ordering::Relaxed);
-        self.data
-            .write_all_at(&buf, at)
-            .map_err(|e| Error::io("write", self.data_path.display().to_string(), at, e))?;
-        Ok(UnitState {
-            unit: Unit {
-                present: true,
-                crc: crc32c::crc32c(&buf),
-            },
-            verified: true,
-        })
+        Ok(done)
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -305,9 +361,7 @@ impl<S: ReadAt> BlobCache<S> {
         let mut added = 0;
         {
             let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
-            for u in offset / self.unit..=(offset + n as u64 - 1) / self.unit {
-                added += self.ensure(u)?;
-            }
+            added += self.ensure_range(offset / self.unit, (offset + n as u64 - 1) / self.unit)?;
             let got = read_full_at(&self.data, offset, &mut buf[..n])
                 .map_err(|e| Error::io("read", self.data_path.display().to_string(), offset, e))?;
             if got < n {

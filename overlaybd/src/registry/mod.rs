@@ -24,6 +24,11 @@ use zfile::ReadAt;
 use crate::error::{Error, Result};
 use auth::{parse_challenge, parse_token, Challenge, Credentials, Token};
 
+/// Most concurrent range requests one read is split into.
+pub const PARALLEL_RANGES: usize = 4;
+/// Smallest piece a read is split into.
+pub const SPLIT_MIN: usize = 2 << 20;
+
 /// Settings of a registry source.
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
@@ -321,7 +326,7 @@ impl RegistryBlob {
     fn with_retries<T>(
         &self,
         what: &str,
-        attempt: impl Fn(&Self, Instant) -> Outcome<T>,
+        mut attempt: impl FnMut(&Self, Instant) -> Outcome<T>,
     ) -> Result<T> {
         let start = Instant::now();
         let deadline = start + self.opts.deadline;
@@ -354,7 +359,43 @@ impl RegistryBlob {
         }
     }
 
+    /// Reads up to `buf.len()` bytes at `offset`. Large reads are split into up to
+    /// [`PARALLEL_RANGES`] concurrent range requests of at least [`SPLIT_MIN`] bytes each:
+    /// a registry spends milliseconds per request, which concurrency hides.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(self.size - offset) as usize;
+        let parts = (n / SPLIT_MIN).clamp(1, PARALLEL_RANGES);
+        if parts == 1 {
+            return self.read_range(offset, &mut buf[..n]);
+        }
+        let piece = n.div_ceil(parts).next_multiple_of(4096);
+        let results: Vec<Result<usize>> = std::thread::scope(|s| {
+            let handles: Vec<_> = buf[..n]
+                .chunks_mut(piece)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    s.spawn(move || self.read_range(offset + (i * piece) as u64, chunk))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Invalid("range reader panicked".into())))
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
+        Ok(n)
+    }
+
+    /// One range request (with retries) for `buf.len()` bytes at `offset`, inside the blob.
+    fn read_range(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if offset >= self.size || buf.is_empty() {
             return Ok(0);
         }
@@ -362,12 +403,12 @@ impl RegistryBlob {
         let last = offset + n as u64 - 1;
         let range = format!("bytes={offset}-{last}");
         let want_cr = format!("bytes {offset}-{last}/{}", self.size);
-        let got = self.with_retries("GET", |b, deadline| {
+        self.with_retries("GET", |b, deadline| {
             let mut resp = match b.send(|c| c.get(&b.url).header(RANGE, &range), deadline) {
                 Ok(r) => r,
                 Err(o) => return o,
             };
-            let mut tmp = vec![0u8; n];
+            let tmp = &mut buf[..n];
             let skip = match resp.status() {
                 StatusCode::PARTIAL_CONTENT => {
                     let cr = resp
@@ -404,9 +445,8 @@ impl RegistryBlob {
                     Err(e) => return Outcome::Retry(format!("body: {e}"), None),
                 }
             }
-            Outcome::Done(tmp)
+            Outcome::Done(())
         })?;
-        buf[..n].copy_from_slice(&got);
         self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }

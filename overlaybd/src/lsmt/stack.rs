@@ -199,10 +199,11 @@ impl Stack {
         Ok(())
     }
 
-    fn push_lower(&self, begin: u64, end: u64, from: u64, to: u64, out: &mut Vec<Piece>) {
+    /// Appends the plan of bytes `[from, to)` as the read-only layers have them.
+    fn push_lower(&self, from: u64, to: u64, out: &mut Vec<Piece>) {
         let mut pos = from;
         for m in self.merged.overlapping(from / SECTOR, to.div_ceil(SECTOR)) {
-            push_mapping(&m, Source::Lower(m.tag), begin, end, &mut pos, out);
+            push_mapping(&m, Source::Lower(m.tag), to, &mut pos, out);
         }
         if pos < to {
             out.push(Piece {
@@ -221,19 +222,19 @@ impl Stack {
         }
         let (s0, s1) = (offset / SECTOR, end.div_ceil(SECTOR));
         match &self.upper {
-            None => self.push_lower(offset, end, offset, end, &mut out),
+            None => self.push_lower(offset, end, &mut out),
             Some(u) => {
                 let mut pos = offset;
                 for m in u.overlapping(s0, s1) {
                     let start = (m.offset * SECTOR).max(offset);
                     if start > pos {
-                        self.push_lower(offset, end, pos, start, &mut out);
+                        self.push_lower(pos, start, &mut out);
                         pos = start;
                     }
-                    push_mapping(&m, Source::Upper, offset, end, &mut pos, &mut out);
+                    push_mapping(&m, Source::Upper, end, &mut pos, &mut out);
                 }
                 if pos < end {
-                    self.push_lower(offset, end, pos, end, &mut out);
+                    self.push_lower(pos, end, &mut out);
                 }
             }
         }
@@ -302,7 +303,7 @@ impl Stack {
                         ))
                     })?;
                 let mut below = Vec::new();
-                self.push_lower(offset, end, offset, end, &mut below);
+                self.push_lower(offset, end, &mut below);
                 let mut pos = offset;
                 for p in below {
                     match p.kind {
@@ -326,15 +327,8 @@ impl Stack {
 }
 
 /// Appends the bytes of mapping `m` (in sectors) that fall in `[pos, end)` to the plan and
-/// advances `pos`; `begin..end` is the whole request.
-fn push_mapping(
-    m: &Mapping,
-    source: Source,
-    _begin: u64,
-    end: u64,
-    pos: &mut u64,
-    out: &mut Vec<Piece>,
-) {
+/// advances `pos`.
+fn push_mapping(m: &Mapping, source: Source, end: u64, pos: &mut u64, out: &mut Vec<Piece>) {
     let m_start = m.offset * SECTOR;
     let m_end = (m.end() * SECTOR).min(end);
     if m_start > *pos {

@@ -24,11 +24,6 @@ use zfile::ReadAt;
 use crate::error::{Error, Result};
 use auth::{parse_challenge, parse_token, Challenge, Credentials, Token};
 
-/// Most concurrent range requests one read is split into.
-pub const PARALLEL_RANGES: usize = 4;
-/// Smallest piece a read is split into.
-pub const SPLIT_MIN: usize = 2 << 20;
-
 /// Settings of a registry source.
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
@@ -107,12 +102,15 @@ pub struct RegistryBlob {
     stats: RegistryStats,
 }
 
-/// What one attempt concluded.
-enum Outcome<T> {
-    Done(T),
-    /// Worth another try, after at least this long.
-    Retry(String, Option<Duration>),
-    Fail(Error),
+/// Why an attempt did not succeed.
+enum Attempt {
+    /// Worth another try, after at least the given wait if the registry named one.
+    Transient(String, Option<Duration>),
+    Permanent(Error),
+}
+
+fn transient<T>(why: impl Into<String>) -> std::result::Result<T, Attempt> {
+    Err(Attempt::Transient(why.into(), None))
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -144,18 +142,15 @@ impl RegistryBlob {
             stats: RegistryStats::default(),
         };
         let size = blob.with_retries("HEAD", |b, deadline| {
-            let resp = match b.send(|c| c.head(&b.url), deadline) {
-                Ok(r) => r,
-                Err(o) => return o,
-            };
+            let resp = b.send(|c| c.head(&b.url), deadline)?;
             match resp
                 .headers()
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
             {
-                Some(n) => Outcome::Done(n),
-                None => Outcome::Retry("HEAD without Content-Length".into(), None),
+                Some(n) => Ok(n),
+                None => transient("HEAD without Content-Length"),
             }
         })?;
         if let Some(want) = expected_size {
@@ -184,84 +179,81 @@ impl RegistryBlob {
 
     /// The Authorization header to send, fetching a Bearer token when the challenge asks for
     /// one and none is cached (or it expired).
-    fn authorization(&self, deadline: Instant) -> std::result::Result<Option<String>, Outcome<()>> {
+    fn authorization(&self, deadline: Instant) -> std::result::Result<Option<String>, Attempt> {
         let challenge = self.lock().challenge.clone();
-        match challenge {
-            None => Ok(None),
-            Some(Challenge::Basic) => Ok(self
-                .opts
-                .credentials
-                .as_ref()
-                .map(Credentials::basic_header)),
+        let (realm, service, scope) = match challenge {
+            None => return Ok(None),
+            Some(Challenge::Basic) => {
+                return Ok(self
+                    .opts
+                    .credentials
+                    .as_ref()
+                    .map(Credentials::basic_header))
+            }
             Some(Challenge::Bearer {
                 realm,
                 service,
                 scope,
-            }) => {
-                if let Some(t) = self
-                    .lock()
-                    .token
-                    .clone()
-                    .filter(|t| t.expires > Instant::now())
-                {
-                    return Ok(Some(format!("Bearer {}", t.value)));
-                }
-                let scope =
-                    scope.unwrap_or_else(|| format!("repository:{}:pull", self.loc.repository));
-                let mut req = self.client.get(&realm).query(&[("scope", scope.as_str())]);
-                if let Some(s) = &service {
-                    req = req.query(&[("service", s.as_str())]);
-                }
-                if let Some(c) = &self.opts.credentials {
-                    req = req.header(AUTHORIZATION, c.basic_header());
-                }
-                self.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
-                let resp = req
-                    .timeout(deadline.saturating_duration_since(Instant::now()))
-                    .send()
-                    .map_err(|e| Outcome::Retry(format!("token server {realm}: {e}"), None))?;
-                let status = resp.status();
-                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                    return Err(Outcome::Fail(Error::Invalid(format!(
-                        "token server {realm} refused the credentials for {}: {status}",
-                        self.loc
-                    ))));
-                }
-                if !status.is_success() {
-                    return Err(Outcome::Retry(
-                        format!("token server {realm}: {status}"),
-                        None,
-                    ));
-                }
-                let body = resp
-                    .bytes()
-                    .map_err(|e| Outcome::Retry(format!("token server {realm}: {e}"), None))?;
-                let token = parse_token(&body, Instant::now()).ok_or_else(|| {
-                    Outcome::Fail(Error::Invalid(format!(
-                        "token server {realm}: no token in its answer"
-                    )))
-                })?;
-                let header = format!("Bearer {}", token.value);
-                self.lock().token = Some(token);
-                Ok(Some(header))
-            }
+            }) => (realm, service, scope),
+        };
+        if let Some(t) = self
+            .lock()
+            .token
+            .clone()
+            .filter(|t| t.expires > Instant::now())
+        {
+            return Ok(Some(format!("Bearer {}", t.value)));
         }
+        let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.loc.repository));
+        let mut req = self.client.get(&realm).query(&[("scope", scope.as_str())]);
+        if let Some(s) = &service {
+            req = req.query(&[("service", s.as_str())]);
+        }
+        if let Some(c) = &self.opts.credentials {
+            req = req.header(AUTHORIZATION, c.basic_header());
+        }
+        self.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
+        let resp = match req
+            .timeout(deadline.saturating_duration_since(Instant::now()))
+            .send()
+        {
+            Ok(r) => r,
+            Err(e) => return transient(format!("token server {realm}: {e}")),
+        };
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(Attempt::Permanent(Error::Invalid(format!(
+                "token server {realm} refused the credentials for {}: {status}",
+                self.loc
+            ))));
+        }
+        if !status.is_success() {
+            return transient(format!("token server {realm}: {status}"));
+        }
+        let body = match resp.bytes() {
+            Ok(b) => b,
+            Err(e) => return transient(format!("token server {realm}: {e}")),
+        };
+        let token = parse_token(&body, Instant::now()).ok_or_else(|| {
+            Attempt::Permanent(Error::Invalid(format!(
+                "token server {realm}: no token in its answer"
+            )))
+        })?;
+        let header = format!("Bearer {}", token.value);
+        self.lock().token = Some(token);
+        Ok(Some(header))
     }
 
     /// Sends one request with authentication; a 401 updates the challenge and is retried once
     /// at once with fresh credentials.
-    fn send<T>(
+    fn send(
         &self,
         build: impl Fn(&Client) -> RequestBuilder,
         deadline: Instant,
-    ) -> std::result::Result<Response, Outcome<T>> {
-        let convert = |o: Outcome<()>| match o {
-            Outcome::Retry(m, d) => Outcome::Retry(m, d),
-            Outcome::Fail(e) => Outcome::Fail(e),
-            Outcome::Done(_) => unreachable!("authorization never yields a response"),
-        };
-        for fresh in [false, true] {
-            let auth = self.authorization(deadline).map_err(convert)?;
+    ) -> std::result::Result<Response, Attempt> {
+        let mut fresh = false;
+        loop {
+            let auth = self.authorization(deadline)?;
             let mut req = build(&self.client).timeout(
                 deadline
                     .saturating_duration_since(Instant::now())
@@ -273,9 +265,15 @@ impl RegistryBlob {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let resp = match req.send() {
                 Ok(r) => r,
-                Err(e) => return Err(Outcome::Retry(format!("{e}"), None)),
+                Err(e) => return transient(format!("{e}")),
             };
             let status = resp.status();
+            let permanent = |what: String| {
+                Err(Attempt::Permanent(Error::Invalid(format!(
+                    "{}: {what}",
+                    self.loc
+                ))))
+            };
             if status == StatusCode::UNAUTHORIZED {
                 let challenge = resp
                     .headers()
@@ -283,21 +281,16 @@ impl RegistryBlob {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_challenge);
                 if fresh || challenge.is_none() {
-                    return Err(Outcome::Fail(Error::Invalid(format!(
-                        "{}: unauthorized (401) with fresh credentials",
-                        self.loc
-                    ))));
+                    return permanent("unauthorized (401) with fresh credentials".into());
                 }
                 let mut st = self.lock();
                 st.challenge = challenge;
                 st.token = None;
+                fresh = true;
                 continue;
             }
             if status == StatusCode::NOT_FOUND {
-                return Err(Outcome::Fail(Error::Invalid(format!(
-                    "{}: not found (404)",
-                    self.loc
-                ))));
+                return permanent("not found (404)".into());
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let after = resp
@@ -306,96 +299,55 @@ impl RegistryBlob {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                return Err(Outcome::Retry("429 too many requests".into(), after));
+                return Err(Attempt::Transient("429 too many requests".into(), after));
             }
             if status.is_server_error() {
-                return Err(Outcome::Retry(format!("{status}"), None));
+                return transient(format!("{status}"));
             }
             if !status.is_success() {
-                return Err(Outcome::Fail(Error::Invalid(format!(
-                    "{}: {status}",
-                    self.loc
-                ))));
+                return permanent(format!("{status}"));
             }
             return Ok(resp);
         }
-        unreachable!("the loop returns on its second pass")
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the deadline passes.
     fn with_retries<T>(
         &self,
         what: &str,
-        mut attempt: impl FnMut(&Self, Instant) -> Outcome<T>,
+        mut attempt: impl FnMut(&Self, Instant) -> std::result::Result<T, Attempt>,
     ) -> Result<T> {
         let start = Instant::now();
         let deadline = start + self.opts.deadline;
         let mut backoff = self.opts.initial_backoff;
         loop {
-            match attempt(self, deadline) {
-                Outcome::Done(v) => return Ok(v),
-                Outcome::Fail(e) => return Err(e),
-                Outcome::Retry(why, after) => {
-                    let wait = after.unwrap_or_else(|| jitter(backoff));
-                    if Instant::now() + wait >= deadline {
-                        return Err(Error::io(
-                            "read",
-                            format!("blob {}", self.loc),
-                            0,
-                            io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!(
-                                    "{what}: gave up after {:.1} s: {why}",
-                                    start.elapsed().as_secs_f64()
-                                ),
-                            ),
-                        ));
-                    }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(wait);
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
-                }
+            let (why, after) = match attempt(self, deadline) {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Permanent(e)) => return Err(e),
+                Err(Attempt::Transient(why, after)) => (why, after),
+            };
+            let wait = after.unwrap_or_else(|| jitter(backoff));
+            if Instant::now() + wait >= deadline {
+                let msg = format!(
+                    "{what}: gave up after {:.1} s: {why}",
+                    start.elapsed().as_secs_f64()
+                );
+                return Err(Error::io(
+                    "read",
+                    format!("blob {}", self.loc),
+                    0,
+                    io::Error::new(io::ErrorKind::TimedOut, msg),
+                ));
             }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(wait);
+            backoff = (backoff * 2).min(self.opts.max_backoff);
         }
     }
 
-    /// Reads up to `buf.len()` bytes at `offset`. Large reads are split into up to
-    /// [`PARALLEL_RANGES`] concurrent range requests of at least [`SPLIT_MIN`] bytes each:
-    /// a registry spends milliseconds per request, which concurrency hides.
+    /// Reads up to `buf.len()` bytes at `offset` with one range request (retried), straight
+    /// into `buf`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.size || buf.is_empty() {
-            return Ok(0);
-        }
-        let n = (buf.len() as u64).min(self.size - offset) as usize;
-        let parts = (n / SPLIT_MIN).clamp(1, PARALLEL_RANGES);
-        if parts == 1 {
-            return self.read_range(offset, &mut buf[..n]);
-        }
-        let piece = n.div_ceil(parts).next_multiple_of(4096);
-        let results: Vec<Result<usize>> = std::thread::scope(|s| {
-            let handles: Vec<_> = buf[..n]
-                .chunks_mut(piece)
-                .enumerate()
-                .map(|(i, chunk)| {
-                    s.spawn(move || self.read_range(offset + (i * piece) as u64, chunk))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Invalid("range reader panicked".into())))
-                })
-                .collect()
-        });
-        for r in results {
-            r?;
-        }
-        Ok(n)
-    }
-
-    /// One range request (with retries) for `buf.len()` bytes at `offset`, inside the blob.
-    fn read_range(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if offset >= self.size || buf.is_empty() {
             return Ok(0);
         }
@@ -403,12 +355,9 @@ impl RegistryBlob {
         let last = offset + n as u64 - 1;
         let range = format!("bytes={offset}-{last}");
         let want_cr = format!("bytes {offset}-{last}/{}", self.size);
+        let out = &mut buf[..n];
         self.with_retries("GET", |b, deadline| {
-            let mut resp = match b.send(|c| c.get(&b.url).header(RANGE, &range), deadline) {
-                Ok(r) => r,
-                Err(o) => return o,
-            };
-            let tmp = &mut buf[..n];
+            let mut resp = b.send(|c| c.get(&b.url).header(RANGE, &range), deadline)?;
             let skip = match resp.status() {
                 StatusCode::PARTIAL_CONTENT => {
                     let cr = resp
@@ -417,35 +366,30 @@ impl RegistryBlob {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
                     if cr != want_cr {
-                        return Outcome::Retry(
-                            format!("Content-Range {cr:?}, expected {want_cr:?}"),
-                            None,
-                        );
+                        return transient(format!("Content-Range {cr:?}, expected {want_cr:?}"));
                     }
                     0
                 }
                 // The registry ignored the range: read through to the offset (bounded by size).
                 StatusCode::OK => offset,
-                s => return Outcome::Retry(format!("unexpected status {s}"), None),
+                s => return transient(format!("unexpected status {s}")),
             };
             if skip > 0
                 && std::io::copy(&mut (&mut resp).take(skip), &mut std::io::sink())
                     .map_or(true, |c| c < skip)
             {
-                return Outcome::Retry("short body".into(), None);
+                return transient("short body");
             }
             let mut filled = 0;
             while filled < n {
-                match resp.read(&mut tmp[filled..]) {
-                    Ok(0) => {
-                        return Outcome::Retry(format!("short body: {filled} of {n} bytes"), None)
-                    }
+                match resp.read(&mut out[filled..]) {
+                    Ok(0) => return transient(format!("short body: {filled} of {n} bytes")),
                     Ok(k) => filled += k,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Outcome::Retry(format!("body: {e}"), None),
+                    Err(e) => return transient(format!("body: {e}")),
                 }
             }
-            Outcome::Done(())
+            Ok(())
         })?;
         self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)

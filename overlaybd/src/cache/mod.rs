@@ -220,13 +220,9 @@ impl<S: ReadAt> BlobCache<S> {
                 return Ok(());
             }
             st.dirty = false;
-            let units: Vec<Unit> = st.units.iter().map(|u| u.unit).collect();
-            record::encode(self.size, self.unit as u32, &units)
+            encode_state(self.size, self.unit, &st)
         };
-        let tmp = self.record_path.with_extension("record.tmp");
-        let p = self.record_path.display().to_string();
-        std::fs::write(&tmp, &raw).map_err(|e| Error::io("write", p.clone(), 0, e))?;
-        std::fs::rename(&tmp, &self.record_path).map_err(|e| Error::io("rename", p, 0, e))
+        write_record(&self.record_path, &raw)
     }
 
     /// Makes units `first..=last` present and verified. Units another reader is already
@@ -260,23 +256,18 @@ impl<S: ReadAt> BlobCache<S> {
                 st.inflight.insert(*u);
             }
             drop(st);
-            let result = self.fill(&claim);
+            let (states, failure) = self.fill(&claim);
             let mut st = self.lock();
             for (u, _) in &claim {
                 st.inflight.remove(u);
             }
-            let mut failure = None;
-            match result {
-                Ok(states) => {
-                    for (u, state) in states {
-                        if !st.units[u as usize].unit.present {
-                            added += self.unit_len(u);
-                        }
-                        st.units[u as usize] = state;
-                    }
-                    st.dirty = true;
+            // Units fetched before a failure are kept: they are on disk and checked.
+            for (u, state) in states {
+                if !st.units[u as usize].unit.present {
+                    added += self.unit_len(u);
                 }
-                Err(e) => failure = Some(e),
+                st.units[u as usize] = state;
+                st.dirty = true;
             }
             drop(st);
             self.fetched.notify_all();
@@ -287,8 +278,8 @@ impl<S: ReadAt> BlobCache<S> {
     }
 
     /// Verifies claimed units that the record says are present, then fetches the others in
-    /// runs of adjacent units.
-    fn fill(&self, claim: &[(u64, UnitState)]) -> Result<Vec<(u64, UnitState)>> {
+    /// runs of adjacent units. Returns the units made good, and the error that stopped it.
+    fn fill(&self, claim: &[(u64, UnitState)]) -> (Vec<(u64, UnitState)>, Option<Error>) {
         let mut done = Vec::with_capacity(claim.len());
         let mut missing = Vec::new();
         for &(u, s) in claim {
@@ -324,21 +315,10 @@ impl<S: ReadAt> BlobCache<S> {
             i += 1;
             let at = start * self.unit;
             let len = ((end + 1) * self.unit).min(self.size) - at;
-            let mut buf = vec![0u8; len as usize];
-            self.stats.origin_reads.fetch_add(1, Ordering::Relaxed);
-            let n = read_full_at(&self.origin, at, &mut buf)
-                .map_err(|e| Error::io("fetch", self.key.clone(), at, e))?;
-            if n < buf.len() {
-                return Err(Error::Truncated {
-                    what: "blob from its origin",
-                    need: len,
-                    got: n as u64,
-                });
-            }
-            self.stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
-            self.data
-                .write_all_at(&buf, at)
-                .map_err(|e| Error::io("write", self.data_path.display().to_string(), at, e))?;
+            let buf = match self.fetch_run(at, len) {
+                Ok(b) => b,
+                Err(e) => return (done, Some(e)),
+            };
             for (k, chunk) in buf.chunks(self.unit as usize).enumerate() {
                 let state = UnitState {
                     unit: Unit {
@@ -350,7 +330,27 @@ impl<S: ReadAt> BlobCache<S> {
                 done.push((start + k as u64, state));
             }
         }
-        Ok(done)
+        (done, None)
+    }
+
+    /// Fetches `len` bytes at `at` from the origin and stores them in the cache file.
+    fn fetch_run(&self, at: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len as usize];
+        self.stats.origin_reads.fetch_add(1, Ordering::Relaxed);
+        let n = read_full_at(&self.origin, at, &mut buf)
+            .map_err(|e| Error::io("fetch", self.key.clone(), at, e))?;
+        if n < buf.len() {
+            return Err(Error::Truncated {
+                what: "blob from its origin",
+                need: len,
+                got: n as u64,
+            });
+        }
+        self.stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
+        self.data
+            .write_all_at(&buf, at)
+            .map_err(|e| Error::io("write", self.data_path.display().to_string(), at, e))?;
+        Ok(buf)
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -384,32 +384,37 @@ impl<S: ReadAt> BlobCache<S> {
         Ok(n)
     }
 
-    /// Drops the units covering `[offset, offset + len)` (their bytes failed a check above).
-    fn drop_range(&self, offset: u64, len: u64) -> Result<u64> {
+    /// Drops the units covering `[offset, offset + len)`: because their bytes failed a check
+    /// above (`failed`, counted in the stats) or to evict them. Returns the bytes freed.
+    fn drop_range(&self, offset: u64, len: u64, failed: bool) -> Result<u64> {
         if len == 0 || offset >= self.size {
             return Ok(0);
         }
         let _excl = self.epoch.write().unwrap_or_else(|p| p.into_inner());
-        let end = (offset + len).min(self.size);
+        let (first, last) = (
+            offset / self.unit,
+            ((offset + len).min(self.size) - 1) / self.unit,
+        );
         let mut freed = 0;
-        let mut st = self.lock();
-        for u in offset / self.unit..=(end - 1) / self.unit {
-            let s = &mut st.units[u as usize];
-            if s.unit.present {
-                freed += self.unit_len(u);
-                self.stats.dropped_units.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut st = self.lock();
+            for u in first..=last {
+                let s = &mut st.units[u as usize];
+                if s.unit.present {
+                    freed += self.unit_len(u);
+                    if failed {
+                        self.stats.dropped_units.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                *s = UnitState::default();
             }
-            *s = UnitState::default();
-            punch(&self.data, u * self.unit, self.unit_len(u)).map_err(|e| {
-                Error::io(
-                    "punch",
-                    self.data_path.display().to_string(),
-                    u * self.unit,
-                    e,
-                )
-            })?;
+            st.dirty = true;
         }
-        st.dirty = true;
+        // Still under the exclusive pin: no reader can use these bytes until the hole is made.
+        let at = first * self.unit;
+        let end = ((last + 1) * self.unit).min(self.size);
+        punch(&self.data, at, end - at)
+            .map_err(|e| Error::io("punch", self.data_path.display().to_string(), at, e))?;
         Ok(freed)
     }
 }
@@ -422,7 +427,7 @@ impl<S: ReadAt> ReadAt for BlobCache<S> {
         Ok(self.size)
     }
     fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
-        let freed = self.drop_range(offset, len).map_err(Error::into_io)?;
+        let freed = self.drop_range(offset, len, true).map_err(Error::into_io)?;
         if let Some(dir) = &self.dir {
             dir.shrank(&self.key, freed);
         }
@@ -432,7 +437,7 @@ impl<S: ReadAt> ReadAt for BlobCache<S> {
 
 impl<S: ReadAt> Evict for BlobCache<S> {
     fn evict(&self) -> Result<u64> {
-        let freed = self.drop_range(0, self.size)?;
+        let freed = self.drop_range(0, self.size, false)?;
         self.checkpoint()?;
         Ok(freed)
     }
@@ -443,14 +448,22 @@ impl<S> Drop for BlobCache<S> {
         // Best effort: a lost record only costs refetches.
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         if st.dirty {
-            let units: Vec<Unit> = st.units.iter().map(|u| u.unit).collect();
-            let raw = record::encode(self.size, self.unit as u32, &units);
-            let tmp = self.record_path.with_extension("record.tmp");
-            if std::fs::write(&tmp, raw).is_ok() {
-                let _ = std::fs::rename(&tmp, &self.record_path);
-            }
+            let _ = write_record(&self.record_path, &encode_state(self.size, self.unit, st));
         }
     }
+}
+
+fn encode_state(size: u64, unit: u64, st: &State) -> Vec<u8> {
+    let units: Vec<Unit> = st.units.iter().map(|u| u.unit).collect();
+    record::encode(size, unit as u32, &units)
+}
+
+/// Replaces a record file atomically: a temporary file, then a rename.
+fn write_record(path: &Path, raw: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("record.tmp");
+    let p = path.display().to_string();
+    std::fs::write(&tmp, raw).map_err(|e| Error::io("write", p.clone(), 0, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", p, 0, e))
 }
 
 struct Entry {
@@ -654,12 +667,8 @@ impl CacheDir {
 }
 
 fn present_bytes(raw: &[u8]) -> Option<u64> {
-    if raw.len() < 36 {
-        return None;
-    }
-    let unit = u32::from_le_bytes(raw[12..16].try_into().ok()?) as u64;
-    let size = u64::from_le_bytes(raw[16..24].try_into().ok()?);
-    let units = record::decode(raw, size, unit as u32).ok()?;
+    let (size, unit, units) = record::decode_any(raw)?;
+    let unit = unit as u64;
     Some(
         units
             .iter()

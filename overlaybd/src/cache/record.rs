@@ -64,6 +64,14 @@ pub fn decode(raw: &[u8], blob_size: u64, unit_size: u32) -> Result<Vec<Unit>> {
         .collect())
 }
 
+/// Decodes a record whatever blob it was written for: (blob size, unit size, units).
+pub fn decode_any(raw: &[u8]) -> Option<(u64, u32, Vec<Unit>)> {
+    let unit = u32::from_le_bytes(raw.get(12..16)?.try_into().ok()?);
+    let size = u64::from_le_bytes(raw.get(16..24)?.try_into().ok()?);
+    let units = decode(raw, size, unit).ok()?;
+    Some((size, unit, units))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +100,8 @@ mod tests {
         }
         for len in 0..raw.len() {
             assert!(decode(&raw[..len], 600_000, 262_144).is_err());
+            assert!(decode_any(&raw[..len]).is_none());
         }
+        assert_eq!(decode_any(&raw), Some((600_000, 262_144, units)));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod commit;
+#[cfg(feature = "test-util")]
 pub mod fuzz;
 pub mod header;
 pub mod index;

@@ -57,6 +57,11 @@ impl ReadAt for Origin {
 
 const UNIT: u32 = 64 * 1024;
 
+/// The cache of blob `key` in `dir`, in front of `o`, with 64 KiB units.
+fn open(dir: &std::path::Path, key: &str, o: &Arc<Origin>) -> BlobCache<Arc<Origin>> {
+    BlobCache::open(dir, key, o.data.len() as u64, UNIT, o.clone()).unwrap()
+}
+
 fn check_all(c: &dyn ReadAt, want: &[u8]) {
     let mut buf = vec![0u8; want.len()];
     assert_eq!(read_full_at(c, 0, &mut buf).unwrap(), want.len());
@@ -67,14 +72,7 @@ fn check_all(c: &dyn ReadAt, want: &[u8]) {
 fn reads_are_correct_and_fetch_whole_units() {
     let dir = tempfile::tempdir().unwrap();
     let o = Origin::new(3 * UNIT as usize + 12_345, 1);
-    let c = BlobCache::open(
-        dir.path(),
-        "sha256:aa",
-        o.data.len() as u64,
-        UNIT,
-        o.clone(),
-    )
-    .unwrap();
+    let c = open(dir.path(), "sha256:aa", &o);
     let mut b = [0u8; 100];
     c.read_at(70_000, &mut b).unwrap();
     assert_eq!(&b[..], &o.data[70_000..70_100]);
@@ -107,14 +105,7 @@ fn concurrent_cold_readers_fetch_once() {
         .unwrap();
     o.delay = Duration::from_millis(20);
     let o = Arc::new(o);
-    let c = BlobCache::open(
-        dir.path(),
-        "sha256:bb",
-        o.data.len() as u64,
-        UNIT,
-        o.clone(),
-    )
-    .unwrap();
+    let c = open(dir.path(), "sha256:bb", &o);
     std::thread::scope(|s| {
         for _ in 0..8 {
             let (c, o) = (&c, &o);
@@ -133,26 +124,12 @@ fn persists_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let o = Origin::new(5 * UNIT as usize, 3);
     {
-        let c = BlobCache::open(
-            dir.path(),
-            "sha256:cc",
-            o.data.len() as u64,
-            UNIT,
-            o.clone(),
-        )
-        .unwrap();
+        let c = open(dir.path(), "sha256:cc", &o);
         check_all(&c, &o.data);
         c.checkpoint().unwrap();
     }
     let before = o.reads.load(Ordering::Relaxed);
-    let c = BlobCache::open(
-        dir.path(),
-        "sha256:cc",
-        o.data.len() as u64,
-        UNIT,
-        o.clone(),
-    )
-    .unwrap();
+    let c = open(dir.path(), "sha256:cc", &o);
     check_all(&c, &o.data);
     assert_eq!(
         o.reads.load(Ordering::Relaxed),
@@ -212,14 +189,7 @@ fn no_crash_state_makes_wrong_data_look_present() {
                     std::fs::write(dir.path().join("sha256_dd.record"), &r).unwrap();
                 }
             }
-            let c = BlobCache::open(
-                dir.path(),
-                "sha256:dd",
-                o.data.len() as u64,
-                UNIT,
-                o.clone(),
-            )
-            .unwrap();
+            let c = open(dir.path(), "sha256:dd", &o);
             check_all(&c, &o.data);
             let dropped = c.stats().dropped_units.load(Ordering::Relaxed);
             if record == "present" && torn < u {
@@ -248,16 +218,7 @@ fn a_zfile_block_damaged_in_the_cache_is_fetched_again() {
         fail: AtomicBool::new(false),
     });
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(
-        BlobCache::open(
-            dir.path(),
-            "sha256:ee",
-            o.data.len() as u64,
-            UNIT,
-            o.clone(),
-        )
-        .unwrap(),
-    );
+    let cache = Arc::new(open(dir.path(), "sha256:ee", &o));
     let z = zfile::ZFile::open(cache.clone()).unwrap();
     let mut out = vec![0u8; plain.len()];
     z.read_at(0, &mut out).unwrap();
@@ -285,14 +246,7 @@ fn a_zfile_block_damaged_in_the_cache_is_fetched_again() {
 fn origin_failures_are_errors_and_nothing_is_cached() {
     let dir = tempfile::tempdir().unwrap();
     let o = Origin::new(2 * UNIT as usize, 5);
-    let c = BlobCache::open(
-        dir.path(),
-        "sha256:ff",
-        o.data.len() as u64,
-        UNIT,
-        o.clone(),
-    )
-    .unwrap();
+    let c = open(dir.path(), "sha256:ff", &o);
     o.fail.store(true, Ordering::Relaxed);
     let e = c.read_at(0, &mut [0u8; 10]).unwrap_err();
     assert!(e.to_string().contains("origin down"), "{e}");

@@ -288,17 +288,22 @@ pub fn run(cmd: LayerCmd) -> Result<ExitCode> {
                     ),
                 };
                 println!("  wrapping:      {wrap}");
+                // Only data files with a trailer have an index to load; load it once.
+                let layer = if h.has(flags::DATA_FILE) && !h.has(flags::SPARSE_RW) {
+                    RoLayer::open(&*src).ok()
+                } else {
+                    None
+                };
                 let kind = if h.has(flags::SPARSE_RW) {
                     "sparse writable layer"
                 } else if !h.has(flags::DATA_FILE) {
                     "writable layer index file"
                 } else if h.has(flags::SEALED) {
                     "committed layer"
+                } else if layer.is_some() {
+                    "sealed writable layer"
                 } else {
-                    match RoLayer::open(&*src) {
-                        Ok(_) => "sealed writable layer",
-                        Err(_) => "writable layer data file",
-                    }
+                    "writable layer data file"
                 };
                 println!("  kind:          {kind}");
                 println!("  virtual size:  {}", h.virtual_size);
@@ -308,7 +313,7 @@ pub fn run(cmd: LayerCmd) -> Result<ExitCode> {
                 if !h.user_tag.is_empty() {
                     println!("  message:       {}", String::from_utf8_lossy(&h.user_tag));
                 }
-                if let Ok(layer) = RoLayer::open(&*src) {
+                if let Some(layer) = layer {
                     let m = &layer.meta;
                     println!("  extents:       {}", m.extents);
                     println!(

@@ -238,9 +238,8 @@ pub fn run(cmd: ZfileCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ZfileCmd::Info { input } => {
-            let file = open_in(&input)?;
-            let blob_len = file.size()?;
             let (z, kind) = open_zfile(&input, &OpenOptions::default())?;
+            let blob_len = z.source().inner().size()?;
             let i = z.info();
             let envelope = match kind {
                 EnvelopeKind::None => "none",

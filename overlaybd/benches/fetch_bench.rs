@@ -3,13 +3,14 @@
 //! `cargo bench -p overlaybd --bench fetch_bench` — starts Debian's `docker-registry` on
 //! 127.0.0.1, pushes a 256 MiB blob of random bytes, then reads it cold, in one run:
 //! `curl` fetching the whole blob; the registry source reading it sequentially by ranges of
-//! 4 MiB and 16 MiB; and the blob cache in front of the source (256 KiB refill units, i.e. one
-//! request per unit).
+//! 4, 16 and 64 MiB; the blob cache in front of the source (256 KiB refill units) read in 1 MiB
+//! reads without and with readahead; and the cache's background whole-blob download (which
+//! also checks the blob's SHA-256).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use overlaybd::cache::BlobCache;
+use overlaybd::cache::{BlobCache, DownloadOptions};
 use overlaybd::registry::{BlobLocation, RegistryBlob, RegistryOptions};
 use sha2::{Digest, Sha256};
 use zfile::ReadAt;
@@ -89,12 +90,25 @@ fn main() {
             .unwrap();
         assert!(s.success());
     });
+    let curl_file = best(&mut || {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let s = Command::new("curl")
+            .args(["-sf", "-o"])
+            .arg(out.path())
+            .arg(&blob_url)
+            .status()
+            .unwrap();
+        assert!(s.success());
+    });
     let location = BlobLocation {
         registry: url.clone(),
         repository: "bench/blob".into(),
         digest: digest.clone(),
     };
-    let mut results = vec![("curl, whole blob".to_string(), mbs(curl))];
+    let mut results = vec![
+        ("curl, whole blob to /dev/null".to_string(), mbs(curl)),
+        ("curl, whole blob to a file".to_string(), mbs(curl_file)),
+    ];
     for piece in [4usize << 20, 16 << 20, 64 << 20] {
         let src = RegistryBlob::open(
             location.clone(),
@@ -111,7 +125,7 @@ fn main() {
         });
         results.push((format!("source, {} MiB ranges", piece >> 20), mbs(d)));
     }
-    let d = best(&mut || {
+    let open_cache = || {
         let cdir = tempfile::tempdir().unwrap();
         let src = RegistryBlob::open(
             location.clone(),
@@ -120,13 +134,31 @@ fn main() {
         )
         .unwrap();
         let cache = BlobCache::open(cdir.path(), &digest, size as u64, 256 * 1024, src).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0u64;
-        while off < size as u64 {
-            off += cache.read_at(off, &mut buf).unwrap() as u64;
-        }
+        (cdir, cache)
+    };
+    for ra in [0u64, 16 << 20, 32 << 20, 64 << 20] {
+        let d = best(&mut || {
+            let (_dir, cache) = open_cache();
+            cache.set_readahead(ra);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            while off < size as u64 {
+                off += cache.read_at(off, &mut buf).unwrap() as u64;
+            }
+        });
+        let name = if ra == 0 {
+            "cache, 1 MiB reads, no readahead".to_string()
+        } else {
+            format!("cache, 1 MiB reads, readahead {} MiB", ra >> 20)
+        };
+        results.push((name, mbs(d)));
+    }
+    let d = best(&mut || {
+        let (_dir, cache) = open_cache();
+        cache.download(&DownloadOptions::default()).unwrap();
+        assert!(cache.is_complete());
     });
-    results.push(("cache (256 KiB units), 1 MiB reads".into(), mbs(d)));
+    results.push(("cache, background download + sha256".into(), mbs(d)));
     // Per-request latency: 200 small range reads.
     let src = RegistryBlob::open(
         location.clone(),

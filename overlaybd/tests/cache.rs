@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlaybd::cache::{BlobCache, CacheDir};
+use overlaybd::cache::{BlobCache, CacheDir, DownloadOptions};
 use zfile::source::read_full_at;
 use zfile::ReadAt;
 
@@ -57,9 +57,12 @@ impl ReadAt for Origin {
 
 const UNIT: u32 = 64 * 1024;
 
-/// The cache of blob `key` in `dir`, in front of `o`, with 64 KiB units.
-fn open(dir: &std::path::Path, key: &str, o: &Arc<Origin>) -> BlobCache<Arc<Origin>> {
-    BlobCache::open(dir, key, o.data.len() as u64, UNIT, o.clone()).unwrap()
+/// The cache of blob `key` in `dir`, in front of `o`, with 64 KiB units and no readahead (so
+/// that what is fetched is exactly what the reads touch).
+fn open(dir: &std::path::Path, key: &str, o: &Arc<Origin>) -> Arc<BlobCache<Arc<Origin>>> {
+    let c = BlobCache::open(dir, key, o.data.len() as u64, UNIT, o.clone()).unwrap();
+    c.set_readahead(0);
+    c
 }
 
 fn check_all(c: &dyn ReadAt, want: &[u8]) {
@@ -88,7 +91,7 @@ fn reads_are_correct_and_fetch_whole_units() {
     let n = c.read_at(o.data.len() as u64 - 150_000, &mut big).unwrap();
     assert_eq!(n, 150_000);
     assert_eq!(&big[..n], &o.data[o.data.len() - 150_000..]);
-    check_all(&c, &o.data);
+    check_all(&*c, &o.data);
     assert_eq!(
         o.bytes.load(Ordering::Relaxed),
         o.data.len() as u64,
@@ -109,7 +112,7 @@ fn concurrent_cold_readers_fetch_once() {
     std::thread::scope(|s| {
         for _ in 0..8 {
             let (c, o) = (&c, &o);
-            s.spawn(move || check_all(c, &o.data));
+            s.spawn(move || check_all(&**c, &o.data));
         }
     });
     assert_eq!(
@@ -125,12 +128,12 @@ fn persists_across_reopen() {
     let o = Origin::new(5 * UNIT as usize, 3);
     {
         let c = open(dir.path(), "sha256:cc", &o);
-        check_all(&c, &o.data);
+        check_all(&*c, &o.data);
         c.checkpoint().unwrap();
     }
     let before = o.reads.load(Ordering::Relaxed);
     let c = open(dir.path(), "sha256:cc", &o);
-    check_all(&c, &o.data);
+    check_all(&*c, &o.data);
     assert_eq!(
         o.reads.load(Ordering::Relaxed),
         before,
@@ -166,7 +169,7 @@ fn no_crash_state_makes_wrong_data_look_present() {
             o.clone(),
         )
         .unwrap();
-        check_all(&c, &o.data);
+        check_all(&*c, &o.data);
         c.checkpoint().unwrap();
     }
     let good_data = std::fs::read(seed_dir.path().join("sha256_dd.data")).unwrap();
@@ -190,7 +193,7 @@ fn no_crash_state_makes_wrong_data_look_present() {
                 }
             }
             let c = open(dir.path(), "sha256:dd", &o);
-            check_all(&c, &o.data);
+            check_all(&*c, &o.data);
             let dropped = c.stats().dropped_units.load(Ordering::Relaxed);
             if record == "present" && torn < u {
                 assert_eq!(dropped, 1, "torn {torn}: the torn unit failed its check");
@@ -218,7 +221,7 @@ fn a_zfile_block_damaged_in_the_cache_is_fetched_again() {
         fail: AtomicBool::new(false),
     });
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(open(dir.path(), "sha256:ee", &o));
+    let cache = open(dir.path(), "sha256:ee", &o);
     let z = zfile::ZFile::open(cache.clone()).unwrap();
     let mut out = vec![0u8; plain.len()];
     z.read_at(0, &mut out).unwrap();
@@ -252,7 +255,7 @@ fn origin_failures_are_errors_and_nothing_is_cached() {
     assert!(e.to_string().contains("origin down"), "{e}");
     assert_eq!(c.cached_bytes(), 0);
     o.fail.store(false, Ordering::Relaxed);
-    check_all(&c, &o.data);
+    check_all(&*c, &o.data);
     assert!(BlobCache::open(dir.path(), "../evil", 10, UNIT, o.clone()).is_err());
     assert!(BlobCache::open(dir.path(), "sha256:ok", 10, 1000, o.clone()).is_err());
 }
@@ -299,4 +302,155 @@ fn least_recently_used_blobs_are_evicted_between_watermarks() {
     drop(blobs);
     let again = CacheDir::open(dir.path(), cap, 0.9, 0.75, UNIT).unwrap();
     assert_eq!(again.used(), used);
+}
+
+#[test]
+fn sequential_readers_get_readahead_and_nothing_is_fetched_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(64 * UNIT as usize, 20);
+    let c = BlobCache::open(
+        dir.path(),
+        "sha256:ra",
+        o.data.len() as u64,
+        UNIT,
+        o.clone(),
+    )
+    .unwrap();
+    c.set_readahead(16 * UNIT as u64);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut off = 0;
+    while off < o.data.len() {
+        let n = c.read_at(off as u64, &mut buf).unwrap();
+        assert!(buf[..n] == o.data[off..off + n], "wrong bytes at {off}");
+        off += n;
+    }
+    // Demand-only would be one origin read per unit (64); the window grows to 16 units.
+    let reads = o.reads.load(Ordering::Relaxed);
+    assert!(
+        reads <= 20,
+        "{reads} origin reads for 64 units read sequentially"
+    );
+    assert!(c.stats().readahead_bytes.load(Ordering::Relaxed) >= 32 * UNIT as u64);
+    // Background fetches may still be finishing; none may fetch a unit twice.
+    let t = std::time::Instant::now();
+    while c.cached_bytes() < o.data.len() as u64 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(o.bytes.load(Ordering::Relaxed), o.data.len() as u64);
+}
+
+#[test]
+fn random_readers_get_no_readahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(64 * UNIT as usize, 21);
+    let c = BlobCache::open(
+        dir.path(),
+        "sha256:rb",
+        o.data.len() as u64,
+        UNIT,
+        o.clone(),
+    )
+    .unwrap();
+    let mut b = [0u8; 4096];
+    for i in [40u64, 3, 17, 60, 9, 33, 51, 26] {
+        c.read_at(i * UNIT as u64 + 100, &mut b).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(o.bytes.load(Ordering::Relaxed), 8 * UNIT as u64);
+    assert_eq!(c.stats().readahead_bytes.load(Ordering::Relaxed), 0);
+}
+
+fn sha(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+#[test]
+fn download_resumes_verifies_and_then_never_contacts_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(40 * UNIT as usize + 1234, 22);
+    let key = sha(&o.data);
+    {
+        // Part of the blob cached earlier (a lazy read), then the process went away.
+        let c = open(dir.path(), &key, &o);
+        c.read_at(5 * UNIT as u64, &mut vec![0u8; 3 * UNIT as usize])
+            .unwrap();
+        c.checkpoint().unwrap();
+    }
+    let c = open(dir.path(), &key, &o);
+    let before = o.bytes.load(Ordering::Relaxed);
+    let opts = DownloadOptions {
+        chunk: 4 * UNIT as u64,
+        ..Default::default()
+    };
+    c.download(&opts).unwrap();
+    assert!(c.is_complete());
+    assert_eq!(
+        o.bytes.load(Ordering::Relaxed) - before,
+        o.data.len() as u64 - 3 * UNIT as u64,
+        "only what was missing is fetched"
+    );
+    assert_eq!(c.cached_bytes(), o.data.len() as u64);
+    o.fail.store(true, Ordering::Relaxed);
+    check_all(&*c, &o.data);
+    // Reopened (a restart): still served locally.
+    drop(c);
+    let c = open(dir.path(), &key, &o);
+    check_all(&*c, &o.data);
+}
+
+#[test]
+fn download_is_cancellable_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(32 * UNIT as usize, 23);
+    let key = sha(&o.data);
+    let c = open(dir.path(), &key, &o);
+    let cancel = Arc::new(AtomicBool::new(true));
+    let opts = DownloadOptions {
+        chunk: UNIT as u64,
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    let e = c.download(&opts).unwrap_err();
+    assert!(e.to_string().contains("cancelled"), "{e}");
+    assert!(!c.is_complete());
+    cancel.store(false, Ordering::Relaxed);
+    c.download(&opts).unwrap();
+    assert!(c.is_complete());
+    assert_eq!(o.bytes.load(Ordering::Relaxed), o.data.len() as u64);
+}
+
+#[test]
+fn download_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(16 * UNIT as usize, 24);
+    let c = open(dir.path(), &sha(&o.data), &o);
+    let t = std::time::Instant::now();
+    c.download(&DownloadOptions {
+        max_bytes_per_sec: Some(4 << 20),
+        chunk: UNIT as u64,
+        cancel: None,
+    })
+    .unwrap();
+    // 1 MiB at 4 MiB/s: at least a quarter of a second (the last chunk's wait included).
+    assert!(
+        t.elapsed() >= Duration::from_millis(240),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_download_that_does_not_match_its_digest_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(8 * UNIT as usize, 25);
+    let wrong = sha(b"something else");
+    let c = open(dir.path(), &wrong, &o);
+    let e = c.download(&DownloadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("do not match the digest"), "{e}");
+    assert!(!c.is_complete());
+    assert_eq!(c.cached_bytes(), 0);
+    let c = open(dir.path(), "sha512:abcd", &o);
+    let e = c.download(&DownloadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("only sha256"), "{e}");
 }

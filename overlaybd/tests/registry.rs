@@ -300,16 +300,14 @@ fn a_zfile_layer_read_lazily_through_the_cache() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(
-        overlaybd::cache::BlobCache::open(
-            dir.path(),
-            &digest,
-            blob_bytes.len() as u64,
-            256 * 1024,
-            remote,
-        )
-        .unwrap(),
-    );
+    let cache = overlaybd::cache::BlobCache::open(
+        dir.path(),
+        &digest,
+        blob_bytes.len() as u64,
+        256 * 1024,
+        remote,
+    )
+    .unwrap();
     let (payload, _) = zfile::envelope::open_payload(cache.clone()).unwrap();
     let z = zfile::ZFile::open(payload).unwrap();
     // A small read fetches little; a full read fetches each byte once.

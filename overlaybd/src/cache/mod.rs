@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 
 use zfile::source::read_full_at;
@@ -31,6 +31,8 @@ use record::Unit;
 pub const DEFAULT_UNIT: u32 = 256 * 1024;
 /// Most bytes fetched from the origin in one read, when a read misses many adjacent units.
 pub const MAX_RUN: u64 = 16 << 20;
+/// Default largest readahead window for sequential readers (see [`BlobCache::set_readahead`]).
+pub const DEFAULT_READAHEAD: u64 = 32 << 20;
 
 /// Counters of one cached blob.
 #[derive(Debug, Default)]
@@ -43,6 +45,44 @@ pub struct Stats {
     pub origin_reads: AtomicU64,
     /// Units that failed their CRC (or were dropped by the reader) and were fetched again.
     pub dropped_units: AtomicU64,
+    /// Bytes fetched ahead of sequential readers (part of `fetched_bytes`).
+    pub readahead_bytes: AtomicU64,
+    /// Bytes fetched by [`BlobCache::download`] (part of `fetched_bytes`).
+    pub download_bytes: AtomicU64,
+}
+
+/// Sequential-read detection: one stream per blob, as the kernel's readahead for a file.
+#[derive(Debug, Default)]
+struct Readahead {
+    /// Where a sequential reader reads next.
+    next: u64,
+    /// Current window; doubles on each sequential read up to the maximum, 0 after a seek.
+    window: u64,
+    /// End of what has been fetched (or is being fetched) ahead.
+    ahead_end: u64,
+    /// A readahead fetch is running.
+    running: bool,
+}
+
+/// Settings of [`BlobCache::download`].
+#[derive(Clone, Debug)]
+pub struct DownloadOptions {
+    /// Most bytes per second fetched from the origin (`None`: as fast as it goes).
+    pub max_bytes_per_sec: Option<u64>,
+    /// Bytes fetched per origin read.
+    pub chunk: u64,
+    /// Set to stop the download at the next chunk (it resumes from there next time).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            max_bytes_per_sec: None,
+            chunk: MAX_RUN,
+            cancel: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -80,6 +120,11 @@ pub struct BlobCache<S> {
     epoch: RwLock<()>,
     stats: Stats,
     dir: Option<Arc<Shared>>,
+    readahead: Mutex<Readahead>,
+    readahead_max: AtomicU64,
+    /// The whole blob is present and matched its digest.
+    complete: AtomicBool,
+    me: Weak<Self>,
 }
 
 impl<S> std::fmt::Debug for BlobCache<S> {
@@ -122,9 +167,9 @@ fn valid_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-impl<S: ReadAt> BlobCache<S> {
+impl<S: ReadAt + 'static> BlobCache<S> {
     /// Opens (or creates) the cache of blob `key` (its digest) of `size` bytes in `dir`.
-    pub fn open(dir: &Path, key: &str, size: u64, unit: u32, origin: S) -> Result<Self> {
+    pub fn open(dir: &Path, key: &str, size: u64, unit: u32, origin: S) -> Result<Arc<Self>> {
         Self::open_in(dir, key, size, unit, origin, None)
     }
 
@@ -135,7 +180,7 @@ impl<S: ReadAt> BlobCache<S> {
         unit: u32,
         origin: S,
         shared: Option<Arc<Shared>>,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         valid_key(key)?;
         if unit == 0 || !unit.is_multiple_of(4096) {
             return Err(Error::Invalid(format!(
@@ -171,7 +216,7 @@ impl<S: ReadAt> BlobCache<S> {
             inflight: HashSet::new(),
             dirty: false,
         };
-        Ok(BlobCache {
+        Ok(Arc::new_cyclic(|me| BlobCache {
             origin,
             key: key.to_string(),
             data,
@@ -184,7 +229,11 @@ impl<S: ReadAt> BlobCache<S> {
             epoch: RwLock::new(()),
             stats: Stats::default(),
             dir: shared,
-        })
+            readahead: Mutex::new(Readahead::default()),
+            readahead_max: AtomicU64::new(DEFAULT_READAHEAD),
+            complete: AtomicBool::new(false),
+            me: me.clone(),
+        }))
     }
 
     pub fn stats(&self) -> &Stats {
@@ -231,50 +280,69 @@ impl<S: ReadAt> BlobCache<S> {
     fn ensure_range(&self, first: u64, last: u64) -> Result<u64> {
         let mut added = 0;
         loop {
-            let mut st = self.lock();
-            let mut claim = Vec::new();
-            let mut waiting = false;
-            for u in first..=last {
-                let s = st.units[u as usize];
-                if s.unit.present && s.verified {
+            let (claim, waiting) = {
+                let mut st = self.lock();
+                let (claim, waiting) = Self::claim(&mut st, first, last);
+                if claim.is_empty() {
+                    if !waiting {
+                        return Ok(added);
+                    }
+                    drop(self.fetched.wait(st).unwrap_or_else(|p| p.into_inner()));
                     continue;
                 }
-                if st.inflight.contains(&u) {
-                    waiting = true;
-                } else {
-                    claim.push((u, s));
-                }
-            }
-            if claim.is_empty() {
-                if !waiting {
-                    return Ok(added);
-                }
-                drop(self.fetched.wait(st).unwrap_or_else(|p| p.into_inner()));
-                continue;
-            }
-            for (u, _) in &claim {
-                st.inflight.insert(*u);
-            }
-            drop(st);
-            let (states, failure) = self.fill(&claim);
-            let mut st = self.lock();
-            for (u, _) in &claim {
-                st.inflight.remove(u);
-            }
-            // Units fetched before a failure are kept: they are on disk and checked.
-            for (u, state) in states {
-                if !st.units[u as usize].unit.present {
-                    added += self.unit_len(u);
-                }
-                st.units[u as usize] = state;
-                st.dirty = true;
-            }
-            drop(st);
-            self.fetched.notify_all();
+                (claim, waiting)
+            };
+            let _ = waiting;
+            let (n, failure) = self.fill_claimed(&claim);
+            added += n;
             if let Some(e) = failure {
                 return Err(e);
             }
         }
+    }
+
+    /// Claims (marks in flight) the units of `first..=last` that are not present and verified
+    /// and that no one else is fetching. Returns them, and whether others are in flight.
+    fn claim(st: &mut State, first: u64, last: u64) -> (Vec<(u64, UnitState)>, bool) {
+        let mut claim = Vec::new();
+        let mut waiting = false;
+        for u in first..=last {
+            let s = st.units[u as usize];
+            if s.unit.present && s.verified {
+                continue;
+            }
+            if st.inflight.contains(&u) {
+                waiting = true;
+            } else {
+                claim.push((u, s));
+            }
+        }
+        for (u, _) in &claim {
+            st.inflight.insert(*u);
+        }
+        (claim, waiting)
+    }
+
+    /// Fills claimed units, records them, releases the claim and wakes waiters. Returns the
+    /// bytes added, and the error that stopped the fill.
+    fn fill_claimed(&self, claim: &[(u64, UnitState)]) -> (u64, Option<Error>) {
+        let (states, failure) = self.fill(claim);
+        let mut added = 0;
+        let mut st = self.lock();
+        for (u, _) in claim {
+            st.inflight.remove(u);
+        }
+        // Units fetched before a failure are kept: they are on disk and checked.
+        for (u, state) in states {
+            if !st.units[u as usize].unit.present {
+                added += self.unit_len(u);
+            }
+            st.units[u as usize] = state;
+            st.dirty = true;
+        }
+        drop(st);
+        self.fetched.notify_all();
+        (added, failure)
     }
 
     /// Verifies claimed units that the record says are present, then fetches the others in
@@ -358,10 +426,11 @@ impl<S: ReadAt> BlobCache<S> {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(self.size - offset) as usize;
-        let mut added = 0;
+        let added;
         {
             let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
-            added += self.ensure_range(offset / self.unit, (offset + n as u64 - 1) / self.unit)?;
+            let end = self.sync_readahead(offset, n as u64);
+            added = self.ensure_range(offset / self.unit, (end - 1) / self.unit)?;
             let got = read_full_at(&self.data, offset, &mut buf[..n])
                 .map_err(|e| Error::io("read", self.data_path.display().to_string(), offset, e))?;
             if got < n {
@@ -375,13 +444,206 @@ impl<S: ReadAt> BlobCache<S> {
         self.stats.hit_bytes.fetch_add(n as u64, Ordering::Relaxed);
         // Accounting and eviction run without this blob's pin, so that two readers of two
         // blobs can never wait on each other.
+        self.account(added);
+        if let Some((from, to)) = self.plan_readahead(offset + n as u64) {
+            self.start_readahead(from, to);
+        }
+        Ok(n)
+    }
+
+    fn account(&self, added: u64) {
         if let Some(dir) = &self.dir {
             dir.touch(&self.key);
             if added > 0 {
                 dir.grew(&self.key, added);
             }
         }
-        Ok(n)
+    }
+
+    /// Largest readahead window for sequential readers, in bytes (0 turns readahead off).
+    /// Default [`DEFAULT_READAHEAD`].
+    pub fn set_readahead(&self, max: u64) {
+        self.readahead_max.store(max, Ordering::Relaxed);
+    }
+
+    /// Before a read of `[offset, offset + n)`: where the fetch for it should end. A
+    /// sequential reader gets a window that starts at two units and doubles with each read (up
+    /// to the maximum); a seek resets it. When a sequential reader has caught up with what was
+    /// fetched ahead, its own fetch is extended by the window (synchronous readahead, as the
+    /// kernel does on a miss).
+    fn sync_readahead(&self, offset: u64, n: u64) -> u64 {
+        let end = offset + n;
+        let max = self.readahead_max.load(Ordering::Relaxed);
+        if max == 0 || self.complete.load(Ordering::Relaxed) {
+            return end;
+        }
+        let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
+        let sequential = offset == ra.next;
+        ra.next = end;
+        if !sequential {
+            ra.window = 0;
+            ra.ahead_end = 0;
+            return end;
+        }
+        ra.window = (ra.window * 2).max(2 * self.unit).min(max.max(self.unit));
+        if ra.ahead_end > offset {
+            return end;
+        }
+        let to = (offset + ra.window).max(end).min(self.size);
+        ra.ahead_end = to;
+        to
+    }
+
+    /// After a sequential read that ended at `end`: the range to fetch in the background, when
+    /// the reader is within half a window of the end of what is fetched ahead.
+    fn plan_readahead(&self, end: u64) -> Option<(u64, u64)> {
+        if self.readahead_max.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
+        if ra.next != end || ra.window == 0 {
+            return None;
+        }
+        if ra.running || ra.ahead_end >= end + ra.window / 2 {
+            return None;
+        }
+        let from = ra.ahead_end.max(end);
+        let to = (end + ra.window).min(self.size);
+        if from >= to {
+            return None;
+        }
+        ra.ahead_end = to;
+        ra.running = true;
+        Some((from, to))
+    }
+
+    /// Fetches `[from, to)` in a background thread (units already present are skipped;
+    /// readers that need a unit being fetched wait for it, as for any fetch).
+    fn start_readahead(&self, from: u64, to: u64) {
+        let done = |me: &Self| {
+            me.readahead
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running = false;
+        };
+        let Some(me) = self.me.upgrade() else {
+            return done(self);
+        };
+        // The claim is taken here, before this read returns, so the reader's next reads wait
+        // for these units instead of fetching them again in small pieces.
+        let (claim, _) = Self::claim(&mut self.lock(), from / self.unit, (to - 1) / self.unit);
+        if claim.is_empty() {
+            return done(self);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("cache-readahead".into())
+            .spawn({
+                let claim = claim.clone();
+                move || {
+                    // No pin: units in flight are never dropped (see `drop_range`). A failed
+                    // readahead is not an error: readers fetch on demand.
+                    let added = me.fill_claimed(&claim).0;
+                    me.stats.readahead_bytes.fetch_add(added, Ordering::Relaxed);
+                    me.account(added);
+                    done(&me);
+                }
+            });
+        if spawned.is_err() {
+            // Release the claim unfilled.
+            let mut st = self.lock();
+            for (u, _) in &claim {
+                st.inflight.remove(u);
+            }
+            drop(st);
+            self.fetched.notify_all();
+            done(self);
+        }
+    }
+
+    /// Whether the whole blob is present and matched its digest ([`BlobCache::download`]).
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Relaxed)
+    }
+
+    /// Downloads the whole blob into the cache, in order, resuming from what is present (units
+    /// already cached are checked, not fetched again), at most `max_bytes_per_sec`, then checks
+    /// the blob against its digest (the cache key, `sha256:<hex>`). On a match the blob is
+    /// complete: every read is served locally and the origin is not contacted again. On a
+    /// mismatch every unit is dropped and the error names the blob.
+    pub fn download(&self, opts: &DownloadOptions) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let want = self
+            .key
+            .strip_prefix("sha256:")
+            .and_then(|h| hex::decode(h).ok())
+            .filter(|h| h.len() == 32)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "download {}: only sha256 digests can be verified",
+                    self.key
+                ))
+            })?;
+        let chunk = (opts.chunk.max(self.unit) / self.unit) * self.unit;
+        let started = std::time::Instant::now();
+        let mut fetched = 0u64;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; chunk.min(self.size).max(1) as usize];
+        let mut at = 0;
+        while at < self.size {
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(Error::io(
+                    "download",
+                    self.key.clone(),
+                    at,
+                    io::Error::new(io::ErrorKind::Interrupted, "cancelled"),
+                ));
+            }
+            let len = chunk.min(self.size - at);
+            let added = {
+                let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
+                let added = self.ensure_range(at / self.unit, (at + len - 1) / self.unit)?;
+                let got = read_full_at(&self.data, at, &mut buf[..len as usize])
+                    .map_err(|e| Error::io("read", self.data_path.display().to_string(), at, e))?;
+                if got < len as usize {
+                    return Err(Error::Truncated {
+                        what: "cache file",
+                        need: len,
+                        got: got as u64,
+                    });
+                }
+                added
+            };
+            hasher.update(&buf[..len as usize]);
+            self.stats
+                .download_bytes
+                .fetch_add(added, Ordering::Relaxed);
+            self.account(added);
+            fetched += added;
+            at += len;
+            if let Some(rate) = opts.max_bytes_per_sec.filter(|&r| r > 0) {
+                let due = std::time::Duration::from_secs_f64(fetched as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        if hasher.finalize().as_slice() != want.as_slice() {
+            let freed = self.drop_range(0, self.size, true)?;
+            if let Some(dir) = &self.dir {
+                dir.shrank(&self.key, freed);
+            }
+            self.checkpoint()?;
+            return Err(Error::corrupt(
+                format!("blob {}", self.key),
+                "downloaded bytes do not match the digest; the cached copy was dropped",
+            ));
+        }
+        self.complete.store(true, Ordering::Relaxed);
+        self.checkpoint()
     }
 
     /// Drops the units covering `[offset, offset + len)`: because their bytes failed a check
@@ -391,14 +653,20 @@ impl<S: ReadAt> BlobCache<S> {
             return Ok(0);
         }
         let _excl = self.epoch.write().unwrap_or_else(|p| p.into_inner());
+        self.complete.store(false, Ordering::Relaxed);
         let (first, last) = (
             offset / self.unit,
             ((offset + len).min(self.size) - 1) / self.unit,
         );
         let mut freed = 0;
+        // Units being fetched are left alone: their fetch writes fresh bytes after this.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
         {
             let mut st = self.lock();
             for u in first..=last {
+                if st.inflight.contains(&u) {
+                    continue;
+                }
                 let s = &mut st.units[u as usize];
                 if s.unit.present {
                     freed += self.unit_len(u);
@@ -407,19 +675,25 @@ impl<S: ReadAt> BlobCache<S> {
                     }
                 }
                 *s = UnitState::default();
+                match runs.last_mut() {
+                    Some((_, end)) if *end + 1 == u => *end = u,
+                    _ => runs.push((u, u)),
+                }
             }
             st.dirty = true;
         }
         // Still under the exclusive pin: no reader can use these bytes until the hole is made.
-        let at = first * self.unit;
-        let end = ((last + 1) * self.unit).min(self.size);
-        punch(&self.data, at, end - at)
-            .map_err(|e| Error::io("punch", self.data_path.display().to_string(), at, e))?;
+        for (a, b) in runs {
+            let at = a * self.unit;
+            let end = ((b + 1) * self.unit).min(self.size);
+            punch(&self.data, at, end - at)
+                .map_err(|e| Error::io("punch", self.data_path.display().to_string(), at, e))?;
+        }
         Ok(freed)
     }
 }
 
-impl<S: ReadAt> ReadAt for BlobCache<S> {
+impl<S: ReadAt + 'static> ReadAt for BlobCache<S> {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.read(offset, buf).map_err(Error::into_io)
     }
@@ -435,7 +709,7 @@ impl<S: ReadAt> ReadAt for BlobCache<S> {
     }
 }
 
-impl<S: ReadAt> Evict for BlobCache<S> {
+impl<S: ReadAt + 'static> Evict for BlobCache<S> {
     fn evict(&self) -> Result<u64> {
         let freed = self.drop_range(0, self.size, false)?;
         self.checkpoint()?;
@@ -631,14 +905,14 @@ impl CacheDir {
         size: u64,
         origin: S,
     ) -> Result<Arc<BlobCache<S>>> {
-        let cache = Arc::new(BlobCache::open_in(
+        let cache = BlobCache::open_in(
             &self.shared.dir,
             key,
             size,
             self.unit,
             origin,
             Some(self.shared.clone()),
-        )?);
+        )?;
         let bytes = cache.cached_bytes();
         let weak: Weak<dyn Evict> = Arc::downgrade(&(cache.clone() as Arc<dyn Evict>));
         let mut g = self.shared.lock();

@@ -1,13 +1,16 @@
 //! The data plane of the image service.
 //!
-//! Today: overlaybd's LSMT layer format and the merged layer stack ([`lsmt`]), and the
-//! `obdctl` tool. Later issues add blob sources (registry, local cache, P2P agent) with the
-//! background downloader, trace record/replay, the device exports (FUSE single-file + loop,
-//! NBD) and the `overlaybd-daemon` binary.
+//! Today: overlaybd's LSMT layer format and the merged layer stack ([`lsmt`]); blob sources
+//! for registries (auth, retries with a deadline, mirrors and TLS from `hosts.toml`, Docker
+//! credentials, a P2P agent in front) in [`registry`]; the local blob cache with readahead and
+//! background download ([`cache`]); counters for [`metrics`]; and the `obdctl` tool. Later
+//! issues add trace record/replay, the device exports (FUSE single-file + loop, NBD) and the
+//! `overlaybd-daemon` binary.
 
 pub mod cache;
 mod error;
 pub mod lsmt;
+pub mod metrics;
 pub mod registry;
 
 pub use error::{Error, Result};

@@ -701,6 +701,8 @@ impl<S: ReadAt + 'static> ReadAt for BlobCache<S> {
         Ok(self.size)
     }
     fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        // The origin learns too: a P2P-backed source refetches this range from the registry.
+        self.origin.discard_cached(offset, len)?;
         let freed = self.drop_range(offset, len, true).map_err(Error::into_io)?;
         if let Some(dir) = &self.dir {
             dir.shrank(&self.key, freed);

@@ -21,10 +21,11 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn basic_header(&self) -> String {
-        use base64_lite::encode;
+        use base64::Engine;
         format!(
             "Basic {}",
-            encode(format!("{}:{}", self.username, self.password).as_bytes())
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.username, self.password).as_bytes())
         )
     }
 }
@@ -128,27 +129,6 @@ pub fn parse_token(body: &[u8], now: Instant) -> Option<Token> {
     })
 }
 
-/// Standard base64 (RFC 4648) for Basic credentials; a dependency would be overkill.
-mod base64_lite {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    pub fn encode(b: &[u8]) -> String {
-        let mut s = String::with_capacity(b.len().div_ceil(3) * 4);
-        for c in b.chunks(3) {
-            let n = (c[0] as u32) << 16
-                | (*c.get(1).unwrap_or(&0) as u32) << 8
-                | *c.get(2).unwrap_or(&0) as u32;
-            for i in 0..4 {
-                if i <= c.len() {
-                    s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,8 +174,6 @@ mod tests {
             password: "open sesame".into(),
         };
         assert_eq!(c.basic_header(), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
-        assert_eq!(base64_lite::encode(b"ab"), "YWI=");
-        assert_eq!(base64_lite::encode(b"a"), "YQ==");
         assert!(!format!("{c:?}").contains("sesame"));
     }
 }

@@ -6,12 +6,22 @@
 //! deadline; then it fails. Permanent failures (404, 401 after fresh credentials, other 4xx)
 //! fail at once, naming the blob and the registry. overlaybd retries for up to 7 days; a
 //! container should see an I/O error instead.
+//!
+//! A blob can be fetched from several places, tried in order within each attempt: a P2P agent
+//! (`<agent>/<blob URL>`, same headers), the mirrors of containerd's `hosts.toml`, then the
+//! upstream registry. A place that fails hands the read to the next one. A range whose bytes
+//! failed verification above (`discard_cached`) is fetched from the registry, not the agent.
+//! Redirects (to blob storage) are followed; the `Authorization` header is not sent to another
+//! host.
 
 pub mod auth;
+pub mod credentials;
+pub mod hosts;
 
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -22,7 +32,10 @@ use reqwest::StatusCode;
 use zfile::ReadAt;
 
 use crate::error::{Error, Result};
+use crate::metrics::{counter, Histogram};
 use auth::{parse_challenge, parse_token, Challenge, Credentials, Token};
+use credentials::DockerConfig;
+use hosts::Host;
 
 /// Settings of a registry source.
 #[derive(Clone, Debug)]
@@ -32,7 +45,15 @@ pub struct RegistryOptions {
     /// First retry delay; doubled each time up to `max_backoff`, with jitter.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Credentials for every host of this blob (they win over `docker_config`).
     pub credentials: Option<Credentials>,
+    /// Docker's `config.json`, consulted per host (agent requests use the upstream's).
+    pub docker_config: Option<Arc<DockerConfig>>,
+    /// containerd's registry hosts directory (`certs.d` layout with `hosts.toml`).
+    pub hosts_dir: Option<PathBuf>,
+    /// A P2P agent's URL prefix, e.g. `http://127.0.0.1:19145/dadip2p`: range reads go to
+    /// `<agent>/<blob URL>` first.
+    pub agent: Option<String>,
 }
 
 impl Default for RegistryOptions {
@@ -42,6 +63,9 @@ impl Default for RegistryOptions {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             credentials: None,
+            docker_config: None,
+            hosts_dir: None,
+            agent: None,
         }
     }
 }
@@ -63,6 +87,46 @@ impl BlobLocation {
             self.digest
         )
     }
+
+    /// Parses overlaybd's `repoBlobUrl` (`scheme://host[:port]/v2/<repository>/blobs`) and a
+    /// digest.
+    pub fn from_repo_blob_url(repo_blob_url: &str, digest: &str) -> Result<Self> {
+        let bad = || {
+            Error::Invalid(format!(
+                "repoBlobUrl {repo_blob_url:?}: expected scheme://host/v2/<repository>/blobs"
+            ))
+        };
+        let (scheme, rest) = repo_blob_url.split_once("://").ok_or_else(bad)?;
+        if scheme != "http" && scheme != "https" {
+            return Err(bad());
+        }
+        let (host, path) = rest.split_once('/').ok_or_else(bad)?;
+        let repo = path
+            .trim_end_matches('/')
+            .strip_prefix("v2/")
+            .and_then(|p| p.strip_suffix("/blobs"))
+            .filter(|r| !r.is_empty())
+            .ok_or_else(bad)?;
+        if host.is_empty() || !valid_digest(digest) {
+            return Err(Error::Invalid(format!(
+                "blob {digest:?} at {repo_blob_url:?}: not a valid digest"
+            )));
+        }
+        Ok(BlobLocation {
+            registry: format!("{scheme}://{host}"),
+            repository: repo.to_string(),
+            digest: digest.to_string(),
+        })
+    }
+}
+
+/// `algorithm:hex`, as the OCI spec allows for the algorithms registries use.
+fn valid_digest(d: &str) -> bool {
+    match d.split_once(':') {
+        Some(("sha256", h)) => h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()),
+        Some(("sha512", h)) => h.len() == 128 && h.bytes().all(|c| c.is_ascii_hexdigit()),
+        _ => false,
+    }
 }
 
 impl std::fmt::Display for BlobLocation {
@@ -78,10 +142,86 @@ impl std::fmt::Display for BlobLocation {
 /// Counters of one registry source.
 #[derive(Debug, Default)]
 pub struct RegistryStats {
+    /// Requests sent to the registry (upstream or mirrors), tokens excluded.
     pub requests: AtomicU64,
+    /// Blob bytes received from the registry (upstream or mirrors).
     pub bytes: AtomicU64,
+    /// Requests sent to the P2P agent.
+    pub agent_requests: AtomicU64,
+    /// Blob bytes received from the P2P agent.
+    pub agent_bytes: AtomicU64,
+    /// Attempts repeated after a transient failure (all places failed).
     pub retries: AtomicU64,
+    /// Reads handed from a failing place (agent, mirror) to the next one.
+    pub fallbacks: AtomicU64,
+    /// Ranges dropped above after failing verification (fetched again from the registry).
+    pub verification_failures: AtomicU64,
     pub token_fetches: AtomicU64,
+    /// Latency of successful range reads, whole attempt (retries included).
+    pub latency: Histogram,
+}
+
+impl RegistryStats {
+    /// Appends the counters in Prometheus' text format with the given labels.
+    pub fn render(&self, out: &mut String, labels: &str) {
+        let l = |extra: &str| {
+            if labels.is_empty() {
+                extra.to_string()
+            } else {
+                format!("{labels},{extra}")
+            }
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            out,
+            "overlaybd_fetch_requests_total",
+            &l("source=\"registry\""),
+            get(&self.requests),
+        );
+        counter(
+            out,
+            "overlaybd_fetch_requests_total",
+            &l("source=\"agent\""),
+            get(&self.agent_requests),
+        );
+        counter(
+            out,
+            "overlaybd_fetch_bytes_total",
+            &l("source=\"registry\""),
+            get(&self.bytes),
+        );
+        counter(
+            out,
+            "overlaybd_fetch_bytes_total",
+            &l("source=\"agent\""),
+            get(&self.agent_bytes),
+        );
+        counter(
+            out,
+            "overlaybd_fetch_retries_total",
+            labels,
+            get(&self.retries),
+        );
+        counter(
+            out,
+            "overlaybd_fetch_fallbacks_total",
+            labels,
+            get(&self.fallbacks),
+        );
+        counter(
+            out,
+            "overlaybd_verification_failures_total",
+            labels,
+            get(&self.verification_failures),
+        );
+        counter(
+            out,
+            "overlaybd_token_fetches_total",
+            labels,
+            get(&self.token_fetches),
+        );
+        self.latency.render(out, "overlaybd_fetch_seconds", labels);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -90,15 +230,35 @@ struct AuthState {
     token: Option<Token>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Agent,
+    Mirror,
+    Upstream,
+}
+
+/// One place a blob is read from.
+#[derive(Debug)]
+struct Endpoint {
+    kind: Kind,
+    client: Client,
+    url: String,
+    /// `host[:port]`, for messages.
+    name: String,
+    credentials: Option<Credentials>,
+    headers: Vec<(String, String)>,
+    auth: Mutex<AuthState>,
+}
+
 /// One blob in a registry, read by ranges.
 #[derive(Debug)]
 pub struct RegistryBlob {
-    client: Client,
     loc: BlobLocation,
-    url: String,
+    endpoints: Vec<Endpoint>,
     size: u64,
     opts: RegistryOptions,
-    auth: Mutex<AuthState>,
+    /// Ranges to read from the registry, not the agent (they failed verification).
+    direct: Mutex<Vec<(u64, u64)>>,
     stats: RegistryStats,
 }
 
@@ -121,37 +281,130 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + (n % 1000) as f64 / 2000.0)
 }
 
+fn client_for(host: Option<&Host>) -> Result<Client> {
+    let mut b = Client::builder().user_agent(concat!("overlaybd-rs/", env!("CARGO_PKG_VERSION")));
+    if let Some(h) = host {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| Error::io("read", p.display().to_string(), 0, e))
+        };
+        for ca in &h.ca {
+            let pem = read(ca)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Invalid(format!("CA {}: {e}", ca.display())))?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let Some((cert, key)) = h.client.first() {
+            let mut pem = read(cert)?;
+            if let Some(k) = key {
+                pem.push(b'\n');
+                pem.extend(read(k)?);
+            }
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::Invalid(format!("client certificate {}: {e}", cert.display()))
+            })?;
+            b = b.identity(id);
+        }
+        if h.skip_verify {
+            b = b.danger_accept_invalid_certs(true);
+        }
+    }
+    b.build()
+        .map_err(|e| Error::Invalid(format!("http client: {e}")))
+}
+
 impl RegistryBlob {
     /// Opens a blob, learning its size (and checking it against `expected_size` if given).
+    /// Mirrors and TLS settings come from `opts.hosts_dir`, credentials from
+    /// `opts.credentials` or `opts.docker_config`.
     pub fn open(
         loc: BlobLocation,
         expected_size: Option<u64>,
         opts: RegistryOptions,
     ) -> Result<Self> {
-        let client = Client::builder()
-            .user_agent(concat!("overlaybd-rs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Invalid(format!("http client: {e}")))?;
+        let creds_for = |host: &str| -> Result<Option<Credentials>> {
+            if let Some(c) = &opts.credentials {
+                return Ok(Some(c.clone()));
+            }
+            match &opts.docker_config {
+                Some(dc) => dc.credentials_for(host),
+                None => Ok(None),
+            }
+        };
+        let upstream_host = loc
+            .registry
+            .split_once("://")
+            .map_or(loc.registry.as_str(), |(_, r)| r)
+            .trim_end_matches('/')
+            .to_string();
+        let upstream_creds = creds_for(&upstream_host)?;
+        let mut endpoints = Vec::new();
+        if let Some(agent) = &opts.agent {
+            endpoints.push(Endpoint {
+                kind: Kind::Agent,
+                client: client_for(None)?,
+                url: format!("{}/{}", agent.trim_end_matches('/'), loc.url()),
+                name: format!("P2P agent {agent}"),
+                credentials: upstream_creds.clone(),
+                headers: Vec::new(),
+                auth: Mutex::default(),
+            });
+        }
+        for h in hosts::hosts_for(opts.hosts_dir.as_deref(), &loc.registry)? {
+            if !h.can_pull() {
+                continue;
+            }
+            let mut url = format!("{}/{}/blobs/{}", h.root, loc.repository, loc.digest);
+            if h.mirror {
+                url.push_str(&format!("?ns={upstream_host}"));
+            }
+            let credentials = if h.mirror {
+                creds_for(h.authority())?
+            } else {
+                upstream_creds.clone()
+            };
+            endpoints.push(Endpoint {
+                kind: if h.mirror {
+                    Kind::Mirror
+                } else {
+                    Kind::Upstream
+                },
+                client: client_for(Some(&h))?,
+                url,
+                name: h.authority().to_string(),
+                credentials,
+                headers: h.header.clone(),
+                auth: Mutex::default(),
+            });
+        }
+        if endpoints.iter().all(|e| e.kind == Kind::Agent) {
+            return Err(Error::Invalid(format!(
+                "blob {loc}: no host with the pull capability in the hosts directory"
+            )));
+        }
         let mut blob = RegistryBlob {
-            client,
-            url: loc.url(),
             loc,
+            endpoints,
             size: 0,
             opts,
-            auth: Mutex::new(AuthState::default()),
+            direct: Mutex::default(),
             stats: RegistryStats::default(),
         };
         let size = blob.with_retries("HEAD", |b, deadline| {
-            let resp = b.send(|c| c.head(&b.url), deadline)?;
-            match resp
-                .headers()
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                Some(n) => Ok(n),
-                None => transient("HEAD without Content-Length"),
-            }
+            // The size comes from the registry (agents answer range reads only).
+            b.across(false, |ep| {
+                let resp = b.send(ep, |c| c.head(&ep.url), deadline)?;
+                match resp
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    Some(n) => Ok(n),
+                    None => transient("HEAD without Content-Length"),
+                }
+            })
         })?;
         if let Some(want) = expected_size {
             if want != size {
@@ -173,22 +426,56 @@ impl RegistryBlob {
         &self.stats
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, AuthState> {
-        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on each place in order until one succeeds; a failure hands over to the next
+    /// place, and the last place's failure is the attempt's.
+    fn across<T>(
+        &self,
+        use_agent: bool,
+        mut f: impl FnMut(&Endpoint) -> std::result::Result<T, Attempt>,
+    ) -> std::result::Result<T, Attempt> {
+        let eps: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| use_agent || e.kind != Kind::Agent)
+            .collect();
+        let mut errors = Vec::new();
+        for (i, ep) in eps.iter().enumerate() {
+            match f(ep) {
+                Ok(v) => return Ok(v),
+                Err(e) if i + 1 == eps.len() => {
+                    return Err(match e {
+                        Attempt::Transient(why, after) if !errors.is_empty() => {
+                            errors.push(format!("{}: {why}", ep.name));
+                            Attempt::Transient(errors.join("; "), after)
+                        }
+                        e => e,
+                    })
+                }
+                Err(e) => {
+                    self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    errors.push(match e {
+                        Attempt::Transient(why, _) => format!("{}: {why}", ep.name),
+                        Attempt::Permanent(e) => format!("{}: {e}", ep.name),
+                    });
+                }
+            }
+        }
+        unreachable!("at least one place to read from")
     }
 
-    /// The Authorization header to send, fetching a Bearer token when the challenge asks for
-    /// one and none is cached (or it expired).
-    fn authorization(&self, deadline: Instant) -> std::result::Result<Option<String>, Attempt> {
-        let challenge = self.lock().challenge.clone();
+    /// The Authorization header to send to `ep`, fetching a Bearer token when the challenge
+    /// asks for one and none is cached (or it expired).
+    fn authorization(
+        &self,
+        ep: &Endpoint,
+        deadline: Instant,
+    ) -> std::result::Result<Option<String>, Attempt> {
+        let lock = || ep.auth.lock().unwrap_or_else(|p| p.into_inner());
+        let challenge = lock().challenge.clone();
         let (realm, service, scope) = match challenge {
             None => return Ok(None),
             Some(Challenge::Basic) => {
-                return Ok(self
-                    .opts
-                    .credentials
-                    .as_ref()
-                    .map(Credentials::basic_header))
+                return Ok(ep.credentials.as_ref().map(Credentials::basic_header))
             }
             Some(Challenge::Bearer {
                 realm,
@@ -196,27 +483,38 @@ impl RegistryBlob {
                 scope,
             }) => (realm, service, scope),
         };
-        if let Some(t) = self
-            .lock()
-            .token
-            .clone()
-            .filter(|t| t.expires > Instant::now())
-        {
+        if let Some(t) = lock().token.clone().filter(|t| t.expires > Instant::now()) {
             return Ok(Some(format!("Bearer {}", t.value)));
         }
         let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.loc.repository));
-        let mut req = self.client.get(&realm).query(&[("scope", scope.as_str())]);
-        if let Some(s) = &service {
-            req = req.query(&[("service", s.as_str())]);
-        }
-        if let Some(c) = &self.opts.credentials {
-            req = req.header(AUTHORIZATION, c.basic_header());
-        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let req = match &ep.credentials {
+            // An identity token (Docker's `identitytoken`) is an OAuth2 refresh token.
+            Some(c) if c.username == "<token>" => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", c.password.as_str()),
+                    ("client_id", "overlaybd-rs"),
+                    ("scope", scope.as_str()),
+                ];
+                if let Some(s) = &service {
+                    form.push(("service", s.as_str()));
+                }
+                ep.client.post(&realm).form(&form)
+            }
+            creds => {
+                let mut req = ep.client.get(&realm).query(&[("scope", scope.as_str())]);
+                if let Some(s) = &service {
+                    req = req.query(&[("service", s.as_str())]);
+                }
+                if let Some(c) = creds {
+                    req = req.header(AUTHORIZATION, c.basic_header());
+                }
+                req
+            }
+        };
         self.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
-        let resp = match req
-            .timeout(deadline.saturating_duration_since(Instant::now()))
-            .send()
-        {
+        let resp = match req.timeout(timeout).send() {
             Ok(r) => r,
             Err(e) => return transient(format!("token server {realm}: {e}")),
         };
@@ -240,29 +538,37 @@ impl RegistryBlob {
             )))
         })?;
         let header = format!("Bearer {}", token.value);
-        self.lock().token = Some(token);
+        lock().token = Some(token);
         Ok(Some(header))
     }
 
-    /// Sends one request with authentication; a 401 updates the challenge and is retried once
-    /// at once with fresh credentials.
+    /// Sends one request to `ep` with authentication; a 401 updates the challenge and is
+    /// retried once at once with fresh credentials.
     fn send(
         &self,
+        ep: &Endpoint,
         build: impl Fn(&Client) -> RequestBuilder,
         deadline: Instant,
     ) -> std::result::Result<Response, Attempt> {
         let mut fresh = false;
         loop {
-            let auth = self.authorization(deadline)?;
-            let mut req = build(&self.client).timeout(
+            let auth = self.authorization(ep, deadline)?;
+            let mut req = build(&ep.client).timeout(
                 deadline
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1)),
             );
+            for (k, v) in &ep.headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
             if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            match ep.kind {
+                Kind::Agent => &self.stats.agent_requests,
+                _ => &self.stats.requests,
+            }
+            .fetch_add(1, Ordering::Relaxed);
             let resp = match req.send() {
                 Ok(r) => r,
                 Err(e) => return transient(format!("{e}")),
@@ -270,8 +576,8 @@ impl RegistryBlob {
             let status = resp.status();
             let permanent = |what: String| {
                 Err(Attempt::Permanent(Error::Invalid(format!(
-                    "{}: {what}",
-                    self.loc
+                    "{} (via {}): {what}",
+                    self.loc, ep.name
                 ))))
             };
             if status == StatusCode::UNAUTHORIZED {
@@ -283,7 +589,7 @@ impl RegistryBlob {
                 if fresh || challenge.is_none() {
                     return permanent("unauthorized (401) with fresh credentials".into());
                 }
-                let mut st = self.lock();
+                let mut st = ep.auth.lock().unwrap_or_else(|p| p.into_inner());
                 st.challenge = challenge;
                 st.token = None;
                 fresh = true;
@@ -345,53 +651,76 @@ impl RegistryBlob {
         }
     }
 
+    /// Whether `[offset, offset + len)` must skip the agent.
+    fn must_go_direct(&self, offset: u64, len: u64) -> bool {
+        let d = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter().any(|&(a, b)| a < offset + len && offset < b)
+    }
+
     /// Reads up to `buf.len()` bytes at `offset` with one range request (retried), straight
     /// into `buf`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if offset >= self.size || buf.is_empty() {
             return Ok(0);
         }
+        let started = Instant::now();
         let n = (buf.len() as u64).min(self.size - offset) as usize;
         let last = offset + n as u64 - 1;
         let range = format!("bytes={offset}-{last}");
         let want_cr = format!("bytes {offset}-{last}/{}", self.size);
         let out = &mut buf[..n];
-        self.with_retries("GET", |b, deadline| {
-            let mut resp = b.send(|c| c.get(&b.url).header(RANGE, &range), deadline)?;
-            let skip = match resp.status() {
-                StatusCode::PARTIAL_CONTENT => {
-                    let cr = resp
-                        .headers()
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    if cr != want_cr {
-                        return transient(format!("Content-Range {cr:?}, expected {want_cr:?}"));
+        let direct = self.must_go_direct(offset, n as u64);
+        let kind = self.with_retries("GET", |b, deadline| {
+            b.across(!direct, |ep| {
+                let mut resp = b.send(ep, |c| c.get(&ep.url).header(RANGE, &range), deadline)?;
+                let skip = match resp.status() {
+                    StatusCode::PARTIAL_CONTENT => {
+                        let cr = resp
+                            .headers()
+                            .get(CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        if cr != want_cr {
+                            return transient(format!(
+                                "Content-Range {cr:?}, expected {want_cr:?}"
+                            ));
+                        }
+                        0
                     }
-                    0
+                    // The server ignored the range: read through to the offset (bounded).
+                    StatusCode::OK => offset,
+                    s => return transient(format!("unexpected status {s}")),
+                };
+                if skip > 0
+                    && std::io::copy(&mut (&mut resp).take(skip), &mut std::io::sink())
+                        .map_or(true, |c| c < skip)
+                {
+                    return transient("short body");
                 }
-                // The registry ignored the range: read through to the offset (bounded by size).
-                StatusCode::OK => offset,
-                s => return transient(format!("unexpected status {s}")),
-            };
-            if skip > 0
-                && std::io::copy(&mut (&mut resp).take(skip), &mut std::io::sink())
-                    .map_or(true, |c| c < skip)
-            {
-                return transient("short body");
-            }
-            let mut filled = 0;
-            while filled < n {
-                match resp.read(&mut out[filled..]) {
-                    Ok(0) => return transient(format!("short body: {filled} of {n} bytes")),
-                    Ok(k) => filled += k,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return transient(format!("body: {e}")),
+                let mut filled = 0;
+                while filled < n {
+                    match resp.read(&mut out[filled..]) {
+                        Ok(0) => return transient(format!("short body: {filled} of {n} bytes")),
+                        Ok(k) => filled += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return transient(format!("body: {e}")),
+                    }
                 }
-            }
-            Ok(())
+                Ok(ep.kind)
+            })
         })?;
-        self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        match kind {
+            Kind::Agent => &self.stats.agent_bytes,
+            _ => &self.stats.bytes,
+        }
+        .fetch_add(n as u64, Ordering::Relaxed);
+        if direct && kind != Kind::Agent {
+            // Fetched from the registry: the agent may serve this range again.
+            let end = offset + n as u64;
+            let mut d = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+            d.retain(|&(a, b)| !(a >= offset && b <= end));
+        }
+        self.stats.latency.observe(started.elapsed());
         Ok(n)
     }
 }
@@ -402,5 +731,18 @@ impl ReadAt for RegistryBlob {
     }
     fn size(&self) -> io::Result<u64> {
         Ok(self.size)
+    }
+    /// Bytes of this range failed verification above: the next read of it skips the agent.
+    fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.stats
+            .verification_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if self.endpoints.iter().any(|e| e.kind == Kind::Agent) && len > 0 {
+            self.direct
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((offset, offset.saturating_add(len)));
+        }
+        Ok(())
     }
 }

@@ -51,8 +51,10 @@ pub struct Stats {
     pub download_bytes: AtomicU64,
 }
 
-/// Sequential-read detection: one stream per blob, as the kernel's readahead for a file.
-#[derive(Debug, Default)]
+/// Sequential-read detection: one stream per blob, as the kernel's readahead for a file. A
+/// stream starts with the second of two adjacent reads and gets readahead once it has read a
+/// whole unit (so a reader that reads a few small headers in a row does not).
+#[derive(Debug)]
 struct Readahead {
     /// Where a sequential reader reads next.
     next: u64,
@@ -62,6 +64,20 @@ struct Readahead {
     ahead_end: u64,
     /// A readahead fetch is running.
     running: bool,
+    /// Bytes read by the current sequential stream; readahead starts after one unit.
+    run: u64,
+}
+
+impl Default for Readahead {
+    fn default() -> Self {
+        Readahead {
+            next: u64::MAX,
+            window: 0,
+            ahead_end: 0,
+            running: false,
+            run: 0,
+        }
+    }
 }
 
 /// Settings of [`BlobCache::download`].
@@ -483,6 +499,12 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         if !sequential {
             ra.window = 0;
             ra.ahead_end = 0;
+            ra.run = n;
+            return end;
+        }
+        ra.run += n;
+        if ra.run < self.unit {
+            // Small reads of headers one after another are not a stream yet.
             return end;
         }
         ra.window = (ra.window * 2).max(2 * self.unit).min(max.max(self.unit));

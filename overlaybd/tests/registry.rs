@@ -3,178 +3,19 @@
 
 mod common;
 
+use common::registry::{check_reads, free_port, quick, random, Registry};
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlaybd::registry::auth::Credentials;
 use overlaybd::registry::{BlobLocation, RegistryBlob, RegistryOptions};
-use sha2::{Digest, Sha256};
-use zfile::source::read_full_at;
 use zfile::ReadAt;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A registry process with its own storage, stopped (by PID) when dropped.
-struct Registry {
-    child: Child,
-    url: String,
-    creds: Option<(String, String)>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(basic: Option<(&str, &str)>) -> Option<Registry> {
-        if !common::require_tool("docker-registry")
-            || (basic.is_some() && !common::require_tool("htpasswd"))
-        {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let auth = basic.map(|(u, p)| {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", u, p])
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-            format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            )
-        });
-        let mut reg = Registry::start_with(auth, &dir.path().join("data"))?;
-        reg.creds = basic.map(|(u, p)| (u.to_string(), p.to_string()));
-        reg._dirs.push(dir);
-        Some(reg)
-    }
-
-    /// A registry over `storage` with an optional `auth:` section.
-    fn start_with(auth: Option<String>, storage: &Path) -> Option<Registry> {
-        Self::start_on(auth, storage, free_port())
-    }
-
-    fn start_on(auth: Option<String>, storage: &Path, port: u16) -> Option<Registry> {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{}",
-            storage.display(),
-            auth.unwrap_or_default()
-        );
-        std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let reg = Registry {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            creds: None,
-            _dirs: vec![dir],
-        };
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "registry did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(reg)
-    }
-
-    /// Pushes `data` as a blob of `repo` (monolithic upload) and returns its digest.
-    fn push(&self, repo: &str, data: &[u8]) -> String {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
-        let c = reqwest::blocking::Client::new();
-        let auth = |r: reqwest::blocking::RequestBuilder| match &self.creds {
-            Some((u, p)) => r.basic_auth(u, Some(p)),
-            None => r,
-        };
-        let resp = auth(c.post(format!("{}/v2/{repo}/blobs/uploads/", self.url)))
-            .send()
-            .unwrap();
-        assert_eq!(resp.status(), 202, "{:?}", resp.text());
-        let loc = resp.headers()["location"].to_str().unwrap().to_string();
-        let loc = if loc.starts_with("http") {
-            loc
-        } else {
-            format!("{}{loc}", self.url)
-        };
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let resp = auth(c.put(format!("{loc}{sep}digest={digest}")))
-            .body(data.to_vec())
-            .send()
-            .unwrap();
-        assert_eq!(resp.status(), 201, "{:?}", resp.text());
-        digest
-    }
-
-    fn location(&self, repo: &str, digest: &str) -> BlobLocation {
-        BlobLocation {
-            registry: self.url.clone(),
-            repository: repo.to_string(),
-            digest: digest.to_string(),
-        }
-    }
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn quick() -> RegistryOptions {
-    RegistryOptions {
-        deadline: Duration::from_secs(3),
-        initial_backoff: Duration::from_millis(20),
-        ..Default::default()
-    }
-}
-
-fn check_reads(blob: &dyn ReadAt, data: &[u8]) {
-    let mut all = vec![0u8; data.len()];
-    assert_eq!(read_full_at(blob, 0, &mut all).unwrap(), data.len());
-    assert!(all == data);
-    for (off, len) in [
-        (0usize, 1usize),
-        (12_345, 70_000),
-        (data.len() - 10, 100),
-        (data.len() / 2, 1),
-    ] {
-        let mut b = vec![0u8; len];
-        let n = blob.read_at(off as u64, &mut b).unwrap();
-        assert_eq!(&b[..n], &data[off..(off + len).min(data.len())]);
-    }
-    assert_eq!(blob.read_at(data.len() as u64, &mut [0u8; 4]).unwrap(), 0);
-}
 
 #[test]
 fn anonymous_reads_and_clear_errors() {

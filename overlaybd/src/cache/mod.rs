@@ -260,6 +260,11 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         &self.key
     }
 
+    /// The source this cache fetches from.
+    pub fn origin(&self) -> &S {
+        &self.origin
+    }
+
     /// Bytes of the blob present in the cache.
     pub fn cached_bytes(&self) -> u64 {
         let st = self.lock();

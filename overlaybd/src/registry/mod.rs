@@ -269,6 +269,21 @@ enum Attempt {
     Permanent(Error),
 }
 
+/// An error with its causes (reqwest's own message hides them: "error sending request").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn transient<T>(why: impl Into<String>) -> std::result::Result<T, Attempt> {
     Err(Attempt::Transient(why.into(), None))
 }
@@ -291,6 +306,12 @@ fn client_for(host: Option<&Host>) -> Result<Client> {
             let pem = read(ca)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| Error::Invalid(format!("CA {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "CA {}: no PEM certificate in the file",
+                    ca.display()
+                )));
+            }
             for c in certs {
                 b = b.add_root_certificate(c);
             }
@@ -516,7 +537,7 @@ impl RegistryBlob {
         self.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
         let resp = match req.timeout(timeout).send() {
             Ok(r) => r,
-            Err(e) => return transient(format!("token server {realm}: {e}")),
+            Err(e) => return transient(format!("token server {realm}: {}", chain(&e))),
         };
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -571,7 +592,7 @@ impl RegistryBlob {
             .fetch_add(1, Ordering::Relaxed);
             let resp = match req.send() {
                 Ok(r) => r,
-                Err(e) => return transient(format!("{e}")),
+                Err(e) => return transient(chain(&e)),
             };
             let status = resp.status();
             let permanent = |what: String| {

@@ -1,6 +1,9 @@
 #![allow(dead_code)]
 //! Shared helpers of the overlaybd integration tests.
 
+pub mod http;
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -83,7 +83,12 @@ fn main() {
     }
     let f = std::fs::File::open(&path).unwrap();
     // Warm the page cache.
-    pread_run(&f, &(0..FILE / BS as u64).map(|i| i * BS as u64).collect::<Vec<_>>());
+    pread_run(
+        &f,
+        &(0..FILE / BS as u64)
+            .map(|i| i * BS as u64)
+            .collect::<Vec<_>>(),
+    );
     let offs = offsets(99, OPS);
     let mut rows: Vec<(String, f64)> = Vec::new();
     let mut measure = |name: &str, threads: usize, run: &(dyn Fn(&[u64]) + Sync)| {
@@ -104,7 +109,9 @@ fn main() {
     measure("pread, pool of 8 threads", 8, &|o| pread_run(&f, o));
     measure("io_uring, 1 thread, depth 1", 1, &|o| uring_run(&f, o, 1));
     measure("io_uring, 1 thread, depth 32", 1, &|o| uring_run(&f, o, 32));
-    measure("io_uring, 2 threads, depth 32", 2, &|o| uring_run(&f, o, 32));
+    measure("io_uring, 2 threads, depth 32", 2, &|o| {
+        uring_run(&f, o, 32)
+    });
     println!("warm random 4 KiB reads of a 256 MiB cache file (best of 3, {OPS} reads):");
     let base = rows[0].1;
     for (name, v) in &rows {

@@ -969,6 +969,15 @@ impl CacheDir {
     }
 }
 
+/// Fuzz body: a record of any bytes decodes to an error or to units that fit the blob.
+#[cfg(feature = "test-util")]
+pub fn fuzz_record(data: &[u8]) {
+    if let Ok(units) = record::decode(data, 1 << 20, 4096) {
+        assert_eq!(units.len(), 256);
+    }
+    let _ = present_bytes(data);
+}
+
 fn present_bytes(raw: &[u8]) -> Option<u64> {
     let (size, unit, units) = record::decode_any(raw)?;
     let unit = unit as u64;

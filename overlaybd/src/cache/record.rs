@@ -49,7 +49,7 @@ pub fn decode(raw: &[u8], blob_size: u64, unit_size: u32) -> Result<Vec<Unit>> {
     let us = u32::from_le_bytes(body[12..16].try_into().expect("4"));
     let size = u64::from_le_bytes(body[16..24].try_into().expect("8"));
     let n = u64::from_le_bytes(body[24..32].try_into().expect("8"));
-    if us != unit_size || size != blob_size || n != blob_size.div_ceil(unit_size as u64) {
+    if us == 0 || us != unit_size || size != blob_size || n != blob_size.div_ceil(us as u64) {
         return Err(bad("written for another blob size or unit size"));
     }
     if (body.len() - HEADER) as u64 != n * ENTRY as u64 {

@@ -118,11 +118,12 @@ struct TokenResponse {
 }
 
 /// Parses a token server's JSON answer; tokens without `expires_in` live 60 s (the spec's
-/// default). A token is renewed 10 s before it expires.
+/// default), none more than a day. A token is renewed 10 s before it expires.
 pub fn parse_token(body: &[u8], now: Instant) -> Option<Token> {
     let r: TokenResponse = serde_json::from_slice(body).ok()?;
     let value = r.token.or(r.access_token).filter(|t| !t.is_empty())?;
-    let life = r.expires_in.unwrap_or(60).max(10);
+    // Capped at a day: a token server's number is not trusted to be sane.
+    let life = r.expires_in.unwrap_or(60).clamp(10, 86_400);
     Some(Token {
         value,
         expires: now + Duration::from_secs(life - 10).max(Duration::from_secs(1)),

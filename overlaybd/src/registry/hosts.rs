@@ -232,16 +232,22 @@ pub fn hosts_for(hosts_dir: Option<&Path>, upstream: &str) -> Result<Vec<Host>> 
         }
         Err(e) => return Err(Error::io("read", file.display().to_string(), 0, e)),
     };
-    let table: toml::Table = text.parse().map_err(|e| bad(&file, e))?;
+    from_toml(&text, &dir, &file, &default_server)
+}
+
+/// Parses a `hosts.toml` (`text`, read from `file` in `dir`) for a registry whose default
+/// server is `default_server` (`scheme://host[:port]`).
+pub fn from_toml(text: &str, dir: &Path, file: &Path, default_server: &str) -> Result<Vec<Host>> {
+    let table: toml::Table = text.parse().map_err(|e| bad(file, e))?;
     let mut out = Vec::new();
     if let Some(hosts) = table.get("host") {
         let hosts = hosts
             .as_table()
-            .ok_or_else(|| bad(&file, "`host` must be a table of URLs"))?;
+            .ok_or_else(|| bad(file, "`host` must be a table of URLs"))?;
         for (url, v) in hosts {
             let t = v
                 .as_table()
-                .ok_or_else(|| bad(&file, format!("host {url:?} must be a table")))?;
+                .ok_or_else(|| bad(file, format!("host {url:?} must be a table")))?;
             let over = t
                 .get("override_path")
                 .and_then(toml::Value::as_bool)
@@ -256,9 +262,9 @@ pub fn hosts_for(hosts_dir: Option<&Path>, upstream: &str) -> Result<Vec<Host>> 
         }
     }
     let server = match table.get("server") {
-        None => default_server,
+        None => default_server.to_string(),
         Some(toml::Value::String(s)) => s.clone(),
-        Some(_) => return Err(bad(&file, "`server` must be a URL")),
+        Some(_) => return Err(bad(file, "`server` must be a URL")),
     };
     let over = table
         .get("override_path")
@@ -266,10 +272,10 @@ pub fn hosts_for(hosts_dir: Option<&Path>, upstream: &str) -> Result<Vec<Host>> 
         .unwrap_or(false);
     out.push(host_settings(
         &table,
-        root_of(&server, over, &file)?,
+        root_of(&server, over, file)?,
         false,
-        &dir,
-        &file,
+        dir,
+        file,
     )?);
     Ok(out)
 }

@@ -16,6 +16,8 @@
 
 pub mod auth;
 pub mod credentials;
+#[cfg(feature = "test-util")]
+pub mod fuzz;
 pub mod hosts;
 
 use std::io::{self, Read};

@@ -254,10 +254,10 @@ pub fn from_toml(text: &str, dir: &Path, file: &Path, default_server: &str) -> R
                 .unwrap_or(false);
             out.push(host_settings(
                 t,
-                root_of(url, over, &file)?,
+                root_of(url, over, file)?,
                 true,
-                &dir,
-                &file,
+                dir,
+                file,
             )?);
         }
     }

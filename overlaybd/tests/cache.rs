@@ -454,3 +454,21 @@ fn a_download_that_does_not_match_its_digest_is_dropped() {
     let e = c.download(&DownloadOptions::default()).unwrap_err();
     assert!(e.to_string().contains("only sha256"), "{e}");
 }
+
+#[test]
+fn checkpoint_all_writes_the_records_of_open_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = CacheDir::open(dir.path(), 1 << 30, 0.9, 0.7, UNIT).unwrap();
+    let o = Origin::new(4 * UNIT as usize, 30);
+    let b = cd
+        .blob("sha256:ck", o.data.len() as u64, o.clone())
+        .unwrap();
+    b.read_at(0, &mut [0u8; 100]).unwrap();
+    let record = dir.path().join("sha256_ck.record");
+    assert!(!record.exists());
+    cd.checkpoint_all().unwrap();
+    // The blob is still open; its record on disk already says one unit is present.
+    let again = CacheDir::open(dir.path(), 1 << 30, 0.9, 0.7, UNIT).unwrap();
+    assert_eq!(again.used(), UNIT as u64);
+    drop(b);
+}

@@ -118,6 +118,7 @@ struct State {
 /// Something the [`CacheDir`] can evict.
 trait Evict: Send + Sync {
     fn evict(&self) -> Result<u64>;
+    fn save(&self) -> Result<()>;
 }
 
 /// A blob's cache, in front of its origin.
@@ -451,7 +452,13 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         {
             let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
             let end = self.sync_readahead(offset, n as u64);
-            added = self.ensure_range(offset / self.unit, (end - 1) / self.unit)?;
+            let (first, last) = (offset / self.unit, (offset + n as u64 - 1) / self.unit);
+            added = self.ensure_range(first, (end - 1) / self.unit)?;
+            // What the read itself needed is at most its own units; the rest was read ahead.
+            let own = (last + 1 - first) * self.unit;
+            self.stats
+                .readahead_bytes
+                .fetch_add(added.saturating_sub(own), Ordering::Relaxed);
             let got = read_full_at(&self.data, offset, &mut buf[..n])
                 .map_err(|e| Error::io("read", self.data_path.display().to_string(), offset, e))?;
             if got < n {
@@ -744,6 +751,9 @@ impl<S: ReadAt + 'static> Evict for BlobCache<S> {
         self.checkpoint()?;
         Ok(freed)
     }
+    fn save(&self) -> Result<()> {
+        self.checkpoint()
+    }
 }
 
 impl<S> Drop for BlobCache<S> {
@@ -957,6 +967,28 @@ impl CacheDir {
         );
         g.used = g.used - old.map_or(0, |e| e.bytes) + bytes;
         Ok(cache)
+    }
+
+    /// Writes the record of every open blob that changed since its last checkpoint (the
+    /// daemon calls this periodically, so a crash loses at most that period's record; the
+    /// data it loses is fetched again). Returns the first error, after trying every blob.
+    pub fn checkpoint_all(&self) -> Result<()> {
+        let open: Vec<_> = self
+            .shared
+            .lock()
+            .blobs
+            .values()
+            .filter_map(|e| e.open.as_ref().and_then(Weak::upgrade))
+            .collect();
+        let mut first = Ok(());
+        for b in open {
+            if let Err(e) = b.save() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
     }
 
     /// Bytes the directory holds, by its accounting.

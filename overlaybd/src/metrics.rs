@@ -45,18 +45,28 @@ impl Histogram {
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = braced(labels);
         let _ = writeln!(
             out,
-            "{name}_sum{{{labels}}} {}",
+            "{name}_sum{braces} {}",
             self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// `{labels}`, or nothing when there are none.
+pub fn braced(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
     }
 }
 
 /// Appends one counter sample.
 pub fn counter(out: &mut String, name: &str, labels: &str, v: u64) {
-    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    let _ = writeln!(out, "{name}{} {v}", braced(labels));
 }
 
 #[cfg(test)]

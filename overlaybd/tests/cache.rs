@@ -98,6 +98,16 @@ fn reads_are_correct_and_fetch_whole_units() {
         "every byte fetched exactly once"
     );
     assert_eq!(c.cached_bytes(), o.data.len() as u64);
+    // Served: 100 + 100 + 150,000 + the whole blob; fetched: the blob once.
+    let served = 150_200.0 + o.data.len() as f64;
+    let want = (served - o.data.len() as f64) / served;
+    assert!((c.stats().hit_ratio() - want).abs() < 1e-9);
+    let mut m = String::new();
+    c.stats().render(&mut m, "blob=\"aa\"");
+    assert!(m.contains(&format!(
+        "overlaybd_cache_fetched_bytes_total{{blob=\"aa\"}} {}\n",
+        o.data.len()
+    )));
 }
 
 #[test]

@@ -354,6 +354,20 @@ fn a_p2p_agent_serves_reads_and_the_registry_takes_over_when_it_is_down() {
         "nothing came from the registry"
     );
     assert!(served.load(Ordering::Relaxed) >= data.len());
+    let mut m = String::new();
+    s.render(&mut m, "");
+    assert!(
+        m.contains(&format!(
+            "overlaybd_fetch_bytes_total{{source=\"agent\"}} {}\n",
+            s.agent_bytes.load(Ordering::Relaxed)
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains("overlaybd_fetch_bytes_total{source=\"registry\"} 0\n"),
+        "{m}"
+    );
+    assert!(m.contains("overlaybd_fetch_seconds_count "), "{m}");
     // The agent is down: every read falls back to the registry.
     let opts = RegistryOptions {
         agent: Some(format!("http://127.0.0.1:{}/dadip2p", free_port())),

@@ -51,6 +51,68 @@ pub struct Stats {
     pub download_bytes: AtomicU64,
 }
 
+impl Stats {
+    /// Appends the counters in Prometheus' text format with the given labels, plus the hit
+    /// ratio (bytes served that did not have to be fetched, over bytes served).
+    pub fn render(&self, out: &mut String, labels: &str) {
+        use crate::metrics::counter;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            out,
+            "overlaybd_cache_served_bytes_total",
+            labels,
+            get(&self.hit_bytes),
+        );
+        counter(
+            out,
+            "overlaybd_cache_fetched_bytes_total",
+            labels,
+            get(&self.fetched_bytes),
+        );
+        counter(
+            out,
+            "overlaybd_cache_origin_reads_total",
+            labels,
+            get(&self.origin_reads),
+        );
+        counter(
+            out,
+            "overlaybd_cache_dropped_units_total",
+            labels,
+            get(&self.dropped_units),
+        );
+        counter(
+            out,
+            "overlaybd_cache_readahead_bytes_total",
+            labels,
+            get(&self.readahead_bytes),
+        );
+        counter(
+            out,
+            "overlaybd_cache_download_bytes_total",
+            labels,
+            get(&self.download_bytes),
+        );
+        let _ = std::fmt::Write::write_fmt(
+            out,
+            format_args!(
+                "overlaybd_cache_hit_ratio{{{labels}}} {}\n",
+                self.hit_ratio()
+            ),
+        );
+    }
+
+    /// Bytes served without a fetch for them, over bytes served (1 when nothing was served).
+    pub fn hit_ratio(&self) -> f64 {
+        let served = self.hit_bytes.load(Ordering::Relaxed);
+        let fetched = self.fetched_bytes.load(Ordering::Relaxed);
+        if served == 0 {
+            return 1.0;
+        }
+        served.saturating_sub(fetched) as f64 / served as f64
+    }
+}
+
 /// Sequential-read detection: one stream per blob, as the kernel's readahead for a file. A
 /// stream starts with the second of two adjacent reads and gets readahead once it has read a
 /// whole unit (so a reader that reads a few small headers in a row does not).

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 need_rust
 # lz4-sys and zstd-sys build their C sources with cc; the LSMT tests check an ext4 image
 # with e2fsck and read it with debugfs (no root needed); the registry tests start Debian's
-# distribution registry on 127.0.0.1 and make its htpasswd file with apache2-utils.
-need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs tar:tar docker-registry:docker-registry htpasswd:apache2-utils
+# distribution registry on 127.0.0.1 and make its htpasswd file with apache2-utils; the token
+# server signs JWTs and the TLS tests make a CA and certificates with openssl.
+need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs tar:tar docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

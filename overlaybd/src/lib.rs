@@ -9,6 +9,7 @@
 
 pub mod cache;
 mod error;
+pub mod image;
 pub mod lsmt;
 pub mod metrics;
 pub mod registry;

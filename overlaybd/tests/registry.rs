@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::registry::{check_reads, free_port, quick, random, Registry};
+use common::registry::{cached_remote, check_reads, free_port, quick, random, Registry};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -133,22 +133,7 @@ fn a_zfile_layer_read_lazily_through_the_cache() {
     .unwrap();
     w.write_all(&plain).unwrap();
     let blob_bytes = w.finish().unwrap().0.finish().unwrap().0.into_inner();
-    let digest = reg.push("test/layer", &blob_bytes);
-    let remote = RegistryBlob::open(
-        reg.location("test/layer", &digest),
-        Some(blob_bytes.len() as u64),
-        quick(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = overlaybd::cache::BlobCache::open(
-        dir.path(),
-        &digest,
-        blob_bytes.len() as u64,
-        256 * 1024,
-        remote,
-    )
-    .unwrap();
+    let (_dir, cache, _) = cached_remote(&reg, "test/layer", &blob_bytes);
     let (payload, _) = zfile::envelope::open_payload(cache.clone()).unwrap();
     let z = zfile::ZFile::open(payload).unwrap();
     // A small read fetches little; a full read fetches each byte once.
@@ -633,22 +618,7 @@ fn eight_cold_readers_make_the_registry_serve_the_blob_once() {
         return;
     };
     let data = random(8 << 20, 12);
-    let digest = reg.push("test/eight", &data);
-    let remote = RegistryBlob::open(
-        reg.location("test/eight", &digest),
-        Some(data.len() as u64),
-        quick(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = overlaybd::cache::BlobCache::open(
-        dir.path(),
-        &digest,
-        data.len() as u64,
-        256 * 1024,
-        remote,
-    )
-    .unwrap();
+    let (_dir, cache, _) = cached_remote(&reg, "test/eight", &data);
     std::thread::scope(|s| {
         for t in 0..8u64 {
             let (cache, data) = (&cache, &data);

@@ -428,11 +428,7 @@ fn a_downloaded_blob_is_served_after_the_registry_is_gone() {
         return;
     };
     let data = random(5 << 20, 45);
-    let digest = reg.push("dl/blob", &data);
-    let remote = RegistryBlob::open(reg.location("dl/blob", &digest), None, quick()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cache =
-        BlobCache::open(dir.path(), &digest, data.len() as u64, 256 * 1024, remote).unwrap();
+    let (_dir, cache, _) = common::registry::cached_remote(&reg, "dl/blob", &data);
     cache
         .download(&DownloadOptions {
             chunk: 1 << 20,

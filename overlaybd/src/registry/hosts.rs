@@ -62,15 +62,18 @@ fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     Some((scheme, auth, path))
 }
 
+/// A path from `hosts.toml`: relative ones are relative to its directory.
+fn resolve(dir: &Path, s: &str) -> PathBuf {
+    let p = Path::new(s);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
 fn paths(v: Option<&toml::Value>, dir: &Path, file: &Path, what: &str) -> Result<Vec<PathBuf>> {
-    let abs = |s: &str| {
-        let p = Path::new(s);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
-    };
+    let abs = |s: &str| resolve(dir, s);
     match v {
         None => Ok(Vec::new()),
         Some(toml::Value::String(s)) => Ok(vec![abs(s)]),
@@ -91,14 +94,7 @@ fn clients(
     dir: &Path,
     file: &Path,
 ) -> Result<Vec<(PathBuf, Option<PathBuf>)>> {
-    let abs = |s: &str| {
-        let p = Path::new(s);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
-    };
+    let abs = |s: &str| resolve(dir, s);
     let pair = |x: &toml::Value| -> Result<(PathBuf, Option<PathBuf>)> {
         match x {
             toml::Value::String(s) => Ok((abs(s), None)),

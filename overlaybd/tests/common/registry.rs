@@ -194,3 +194,33 @@ fn push_as(
     assert_eq!(resp.status(), 201, "{:?}", resp.text());
     digest
 }
+
+/// Pushes `data` to `repo` of `reg` and opens it as a cached remote blob (256 KiB units) in a
+/// fresh cache directory. Returns the directory (keep it alive), the cache, and the digest.
+pub fn cached_remote(
+    reg: &Registry,
+    repo: &str,
+    data: &[u8],
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<overlaybd::cache::BlobCache<overlaybd::registry::RegistryBlob>>,
+    String,
+) {
+    let digest = reg.push(repo, data);
+    let remote = overlaybd::registry::RegistryBlob::open(
+        reg.location(repo, &digest),
+        Some(data.len() as u64),
+        quick(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = overlaybd::cache::BlobCache::open(
+        dir.path(),
+        &digest,
+        data.len() as u64,
+        256 * 1024,
+        remote,
+    )
+    .unwrap();
+    (dir, cache, digest)
+}

@@ -364,7 +364,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
     fn ensure_range(&self, first: u64, last: u64) -> Result<u64> {
         let mut added = 0;
         loop {
-            let (claim, waiting) = {
+            let claim = {
                 let mut st = self.lock();
                 let (claim, waiting) = Self::claim(&mut st, first, last);
                 if claim.is_empty() {
@@ -374,9 +374,8 @@ impl<S: ReadAt + 'static> BlobCache<S> {
                     drop(self.fetched.wait(st).unwrap_or_else(|p| p.into_inner()));
                     continue;
                 }
-                (claim, waiting)
+                claim
             };
-            let _ = waiting;
             let (n, failure) = self.fill_claimed(&claim);
             added += n;
             if let Some(e) = failure {
@@ -510,35 +509,48 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(self.size - offset) as usize;
-        let added;
-        {
-            let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
-            let end = self.sync_readahead(offset, n as u64);
-            let (first, last) = (offset / self.unit, (offset + n as u64 - 1) / self.unit);
-            added = self.ensure_range(first, (end - 1) / self.unit)?;
-            // What the read itself needed is at most its own units; the rest was read ahead.
-            let own = (last + 1 - first) * self.unit;
-            self.stats
-                .readahead_bytes
-                .fetch_add(added.saturating_sub(own), Ordering::Relaxed);
-            let got = read_full_at(&self.data, offset, &mut buf[..n])
-                .map_err(|e| Error::io("read", self.data_path.display().to_string(), offset, e))?;
-            if got < n {
-                return Err(Error::Truncated {
-                    what: "cache file",
-                    need: n as u64,
-                    got: got as u64,
-                });
+        let (end, ahead) = self.plan_readahead(offset, n as u64);
+        let added = match self.read_through(offset, &mut buf[..n], end) {
+            Ok(a) => a,
+            Err(e) => {
+                if ahead.is_some() {
+                    self.readahead_done();
+                }
+                return Err(e);
             }
-        }
+        };
         self.stats.hit_bytes.fetch_add(n as u64, Ordering::Relaxed);
         // Accounting and eviction run without this blob's pin, so that two readers of two
         // blobs can never wait on each other.
         self.account(added);
-        if let Some((from, to)) = self.plan_readahead(offset + n as u64) {
+        if let Some((from, to)) = ahead {
             self.start_readahead(from, to);
         }
         Ok(n)
+    }
+
+    /// Makes `[offset, end)` present (the read, plus any synchronous readahead) and copies
+    /// the read's bytes from the cache file, under the pin. Returns the bytes added.
+    fn read_through(&self, offset: u64, buf: &mut [u8], end: u64) -> Result<u64> {
+        let n = buf.len();
+        let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
+        let (first, last) = (offset / self.unit, (offset + n as u64 - 1) / self.unit);
+        let added = self.ensure_range(first, (end - 1) / self.unit)?;
+        // What the read itself needed is at most its own units; the rest was read ahead.
+        let own = (last + 1 - first) * self.unit;
+        self.stats
+            .readahead_bytes
+            .fetch_add(added.saturating_sub(own), Ordering::Relaxed);
+        let got = read_full_at(&self.data, offset, buf)
+            .map_err(|e| Error::io("read", self.data_path.display().to_string(), offset, e))?;
+        if got < n {
+            return Err(Error::Truncated {
+                what: "cache file",
+                need: n as u64,
+                got: got as u64,
+            });
+        }
+        Ok(added)
     }
 
     fn account(&self, added: u64) {
@@ -556,16 +568,20 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         self.readahead_max.store(max, Ordering::Relaxed);
     }
 
-    /// Before a read of `[offset, offset + n)`: where the fetch for it should end. A
-    /// sequential reader gets a window that starts at two units and doubles with each read (up
-    /// to the maximum); a seek resets it. When a sequential reader has caught up with what was
-    /// fetched ahead, its own fetch is extended by the window (synchronous readahead, as the
-    /// kernel does on a miss).
-    fn sync_readahead(&self, offset: u64, n: u64) -> u64 {
+    /// For a read of `[offset, offset + n)`: where the fetch for it should end, and the range
+    /// to fetch in the background after it, in one look at the stream's state.
+    ///
+    /// A sequential reader gets a window that starts at two units and doubles with each read
+    /// (up to the maximum); a seek resets it. When a sequential reader has caught up with what
+    /// was fetched ahead, its own fetch is extended by the window (synchronous readahead, as
+    /// the kernel does on a miss). When it is within half a window of the end of what is
+    /// fetched ahead, the next window is fetched in the background (one at a time; the caller
+    /// must start it, or call `readahead_done`).
+    fn plan_readahead(&self, offset: u64, n: u64) -> (u64, Option<(u64, u64)>) {
         let end = offset + n;
         let max = self.readahead_max.load(Ordering::Relaxed);
         if max == 0 || self.complete.load(Ordering::Relaxed) {
-            return end;
+            return (end, None);
         }
         let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
         let sequential = offset == ra.next;
@@ -574,62 +590,51 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             ra.window = 0;
             ra.ahead_end = 0;
             ra.run = n;
-            return end;
+            return (end, None);
         }
         ra.run += n;
         if ra.run < self.unit {
             // Small reads of headers one after another are not a stream yet.
-            return end;
+            return (end, None);
         }
         ra.window = (ra.window * 2).max(2 * self.unit).min(max.max(self.unit));
-        if ra.ahead_end > offset {
-            return end;
-        }
-        let to = (offset + ra.window).max(end).min(self.size);
-        ra.ahead_end = to;
-        to
-    }
-
-    /// After a sequential read that ended at `end`: the range to fetch in the background, when
-    /// the reader is within half a window of the end of what is fetched ahead.
-    fn plan_readahead(&self, end: u64) -> Option<(u64, u64)> {
-        if self.readahead_max.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
-        if ra.next != end || ra.window == 0 {
-            return None;
+        let mut fetch_end = end;
+        if ra.ahead_end <= offset {
+            fetch_end = (offset + ra.window).max(end).min(self.size);
+            ra.ahead_end = fetch_end;
         }
         if ra.running || ra.ahead_end >= end + ra.window / 2 {
-            return None;
+            return (fetch_end, None);
         }
         let from = ra.ahead_end.max(end);
         let to = (end + ra.window).min(self.size);
         if from >= to {
-            return None;
+            return (fetch_end, None);
         }
         ra.ahead_end = to;
         ra.running = true;
-        Some((from, to))
+        (fetch_end, Some((from, to)))
+    }
+
+    /// The background readahead finished (or was never started).
+    fn readahead_done(&self) {
+        self.readahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running = false;
     }
 
     /// Fetches `[from, to)` in a background thread (units already present are skipped;
     /// readers that need a unit being fetched wait for it, as for any fetch).
     fn start_readahead(&self, from: u64, to: u64) {
-        let done = |me: &Self| {
-            me.readahead
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .running = false;
-        };
         let Some(me) = self.me.upgrade() else {
-            return done(self);
+            return self.readahead_done();
         };
         // The claim is taken here, before this read returns, so the reader's next reads wait
         // for these units instead of fetching them again in small pieces.
         let (claim, _) = Self::claim(&mut self.lock(), from / self.unit, (to - 1) / self.unit);
         if claim.is_empty() {
-            return done(self);
+            return self.readahead_done();
         }
         let spawned = std::thread::Builder::new()
             .name("cache-readahead".into())
@@ -641,7 +646,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
                     let added = me.fill_claimed(&claim).0;
                     me.stats.readahead_bytes.fetch_add(added, Ordering::Relaxed);
                     me.account(added);
-                    done(&me);
+                    me.readahead_done();
                 }
             });
         if spawned.is_err() {
@@ -652,7 +657,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             }
             drop(st);
             self.fetched.notify_all();
-            done(self);
+            self.readahead_done();
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::registry::{cached_remote, check_reads, free_port, quick, random, Registry};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -178,26 +178,14 @@ fn proxy(upstream: String, fault: Fault) -> (String, Arc<AtomicUsize>) {
             .unwrap();
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
+            let Some(common::http::Request {
+                method,
+                path,
+                headers,
+            }) = common::http::read_request(&mut BufReader::new(conn.try_clone().unwrap()))
+            else {
                 continue;
-            }
-            let mut parts = line.split_whitespace();
-            let (method, path) = (
-                parts.next().unwrap_or("").to_string(),
-                parts.next().unwrap_or("").to_string(),
-            );
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.push((k.trim().to_string(), v.trim().to_string()));
-                }
-            }
+            };
             let n = seen.fetch_add(1, Ordering::Relaxed);
             let is_get = method == "GET";
             // Status faults count every request; body faults count GETs only.
@@ -427,8 +415,9 @@ fn b64(data: &[u8], url: bool) -> String {
 fn signing_key(dir: &Path) {
     let key = dir.join("key.pem");
     let cert = dir.join("cert.pem");
-    let ok = Command::new("openssl")
-        .args([
+    common::openssl(
+        dir,
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -438,17 +427,11 @@ fn signing_key(dir: &Path) {
             "1",
             "-subj",
             "/CN=token-signer",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ],
     );
 }
 
@@ -472,21 +455,12 @@ fn token_server(
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let mut authorized = false;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.trim().eq_ignore_ascii_case("authorization") && v.trim() == expected {
-                        authorized = true;
-                    }
-                }
-            }
+            let Some(req) =
+                common::http::read_request(&mut BufReader::new(conn.try_clone().unwrap()))
+            else {
+                continue;
+            };
+            let authorized = req.header("authorization") == Some(expected.as_str());
             if !authorized {
                 let _ = write!(
                     conn,
@@ -494,10 +468,8 @@ fn token_server(
                 );
                 continue;
             }
-            let query = line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("")
+            let query = req
+                .path
                 .split_once('?')
                 .map(|(_, q)| q.to_string())
                 .unwrap_or_default();

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,23 +65,9 @@ fn mirrors_from_hosts_toml_are_tried_in_order() {
     assert!(e.contains("gave up"), "{e}");
 }
 
-/// Runs openssl with `args`, panicking with its message on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it.
 fn make_pki(dir: &Path) {
-    openssl(
+    common::openssl(
         dir,
         &[
             "req",
@@ -111,7 +96,7 @@ fn make_pki(dir: &Path) {
         ),
     ] {
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        openssl(
+        common::openssl(
             dir,
             &[
                 "req",
@@ -126,7 +111,7 @@ fn make_pki(dir: &Path) {
                 &format!("{name}.csr"),
             ],
         );
-        openssl(
+        common::openssl(
             dir,
             &[
                 "x509",

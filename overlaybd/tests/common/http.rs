@@ -47,6 +47,30 @@ impl Response {
     }
 }
 
+/// Reads a request line and headers (the body, if any, is left unread).
+pub fn read_request(reader: &mut impl BufRead) -> Option<Request> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Some(Request {
+        method,
+        path,
+        headers,
+    })
+}
+
 /// Serves `handler` on 127.0.0.1; returns `http://127.0.0.1:<port>`.
 pub fn serve(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -58,28 +82,8 @@ pub fn serve(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> 
             let handler = handler.clone();
             std::thread::spawn(move || {
                 let Ok(clone) = conn.try_clone() else { return };
-                let mut reader = BufReader::new(clone);
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
+                let Some(req) = read_request(&mut BufReader::new(clone)) else {
                     return;
-                }
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_string();
-                let path = parts.next().unwrap_or("").to_string();
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':') {
-                        headers.push((k.trim().to_string(), v.trim().to_string()));
-                    }
-                }
-                let req = Request {
-                    method,
-                    path,
-                    headers,
                 };
                 let resp = handler(&req);
                 let mut head = format!(

@@ -87,3 +87,17 @@ pub fn require_tool(tool: &str) -> bool {
     }
     found
 }
+
+/// Runs openssl with `args` in `dir`, panicking with its message on failure.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -456,16 +456,13 @@ impl RegistryBlob {
         use_agent: bool,
         mut f: impl FnMut(&Endpoint) -> std::result::Result<T, Attempt>,
     ) -> std::result::Result<T, Attempt> {
-        let eps: Vec<&Endpoint> = self
-            .endpoints
-            .iter()
-            .filter(|e| use_agent || e.kind != Kind::Agent)
-            .collect();
+        let usable = |e: &&Endpoint| use_agent || e.kind != Kind::Agent;
+        let count = self.endpoints.iter().filter(usable).count();
         let mut errors = Vec::new();
-        for (i, ep) in eps.iter().enumerate() {
+        for (i, ep) in self.endpoints.iter().filter(usable).enumerate() {
             match f(ep) {
                 Ok(v) => return Ok(v),
-                Err(e) if i + 1 == eps.len() => {
+                Err(e) if i + 1 == count => {
                     return Err(match e {
                         Attempt::Transient(why, after) if !errors.is_empty() => {
                             errors.push(format!("{}: {why}", ep.name));

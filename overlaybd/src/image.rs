@@ -137,12 +137,23 @@ pub struct Remote {
 }
 
 /// One opened lower layer.
-#[derive(Debug)]
 pub struct OpenedLayer {
     /// Where it came from: a path, or the blob's location.
     pub origin: String,
     /// The layer's raw blob when remote (cached), for downloads and statistics.
     pub remote: Option<Arc<crate::cache::BlobCache<RegistryBlob>>>,
+    /// The layer file (envelope and ZFile taken off) that the stack reads: what traces
+    /// record and replay.
+    pub file: Arc<dyn ReadAt>,
+}
+
+impl std::fmt::Debug for OpenedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedLayer")
+            .field("origin", &self.origin)
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
 }
 
 /// An opened image: the merged stack, and what each layer came from.
@@ -184,20 +195,24 @@ fn zfile_options(l: &LayerConfig, i: usize) -> Result<OpenOptions> {
 impl Image {
     /// Opens every layer (remote ones through the cache) and stacks them.
     pub fn open(cfg: &ImageConfig, remote: Option<&Remote>) -> Result<Image> {
+        Self::open_recording(cfg, remote, None)
+    }
+
+    /// [`Image::open`], recording every read of a lower layer file into `recorder`.
+    pub fn open_recording(
+        cfg: &ImageConfig,
+        remote: Option<&Remote>,
+        recorder: Option<&Arc<crate::trace::Recorder>>,
+    ) -> Result<Image> {
         let mut lowers = Vec::with_capacity(cfg.lowers.len());
         let mut layers = Vec::with_capacity(cfg.lowers.len());
         for (i, l) in cfg.lowers.iter().enumerate() {
             let zopts = zfile_options(l, i)?;
-            let (src, opened): (Arc<dyn ReadAt>, OpenedLayer) = if let Some(p) = local_file(l) {
+            let (src, origin, remote): (Arc<dyn ReadAt>, String, _) = if let Some(p) = local_file(l)
+            {
                 let f = std::fs::File::open(&p)
                     .map_err(|e| Error::io("open", p.display().to_string(), 0, e))?;
-                (
-                    Arc::new(f),
-                    OpenedLayer {
-                        origin: p.display().to_string(),
-                        remote: None,
-                    },
-                )
+                (Arc::new(f), p.display().to_string(), None)
             } else if !l.digest.is_empty() {
                 let r = remote.ok_or_else(|| {
                     Error::Invalid(format!(
@@ -213,13 +228,7 @@ impl Image {
                     .size()
                     .map_err(|e| Error::io("size", what.clone(), 0, e))?;
                 let cached = r.cache.blob(&l.digest, size, blob)?;
-                (
-                    cached.clone(),
-                    OpenedLayer {
-                        origin: what,
-                        remote: Some(cached),
-                    },
-                )
+                (cached.clone(), what, Some(cached))
             } else {
                 return Err(Error::Invalid(format!(
                     "lowers[{i}]: no local file (file {:?}, dir {:?}) and no digest",
@@ -227,11 +236,19 @@ impl Image {
                 )));
             };
             let (lsmt, _) = blob::open_blob(src, &zopts)
-                .map_err(|e| Error::Invalid(format!("layer {}: {e}", opened.origin)))?;
+                .map_err(|e| Error::Invalid(format!("layer {origin}: {e}")))?;
             let layer = RoLayer::open(&*lsmt)
-                .map_err(|e| Error::Invalid(format!("layer {}: {e}", opened.origin)))?;
+                .map_err(|e| Error::Invalid(format!("layer {origin}: {e}")))?;
+            let lsmt: Arc<dyn ReadAt> = match recorder {
+                Some(r) => Arc::new(crate::trace::Recording::new(lsmt, i as u32, r.clone())),
+                None => lsmt,
+            };
+            layers.push(OpenedLayer {
+                origin,
+                remote,
+                file: lsmt.clone(),
+            });
             lowers.push((lsmt, layer));
-            layers.push(opened);
         }
         let upper = match (cfg.upper.index.is_empty(), cfg.upper.data.is_empty()) {
             (true, true) => None,

@@ -8,10 +8,13 @@
 //! `overlaybd-daemon` binary.
 
 pub mod cache;
+pub mod device;
 mod error;
+pub mod export;
 pub mod image;
 pub mod lsmt;
 pub mod metrics;
 pub mod registry;
+pub mod trace;
 
 pub use error::{Error, Result};

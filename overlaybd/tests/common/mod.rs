@@ -79,13 +79,84 @@ pub fn require_tool(tool: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !found {
+    require(
+        found,
+        &format!("{tool} not found (scripts/test.sh installs it)"),
+    )
+}
+
+/// `ok`, or: under `CI=true` a panic saying `why`; elsewhere `false` after saying why the test
+/// is skipped.
+pub fn require(ok: bool, why: &str) -> bool {
+    if !ok {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{tool} is required (CI=true); install e2fsprogs");
+            panic!("required under CI=true: {why}");
         }
-        eprintln!("skipping: {tool} not found (install e2fsprogs)");
+        eprintln!("skipping: {why}");
     }
-    found
+    ok
+}
+
+/// Root, `/dev/fuse` and `/dev/loop-control`: what mounting through the FUSE export needs.
+pub fn can_mount() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    require(
+        root && Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists(),
+        "needs root, /dev/fuse and /dev/loop-control",
+    )
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Extracts `g.layer.tar` into `dir` as a filesystem holding it would look (whiteouts taken
+/// out), for `diff -r` against a mounted image.
+pub fn g_tree(dir: &Path) -> PathBuf {
+    let t = dir.join("g-expected");
+    std::fs::create_dir_all(&t).unwrap();
+    run(
+        "tar",
+        &[
+            "-xf",
+            vector("g.layer.tar").to_str().unwrap(),
+            "-C",
+            t.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(t.join("tmp/.wh.gone")).unwrap();
+    t
+}
+
+/// Compares a mounted image of vector g with the tar's tree.
+pub fn assert_same_tree(expected: &Path, mounted: &Path) {
+    run(
+        "diff",
+        &[
+            "-r",
+            "--no-dereference",
+            "-x",
+            "lost+found",
+            expected.to_str().unwrap(),
+            mounted.to_str().unwrap(),
+        ],
+    );
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(mounted.join("usr/bin/tool")).unwrap();
+    let b = std::fs::metadata(mounted.join("usr/bin/tool-hardlink")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "the hard link shares the inode");
 }
 
 /// Runs openssl with `args` in `dir`, panicking with its message on failure.

@@ -1,0 +1,404 @@
+//! A device: an opened image as a block device that the exports (FUSE, NBD) serve. It owns
+//! the trace recording or replay of the image, counts what it serves, and turns failures into
+//! one small error type that each wire edge maps to its own codes.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::image::{Image, ImageConfig, Remote};
+use crate::metrics::{counter, Histogram};
+use crate::trace::{self, Mode, Recorder, ReplayStats};
+
+/// Logical block size of every export.
+pub const BLOCK: u64 = 512;
+
+/// Why a device request failed, in the terms every wire protocol has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DevError {
+    #[error("the device is read-only")]
+    ReadOnly,
+    #[error("{len} bytes at {offset} are outside the {size}-byte device")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    /// The data could not be read or written (registry down past the deadline, verification
+    /// failed twice, local disk error). Only this request fails.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl DevError {
+    /// The Linux errno for this error (FUSE replies with it; NBD maps it further).
+    pub fn errno(&self) -> i32 {
+        match self {
+            DevError::ReadOnly => libc::EROFS,
+            DevError::OutOfRange { .. } => libc::EINVAL,
+            DevError::Io(_) => libc::EIO,
+        }
+    }
+}
+
+/// What a device has served.
+#[derive(Debug, Default)]
+pub struct DeviceStats {
+    pub reads: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub trims: AtomicU64,
+    pub flushes: AtomicU64,
+    pub read_latency: Histogram,
+}
+
+/// How a device is opened beyond its image config.
+#[derive(Clone, Debug)]
+pub struct DeviceOptions {
+    /// Trace replay workers (overlaybd's `prefetchConfig.concurrency`).
+    pub replay_concurrency: usize,
+    /// How often a recording device looks for its lock file to be deleted.
+    pub trace_poll: Duration,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            replay_concurrency: trace::DEFAULT_CONCURRENCY,
+            trace_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One attached image.
+#[derive(Debug)]
+pub struct Device {
+    name: String,
+    image: Image,
+    read_only: bool,
+    stats: DeviceStats,
+    mode: &'static str,
+    recorder: Option<Arc<Recorder>>,
+    replay: Option<Arc<ReplayStats>>,
+    trace_path: Option<PathBuf>,
+    cancel: Arc<AtomicBool>,
+}
+
+fn fail(e: Error) -> DevError {
+    DevError::Io(e.to_string())
+}
+
+impl Device {
+    /// Opens the image of `cfg` (decides the trace mode as overlaybd does, §5.1), starts
+    /// recording or replaying, and writes `resultFile`.
+    pub fn open(
+        name: &str,
+        cfg: &ImageConfig,
+        remote: Option<&Remote>,
+        opts: &DeviceOptions,
+    ) -> Result<Device> {
+        let r = Self::open_inner(name, cfg, remote, opts);
+        let written = cfg.write_result(&r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        let dev = r?;
+        written?;
+        Ok(dev)
+    }
+
+    fn open_inner(
+        name: &str,
+        cfg: &ImageConfig,
+        remote: Option<&Remote>,
+        opts: &DeviceOptions,
+    ) -> Result<Device> {
+        let mut cfg = cfg.clone();
+        let trace_path = if cfg.acceleration_layer {
+            if !cfg.record_trace_path.is_empty() {
+                return Err(Error::Invalid(
+                    "cannot record a trace on an image with an acceleration layer".into(),
+                ));
+            }
+            let accel = cfg.lowers.pop().ok_or_else(|| {
+                Error::Invalid("accelerationLayer is set and there are no lowers".into())
+            })?;
+            if accel.dir.is_empty() || cfg.lowers.is_empty() {
+                return Err(Error::Invalid(
+                    "accelerationLayer: the top lower needs a `dir` holding `trace`, above \
+                     at least one layer"
+                        .into(),
+                ));
+            }
+            Some(PathBuf::from(accel.dir).join("trace"))
+        } else if !cfg.record_trace_path.is_empty() {
+            Some(PathBuf::from(&cfg.record_trace_path))
+        } else {
+            None
+        };
+        let mode = match &trace_path {
+            Some(p) => Mode::detect(p)?,
+            None => Mode::Off,
+        };
+        if cfg.acceleration_layer && matches!(mode, Mode::Record(_)) {
+            // An empty trace in an acceleration layer means "nothing to replay".
+            return Self::finish_open(name, Image::open(&cfg, remote)?, "off", None, None, None);
+        }
+        let recorder = match &mode {
+            Mode::Record(p) => Some(Recorder::start(p, opts.trace_poll)?),
+            _ => None,
+        };
+        let image = Image::open_recording(&cfg, remote, recorder.as_ref())?;
+        let name_of_mode = mode.name();
+        let replay = match mode {
+            Mode::Replay(_, records) => Some(records),
+            Mode::FileList(ref p, ref l) => {
+                tracing::warn!(
+                    "device {name}: {} lists {} paths; replaying file lists is not supported \
+                     yet, nothing is prefetched",
+                    p.display(),
+                    l.len()
+                );
+                None
+            }
+            _ => None,
+        };
+        let mut dev = Self::finish_open(name, image, name_of_mode, recorder, None, trace_path)?;
+        if let Some(records) = replay {
+            let files = dev.image.layers.iter().map(|l| l.file.clone()).collect();
+            dev.replay = Some(trace::replay(
+                records,
+                files,
+                opts.replay_concurrency,
+                dev.cancel.clone(),
+            ));
+        }
+        Ok(dev)
+    }
+
+    fn finish_open(
+        name: &str,
+        image: Image,
+        mode: &'static str,
+        recorder: Option<Arc<Recorder>>,
+        replay: Option<Arc<ReplayStats>>,
+        trace_path: Option<PathBuf>,
+    ) -> Result<Device> {
+        let read_only = image.stack.upper().is_none();
+        Ok(Device {
+            name: name.to_string(),
+            image,
+            read_only,
+            stats: DeviceStats::default(),
+            mode,
+            recorder,
+            replay,
+            trace_path,
+            cancel: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// A device over an already opened image (no trace).
+    pub fn from_image(name: &str, image: Image) -> Device {
+        Self::finish_open(name, image, "off", None, None, None).expect("no trace to start")
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn size(&self) -> u64 {
+        self.image.stack.virtual_size()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    pub fn stats(&self) -> &DeviceStats {
+        &self.stats
+    }
+
+    /// `off`, `record`, `replay` or `file-list`.
+    pub fn trace_mode(&self) -> &'static str {
+        self.mode
+    }
+
+    pub fn trace_path(&self) -> Option<&std::path::Path> {
+        self.trace_path.as_deref()
+    }
+
+    pub fn recorder(&self) -> Option<&Arc<Recorder>> {
+        self.recorder.as_ref()
+    }
+
+    pub fn replay(&self) -> Option<&Arc<ReplayStats>> {
+        self.replay.as_ref()
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), DevError> {
+        let size = self.size();
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(DevError::OutOfRange { offset, len, size });
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`; the whole range must lie inside the device.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
+        self.check(offset, buf.len() as u64)?;
+        let t = Instant::now();
+        let r = self.image.stack.read_at(offset, buf);
+        self.stats.read_latency.observe(t.elapsed());
+        match r {
+            Ok(n) if n == buf.len() => {
+                self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                self.stats.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(n) => {
+                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                Err(DevError::Io(format!(
+                    "short read: {n} of {} bytes at {offset}",
+                    buf.len()
+                )))
+            }
+            Err(e) => {
+                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("device {}: read {} at {offset}: {e}", self.name, buf.len());
+                Err(fail(e))
+            }
+        }
+    }
+
+    fn writable(&self, offset: u64, len: u64) -> Result<(), DevError> {
+        if self.read_only {
+            return Err(DevError::ReadOnly);
+        }
+        self.check(offset, len)
+    }
+
+    pub fn write(&self, offset: u64, buf: &[u8]) -> Result<(), DevError> {
+        self.writable(offset, buf.len() as u64)?;
+        match self.image.stack.write_at(offset, buf) {
+            Ok(()) => {
+                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .write_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                Err(fail(e))
+            }
+        }
+    }
+
+    /// Discards a range: it reads as zeros afterwards.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), DevError> {
+        self.writable(offset, len)?;
+        self.stats.trims.fetch_add(1, Ordering::Relaxed);
+        self.image.stack.trim(offset, len).map_err(fail)
+    }
+
+    /// Makes a range read as zeros. Discarded ranges read as zeros in LSMT, so this is a trim
+    /// unless the caller needs the space allocated (`no_hole`), when zeros are written.
+    pub fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), DevError> {
+        if !no_hole {
+            return self.trim(offset, len);
+        }
+        self.writable(offset, len)?;
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.write(at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), DevError> {
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.image.stack.flush().map_err(fail)
+    }
+
+    /// Stops trace replay and writes a trace being recorded.
+    pub fn close(&self) -> Result<()> {
+        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(r) = &self.recorder {
+            r.finish()?;
+        }
+        self.flush().map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Appends this device's samples in Prometheus' text format.
+    pub fn render(&self, out: &mut String) {
+        let l = format!("device=\"{}\"", self.name);
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(out, "overlaybd_device_reads_total", &l, get(&s.reads));
+        counter(
+            out,
+            "overlaybd_device_read_bytes_total",
+            &l,
+            get(&s.read_bytes),
+        );
+        counter(
+            out,
+            "overlaybd_device_read_errors_total",
+            &l,
+            get(&s.read_errors),
+        );
+        counter(out, "overlaybd_device_writes_total", &l, get(&s.writes));
+        counter(
+            out,
+            "overlaybd_device_write_bytes_total",
+            &l,
+            get(&s.write_bytes),
+        );
+        counter(
+            out,
+            "overlaybd_device_write_errors_total",
+            &l,
+            get(&s.write_errors),
+        );
+        counter(out, "overlaybd_device_trims_total", &l, get(&s.trims));
+        counter(out, "overlaybd_device_flushes_total", &l, get(&s.flushes));
+        s.read_latency
+            .render(out, "overlaybd_device_read_seconds", &l);
+        if let Some(r) = &self.replay {
+            counter(
+                out,
+                "overlaybd_trace_replay_reads_total",
+                &l,
+                get(&r.records),
+            );
+            counter(out, "overlaybd_trace_replay_bytes_total", &l, get(&r.bytes));
+            counter(
+                out,
+                "overlaybd_trace_replay_errors_total",
+                &l,
+                get(&r.errors),
+            );
+        }
+        for (i, layer) in self.image.layers.iter().enumerate() {
+            if let Some(c) = &layer.remote {
+                let ll = format!("{l},layer=\"{i}\"");
+                c.stats().render(out, &ll);
+                c.origin().stats().render(out, &ll);
+            }
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!("device {}: close: {e}", self.name);
+        }
+    }
+}

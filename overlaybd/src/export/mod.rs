@@ -6,3 +6,4 @@
 
 pub mod fuse;
 pub mod loopdev;
+pub mod nbd;

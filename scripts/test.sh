@@ -9,8 +9,14 @@ need_rust
 # lz4-sys and zstd-sys build their C sources with cc; the LSMT tests check an ext4 image
 # with e2fsck and read it with debugfs (no root needed); the registry tests start Debian's
 # distribution registry on 127.0.0.1 and make its htpasswd file with apache2-utils; the token
-# server signs JWTs and the TLS tests make a CA and certificates with openssl.
-need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs tar:tar docker-registry:docker-registry htpasswd:apache2-utils openssl:openssl
+# server signs JWTs and the TLS tests make a CA and certificates with openssl. The daemon's
+# API is gRPC (protoc builds it); its exports are tested with real clients: the FUSE file
+# through a loop device (losetup, mount), NBD with nbdinfo/nbdcopy (libnbd-bin) and
+# qemu-img/qemu-io (qemu-utils).
+need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs tar:tar docker-registry:docker-registry \
+  htpasswd:apache2-utils openssl:openssl protoc:protobuf-compiler fusermount3:fuse3 \
+  nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils \
+  losetup:mount diff:diffutils
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::image::{Image, ImageConfig, Remote};
 use crate::metrics::{counter, Histogram};
-use crate::trace::{self, Mode, Recorder, ReplayStats};
+use crate::trace::{self, Mode, Recorder, ReplayStats, TraceSlot};
 
 /// Logical block size of every export.
 pub const BLOCK: u64 = 512;
@@ -79,7 +79,8 @@ pub struct Device {
     read_only: bool,
     stats: DeviceStats,
     mode: &'static str,
-    recorder: Option<Arc<Recorder>>,
+    slot: Arc<TraceSlot>,
+    trace_poll: Duration,
     replay: Option<Arc<ReplayStats>>,
     trace_path: Option<PathBuf>,
     cancel: Arc<AtomicBool>,
@@ -140,13 +141,15 @@ impl Device {
         };
         if cfg.acceleration_layer && matches!(mode, Mode::Record(_)) {
             // An empty trace in an acceleration layer means "nothing to replay".
-            return Self::finish_open(name, Image::open(&cfg, remote)?, "off", None, None, None);
+            let slot = Arc::new(TraceSlot::default());
+            let image = Image::open_recording(&cfg, remote, Some(&slot))?;
+            return Ok(Self::finish_open(name, image, "off", slot, opts, None));
         }
-        let recorder = match &mode {
-            Mode::Record(p) => Some(Recorder::start(p, opts.trace_poll)?),
-            _ => None,
-        };
-        let image = Image::open_recording(&cfg, remote, recorder.as_ref())?;
+        let slot = Arc::new(TraceSlot::default());
+        if let Mode::Record(p) = &mode {
+            slot.set(Some(Recorder::start(p, opts.trace_poll)?));
+        }
+        let image = Image::open_recording(&cfg, remote, Some(&slot))?;
         let name_of_mode = mode.name();
         let replay = match mode {
             Mode::Replay(_, records) => Some(records),
@@ -161,7 +164,7 @@ impl Device {
             }
             _ => None,
         };
-        let mut dev = Self::finish_open(name, image, name_of_mode, recorder, None, trace_path)?;
+        let mut dev = Self::finish_open(name, image, name_of_mode, slot, opts, trace_path);
         if let Some(records) = replay {
             let files = dev.image.layers.iter().map(|l| l.file.clone()).collect();
             dev.replay = Some(trace::replay(
@@ -178,27 +181,35 @@ impl Device {
         name: &str,
         image: Image,
         mode: &'static str,
-        recorder: Option<Arc<Recorder>>,
-        replay: Option<Arc<ReplayStats>>,
+        slot: Arc<TraceSlot>,
+        opts: &DeviceOptions,
         trace_path: Option<PathBuf>,
-    ) -> Result<Device> {
+    ) -> Device {
         let read_only = image.stack.upper().is_none();
-        Ok(Device {
+        Device {
             name: name.to_string(),
             image,
             read_only,
             stats: DeviceStats::default(),
             mode,
-            recorder,
-            replay,
+            slot,
+            trace_poll: opts.trace_poll,
+            replay: None,
             trace_path,
             cancel: Arc::new(AtomicBool::new(false)),
-        })
+        }
     }
 
     /// A device over an already opened image (no trace).
     pub fn from_image(name: &str, image: Image) -> Device {
-        Self::finish_open(name, image, "off", None, None, None).expect("no trace to start")
+        Self::finish_open(
+            name,
+            image,
+            "off",
+            Arc::new(TraceSlot::default()),
+            &DeviceOptions::default(),
+            None,
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -230,8 +241,33 @@ impl Device {
         self.trace_path.as_deref()
     }
 
-    pub fn recorder(&self) -> Option<&Arc<Recorder>> {
-        self.recorder.as_ref()
+    /// The recording in progress, if any.
+    pub fn recorder(&self) -> Option<Arc<Recorder>> {
+        self.slot.get()
+    }
+
+    /// Starts recording into `path` (overlaybd's protocol: `<path>.lock` is created, the
+    /// trace is written when it is deleted or at [`Device::stop_recording`]). Only images
+    /// opened by [`Device::open`] can record.
+    pub fn start_recording(&self, path: &std::path::Path) -> Result<()> {
+        if self.slot.get().is_some_and(|r| !r.is_finished()) {
+            return Err(Error::Invalid(format!(
+                "device {}: a recording is already running",
+                self.name
+            )));
+        }
+        self.slot.set(Some(Recorder::start(path, self.trace_poll)?));
+        Ok(())
+    }
+
+    /// Writes the trace being recorded (if any) and stops recording; returns its path.
+    pub fn stop_recording(&self) -> Result<Option<PathBuf>> {
+        let Some(r) = self.slot.get() else {
+            return Ok(None);
+        };
+        r.finish()?;
+        self.slot.set(None);
+        Ok(Some(r.path().to_path_buf()))
     }
 
     pub fn replay(&self) -> Option<&Arc<ReplayStats>> {
@@ -329,7 +365,7 @@ impl Device {
     /// Stops trace replay and writes a trace being recorded.
     pub fn close(&self) -> Result<()> {
         self.cancel.store(true, Ordering::Relaxed);
-        if let Some(r) = &self.recorder {
+        if let Some(r) = self.slot.get() {
             r.finish()?;
         }
         self.flush().map_err(|e| Error::Invalid(e.to_string()))

@@ -198,11 +198,12 @@ impl Image {
         Self::open_recording(cfg, remote, None)
     }
 
-    /// [`Image::open`], recording every read of a lower layer file into `recorder`.
+    /// [`Image::open`], with every lower layer file reporting its reads to `slot` (which
+    /// records them while it holds a recorder).
     pub fn open_recording(
         cfg: &ImageConfig,
         remote: Option<&Remote>,
-        recorder: Option<&Arc<crate::trace::Recorder>>,
+        slot: Option<&Arc<crate::trace::TraceSlot>>,
     ) -> Result<Image> {
         let mut lowers = Vec::with_capacity(cfg.lowers.len());
         let mut layers = Vec::with_capacity(cfg.lowers.len());
@@ -239,7 +240,7 @@ impl Image {
                 .map_err(|e| Error::Invalid(format!("layer {origin}: {e}")))?;
             let layer = RoLayer::open(&*lsmt)
                 .map_err(|e| Error::Invalid(format!("layer {origin}: {e}")))?;
-            let lsmt: Arc<dyn ReadAt> = match recorder {
+            let lsmt: Arc<dyn ReadAt> = match slot {
                 Some(r) => Arc::new(crate::trace::Recording::new(lsmt, i as u32, r.clone())),
                 None => lsmt,
             };

@@ -7,7 +7,9 @@
 //! issues add trace record/replay, the device exports (FUSE single-file + loop, NBD) and the
 //! `overlaybd-daemon` binary.
 
+pub mod api;
 pub mod cache;
+pub mod daemon;
 pub mod device;
 mod error;
 pub mod export;

@@ -265,16 +265,45 @@ impl Recorder {
     }
 }
 
-/// A layer file whose successful reads are recorded.
+/// Where a device's layers send their reads while a recording runs: empty most of the time
+/// (one relaxed atomic load per read), filled by [`TraceSlot::set`] to start recording on an
+/// attached device.
+#[derive(Debug, Default)]
+pub struct TraceSlot {
+    active: AtomicBool,
+    rec: Mutex<Option<Arc<Recorder>>>,
+}
+
+impl TraceSlot {
+    pub fn set(&self, rec: Option<Arc<Recorder>>) {
+        let mut g = self.rec.lock().unwrap();
+        self.active.store(rec.is_some(), Ordering::Release);
+        *g = rec;
+    }
+
+    pub fn get(&self) -> Option<Arc<Recorder>> {
+        self.rec.lock().unwrap().clone()
+    }
+
+    fn push(&self, layer: u32, offset: u64, count: u64) {
+        if self.active.load(Ordering::Relaxed) {
+            if let Some(r) = &*self.rec.lock().unwrap() {
+                r.push(layer, offset, count);
+            }
+        }
+    }
+}
+
+/// A layer file whose successful reads are recorded while its slot holds a recorder.
 pub struct Recording {
     inner: Arc<dyn ReadAt>,
     layer: u32,
-    rec: Arc<Recorder>,
+    slot: Arc<TraceSlot>,
 }
 
 impl Recording {
-    pub fn new(inner: Arc<dyn ReadAt>, layer: u32, rec: Arc<Recorder>) -> Self {
-        Recording { inner, layer, rec }
+    pub fn new(inner: Arc<dyn ReadAt>, layer: u32, slot: Arc<TraceSlot>) -> Self {
+        Recording { inner, layer, slot }
     }
 }
 
@@ -290,7 +319,7 @@ impl ReadAt for Recording {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read_at(offset, buf)?;
         if n > 0 {
-            self.rec.push(self.layer, offset, n as u64);
+            self.slot.push(self.layer, offset, n as u64);
         }
         Ok(n)
     }

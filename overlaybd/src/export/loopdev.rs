@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_CHANGE_FD: libc::c_ulong = 0x4C06;
 const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
@@ -166,6 +167,23 @@ impl LoopDevice {
         // SAFETY: `info` is a `struct loop_info64` the kernel fills.
         let r = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_GET_STATUS64, &mut info) };
         r == 0 && info.flags & LO_FLAGS_READ_ONLY != 0
+    }
+
+    /// Points a read-only loop device at another file of the same size (the kernel refuses
+    /// this for writable devices). Used when a FUSE file had to be mounted anew.
+    pub fn change_fd(&self, file: &Path) -> Result<()> {
+        let backing = File::open(file).map_err(|e| io("open", file, e))?;
+        let f = File::open(&self.path).map_err(|e| io("open", &self.path, e))?;
+        // SAFETY: LOOP_CHANGE_FD takes a descriptor number.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CHANGE_FD, backing.as_raw_fd()) };
+        if r != 0 {
+            return Err(io(
+                "LOOP_CHANGE_FD",
+                &self.path,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     /// Detaches the device (the kernel finishes it once the last opener closes it).

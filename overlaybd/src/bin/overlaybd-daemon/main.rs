@@ -1,0 +1,247 @@
+//! `overlaybd-daemon`: serves images as block devices (FUSE file + loop device, NBD).
+//!
+//! ```text
+//! overlaybd-daemon [--config /etc/overlaybd-daemon/config.toml]   run the daemon
+//! overlaybd-daemon ctl [--socket S] attach ID CONFIG [--nbd] [--no-block]
+//! overlaybd-daemon ctl detach ID | list | stats ID | trace-start ID PATH | trace-stop ID
+//! overlaybd-daemon fdstore SOCKET     the descriptor keeper (started by the daemon)
+//! ```
+//!
+//! SIGTERM and SIGINT stop the daemon *without* detaching anything: the devices stay
+//! attached, their FUSE connections are kept by the keeper, and the next start serves them
+//! again. Detach devices through the API to remove them.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use overlaybd::api::{self, pb};
+use overlaybd::daemon::{Daemon, DaemonConfig};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Serves overlaybd images as block devices")]
+struct Cli {
+    /// The daemon's TOML config (absent file = defaults).
+    #[arg(long, default_value = "/etc/overlaybd-daemon/config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Talk to a running daemon.
+    Ctl {
+        /// The API socket (default: the config's `socket`).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        op: Op,
+    },
+    /// Run the descriptor keeper on SOCKET (the daemon starts it).
+    Fdstore { socket: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum Op {
+    /// Attach the image of CONFIG (a config.v1.json) as device ID.
+    Attach {
+        id: String,
+        config: PathBuf,
+        /// Also export over NBD (export name = ID).
+        #[arg(long)]
+        nbd: bool,
+        /// No FUSE file and loop device.
+        #[arg(long)]
+        no_block: bool,
+    },
+    Detach {
+        id: String,
+    },
+    List,
+    Stats {
+        id: String,
+    },
+    TraceStart {
+        id: String,
+        path: PathBuf,
+    },
+    TraceStop {
+        id: String,
+    },
+}
+
+fn load_config(path: &Path) -> anyhow::Result<DaemonConfig> {
+    if path.exists() {
+        Ok(DaemonConfig::load(path)?)
+    } else {
+        Ok(DaemonConfig::default())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Fdstore { socket }) => Ok(overlaybd::daemon::fdstore::serve(&socket)?),
+        Some(Cmd::Ctl { socket, op }) => {
+            let socket = match socket {
+                Some(s) => s,
+                None => load_config(&cli.config)?.socket,
+            };
+            ctl(&socket, op)
+        }
+        None => run(load_config(&cli.config)?),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn print_device(d: &pb::Device) {
+    println!(
+        "{}\tsize={}\tro={}\tloop={}\tfuse={}\tnbd={}\ttrace={}{}\tstate={}",
+        d.id,
+        d.size,
+        d.read_only,
+        or_dash(&d.loop_device),
+        or_dash(&d.fuse_file),
+        or_dash(&d.nbd_export),
+        d.trace_mode,
+        if d.recording { "(recording)" } else { "" },
+        d.state
+    );
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn ctl(socket: &Path, op: Op) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut c = api::connect(socket).await?;
+        match op {
+            Op::Attach {
+                id,
+                config,
+                nbd,
+                no_block,
+            } => {
+                let config = std::fs::canonicalize(&config)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+                let d = c
+                    .attach(pb::AttachRequest {
+                        id,
+                        config_path: config.display().to_string(),
+                        block: !no_block,
+                        nbd,
+                    })
+                    .await?
+                    .into_inner();
+                print_device(&d);
+            }
+            Op::Detach { id } => {
+                c.detach(pb::DetachRequest { id }).await?;
+            }
+            Op::List => {
+                for d in c.list(pb::ListRequest {}).await?.into_inner().devices {
+                    print_device(&d);
+                }
+            }
+            Op::Stats { id } => {
+                print!(
+                    "{}",
+                    c.stats(pb::StatsRequest { id })
+                        .await?
+                        .into_inner()
+                        .prometheus
+                );
+            }
+            Op::TraceStart { id, path } => {
+                let path = std::path::absolute(&path)?;
+                c.start_trace(pb::StartTraceRequest {
+                    id,
+                    path: path.display().to_string(),
+                })
+                .await?;
+            }
+            Op::TraceStop { id } => {
+                let p = c
+                    .stop_trace(pb::StopTraceRequest { id })
+                    .await?
+                    .into_inner();
+                println!("{}", p.path);
+            }
+        }
+        Ok(())
+    })
+}
+
+fn serve_metrics(d: Arc<Daemon>, addr: &str) -> anyhow::Result<()> {
+    let l = std::net::TcpListener::bind(addr)?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut req = [0u8; 1024];
+                let n = c.read(&mut req).unwrap_or(0);
+                let line = String::from_utf8_lossy(&req[..n]);
+                let (code, body) = if line.starts_with("GET /metrics") {
+                    ("200 OK", d.render_metrics())
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_string())
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(())
+}
+
+fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let exe = std::env::current_exe()?;
+    let socket = cfg.socket.clone();
+    let metrics = cfg.metrics_address.clone();
+    let daemon = Daemon::start(cfg, Some(&exe))?;
+    if !metrics.is_empty() {
+        serve_metrics(daemon.clone(), &metrics)?;
+    }
+    tracing::info!(
+        "overlaybd-daemon serving {} ({} devices restored)",
+        socket.display(),
+        daemon.list().len()
+    );
+    runtime()?.block_on(async {
+        let stop = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("stopping; devices stay attached for the next start");
+        };
+        api::serve(daemon.clone(), &socket, stop).await
+    })?;
+    // Exit without detaching: the next daemon takes the devices over.
+    std::process::exit(0)
+}

@@ -1,0 +1,488 @@
+//! The `overlaybd-daemon` binary end to end: a remote image from a real registry attached
+//! through the gRPC API, mounted and read; a trace recorded and then replayed up front; the
+//! daemon killed and restarted under a mounted filesystem.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::registry::Registry;
+use common::{can_mount, run, vector};
+
+/// A daemon process with its own directories; on drop every device is detached and the
+/// daemon and its descriptor keeper are stopped.
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("daemon.toml");
+        let socket = dir.join("api.sock");
+        if !config.exists() {
+            std::fs::write(
+                &config,
+                format!(
+                    "state_dir = \"{0}/state\"\nsocket = \"{1}\"\nrun_dir = \"{0}/run\"\n\
+                     cache_dir = \"{0}/cache\"\ncache_size_mb = 256\nhosts_dir = \"\"\n\
+                     read_deadline_secs = 5\nnbd_socket = \"{0}/nbd.sock\"\n\
+                     metrics_address = \"127.0.0.1:{2}\"\nlog = \"info\"\n",
+                    dir.display(),
+                    socket.display(),
+                    common::registry::free_port()
+                ),
+            )
+            .unwrap();
+        }
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(env!("CARGO_BIN_EXE_overlaybd-daemon"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            config,
+            socket,
+        };
+        let t = Instant::now();
+        while !d.socket.exists() {
+            assert!(t.elapsed() < Duration::from_secs(30), "{}", d.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn ctl_result(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_overlaybd-daemon"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("ctl")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let o = self.ctl_result(args);
+        assert!(
+            o.status.success(),
+            "ctl {args:?}: {}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The value of one field of `ctl list` for device `id`.
+    fn field(&self, id: &str, key: &str) -> String {
+        let list = self.ctl(&["list"]);
+        let line = list
+            .lines()
+            .find(|l| l.split('\t').next() == Some(id))
+            .unwrap_or_else(|| panic!("{id} not listed: {list}"));
+        line.split('\t')
+            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .to_string()
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn stats(&self, id: &str) -> String {
+        self.ctl(&["stats", id])
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let list = self.ctl_result(&["list"]);
+            for l in String::from_utf8_lossy(&list.stdout).lines() {
+                let id = l.split('\t').next().unwrap().to_string();
+                let _ = self.ctl_result(&["detach", &id]);
+            }
+            let mut c = self.child.take().unwrap();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let keeper = self.dir.join("state/fdstore.sock");
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&keeper) {
+            let _ = s.write_all(b"QUIT\n");
+            let _ = s.read(&mut [0u8; 8]);
+        }
+    }
+}
+
+/// Sum of a Prometheus counter's samples.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn mount_ro(dev: &str, at: &Path) {
+    std::fs::create_dir_all(at).unwrap();
+    run(
+        "mount",
+        &["-t", "ext4", "-o", "ro", dev, at.to_str().unwrap()],
+    );
+}
+
+fn umount(at: &Path) {
+    let _ = Command::new("umount").arg(at).status();
+}
+
+fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+/// Pushes vector g's layer to a registry and writes a config.v1.json for it.
+fn remote_g(reg: &Registry, dir: &Path) -> (PathBuf, String) {
+    let blob = std::fs::read(vector("g.ext4.lz4.bs4.zfile")).unwrap();
+    let digest = reg.push("lib/g", &blob);
+    let cfg = dir.join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"repoBlobUrl":"{}/v2/lib/g/blobs","lowers":[{{"digest":"{digest}","size":{}}}],
+                "upper":{{}},"resultFile":"{}"}}"#,
+            reg.url,
+            blob.len(),
+            dir.join("result").display()
+        ),
+    )
+    .unwrap();
+    (cfg, digest)
+}
+
+#[test]
+fn a_remote_image_attaches_mounts_and_detaches() {
+    if !can_mount() || !common::require_tool("nbdinfo") {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let (cfg, digest) = remote_g(&reg, tmp.path());
+    d.ctl(&["attach", "g", cfg.to_str().unwrap(), "--nbd"]);
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("result")).unwrap(),
+        "success"
+    );
+    let lo = d.field("g", "loop");
+    assert!(lo.starts_with("/dev/loop"), "{lo}");
+    assert_eq!(d.field("g", "ro"), "true");
+    let before = metric(&d.stats("g"), "overlaybd_cache_fetched_bytes_total");
+    let mnt = tmp.path().join("mnt");
+    mount_ro(&lo, &mnt);
+    let expected = common::g_tree(tmp.path());
+    let r = std::panic::catch_unwind(|| common::assert_same_tree(&expected, &mnt));
+    umount(&mnt);
+    r.unwrap();
+    let stats = d.stats("g");
+    // The blob (290 KB) came from the registry, through the cache, once.
+    let fetched = metric(&stats, "overlaybd_cache_fetched_bytes_total");
+    assert!(fetched > 0 && before <= fetched, "{stats}");
+    assert!(
+        fetched
+            <= std::fs::metadata(vector("g.ext4.lz4.bs4.zfile"))
+                .unwrap()
+                .len()
+    );
+    assert!(
+        metric(&stats, "overlaybd_fetch_requests_total") > 0,
+        "{stats}"
+    );
+    assert!(
+        metric(&stats, "overlaybd_device_read_bytes_total") > 0,
+        "{stats}"
+    );
+    assert_eq!(metric(&stats, "overlaybd_device_read_errors_total"), 0);
+    // The same device over NBD.
+    let info = run(
+        "nbdinfo",
+        &[
+            "--size",
+            &format!(
+                "nbd+unix:///g?socket={}",
+                tmp.path().join("nbd.sock").display()
+            ),
+        ],
+    );
+    assert_eq!(info.trim(), (1u64 << 30).to_string());
+    // Metrics over HTTP.
+    let toml = std::fs::read_to_string(&d.config).unwrap();
+    let addr = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics_address = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let m = reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(metric(&m, "overlaybd_devices"), 1, "{m}");
+    assert!(metric(&m, "overlaybd_device_read_bytes_total") > 0);
+
+    // Detach: the loop device and the record go away.
+    d.ctl(&["detach", "g"]);
+    assert!(d.ctl(&["list"]).is_empty());
+    let n = lo.trim_start_matches("/dev/loop");
+    let backing = std::fs::read_to_string(format!("/sys/block/loop{n}/loop/backing_file"));
+    assert!(backing.is_err(), "loop device still attached: {backing:?}");
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("state/devices"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // A registry that does not answer fails the attach, naming the blob, within the deadline.
+    drop(reg);
+    let t = Instant::now();
+    let o = d.ctl_result(&["attach", "g2", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains(&digest), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let result = std::fs::read_to_string(tmp.path().join("result")).unwrap();
+    assert!(result.starts_with("failed:"), "{result}");
+    assert!(d.ctl(&["list"]).is_empty());
+}
+
+/// A 32 MiB layer of random data (compressed as a ZFile) and its bytes.
+fn random_layer(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let (data, index) = (dir.join("rw.data"), dir.join("rw.index"));
+    let l = overlaybd::lsmt::RwLayer::create(&data, &index, 64 << 20, None, Default::default())
+        .unwrap();
+    let bytes = common::registry::random(32 << 20, 77);
+    for (i, c) in bytes.chunks(1 << 20).enumerate() {
+        l.write((i as u64) << 20, c).unwrap();
+    }
+    l.flush().unwrap();
+    drop(l);
+    let out = dir.join("layer.zfile");
+    run(
+        env!("CARGO_BIN_EXE_obdctl"),
+        &[
+            "layer",
+            "commit",
+            "-z",
+            data.to_str().unwrap(),
+            index.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    (out, bytes)
+}
+
+/// Reads `ranges` of the device with O_DIRECT and checks them against `want`.
+fn workload(lo: &str, ranges: &[(u64, usize)], want: &[u8]) {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(lo)
+        .unwrap();
+    for &(off, len) in ranges {
+        let mut b = AlignedBuf::new(len);
+        dev.read_exact_at(b.as_mut(), off).unwrap();
+        assert!(
+            b.as_mut() == &want[off as usize..off as usize + len],
+            "bytes at {off}"
+        );
+    }
+}
+
+#[test]
+fn a_recorded_trace_is_replayed_up_front() {
+    if !can_mount() {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (layer, want) = random_layer(tmp.path());
+    let blob = std::fs::read(&layer).unwrap();
+    let digest = reg.push("lib/r", &blob);
+    let trace = tmp.path().join("trace");
+    std::fs::write(&trace, b"").unwrap();
+    let cfg = tmp.path().join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"repoBlobUrl":"{}/v2/lib/r/blobs","lowers":[{{"digest":"{digest}","size":{}}}],
+                "upper":{{}},"recordTracePath":"{}"}}"#,
+            reg.url,
+            blob.len(),
+            trace.display()
+        ),
+    )
+    .unwrap();
+    let ranges = [
+        (3u64 << 20, 65536usize),
+        (11 << 20, 131072),
+        (19 << 20, 4096),
+        (27 << 20, 65536),
+    ];
+    let fetched = |d: &Daemon| metric(&d.stats("r"), "overlaybd_cache_fetched_bytes_total");
+    let at_attach;
+    {
+        // Record: the workload reads four ranges; deleting the lock file writes the trace.
+        let d = Daemon::start(&tmp.path().join("one"));
+        d.ctl(&["attach", "r", cfg.to_str().unwrap()]);
+        assert!(d.ctl(&["list"]).contains("trace=record"));
+        at_attach = fetched(&d);
+        workload(&d.field("r", "loop"), &ranges, &want);
+        assert!(fetched(&d) > at_attach, "the workload fetched nothing");
+        std::fs::remove_file(tmp.path().join("trace.lock")).unwrap();
+        let t = Instant::now();
+        while !tmp.path().join("trace.ok").exists() {
+            assert!(t.elapsed() < Duration::from_secs(10), "no trace.ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let records = overlaybd::trace::decode(&std::fs::read(&trace).unwrap()).unwrap();
+    assert!(!records.is_empty());
+    let recorded: u64 = records.iter().map(|r| r.count).sum();
+
+    // Replay on a new host (an empty cache): the recorded ranges are fetched at attach,
+    // before anything reads the device; the workload then fetches nothing.
+    let d = Daemon::start(&tmp.path().join("two"));
+    d.ctl(&["attach", "r", cfg.to_str().unwrap()]);
+    assert!(d.ctl(&["list"]).contains("trace=replay"));
+    let t = Instant::now();
+    let mut s = d.stats("r");
+    while metric(&s, "overlaybd_trace_replay_bytes_total") < recorded {
+        assert!(t.elapsed() < Duration::from_secs(20), "replay stalled: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+        s = d.stats("r");
+    }
+    assert_eq!(metric(&s, "overlaybd_trace_replay_errors_total"), 0);
+    assert_eq!(metric(&s, "overlaybd_device_reads_total"), 0, "{s}");
+    let prefetched = fetched(&d);
+    assert!(prefetched > at_attach, "replay fetched nothing: {s}");
+    workload(&d.field("r", "loop"), &ranges, &want);
+    assert_eq!(fetched(&d), prefetched, "the workload still fetched");
+}
+
+#[test]
+fn the_daemon_killed_under_a_mounted_filesystem_comes_back_without_errors() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"lowers":[{{"file":"{}"}}],"upper":{{}}}}"#,
+            vector("g.ext4.lz4.bs4.zfile").display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(tmp.path());
+    d.ctl(&["attach", "g", cfg.to_str().unwrap()]);
+    let lo = d.field("g", "loop");
+    let mnt = tmp.path().join("mnt");
+    mount_ro(&lo, &mnt);
+    let expected = common::g_tree(tmp.path());
+    let want_tool = std::fs::read(expected.join("usr/bin/tool")).unwrap();
+
+    // A reader that keeps reading the device with O_DIRECT (no page cache) while the daemon
+    // dies and comes back; every read must succeed with the right bytes.
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&lo)
+        .unwrap();
+    let image = overlaybd::lsmt::blob::open_path(&vector("g.ext4.lz4.bs4.zfile"))
+        .map(|(src, _)| src)
+        .unwrap();
+    let layer = overlaybd::lsmt::RoLayer::open(&*image).unwrap();
+    let stack = overlaybd::lsmt::Stack::new(vec![(image, layer)], None).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut reads = 0u64;
+        let mut buf = AlignedBuf::new(64 << 10);
+        let mut want = vec![0u8; 64 << 10];
+        let mut off = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            dev.read_exact_at(buf.as_mut(), off)
+                .unwrap_or_else(|e| panic!("read at {off} failed: {e}"));
+            stack.read_at(off, &mut want).unwrap();
+            assert!(buf.as_mut() == &want[..], "wrong bytes at {off}");
+            reads += 1;
+            off = (off + (1 << 20) + 4096) % ((1 << 30) - (64 << 10));
+        }
+        reads
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    d.kill9();
+    // The daemon is gone: the reader waits (it is not failed).
+    std::thread::sleep(Duration::from_millis(1500));
+    let d2 = Daemon::start(tmp.path());
+    assert_eq!(d2.field("g", "state"), "restored");
+    assert_eq!(d2.field("g", "loop"), lo);
+    assert!(
+        d2.log().contains("resumed the kept FUSE connection"),
+        "{}",
+        d2.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader saw an error");
+    assert!(reads > 10, "only {reads} reads");
+    // The filesystem is fine too, read from the device again.
+    drop_caches();
+    assert_eq!(std::fs::read(mnt.join("usr/bin/tool")).unwrap(), want_tool);
+    let r = std::panic::catch_unwind(|| common::assert_same_tree(&expected, &mnt));
+    umount(&mnt);
+    r.unwrap();
+    assert!(metric(&d2.stats("g"), "overlaybd_device_reads_total") > 0);
+    drop(d2);
+    drop(d);
+}
+
+/// A 4 KiB-aligned buffer for O_DIRECT.
+struct AlignedBuf {
+    v: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let v = vec![0u8; len + 4096];
+        let at = v.as_ptr().align_offset(4096);
+        AlignedBuf { v, at, len }
+    }
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.v[self.at..self.at + self.len]
+    }
+}

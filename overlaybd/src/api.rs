@@ -136,12 +136,11 @@ pub async fn serve(
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("create", dir.display().to_string(), 0, e))?;
     }
-    let _ = std::fs::remove_file(socket);
-    let l = tokio::net::UnixListener::bind(socket)
+    let l = crate::export::bind_private_unix(socket)?;
+    l.set_nonblocking(true)
         .map_err(|e| Error::io("bind", socket.display().to_string(), 0, e))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io("chmod", socket.display().to_string(), 0, e))?;
+    let l = tokio::net::UnixListener::from_std(l)
+        .map_err(|e| Error::io("bind", socket.display().to_string(), 0, e))?;
     tonic::transport::Server::builder()
         .add_service(DaemonServer::new(Api(daemon)))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(l), shutdown)

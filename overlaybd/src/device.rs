@@ -76,13 +76,11 @@ impl Default for DeviceOptions {
 pub struct Device {
     name: String,
     image: Image,
-    read_only: bool,
     stats: DeviceStats,
     mode: &'static str,
     slot: Arc<TraceSlot>,
     trace_poll: Duration,
     replay: Option<Arc<ReplayStats>>,
-    trace_path: Option<PathBuf>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -136,15 +134,14 @@ impl Device {
             None
         };
         let mode = match &trace_path {
+            // An empty trace in an acceleration layer means "nothing to replay".
+            Some(p) if cfg.acceleration_layer => match Mode::detect(p)? {
+                Mode::Record(_) => Mode::Off,
+                m => m,
+            },
             Some(p) => Mode::detect(p)?,
             None => Mode::Off,
         };
-        if cfg.acceleration_layer && matches!(mode, Mode::Record(_)) {
-            // An empty trace in an acceleration layer means "nothing to replay".
-            let slot = Arc::new(TraceSlot::default());
-            let image = Image::open_recording(&cfg, remote, Some(&slot))?;
-            return Ok(Self::finish_open(name, image, "off", slot, opts, None));
-        }
         let slot = Arc::new(TraceSlot::default());
         if let Mode::Record(p) = &mode {
             slot.set(Some(Recorder::start(p, opts.trace_poll)?));
@@ -164,7 +161,7 @@ impl Device {
             }
             _ => None,
         };
-        let mut dev = Self::finish_open(name, image, name_of_mode, slot, opts, trace_path);
+        let mut dev = Self::finish_open(name, image, name_of_mode, slot, opts);
         if let Some(records) = replay {
             let files = dev.image.layers.iter().map(|l| l.file.clone()).collect();
             dev.replay = Some(trace::replay(
@@ -183,19 +180,15 @@ impl Device {
         mode: &'static str,
         slot: Arc<TraceSlot>,
         opts: &DeviceOptions,
-        trace_path: Option<PathBuf>,
     ) -> Device {
-        let read_only = image.stack.upper().is_none();
         Device {
             name: name.to_string(),
             image,
-            read_only,
             stats: DeviceStats::default(),
             mode,
             slot,
             trace_poll: opts.trace_poll,
             replay: None,
-            trace_path,
             cancel: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -208,7 +201,6 @@ impl Device {
             "off",
             Arc::new(TraceSlot::default()),
             &DeviceOptions::default(),
-            None,
         )
     }
 
@@ -220,8 +212,9 @@ impl Device {
         self.image.stack.virtual_size()
     }
 
+    /// Read-only when the image has no writable upper layer.
     pub fn read_only(&self) -> bool {
-        self.read_only
+        self.image.stack.upper().is_none()
     }
 
     pub fn image(&self) -> &Image {
@@ -235,10 +228,6 @@ impl Device {
     /// `off`, `record`, `replay` or `file-list`.
     pub fn trace_mode(&self) -> &'static str {
         self.mode
-    }
-
-    pub fn trace_path(&self) -> Option<&std::path::Path> {
-        self.trace_path.as_deref()
     }
 
     /// The recording in progress, if any.
@@ -310,7 +299,7 @@ impl Device {
     }
 
     fn writable(&self, offset: u64, len: u64) -> Result<(), DevError> {
-        if self.read_only {
+        if self.read_only() {
             return Err(DevError::ReadOnly);
         }
         self.check(offset, len)
@@ -376,50 +365,33 @@ impl Device {
         let l = format!("device=\"{}\"", self.name);
         let s = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(out, "overlaybd_device_reads_total", &l, get(&s.reads));
-        counter(
-            out,
-            "overlaybd_device_read_bytes_total",
-            &l,
-            get(&s.read_bytes),
-        );
-        counter(
-            out,
-            "overlaybd_device_read_errors_total",
-            &l,
-            get(&s.read_errors),
-        );
-        counter(out, "overlaybd_device_writes_total", &l, get(&s.writes));
-        counter(
-            out,
-            "overlaybd_device_write_bytes_total",
-            &l,
-            get(&s.write_bytes),
-        );
-        counter(
-            out,
-            "overlaybd_device_write_errors_total",
-            &l,
-            get(&s.write_errors),
-        );
-        counter(out, "overlaybd_device_trims_total", &l, get(&s.trims));
-        counter(out, "overlaybd_device_flushes_total", &l, get(&s.flushes));
+        for (name, v) in [
+            ("reads", &s.reads),
+            ("read_bytes", &s.read_bytes),
+            ("read_errors", &s.read_errors),
+            ("writes", &s.writes),
+            ("write_bytes", &s.write_bytes),
+            ("write_errors", &s.write_errors),
+            ("trims", &s.trims),
+            ("flushes", &s.flushes),
+        ] {
+            counter(out, &format!("overlaybd_device_{name}_total"), &l, get(v));
+        }
         s.read_latency
             .render(out, "overlaybd_device_read_seconds", &l);
         if let Some(r) = &self.replay {
-            counter(
-                out,
-                "overlaybd_trace_replay_reads_total",
-                &l,
-                get(&r.records),
-            );
-            counter(out, "overlaybd_trace_replay_bytes_total", &l, get(&r.bytes));
-            counter(
-                out,
-                "overlaybd_trace_replay_errors_total",
-                &l,
-                get(&r.errors),
-            );
+            for (name, v) in [
+                ("reads", &r.records),
+                ("bytes", &r.bytes),
+                ("errors", &r.errors),
+            ] {
+                counter(
+                    out,
+                    &format!("overlaybd_trace_replay_{name}_total"),
+                    &l,
+                    get(v),
+                );
+            }
         }
         for (i, layer) in self.image.layers.iter().enumerate() {
             if let Some(c) = &layer.remote {

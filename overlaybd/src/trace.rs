@@ -222,14 +222,6 @@ impl Recorder {
         self.finished.load(Ordering::Acquire)
     }
 
-    pub fn len(&self) -> usize {
-        self.records.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn push(&self, layer: u32, offset: u64, count: u64) {
         if self.finished.load(Ordering::Relaxed) {
             return;

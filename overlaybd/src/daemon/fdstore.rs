@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,12 +43,7 @@ pub fn take_fd(pid: u32, fd: RawFd) -> std::io::Result<OwnedFd> {
 
 /// Runs the keeper on `socket` until `QUIT`.
 pub fn serve(socket: &Path) -> Result<()> {
-    let _ = std::fs::remove_file(socket);
-    let l = UnixListener::bind(socket)
-        .map_err(|e| Error::io("bind", socket.display().to_string(), 0, e))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io("chmod", socket.display().to_string(), 0, e))?;
+    let l = crate::export::bind_private_unix(socket)?;
     let mut held: HashMap<String, OwnedFd> = HashMap::new();
     let me = std::process::id();
     for conn in l.incoming() {

@@ -251,16 +251,21 @@ impl Daemon {
 
     fn export_block(&self, a: &mut Attached) -> Result<()> {
         let file = self.cfg.run_dir.join(format!("{}.img", a.record.id));
-        let fuse = FuseExport::mount(a.dev.clone(), &file, self.cfg.fuse_threads)?;
-        if let Some(fs) = &self.fdstore {
-            fs.put(&a.record.id, fuse.fd().as_raw_fd())?;
-        }
-        a.fuse = Some(fuse);
+        a.fuse = Some(self.mount_fuse(&a.dev, &a.record.id, &file)?);
         a.record.fuse_file = Some(file.clone());
         let lo = LoopDevice::attach(&file, a.dev.read_only(), true)?;
         a.record.loop_device = Some(lo.path().to_path_buf());
         a.loopdev = Some(lo);
         Ok(())
+    }
+
+    /// Mounts the device's FUSE file and hands its descriptor to the keeper.
+    fn mount_fuse(&self, dev: &Arc<Device>, id: &str, file: &Path) -> Result<FuseExport> {
+        let fuse = FuseExport::mount(dev.clone(), file, self.cfg.fuse_threads)?;
+        if let Some(fs) = &self.fdstore {
+            fs.put(id, fuse.fd().as_raw_fd())?;
+        }
+        Ok(fuse)
     }
 
     fn persist(&self, r: &DeviceRecord) -> Result<()> {
@@ -452,14 +457,8 @@ impl Daemon {
             } else {
                 // The connection died with the keeper: a new FUSE file, and the loop device
                 // switched over to it (the kernel allows that for read-only loop devices).
-                let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
-                    .map_err(|_| Error::Invalid("NUL in path".into()))?;
-                // SAFETY: `c` is a NUL-terminated path that outlives the call.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-                let fuse = FuseExport::mount(dev.clone(), file, self.cfg.fuse_threads)?;
-                if let Some(fs) = &self.fdstore {
-                    fs.put(&rec.id, fuse.fd().as_raw_fd())?;
-                }
+                FuseExport::clear_stale(file);
+                let fuse = self.mount_fuse(&dev, &rec.id, file)?;
                 a.fuse = Some(fuse);
                 tracing::warn!(
                     "{}: FUSE connection lost; mounted {} anew",

@@ -18,7 +18,7 @@ use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -264,9 +264,9 @@ pub fn handle(dev: &Device, msg: &[u8], out: &mut [u8]) -> Reply {
         FLUSH | RELEASE | DESTROY => Reply::Data(Vec::new()),
         STATFS => {
             let mut r = vec![0u8; 80];
-            r[40..44].copy_from_slice(&512u32.to_le_bytes()); // bsize
+            r[40..44].copy_from_slice(&(crate::device::BLOCK as u32).to_le_bytes()); // bsize
             r[44..48].copy_from_slice(&255u32.to_le_bytes()); // namelen
-            r[48..52].copy_from_slice(&512u32.to_le_bytes()); // frsize
+            r[48..52].copy_from_slice(&(crate::device::BLOCK as u32).to_le_bytes()); // frsize
             Reply::Data(r)
         }
         FORGET | BATCH_FORGET | INTERRUPT => Reply::None,
@@ -296,13 +296,6 @@ fn write_reply(mut fd: &File, unique: u64, reply: Reply, out: &mut [u8]) -> std:
     }
 }
 
-/// Counters of one export.
-#[derive(Debug, Default)]
-pub struct FuseStats {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-}
-
 /// A mounted FUSE file serving one device.
 #[derive(Debug)]
 pub struct FuseExport {
@@ -310,7 +303,6 @@ pub struct FuseExport {
     fd: Arc<File>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    stats: Arc<FuseStats>,
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -383,13 +375,12 @@ impl FuseExport {
 
     fn serve(dev: Arc<Device>, path: &Path, fd: Arc<File>, threads: usize) -> FuseExport {
         let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(FuseStats::default());
         let workers = (0..threads.max(1))
             .filter_map(|i| {
-                let (dev, fd, stop, stats) = (dev.clone(), fd.clone(), stop.clone(), stats.clone());
+                let (dev, fd, stop) = (dev.clone(), fd.clone(), stop.clone());
                 std::thread::Builder::new()
                     .name(format!("fuse-{}-{i}", dev.name()))
-                    .spawn(move || worker(&dev, &fd, &stop, &stats))
+                    .spawn(move || worker(&dev, &fd, &stop))
                     .ok()
             })
             .collect();
@@ -398,7 +389,6 @@ impl FuseExport {
             fd,
             workers,
             stop,
-            stats,
         }
     }
 
@@ -411,8 +401,13 @@ impl FuseExport {
         self.fd.as_fd()
     }
 
-    pub fn stats(&self) -> &FuseStats {
-        &self.stats
+    /// Lazily unmounts whatever is left mounted at `path` (a FUSE file whose daemon and
+    /// connection are gone), so that a new one can be mounted there.
+    pub fn clear_stale(path: &Path) {
+        if let Ok(target) = cpath(path) {
+            // SAFETY: `target` is a NUL-terminated string that outlives the call.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 
     /// Unmounts (lazily, so that a file still open elsewhere does not block it) and stops
@@ -438,7 +433,7 @@ impl FuseExport {
     }
 }
 
-fn worker(dev: &Device, mut fd: &File, stop: &AtomicBool, stats: &FuseStats) {
+fn worker(dev: &Device, mut fd: &File, stop: &AtomicBool) {
     // Big enough for a 1 MiB write plus headers (the kernel wants at least 8 KiB more).
     let mut inbuf = vec![0u8; MAX_IO + 8192];
     let mut out = vec![0u8; OUT_HEADER + MAX_IO];
@@ -452,19 +447,10 @@ fn worker(dev: &Device, mut fd: &File, stop: &AtomicBool, stats: &FuseStats) {
             },
         };
         let msg = &inbuf[..n];
-        stats.requests.fetch_add(1, Ordering::Relaxed);
         let Some(h) = parse_header(msg) else {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        if stop.load(Ordering::Relaxed) {
-            // Abandoned: leave the request for the next daemon (it asks for a resend).
-            return;
-        }
         let reply = handle(dev, msg, &mut out);
-        if matches!(reply, Reply::Error(_)) {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-        }
         let destroy = h.opcode == DESTROY;
         if let Err(e) = write_reply(fd, h.unique, reply, &mut out) {
             tracing::warn!("fuse {}: reply to op {}: {e}", dev.name(), h.opcode);

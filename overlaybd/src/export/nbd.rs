@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -75,7 +75,7 @@ const ENOSPC: u32 = 28;
 const ENOTSUP: u32 = 95;
 
 /// Smallest, preferred and largest request the server accepts.
-pub const MIN_BLOCK: u32 = 512;
+pub const MIN_BLOCK: u32 = crate::device::BLOCK as u32;
 pub const PREFERRED_BLOCK: u32 = 4096;
 pub const MAX_REQUEST: u32 = 32 << 20;
 /// Longest option payload accepted during negotiation.
@@ -297,27 +297,8 @@ impl NbdServer {
 
     /// Listens on a unix socket (mode 0600), serving each connection on its own thread.
     pub fn listen_unix(self: &Arc<Self>, path: &Path) -> Result<()> {
-        let _ = std::fs::remove_file(path);
-        let l = UnixListener::bind(path)
-            .map_err(|e| Error::io("bind", path.display().to_string(), 0, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("chmod", path.display().to_string(), 0, e))?;
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("nbd-unix".into())
-            .spawn(move || {
-                for c in l.incoming() {
-                    if me.stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if let Ok(c) = c {
-                        me.spawn_connection(c);
-                    }
-                }
-            })
-            .map_err(|e| Error::io("spawn", "nbd listener", 0, e))?;
-        Ok(())
+        let l = super::bind_private_unix(path)?;
+        self.accept_loop("nbd-unix", move || l.accept().map(|(c, _)| c))
     }
 
     /// Listens on a TCP address (give `127.0.0.1:0` for any free port); returns the address.
@@ -326,22 +307,34 @@ impl NbdServer {
         let local = l
             .local_addr()
             .map_err(|e| Error::io("bind", addr.to_string(), 0, e))?;
+        self.accept_loop("nbd-tcp", move || {
+            let (c, _) = l.accept()?;
+            c.set_nodelay(true)?;
+            Ok(c)
+        })?;
+        Ok(local)
+    }
+
+    /// Accepts connections on a thread of its own until [`NbdServer::shutdown`].
+    fn accept_loop<C: Conn>(
+        self: &Arc<Self>,
+        name: &str,
+        mut accept: impl FnMut() -> io::Result<C> + Send + 'static,
+    ) -> Result<()> {
         let me = self.clone();
         std::thread::Builder::new()
-            .name("nbd-tcp".into())
+            .name(name.into())
             .spawn(move || {
-                for c in l.incoming() {
-                    if me.stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if let Ok(c) = c {
-                        let _ = c.set_nodelay(true);
-                        me.spawn_connection(c);
+                while !me.stop.load(Ordering::Relaxed) {
+                    if let Ok(c) = accept() {
+                        if !me.stop.load(Ordering::Relaxed) {
+                            me.spawn_connection(c);
+                        }
                     }
                 }
             })
             .map_err(|e| Error::io("spawn", "nbd listener", 0, e))?;
-        Ok(local)
+        Ok(())
     }
 
     fn spawn_connection<C: Conn>(self: &Arc<Self>, c: C) {

@@ -125,11 +125,16 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let keeper = self.dir.join("state/fdstore.sock");
-        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&keeper) {
-            let _ = s.write_all(b"QUIT\n");
-            let _ = s.read(&mut [0u8; 8]);
-        }
+        quit_keeper(&self.dir);
+    }
+}
+
+/// Stops the descriptor keeper of the daemon in `dir` (it closes the descriptors it holds).
+fn quit_keeper(dir: &Path) {
+    let keeper = dir.join("state/fdstore.sock");
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&keeper) {
+        let _ = s.write_all(b"QUIT\n");
+        let _ = s.read(&mut [0u8; 8]);
     }
 }
 
@@ -391,6 +396,68 @@ fn a_recorded_trace_is_replayed_up_front() {
 }
 
 #[test]
+fn a_read_the_registry_cannot_serve_is_eio_for_that_request_only() {
+    if !can_mount() {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (layer, want) = random_layer(tmp.path());
+    let blob = std::fs::read(&layer).unwrap();
+    let digest = reg.push("lib/e", &blob);
+    let cfg = tmp.path().join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"repoBlobUrl":"{}/v2/lib/e/blobs","lowers":[{{"digest":"{digest}","size":{}}}]}}"#,
+            reg.url,
+            blob.len()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&tmp.path().join("d"));
+    d.ctl(&["attach", "e", cfg.to_str().unwrap()]);
+    let lo = d.field("e", "loop");
+    // One 4 KiB read (less than a refill unit: no readahead) puts the start in the cache.
+    workload(&lo, &[(0, 4096)], &want);
+    drop(reg);
+
+    // A read of a range never fetched fails with EIO once the deadline (5 s) has passed...
+    let lo2 = lo.clone();
+    let failing = std::thread::spawn(move || {
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&lo2)
+            .unwrap();
+        let t = Instant::now();
+        let r = dev.read_exact_at(AlignedBuf::new(4096).as_mut(), 24 << 20);
+        (r.map_err(|e| e.raw_os_error()), t.elapsed())
+    });
+    // ...while reads of cached bytes go on meanwhile, undelayed.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!failing.is_finished(), "the uncached read did not wait");
+    let t = Instant::now();
+    workload(&lo, &[(0, 4096)], &want);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "a cached read waited {:?} behind the failing one",
+        t.elapsed()
+    );
+    let (r, took) = failing.join().unwrap();
+    assert_eq!(r, Err(Some(libc::EIO)), "after {took:?}");
+    assert!(took >= Duration::from_secs(4), "failed after only {took:?}");
+    assert!(took < Duration::from_secs(30), "failed after {took:?}");
+    let s = d.stats("e");
+    assert_eq!(metric(&s, "overlaybd_device_read_errors_total"), 1, "{s}");
+    // The device is still there and still serves what it has.
+    workload(&lo, &[(0, 4096)], &want);
+    assert!(d.ctl(&["list"]).contains("state=attached"));
+}
+
+#[test]
 fn the_daemon_killed_under_a_mounted_filesystem_comes_back_without_errors() {
     if !can_mount() {
         return;
@@ -465,6 +532,74 @@ fn the_daemon_killed_under_a_mounted_filesystem_comes_back_without_errors() {
     umount(&mnt);
     r.unwrap();
     assert!(metric(&d2.stats("g"), "overlaybd_device_reads_total") > 0);
+    drop(d2);
+    drop(d);
+}
+
+#[test]
+fn a_read_only_device_whose_keeper_died_too_comes_back_on_a_new_fuse_file() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"lowers":[{{"file":"{}"}}]}}"#,
+            vector("g.ext4.lz4.bs4.zfile").display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(tmp.path());
+    d.ctl(&["attach", "g", cfg.to_str().unwrap()]);
+    let lo = d.field("g", "loop");
+    let mnt = tmp.path().join("mnt");
+    mount_ro(&lo, &mnt);
+    let expected = common::g_tree(tmp.path());
+    let (want, _) = overlaybd::lsmt::blob::open_path(&vector("g.ext4.lz4.bs4.zfile")).unwrap();
+    let layer = overlaybd::lsmt::RoLayer::open(&*want).unwrap();
+    let want = overlaybd::lsmt::Stack::new(vec![(want, layer)], None).unwrap();
+    let read = |off: u64| {
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&lo)
+            .unwrap();
+        let mut b = AlignedBuf::new(64 << 10);
+        dev.read_exact_at(b.as_mut(), off)
+            .map(|()| b.as_mut().to_vec())
+    };
+
+    // The daemon and its keeper both die: the last /dev/fuse descriptor is closed, the kernel
+    // aborts the connection, and the loop device's reads fail.
+    d.kill9();
+    quit_keeper(tmp.path());
+    assert!(
+        read(0).is_err(),
+        "a read succeeded with no daemon and no keeper"
+    );
+
+    // A new daemon mounts a new FUSE file and points the same loop device at it: the device
+    // reads again, with the right bytes.
+    let d2 = Daemon::start(tmp.path());
+    assert_eq!(d2.field("g", "state"), "restored");
+    assert_eq!(d2.field("g", "loop"), lo);
+    assert!(d2.log().contains("FUSE connection lost"), "{}", d2.log());
+    for off in [0u64, 1 << 20, 300 << 20, (1 << 30) - (64 << 10)] {
+        let mut w = vec![0u8; 64 << 10];
+        want.read_at(off, &mut w).unwrap();
+        let got = read(off).unwrap_or_else(|e| panic!("read at {off}: {e}\n{}", d2.log()));
+        assert!(got == w, "wrong bytes at {off}");
+    }
+    // The filesystem that was mounted lost its device's connection: since Linux 6.6,
+    // LOOP_CHANGE_FD marks the disk dead and the kernel shuts that ext4 down (older kernels
+    // kept it). Mounted again, it reads vector g's files.
+    umount(&mnt);
+    mount_ro(&lo, &mnt);
+    let r = std::panic::catch_unwind(|| common::assert_same_tree(&expected, &mnt));
+    umount(&mnt);
+    r.unwrap();
     drop(d2);
     drop(d);
 }

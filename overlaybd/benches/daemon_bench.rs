@@ -24,9 +24,10 @@ mod common;
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
+use common::daemon::Daemon;
 use common::registry::Registry;
 use common::run;
 use sha2::{Digest, Sha256};
@@ -83,7 +84,7 @@ fn main() {
     let want = hex::encode(Sha256::digest(&data));
     drop(data);
 
-    let mut d = Daemon::start(&dir.join("daemon"));
+    let d = Daemon::start(&dir.join("daemon"));
     let rss_empty = d.rss_kib();
     d.ctl(&["attach", "v", configs[0].to_str().unwrap(), "--nbd"]);
     let rss_one = d.rss_kib();
@@ -217,7 +218,7 @@ fn main() {
         rss_read,
         (rss_read - rss_used) / extra as u64
     );
-    d.stop();
+    drop(d);
 }
 
 /// Commits `data` as an overlaybd layer (lz4, 4 KiB blocks, tar envelope, and the integrity
@@ -371,103 +372,5 @@ impl LoopGuard {
 impl Drop for LoopGuard {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
-/// An `overlaybd-daemon` process with its own directories.
-struct Daemon {
-    child: Option<Child>,
-    config: PathBuf,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("daemon.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"{0}/state\"\nsocket = \"{0}/api.sock\"\nrun_dir = \"{0}/run\"\n\
-                 cache_dir = \"{0}/cache\"\ncache_size_mb = 2048\nhosts_dir = \"\"\n\
-                 nbd_socket = \"{0}/nbd.sock\"\nlog = \"warn\"\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_overlaybd-daemon"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while !dir.join("api.sock").exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child: Some(child),
-            config,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let mut all = vec!["--config", self.config.to_str().unwrap(), "ctl"];
-        all.extend_from_slice(args);
-        run(env!("CARGO_BIN_EXE_overlaybd-daemon"), &all)
-    }
-
-    fn field(&self, id: &str, key: &str) -> String {
-        let list = self.ctl(&["list"]);
-        list.lines()
-            .find(|l| l.split('\t').next() == Some(id))
-            .and_then(|l| {
-                l.split('\t')
-                    .find_map(|f| f.strip_prefix(&format!("{key}=")))
-            })
-            .unwrap_or_else(|| panic!("{id} {key}: {list}"))
-            .to_string()
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let pid = self.child.as_ref().unwrap().id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    fn stop(&mut self) {
-        let list = self.ctl(&["list"]);
-        for l in list.lines() {
-            let id = l.split('\t').next().unwrap();
-            self.ctl(&["detach", id]);
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let keeper = self.dir.join("state/fdstore.sock");
-        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(keeper) {
-            use std::io::Write as _;
-            let _ = s.write_all(b"QUIT\n");
-            let _ = s.read(&mut [0u8; 8]);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.stop();
-        }
     }
 }

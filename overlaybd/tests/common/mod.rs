@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! Shared helpers of the overlaybd integration tests.
 
+pub mod daemon;
 pub mod http;
 pub mod registry;
 

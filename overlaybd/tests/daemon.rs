@@ -154,6 +154,20 @@ fn a_remote_image_attaches_mounts_and_detaches() {
     assert!(d.ctl(&["list"]).is_empty());
 }
 
+/// A config.v1.json for vector g's local layer file, with `extra` keys after the lowers.
+fn local_g(dir: &Path, extra: &str) -> PathBuf {
+    let cfg = dir.join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"lowers":[{{"file":"{}"}}]{extra}}}"#,
+            vector("g.ext4.lz4.bs4.zfile").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// A 32 MiB layer of random data (compressed as a ZFile) and its bytes.
 fn random_layer(dir: &Path) -> (PathBuf, Vec<u8>) {
     let (data, index) = (dir.join("rw.data"), dir.join("rw.index"));
@@ -338,15 +352,7 @@ fn the_daemon_killed_under_a_mounted_filesystem_comes_back_without_errors() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("config.v1.json");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"{{"lowers":[{{"file":"{}"}}],"upper":{{}}}}"#,
-            vector("g.ext4.lz4.bs4.zfile").display()
-        ),
-    )
-    .unwrap();
+    let cfg = local_g(tmp.path(), r#","upper":{}"#);
     let mut d = Daemon::start(tmp.path());
     d.ctl(&["attach", "g", cfg.to_str().unwrap()]);
     let lo = d.field("g", "loop");
@@ -362,11 +368,7 @@ fn the_daemon_killed_under_a_mounted_filesystem_comes_back_without_errors() {
         .custom_flags(libc::O_DIRECT)
         .open(&lo)
         .unwrap();
-    let image = overlaybd::lsmt::blob::open_path(&vector("g.ext4.lz4.bs4.zfile"))
-        .map(|(src, _)| src)
-        .unwrap();
-    let layer = overlaybd::lsmt::RoLayer::open(&*image).unwrap();
-    let stack = overlaybd::lsmt::Stack::new(vec![(image, layer)], None).unwrap();
+    let stack = common::stack(&["g.ext4.lz4.bs4.zfile"], None);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let reader = std::thread::spawn(move || {
@@ -417,24 +419,14 @@ fn a_read_only_device_whose_keeper_died_too_comes_back_on_a_new_fuse_file() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("config.v1.json");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"{{"lowers":[{{"file":"{}"}}]}}"#,
-            vector("g.ext4.lz4.bs4.zfile").display()
-        ),
-    )
-    .unwrap();
+    let cfg = local_g(tmp.path(), "");
     let mut d = Daemon::start(tmp.path());
     d.ctl(&["attach", "g", cfg.to_str().unwrap()]);
     let lo = d.field("g", "loop");
     let mnt = tmp.path().join("mnt");
     mount_ro(&lo, &mnt);
     let expected = common::g_tree(tmp.path());
-    let (want, _) = overlaybd::lsmt::blob::open_path(&vector("g.ext4.lz4.bs4.zfile")).unwrap();
-    let layer = overlaybd::lsmt::RoLayer::open(&*want).unwrap();
-    let want = overlaybd::lsmt::Stack::new(vec![(want, layer)], None).unwrap();
+    let want = common::stack(&["g.ext4.lz4.bs4.zfile"], None);
     let read = |off: u64| {
         let dev = std::fs::OpenOptions::new()
             .read(true)

@@ -266,9 +266,8 @@ fn sha256_direct(dev: &str) -> String {
         .custom_flags(libc::O_DIRECT)
         .open(dev)
         .unwrap();
-    let mut v = vec![0u8; (1 << 20) + 4096];
-    let at = v.as_ptr().align_offset(4096);
-    let buf = &mut v[at..at + (1 << 20)];
+    let mut b = common::AlignedBuf::new(1 << 20);
+    let buf = b.as_mut();
     let mut h = Sha256::new();
     let mut total = 0;
     loop {

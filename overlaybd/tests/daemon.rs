@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{quit_keeper, Daemon};
 use common::registry::Registry;
-use common::{can_mount, run, vector};
+use common::{can_mount, run, vector, AlignedBuf};
 
 /// Sum of a Prometheus counter's samples.
 fn metric(text: &str, name: &str) -> u64 {
@@ -40,20 +40,45 @@ fn drop_caches() {
 /// Pushes vector g's layer to a registry and writes a config.v1.json for it.
 fn remote_g(reg: &Registry, dir: &Path) -> (PathBuf, String) {
     let blob = std::fs::read(vector("g.ext4.lz4.bs4.zfile")).unwrap();
-    let digest = reg.push("lib/g", &blob);
+    let result = dir.join("result");
+    remote_config(
+        reg,
+        dir,
+        "lib/g",
+        &blob,
+        &format!(r#","upper":{{}},"resultFile":"{}""#, result.display()),
+    )
+}
+
+/// Pushes `blob` to `repo` and writes a config.v1.json with it as the one lower (and `extra`
+/// keys after the lowers); returns the config and the blob's digest.
+fn remote_config(
+    reg: &Registry,
+    dir: &Path,
+    repo: &str,
+    blob: &[u8],
+    extra: &str,
+) -> (PathBuf, String) {
+    let digest = reg.push(repo, blob);
     let cfg = dir.join("config.v1.json");
     std::fs::write(
         &cfg,
         format!(
-            r#"{{"repoBlobUrl":"{}/v2/lib/g/blobs","lowers":[{{"digest":"{digest}","size":{}}}],
-                "upper":{{}},"resultFile":"{}"}}"#,
+            r#"{{"repoBlobUrl":"{}/v2/{repo}/blobs","lowers":[{{"digest":"{digest}","size":{}}}]{extra}}}"#,
             reg.url,
-            blob.len(),
-            dir.join("result").display()
+            blob.len()
         ),
     )
     .unwrap();
     (cfg, digest)
+}
+
+/// A registry for a test that mounts, or `None` (the test then returns; under CI it fails).
+fn mountable_registry() -> Option<Registry> {
+    if !can_mount() {
+        return None;
+    }
+    Registry::start(None)
 }
 
 #[test]
@@ -199,18 +224,7 @@ fn random_layer(dir: &Path) -> (PathBuf, Vec<u8>) {
 fn remote_random(reg: &Registry, dir: &Path, repo: &str, extra: &str) -> (PathBuf, Vec<u8>) {
     let (layer, want) = random_layer(dir);
     let blob = std::fs::read(&layer).unwrap();
-    let digest = reg.push(repo, &blob);
-    let cfg = dir.join("config.v1.json");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"{{"repoBlobUrl":"{}/v2/{repo}/blobs","lowers":[{{"digest":"{digest}","size":{}}}]{extra}}}"#,
-            reg.url,
-            blob.len()
-        ),
-    )
-    .unwrap();
-    (cfg, want)
+    (remote_config(reg, dir, repo, &blob, extra).0, want)
 }
 
 /// Reads `ranges` of the device with O_DIRECT and checks them against `want`.
@@ -232,10 +246,7 @@ fn workload(lo: &str, ranges: &[(u64, usize)], want: &[u8]) {
 
 #[test]
 fn a_recorded_trace_is_replayed_up_front() {
-    if !can_mount() {
-        return;
-    }
-    let Some(reg) = Registry::start(None) else {
+    let Some(reg) = mountable_registry() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -296,10 +307,7 @@ fn a_recorded_trace_is_replayed_up_front() {
 
 #[test]
 fn a_read_the_registry_cannot_serve_is_eio_for_that_request_only() {
-    if !can_mount() {
-        return;
-    }
-    let Some(reg) = Registry::start(None) else {
+    let Some(reg) = mountable_registry() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -469,22 +477,4 @@ fn a_read_only_device_whose_keeper_died_too_comes_back_on_a_new_fuse_file() {
     r.unwrap();
     drop(d2);
     drop(d);
-}
-
-/// A 4 KiB-aligned buffer for O_DIRECT.
-struct AlignedBuf {
-    v: Vec<u8>,
-    at: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> Self {
-        let v = vec![0u8; len + 4096];
-        let at = v.as_ptr().align_offset(4096);
-        AlignedBuf { v, at, len }
-    }
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.v[self.at..self.at + self.len]
-    }
 }

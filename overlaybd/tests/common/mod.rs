@@ -173,3 +173,21 @@ pub fn openssl(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A 4 KiB-aligned buffer for O_DIRECT.
+pub struct AlignedBuf {
+    v: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> Self {
+        let v = vec![0u8; len + 4096];
+        let at = v.as_ptr().align_offset(4096);
+        AlignedBuf { v, at, len }
+    }
+    pub fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.v[self.at..self.at + self.len]
+    }
+}

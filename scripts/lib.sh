@@ -1,11 +1,16 @@
 # Shared helpers of the project's scripts (sourced, not run).
 
 # need_pkgs CMD:PKG ...: apt-get install PKG when CMD is missing. Waits for another dpkg user.
+# A CMD that starts with / is a file that must exist (a header of a -dev package).
 need_pkgs() {
   local missing=()
   for pair in "$@"; do
     local cmd=${pair%%:*} pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    if [[ $cmd == /* ]]; then
+      [ -e "$cmd" ] || missing+=("$pkg")
+    else
+      command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    fi
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "== installing ${missing[*]}"

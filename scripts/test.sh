@@ -12,8 +12,10 @@ need_rust
 # server signs JWTs and the TLS tests make a CA and certificates with openssl. The daemon's
 # API is gRPC (protoc builds it); its exports are tested with real clients: the FUSE file
 # through a loop device (losetup, mount), NBD with nbdinfo/nbdcopy (libnbd-bin) and
-# qemu-img/qemu-io (qemu-utils).
-need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs tar:tar docker-registry:docker-registry \
+# qemu-img/qemu-io (qemu-utils). The convertor writes ext4 with e2fsprogs' libext2fs
+# (libext2fs-dev) and makes layer 0's filesystem with mke2fs.
+need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs \
+  /usr/include/ext2fs/ext2fs.h:libext2fs-dev tar:tar docker-registry:docker-registry \
   htpasswd:apache2-utils openssl:openssl protoc:protobuf-compiler fusermount3:fuse3 \
   nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils \
   losetup:mount diff:diffutils

@@ -1,3 +1,9 @@
-//! OCI image → overlaybd image (not yet built): one ext4 diff per layer applied in user space,
-//! commit, ZFile compression with the integrity table, push, the dedup database, and trace
-//! recording into an acceleration layer.
+//! OCI image → overlaybd image: one ext4 diff per layer, applied in user space with
+//! e2fsprogs' libext2fs (no root, no kernel mount), committed as an LSMT layer, compressed as a
+//! ZFile with the BLAKE3 integrity table, and pushed with overlaybd's annotations.
+
+pub mod apply;
+pub mod disk;
+pub mod extfs;
+pub mod layer;
+pub mod mkfs;

@@ -1,0 +1,141 @@
+//! Cutting a layer: the blocks written since the last cut become a committed LSMT layer,
+//! ZFile-compressed with CRCs and the BLAKE3 integrity table, in overlaybd's tar envelope —
+//! exactly what `overlaybd-commit -z -t` uploads, plus the table.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use overlaybd::lsmt::{self, CommitOptions, Uuid};
+use sha2::{Digest, Sha256};
+use zfile::envelope::PaxWriter;
+use zfile::{Algorithm, WriterOptions, ZFileWriter};
+
+use crate::disk::WorkDisk;
+
+/// ZFile settings of the layers written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compression {
+    pub algorithm: Algorithm,
+    pub block_size: u32,
+    /// Compression threads.
+    pub threads: usize,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            algorithm: Algorithm::Lz4,
+            block_size: 4096,
+            threads: 1,
+        }
+    }
+}
+
+/// A layer blob written to a local file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// `sha256:<hex>` of the blob (also its diff ID: the blob is an uncompressed tar).
+    pub digest: String,
+    pub size: u64,
+    /// `blake3:<hex>`: the integrity table's root.
+    pub integrity_root: String,
+    /// Extents and data bytes in the layer.
+    pub extents: u64,
+    pub data_bytes: u64,
+}
+
+/// overlaybd's convertor: the layer UUID is the chain ID's first 32 hex digits, 8-4-4-4-12.
+pub fn uuid_from_chain_id(chain_id: &str) -> Result<Uuid> {
+    let hex = chain_id.strip_prefix("sha256:").unwrap_or(chain_id);
+    anyhow::ensure!(hex.len() >= 32, "chain ID {chain_id:?} is too short");
+    let h = &hex[..32];
+    let text = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    );
+    Uuid::parse(&text).with_context(|| format!("chain ID {chain_id:?} is not hex"))
+}
+
+/// SHA-256 of a file, as `sha256:<hex>`, and its size.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .with_context(|| format!("read {}", path.display()))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
+}
+
+/// Writes the blocks written on `disk` since the last cut as a layer blob at `out`.
+pub fn cut(
+    disk: &mut WorkDisk,
+    uuid: Uuid,
+    parent: Option<Uuid>,
+    z: &Compression,
+    out: &Path,
+) -> Result<LayerBlob> {
+    let maps = disk.take_dirty();
+    let opts = CommitOptions {
+        virtual_size: disk.size(),
+        uuid: Some(uuid),
+        parent_uuid: parent,
+        user_tag: Vec::new(),
+    };
+    let zopts = WriterOptions {
+        algorithm: z.algorithm,
+        block_size: z.block_size,
+        threads: z.threads.max(1),
+        integrity: true,
+        ..Default::default()
+    };
+    let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let (summary, root) = (|| -> Result<_> {
+        let mut w = ZFileWriter::new(PaxWriter::new(BufWriter::new(file))?, zopts)?;
+        let s = lsmt::commit(&maps, &[disk.file()], &mut w, &opts)?;
+        let (pax, zs) = w.finish_with_header()?;
+        pax.finish()?.0.flush()?;
+        Ok((s, zs.integrity_root))
+    })()
+    .with_context(|| format!("write layer {}", out.display()))?;
+    let (digest, size) = sha256_file(out)?;
+    Ok(LayerBlob {
+        digest,
+        size,
+        integrity_root: root
+            .context("the ZFile writer wrote no integrity table")?
+            .to_string(),
+        extents: summary.extents,
+        data_bytes: summary.data_sectors * 512,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_the_chain_ids_first_32_hex_digits() {
+        let u = uuid_from_chain_id(
+            "sha256:0123456789abcdef0123456789abcdefffffffffffffffffffffffffffffffff",
+        )
+        .unwrap();
+        assert_eq!(u.to_string(), "01234567-89AB-CDEF-0123-456789ABCDEF");
+        assert!(uuid_from_chain_id("sha256:0123").is_err());
+        assert!(uuid_from_chain_id("sha256:zz23456789abcdef0123456789abcdef").is_err());
+    }
+}

@@ -3,7 +3,13 @@
 //! ZFile with the BLAKE3 integrity table, and pushed with overlaybd's annotations.
 
 pub mod apply;
+pub mod convert;
 pub mod disk;
 pub mod extfs;
 pub mod layer;
 pub mod mkfs;
+pub mod oci;
+pub mod progress;
+pub mod remote;
+pub mod store;
+pub mod verify;

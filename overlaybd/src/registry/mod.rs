@@ -298,7 +298,8 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + (n % 1000) as f64 / 2000.0)
 }
 
-fn client_for(host: Option<&Host>) -> Result<Client> {
+/// An HTTP client with a host's TLS settings (extra CAs, client certificate, skip_verify).
+pub fn client_for(host: Option<&Host>) -> Result<Client> {
     let mut b = Client::builder().user_agent(concat!("overlaybd-rs/", env!("CARGO_PKG_VERSION")));
     if let Some(h) = host {
         let read = |p: &std::path::Path| {

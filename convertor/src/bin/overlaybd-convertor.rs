@@ -1,0 +1,205 @@
+//! `overlaybd-convertor`: converts OCI / Docker images into overlaybd images, without root.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use convertor::convert::{convert, Options};
+use convertor::layer::Compression;
+use convertor::progress::{Progress, Quiet, Reporter};
+use convertor::remote::{Remote, RemoteOptions};
+use convertor::store::{ImageRef, Layout, Location, Store};
+use overlaybd::registry::auth::Credentials;
+use zfile::Algorithm;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Convert OCI images into overlaybd images (no root needed)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct RegistryArgs {
+    /// Talk plain HTTP to the registries.
+    #[arg(long)]
+    plain_http: bool,
+    /// Accept any TLS certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// containerd's registry hosts directory (`certs.d` with `hosts.toml`).
+    #[arg(long, value_name = "DIR")]
+    hosts_dir: Option<PathBuf>,
+    /// Docker's config.json with credentials (default: $DOCKER_CONFIG or ~/.docker).
+    #[arg(long, value_name = "FILE")]
+    docker_config: Option<PathBuf>,
+    /// Credentials for both registries, `user:password` (wins over config.json).
+    #[arg(short = 'u', long, value_name = "USER:PASSWORD")]
+    user: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Convert SRC into DST. Each is `[host[:port]/]repo[:tag][@digest]` or `oci:DIR[:tag]`.
+    Convert {
+        src: String,
+        dst: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Block compression of the layers.
+        #[arg(long, default_value = "lz4", value_parser = ["lz4", "zstd"])]
+        algorithm: String,
+        /// Uncompressed bytes per ZFile block (4096 to 65536, a power of two).
+        #[arg(long, default_value_t = 4096)]
+        block_size: u32,
+        /// Virtual disk size in GiB.
+        #[arg(long, default_value_t = 64)]
+        vsize: u64,
+        /// OCI media types in the output (else those of the source's family).
+        #[arg(long)]
+        oci: bool,
+        /// Layers downloaded at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Compression threads per layer (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Where the work disk goes (default: $TMPDIR).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+fn open_store(r: &ImageRef, reg: &RegistryArgs, push: bool) -> Result<Box<dyn Store>> {
+    Ok(match &r.location {
+        Location::Layout(dir) => Box::new(Layout::open(dir, push)?),
+        Location::Registry { host, repository } => {
+            let credentials = match &reg.user {
+                Some(u) => {
+                    let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+                    Some(Credentials {
+                        username: user.to_string(),
+                        password: pass.to_string(),
+                    })
+                }
+                None => None,
+            };
+            let opts = RemoteOptions {
+                plain_http: reg.plain_http,
+                insecure: reg.insecure,
+                hosts_dir: reg.hosts_dir.clone(),
+                docker_config: reg.docker_config.clone(),
+                credentials,
+            };
+            Box::new(Remote::open(host, repository, &opts, push)?)
+        }
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Convert {
+            src,
+            dst,
+            registry,
+            algorithm,
+            block_size,
+            vsize,
+            oci,
+            concurrency,
+            threads,
+            work_dir,
+            quiet,
+        } => {
+            let s = ImageRef::parse(&src)?;
+            let d = ImageRef::parse(&dst)?;
+            if d.digest.is_some() {
+                bail!("the destination {dst:?} cannot name a digest");
+            }
+            if vsize == 0 || vsize > 1 << 20 {
+                bail!("--vsize {vsize} GiB is out of range");
+            }
+            let src_store =
+                open_store(&s, &registry, false).with_context(|| format!("open {src}"))?;
+            let dst_store =
+                open_store(&d, &registry, true).with_context(|| format!("open {dst}"))?;
+            let opts = Options {
+                vsize: vsize << 30,
+                compression: Compression {
+                    algorithm: if algorithm == "zstd" {
+                        Algorithm::Zstd
+                    } else {
+                        Algorithm::Lz4
+                    },
+                    block_size,
+                    threads: threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
+                },
+                oci,
+                concurrency,
+                work_dir,
+            };
+            let progress: Box<dyn Progress> = if quiet {
+                Box::new(Quiet)
+            } else {
+                Box::new(Reporter::default())
+            };
+            let tag = d.tag.clone().unwrap_or_else(|| "latest".into());
+            let (desc, converted) = convert(
+                &*src_store,
+                &s.reference(),
+                &*dst_store,
+                Some(&tag),
+                &opts,
+                &*progress,
+            )?;
+            for c in &converted {
+                for (i, l) in c.layers.iter().enumerate() {
+                    println!(
+                        "layer {i}: {} ({} bytes) -> {} ({} bytes, {})",
+                        l.source_digest,
+                        l.source_size,
+                        l.blob.digest,
+                        l.blob.size,
+                        l.blob.integrity_root
+                    );
+                }
+            }
+            println!(
+                "{}@{}",
+                d.to_string()
+                    .trim_end_matches(&format!(":{tag}"))
+                    .to_owned()
+                    + ":"
+                    + &tag,
+                desc.digest
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-convertor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Reading a converted image back: its layer blobs merged into the virtual disk (overlaybd's
+//! own reader: tar envelope, ZFile with the integrity table, LSMT), the ext4 on it opened
+//! read-only with libext2fs, and a file-by-file description of a tree (content digest, type,
+//! mode, owner, times, link target, device numbers, extended attributes, hard-link groups)
+//! that can be taken of that filesystem or of a directory on the host, and compared.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use overlaybd::lsmt::{blob, RoLayer, Stack};
+use sha2::{Digest, Sha256};
+use zfile::ReadAt;
+
+use crate::extfs::{self, DiskIo, Fs, Ino, ROOT_INO};
+
+/// The merged disk of converted layer blobs (bottom first), read-only.
+pub struct LayerDisk {
+    stack: Stack,
+}
+
+impl std::fmt::Debug for LayerDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LayerDisk({} bytes)", self.stack.virtual_size())
+    }
+}
+
+impl LayerDisk {
+    /// Opens layer blobs as committed layers (each may be tar-wrapped and ZFile-compressed),
+    /// checking that each layer's parent UUID names the one below.
+    pub fn open(blobs: &[PathBuf]) -> Result<LayerDisk> {
+        let mut lowers: Vec<(Arc<dyn ReadAt>, RoLayer)> = Vec::new();
+        for p in blobs {
+            let (src, _) = blob::open_path(p).with_context(|| p.display().to_string())?;
+            let layer = RoLayer::open(&*src).with_context(|| p.display().to_string())?;
+            lowers.push((src, layer));
+        }
+        let stack = Stack::new(lowers, None)?;
+        stack.check_chain()?;
+        Ok(LayerDisk { stack })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.stack.virtual_size()
+    }
+
+    /// Writes the merged disk to a sparse file (for `e2fsck` or a loop mount).
+    pub fn write_sparse(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let out =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        out.set_len(self.size())?;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut off = 0u64;
+        while off < self.size() {
+            let n = (self.size() - off).min(buf.len() as u64);
+            let mut at = off;
+            for p in self.stack.plan(off, n) {
+                if let overlaybd::lsmt::PieceKind::Data { .. } = p.kind {
+                    let b = &mut buf[..p.len as usize];
+                    self.stack.read_at(at, b)?;
+                    out.write_all_at(b, at)?;
+                }
+                at += p.len;
+            }
+            off += n;
+        }
+        Ok(())
+    }
+}
+
+impl DiskIo for LayerDisk {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let n = self
+            .stack
+            .read_at(offset, buf)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if n != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the disk's end",
+            ));
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "a converted image is read-only",
+        ))
+    }
+}
+
+/// One file of a tree, as compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// `S_IFMT` bits and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Regular files: size and SHA-256 of the content.
+    pub size: u64,
+    pub sha256: Option<String>,
+    /// Not compared for directories (overlayfs and unpackers differ there).
+    pub mtime: (i64, u32),
+    pub target: Option<Vec<u8>>,
+    pub rdev: Option<(u32, u32)>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Paths that share this node's inode, for hard links (the first path of the group).
+    pub link_group: Option<Vec<u8>>,
+}
+
+/// A tree: path (bytes, relative, `/`-separated) → node.
+pub type Tree = BTreeMap<Vec<u8>, Node>;
+
+/// Describes the ext4 filesystem of `disk`, without `lost+found` at the root.
+pub fn tree_of_fs(disk: &mut dyn DiskIo) -> Result<Tree> {
+    let mut fs = Fs::open(disk, false, 1)?;
+    let mut out = Tree::new();
+    let mut first_path: BTreeMap<Ino, Vec<u8>> = BTreeMap::new();
+    let mut todo: Vec<(Vec<u8>, Ino)> = vec![(Vec::new(), ROOT_INO)];
+    let mut buf = vec![0u8; 1 << 20];
+    while let Some((path, ino)) = todo.pop() {
+        let st = fs.stat(ino)?;
+        let kind = st.kind();
+        let mut node = Node {
+            mode: st.mode,
+            uid: st.uid,
+            gid: st.gid,
+            size: 0,
+            sha256: None,
+            mtime: (st.mtime, st.mtime_ns),
+            target: None,
+            rdev: None,
+            xattrs: fs.xattrs(ino)?,
+            link_group: None,
+        };
+        match kind {
+            extfs::S_IFDIR => {
+                for (name, child) in fs.list(ino)? {
+                    if path.is_empty() && name == b"lost+found" {
+                        continue;
+                    }
+                    let mut p = path.clone();
+                    if !p.is_empty() {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(&name);
+                    todo.push((p, child));
+                }
+            }
+            extfs::S_IFREG => {
+                let mut h = Sha256::new();
+                let mut off = 0u64;
+                while off < st.size {
+                    let n = fs.read_file(ino, off, &mut buf)?;
+                    if n == 0 {
+                        anyhow::bail!("{}: short file", String::from_utf8_lossy(&path));
+                    }
+                    h.update(&buf[..n]);
+                    off += n as u64;
+                }
+                node.size = st.size;
+                node.sha256 = Some(hex::encode(h.finalize()));
+            }
+            extfs::S_IFLNK => node.target = Some(fs.readlink(ino)?),
+            extfs::S_IFCHR | extfs::S_IFBLK => node.rdev = Some((st.rdev_major, st.rdev_minor)),
+            _ => {}
+        }
+        if kind != extfs::S_IFDIR && st.links > 1 {
+            let first = first_path.entry(ino).or_insert_with(|| path.clone());
+            node.link_group = Some(first.clone());
+        }
+        out.insert(path, node);
+    }
+    normalize_groups(&mut out);
+    Ok(out)
+}
+
+/// Describes a directory on the host (e.g. a rootfs unpacked by another tool).
+pub fn tree_of_dir(root: &Path) -> Result<Tree> {
+    let mut out = Tree::new();
+    let mut first_path: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+    let mut todo: Vec<(Vec<u8>, PathBuf)> = vec![(Vec::new(), root.to_path_buf())];
+    while let Some((rel, abs)) = todo.pop() {
+        let m = std::fs::symlink_metadata(&abs).with_context(|| abs.display().to_string())?;
+        let kind = m.mode() & extfs::S_IFMT;
+        let mut node = Node {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: 0,
+            sha256: None,
+            mtime: (m.mtime(), m.mtime_nsec() as u32),
+            target: None,
+            rdev: None,
+            xattrs: host_xattrs(&abs)?,
+            link_group: None,
+        };
+        match kind {
+            extfs::S_IFDIR => {
+                for e in std::fs::read_dir(&abs)? {
+                    let e = e?;
+                    let mut p = rel.clone();
+                    if !p.is_empty() {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(e.file_name().as_bytes());
+                    todo.push((p, e.path()));
+                }
+            }
+            extfs::S_IFREG => {
+                let mut f = std::fs::File::open(&abs)?;
+                let mut h = Sha256::new();
+                io::copy(&mut f, &mut h)?;
+                node.size = m.len();
+                node.sha256 = Some(hex::encode(h.finalize()));
+            }
+            extfs::S_IFLNK => {
+                node.target = Some(std::fs::read_link(&abs)?.as_os_str().as_bytes().to_vec())
+            }
+            extfs::S_IFCHR | extfs::S_IFBLK => {
+                let r = m.rdev();
+                node.rdev = Some((libc::major(r), libc::minor(r)));
+            }
+            _ => {}
+        }
+        if kind != extfs::S_IFDIR && m.nlink() > 1 {
+            let first = first_path
+                .entry((m.dev(), m.ino()))
+                .or_insert_with(|| rel.clone());
+            node.link_group = Some(first.clone());
+        }
+        out.insert(rel, node);
+    }
+    normalize_groups(&mut out);
+    Ok(out)
+}
+
+/// Names each hard-link group by its smallest path, so walk order does not matter.
+fn normalize_groups(t: &mut Tree) {
+    let mut least: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (p, n) in t.iter() {
+        if let Some(g) = &n.link_group {
+            let e = least.entry(g.clone()).or_insert_with(|| p.clone());
+            if p < e {
+                *e = p.clone();
+            }
+        }
+    }
+    for n in t.values_mut() {
+        if let Some(g) = &n.link_group {
+            n.link_group = least.get(g).cloned();
+        }
+    }
+    // A group with one member left (its other names outside the tree) is no group.
+    let mut count: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for n in t.values() {
+        if let Some(g) = &n.link_group {
+            *count.entry(g.clone()).or_default() += 1;
+        }
+    }
+    for n in t.values_mut() {
+        if n.link_group.as_ref().is_some_and(|g| count[g] < 2) {
+            n.link_group = None;
+        }
+    }
+}
+
+fn host_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    // SAFETY: c is NUL-terminated; a null buffer asks for the size.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if n <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut names = vec![0u8; n as usize];
+    // SAFETY: names has n bytes.
+    let n = unsafe {
+        libc::llistxattr(
+            c.as_ptr(),
+            names.as_mut_ptr() as *mut libc::c_char,
+            names.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("list xattrs of {}", p.display()));
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cn = std::ffi::CString::new(name)?;
+        // SAFETY: both strings are NUL-terminated; a null buffer asks for the size.
+        let len = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            continue;
+        }
+        let mut v = vec![0u8; len as usize];
+        // SAFETY: v has len bytes.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cn.as_ptr(),
+                v.as_mut_ptr() as *mut libc::c_void,
+                v.len(),
+            )
+        };
+        if len < 0 {
+            continue;
+        }
+        v.truncate(len as usize);
+        out.push((name.to_vec(), v));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The differences between two trees, one line each (empty when they are equal).
+/// Directory mtimes are not compared: unpackers touch them while they fill a directory.
+pub fn diff(expected: &Tree, got: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    let show = |p: &[u8]| format!("/{}", String::from_utf8_lossy(p));
+    for (p, e) in expected {
+        match got.get(p) {
+            None => out.push(format!("{}: missing", show(p))),
+            Some(g) => {
+                let mut e = e.clone();
+                let mut g = g.clone();
+                if e.mode & extfs::S_IFMT == extfs::S_IFDIR {
+                    e.mtime = (0, 0);
+                    g.mtime = (0, 0);
+                }
+                if e != g {
+                    out.push(format!("{}: expected {e:?}, got {g:?}", show(p)));
+                }
+            }
+        }
+    }
+    for p in got.keys() {
+        if !expected.contains_key(p) {
+            out.push(format!("{}: not expected", show(p)));
+        }
+    }
+    out
+}

@@ -1,0 +1,331 @@
+//! Test support: a real distribution registry on 127.0.0.1, images built by the tests (layer
+//! tars, gzip, config, OCI manifest) and pushed through a [`Store`], tool checks.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use convertor::oci::{self, media, Descriptor, Manifest};
+use convertor::store::Store;
+
+/// `ok`, or: under `CI=true` a panic saying `why`; elsewhere `false` after saying why the test
+/// is skipped.
+pub fn require(ok: bool, why: &str) -> bool {
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("required under CI=true: {why}");
+        }
+        eprintln!("skipping: {why}");
+    }
+    ok
+}
+
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/sbin/{tool} || test -x /sbin/{tool}"),
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    require(
+        found,
+        &format!("{tool} not found (scripts/test.sh installs it)"),
+    )
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A registry process with its own storage, stopped (by PID) when dropped.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:port`
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    pub fn start() -> Option<Registry> {
+        if !require_tool("docker-registry") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let addr = format!("127.0.0.1:{port}");
+        let t = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Registry {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+/// gzip with fixed settings (the same bytes every run).
+pub fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+/// Pushes an image of `layers` (uncompressed tars, gzip-compressed in the image) and returns
+/// its manifest's digest.
+pub fn push_image(store: &dyn Store, tag: &str, layers: &[Vec<u8>]) -> String {
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut history = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        diff_ids.push(oci::sha256_digest(l));
+        let z = gzip(l);
+        let d = oci::sha256_digest(&z);
+        store.put_blob(&d, &z).unwrap();
+        descs.push(Descriptor {
+            media_type: media::OCI_LAYER_GZIP.into(),
+            digest: d,
+            size: z.len() as u64,
+            urls: None,
+            annotations: None,
+            platform: None,
+            artifact_type: None,
+        });
+        history.push(serde_json::json!({"created": "2024-01-01T00:00:00Z", "created_by": format!("layer {i}")}));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    });
+    let cb = serde_json::to_vec(&config).unwrap();
+    let cd = oci::sha256_digest(&cb);
+    store.put_blob(&cd, &cb).unwrap();
+    let m = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: None,
+        config: Descriptor {
+            media_type: media::OCI_CONFIG.into(),
+            digest: cd,
+            size: cb.len() as u64,
+            urls: None,
+            annotations: None,
+            platform: None,
+            artifact_type: None,
+        },
+        layers: descs,
+        subject: None,
+        annotations: None,
+    };
+    let mb = serde_json::to_vec(&m).unwrap();
+    store
+        .put_manifest(Some(tag), media::OCI_MANIFEST, &mb)
+        .unwrap();
+    oci::sha256_digest(&mb)
+}
+
+/// A layer tar writer with the header fields the tests care about.
+pub struct TarBuilder(pub tar::Builder<Vec<u8>>);
+
+impl Default for TarBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TarBuilder {
+    pub fn new() -> Self {
+        TarBuilder(tar::Builder::new(Vec::new()))
+    }
+
+    pub fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        self.0.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        self.0.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
+    pub fn owned(&mut self, path: &str, mode: u32, uid: u64, gid: u64, data: &[u8]) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        self.0.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
+    pub fn link(&mut self, kind: tar::EntryType, path: &str, target: &str) -> &mut Self {
+        let mode = if kind == tar::EntryType::Symlink {
+            0o777
+        } else {
+            0o755
+        };
+        let mut h = Self::header(kind, mode, 0);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    pub fn node(&mut self, kind: tar::EntryType, path: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = Self::header(kind, 0o666, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.0.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    pub fn pax(&mut self, recs: &[(&str, &[u8])]) -> &mut Self {
+        self.0.append_pax_extensions(recs.iter().copied()).unwrap();
+        self
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+/// A busybox root filesystem layer: `/bin/busybox` (busybox-static) and its applets as
+/// symlinks, a few files of `/etc`, a hard link, a device node, a file with a capability.
+pub fn busybox_layer() -> Vec<u8> {
+    let bb = std::fs::read("/bin/busybox").expect("read /bin/busybox (install busybox-static)");
+    let mut t = TarBuilder::new();
+    t.dir("bin", 0o755)
+        .file("bin/busybox", 0o755, &bb)
+        .dir("etc", 0o755)
+        .file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+        )
+        .file("etc/passwd-", 0o600, b"root:x:0:0:root:/root:/bin/sh\n")
+        .file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+        .dir("dev", 0o755)
+        .node(tar::EntryType::Char, "dev/null", 1, 3)
+        .node(tar::EntryType::Fifo, "dev/initctl", 0, 0)
+        .dir("tmp", 0o1777)
+        .dir("root", 0o700)
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .link(tar::EntryType::Link, "usr/bin/busybox-again", "bin/busybox")
+        .owned(
+            "usr/bin/owned",
+            0o2755,
+            1234,
+            5678,
+            b"#!/bin/sh\necho owned\n",
+        );
+    for applet in [
+        "sh",
+        "ls",
+        "cat",
+        "echo",
+        "sleep",
+        "find",
+        "sha256sum",
+        "wc",
+    ] {
+        t.link(tar::EntryType::Symlink, &format!("bin/{applet}"), "busybox");
+    }
+    // A file capability (cap_net_bind_service), as setcap writes it.
+    let cap: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    t.pax(&[
+        ("SCHILY.xattr.security.capability", &cap),
+        ("mtime", b"1700000000.25"),
+    ])
+    .file("usr/bin/ping", 0o755, b"\x7fELF not really");
+    t.finish()
+}
+
+/// A layer made by GNU tar from real directories of this machine (whichever of `dirs` exist).
+pub fn host_layer(dirs: &[&str]) -> Vec<u8> {
+    let present: Vec<&str> = dirs
+        .iter()
+        .copied()
+        .filter(|d| std::path::Path::new("/").join(d).exists())
+        .collect();
+    assert!(!present.is_empty(), "none of {dirs:?} exists");
+    let mut args = vec![
+        "-C",
+        "/",
+        "--numeric-owner",
+        "--format=pax",
+        "--sort=name",
+        "-cf",
+        "-",
+    ];
+    args.extend(present.iter().copied());
+    let out = Command::new("tar").args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -1,0 +1,239 @@
+//! Converting images through a real registry: the result's layer stacks pass `e2fsck -fn`,
+//! its filesystem equals the source as unpacked by independent tools (skopeo + umoci), it
+//! mounts in the kernel, and the same input gives the same digests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use convertor::convert::{convert, Options};
+use convertor::oci::{self, annotation, media, Document, Manifest};
+use convertor::progress::Quiet;
+use convertor::remote::{Remote, RemoteOptions};
+use convertor::store::Store;
+use convertor::verify::{diff, tree_of_dir, tree_of_fs, LayerDisk, Tree};
+
+fn remote(reg: &Registry, repo: &str, push: bool) -> Remote {
+    let opts = RemoteOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    Remote::open(&reg.addr, repo, &opts, push).unwrap()
+}
+
+/// Layers with what the OCI rules are about: a busybox rootfs; real files from this machine
+/// (GNU tar); deletions, an opaque directory, a replaced symlink, a new hard link.
+fn sample_layers() -> Vec<Vec<u8>> {
+    let l0 = busybox_layer();
+    let l1 = host_layer(&[
+        "usr/share/common-licenses",
+        "usr/share/zoneinfo",
+        "usr/share/perl5/Debconf",
+        "usr/share/e2fsprogs",
+    ]);
+    let mut t = TarBuilder::new();
+    t.file("etc/.wh.passwd-", 0o644, b"")
+        .dir("usr/share/common-licenses", 0o755)
+        .file("usr/share/common-licenses/.wh..wh..opq", 0o644, b"")
+        .file(
+            "usr/share/common-licenses/ONLY-THIS",
+            0o644,
+            b"the opaque directory keeps only this\n",
+        )
+        .file("bin/ls", 0o755, b"#!/bin/sh\nexec /bin/busybox ls \"$@\"\n")
+        .link(tar::EntryType::Link, "etc/passwd.link", "etc/passwd")
+        .file("etc/motd", 0o644, &vec![b'x'; 300_000]);
+    vec![l0, l1, t.finish()]
+}
+
+fn fetch_manifest(store: &dyn Store, reference: &str) -> Manifest {
+    let (b, mt) = store.get_manifest(reference).unwrap();
+    match oci::parse_document(&b, mt.as_deref()).unwrap() {
+        Document::Manifest(m) => *m,
+        Document::Index(_) => panic!("expected a manifest"),
+    }
+}
+
+fn download_layers(store: &dyn Store, m: &Manifest, dir: &Path) -> Vec<PathBuf> {
+    m.layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let p = dir.join(format!("layer{i}"));
+            let mut f = std::fs::File::create(&p).unwrap();
+            store.get_blob(&l.digest, &mut f).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// The source image as skopeo and umoci see it: copied into an OCI layout and unpacked.
+fn umoci_rootfs(reg: &Registry, repo_tag: &str, dir: &Path) -> PathBuf {
+    let layout = dir.join("layout");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{repo_tag}", reg.addr),
+            &format!("oci:{}:src", layout.display()),
+        ],
+    );
+    let bundle = dir.join("bundle");
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:src", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    bundle.join("rootfs")
+}
+
+fn assert_same(expected: &Tree, got: &Tree, what: &str) {
+    let d = diff(expected, got);
+    assert!(
+        d.is_empty(),
+        "{what}: {} differences:\n{}",
+        d.len(),
+        d.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn an_image_converted_through_the_registry_equals_its_unpacked_source() {
+    let Some(reg) = Registry::start() else { return };
+    if !require_tool("skopeo")
+        || !require_tool("umoci")
+        || !require(is_root(), "umoci unpack and the kernel mount need root")
+    {
+        return;
+    }
+    let src = remote(&reg, "sample/src", true);
+    push_image(&src, "v1", &sample_layers());
+    let dst = remote(&reg, "sample/obd", true);
+    let opts = Options {
+        concurrency: 2,
+        ..Options::default()
+    };
+    let (desc, conv) = convert(&src, "v1", &dst, Some("v1"), &opts, &Quiet).unwrap();
+    assert_eq!(
+        desc.media_type,
+        media::OCI_MANIFEST,
+        "an OCI source gives OCI media types"
+    );
+    let layers = &conv[0].layers;
+    assert_eq!(layers.len(), 3);
+
+    // The manifest carries overlaybd's annotations and ours, and the config the new diff IDs.
+    let m = fetch_manifest(&dst, "v1");
+    assert_eq!(
+        oci::sha256_digest(&serde_json::to_vec(&m).unwrap()),
+        desc.digest
+    );
+    for (l, r) in m.layers.iter().zip(layers) {
+        assert_eq!(l.media_type, media::OCI_LAYER);
+        assert_eq!(l.annotation(annotation::VERSION), Some("0.1.0"));
+        assert_eq!(
+            l.annotation(annotation::BLOB_DIGEST),
+            Some(l.digest.as_str())
+        );
+        assert_eq!(
+            l.annotation(annotation::BLOB_SIZE),
+            Some(l.size.to_string().as_str())
+        );
+        assert_eq!(l.annotation(annotation::FS_TYPE), Some("ext4"));
+        assert_eq!(
+            l.annotation(annotation::INTEGRITY_ROOT),
+            Some(r.blob.integrity_root.as_str())
+        );
+    }
+    let mut cfg = Vec::new();
+    dst.get_blob(&m.config.digest, &mut cfg).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+    let ids: Vec<String> = m.layers.iter().map(|l| l.digest.clone()).collect();
+    assert_eq!(
+        oci::diff_ids(&cfg).unwrap(),
+        ids,
+        "an overlaybd layer's diff ID is its digest"
+    );
+    assert_eq!(
+        cfg["config"]["Cmd"][0], "/bin/sh",
+        "the rest of the config is kept"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let blobs = download_layers(&dst, &m, work.path());
+    // Every layer stack is a clean filesystem.
+    for k in 1..=blobs.len() {
+        let disk = LayerDisk::open(&blobs[..k]).unwrap();
+        let img = work.path().join(format!("disk{k}"));
+        disk.write_sparse(&img).unwrap();
+        run("e2fsck", &["-fn", img.to_str().unwrap()]);
+        if k < blobs.len() {
+            std::fs::remove_file(&img).unwrap();
+        }
+    }
+    // The converted filesystem, read by libext2fs through overlaybd's reader, equals the source
+    // unpacked by umoci, file by file with metadata.
+    let expected = tree_of_dir(&umoci_rootfs(&reg, "sample/src:v1", work.path())).unwrap();
+    let mut disk = LayerDisk::open(&blobs).unwrap();
+    let got = tree_of_fs(&mut disk).unwrap();
+    assert!(got.len() > 100, "{} entries", got.len());
+    assert_same(&expected, &got, "converted image vs umoci unpack");
+    assert!(!got.contains_key(&b"etc/passwd-"[..]), "whiteout applied");
+    // What the comparison covers is there on both sides.
+    let ping = &got[&b"usr/bin/ping"[..]];
+    assert_eq!(ping.xattrs[0].0, b"security.capability");
+    assert_eq!(ping.mtime, (1_700_000_000, 250_000_000));
+    let owned = &got[&b"usr/bin/owned"[..]];
+    assert_eq!((owned.uid, owned.gid, owned.mode), (1234, 5678, 0o102755));
+    assert_eq!(
+        got[&b"usr/bin/busybox-again"[..]].link_group.as_deref(),
+        Some(&b"bin/busybox"[..])
+    );
+    assert_eq!(got[&b"dev/null"[..]].rdev, Some((1, 3)));
+    assert_eq!(got[&b"bin/sh"[..]].target.as_deref(), Some(&b"busybox"[..]));
+    assert!(
+        got.keys()
+            .filter(|k| k.starts_with(b"usr/share/common-licenses/"))
+            .count()
+            == 1,
+        "opaque directory"
+    );
+
+    // And the kernel mounts it and sees the same.
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let img = work.path().join(format!("disk{}", blobs.len()));
+    run(
+        "mount",
+        &[
+            "-t",
+            "ext4",
+            "-o",
+            "loop,ro,noload",
+            img.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let mounted = std::panic::catch_unwind(|| tree_of_dir(&mnt).unwrap());
+    run("umount", &[mnt.to_str().unwrap()]);
+    let mut mounted = mounted.unwrap();
+    mounted.remove(&b"lost+found"[..]);
+    let mut root_expected = expected.clone();
+    // The mount point's own directory entry is the filesystem's root either way.
+    root_expected.remove(&b""[..]);
+    mounted.remove(&b""[..]);
+    assert_same(&root_expected, &mounted, "kernel mount vs umoci unpack");
+
+    // The same input gives the same digests.
+    let (again, conv2) = convert(&src, "v1", &dst, Some("v2"), &opts, &Quiet).unwrap();
+    assert_eq!(again.digest, desc.digest);
+    for (a, b) in conv[0].layers.iter().zip(&conv2[0].layers) {
+        assert_eq!(a.blob, b.blob);
+    }
+}

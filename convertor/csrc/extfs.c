@@ -343,8 +343,8 @@ errcode_t obd_lookup(ext2_filsys fs, ext2_ino_t dir, const char *name, size_t le
 	return r;
 }
 
-static errcode_t link_expanding(ext2_filsys fs, ext2_ino_t dir, const char *name,
-				ext2_ino_t ino, int filetype)
+static errcode_t link_slow(ext2_filsys fs, ext2_ino_t dir, const char *name, ext2_ino_t ino,
+			   int filetype)
 {
 	errcode_t r = ext2fs_link(fs, dir, name, ino, filetype);
 	if (r == EXT2_ET_DIR_NO_SPACE) {
@@ -353,6 +353,96 @@ static errcode_t link_expanding(ext2_filsys fs, ext2_ino_t dir, const char *name
 			return r;
 		r = ext2fs_link(fs, dir, name, ino, filetype);
 	}
+	return r;
+}
+
+/* Appends the entry to the directory's last block (or a new one). ext2fs_link looks for
+ * room from the first block on, which makes filling a directory of n entries cost n^2; a
+ * linear directory is equally valid with the entry at its end. Indexed or inline
+ * directories, and filesystems with directory checksums, take the library's path. */
+static errcode_t link_expanding(ext2_filsys fs, ext2_ino_t dir, const char *name,
+				ext2_ino_t ino, int filetype)
+{
+	struct ext2_inode in;
+	struct ext2_dir_entry *d, *last = NULL, *e;
+	char *buf = NULL;
+	blk64_t pblk = 0;
+	unsigned int off = 0, rec_len = 0, used, need;
+	int namelen = (int)strlen(name), tries;
+	uint64_t size;
+	errcode_t r;
+
+	if (ext2fs_has_feature_metadata_csum(fs->super) ||
+	    ext2fs_has_feature_inline_data(fs->super) || namelen > EXT2_NAME_LEN)
+		return link_slow(fs, dir, name, ino, filetype);
+	need = EXT2_DIR_REC_LEN(namelen);
+	r = ext2fs_get_mem(fs->blocksize, &buf);
+	if (r)
+		return r;
+	for (tries = 0; tries < 2; tries++) {
+		r = ext2fs_read_inode(fs, dir, &in);
+		if (r)
+			goto out;
+		size = EXT2_I_SIZE(&in);
+		if ((in.i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)) || size == 0 ||
+		    size % fs->blocksize) {
+			ext2fs_free_mem(&buf);
+			return link_slow(fs, dir, name, ino, filetype);
+		}
+		r = ext2fs_bmap2(fs, dir, &in, NULL, 0, size / fs->blocksize - 1, NULL, &pblk);
+		if (r)
+			goto out;
+		if (!pblk) {
+			ext2fs_free_mem(&buf);
+			return link_slow(fs, dir, name, ino, filetype);
+		}
+		r = ext2fs_read_dir_block4(fs, pblk, buf, 0, dir);
+		if (r)
+			goto out;
+		off = 0;
+		last = NULL;
+		while (off < fs->blocksize) {
+			d = (struct ext2_dir_entry *)(buf + off);
+			r = ext2fs_get_rec_len(fs, d, &rec_len);
+			if (r)
+				goto out;
+			if (rec_len < 8 || off + rec_len > fs->blocksize) {
+				ext2fs_free_mem(&buf);
+				return link_slow(fs, dir, name, ino, filetype);
+			}
+			last = d;
+			off += rec_len;
+		}
+		used = last->inode ? EXT2_DIR_REC_LEN(ext2fs_dirent_name_len(last)) : 0;
+		if (rec_len >= used + need) {
+			e = last;
+			if (used) {
+				r = ext2fs_set_rec_len(fs, used, last);
+				if (r)
+					goto out;
+				e = (struct ext2_dir_entry *)((char *)last + used);
+				r = ext2fs_set_rec_len(fs, rec_len - used, e);
+				if (r)
+					goto out;
+			}
+			e->inode = ino;
+			ext2fs_dirent_set_name_len(e, namelen);
+			ext2fs_dirent_set_file_type(e, 0);
+			if (ext2fs_has_feature_filetype(fs->super))
+				ext2fs_dirent_set_file_type(e, filetype & 7);
+			memcpy(e->name, name, (size_t)namelen);
+			r = ext2fs_write_dir_block4(fs, pblk, buf, 0, dir);
+			goto out;
+		}
+		if (tries == 0) {
+			r = ext2fs_expand_dir(fs, dir);
+			if (r)
+				goto out;
+		}
+	}
+	r = EXT2_ET_DIR_NO_SPACE;
+out:
+	ext2fs_free_mem(&buf);
 	return r;
 }
 

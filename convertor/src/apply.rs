@@ -19,7 +19,7 @@
 //! - extended attributes come from PAX `SCHILY.xattr.*` records;
 //! - atime is the later of the PAX atime and mtime, as containerd's `latestTime`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 
 use tar::EntryType;
@@ -107,6 +107,12 @@ pub struct Applier<'f, 'a> {
     fs: &'f mut Fs<'a>,
     /// (directory, name) of every entry this layer made or touched, for opaque whiteouts.
     made: HashSet<(Ino, Vec<u8>)>,
+    /// Directories this layer made: a name in one exists only if it is in `made`, so no
+    /// directory scan is needed to find out.
+    fresh: HashSet<Ino>,
+    /// (directory, name) → directory, for resolving parents without scanning directories;
+    /// cleared whenever anything is removed.
+    dirs: HashMap<(Ino, Vec<u8>), Ino>,
     stats: ApplyStats,
     buf: Vec<u8>,
 }
@@ -116,6 +122,8 @@ impl<'f, 'a> Applier<'f, 'a> {
         Applier {
             fs,
             made: HashSet::new(),
+            fresh: HashSet::new(),
+            dirs: HashMap::new(),
             stats: ApplyStats::default(),
             buf: vec![0; CHUNK],
         }
@@ -183,24 +191,22 @@ impl<'f, 'a> Applier<'f, 'a> {
             if target.is_empty() || target == b"." || target == b".." {
                 return Err(Self::refuse(name, "a whiteout must name an entry"));
             }
-            if let Some(ino) = self.fs.lookup(dir, target).map_err(fe)? {
-                self.fs
-                    .remove_tree(dir, target, ino)
+            if let Some(ino) = self.lookup(dir, target).map_err(fe)? {
+                self.remove_tree(dir, target, ino)
                     .map_err(Self::fs_err(name))?;
             }
             return Ok(());
         }
 
         let parent = self.resolve(dirs, true, name)?.expect("created");
-        let existing = self.fs.lookup(parent, base).map_err(fe)?;
+        let existing = self.lookup(parent, base).map_err(fe)?;
         let mut keep_dir = None;
         if let Some(ino) = existing {
             let st = self.fs.stat(ino).map_err(Self::fs_err(name))?;
             if st.is_dir() && kind == EntryType::Directory {
                 keep_dir = Some(ino);
             } else {
-                self.fs
-                    .remove_tree(parent, base, ino)
+                self.remove_tree(parent, base, ino)
                     .map_err(Self::fs_err(name))?;
             }
         }
@@ -212,7 +218,12 @@ impl<'f, 'a> Applier<'f, 'a> {
                 self.stats.dirs += 1;
                 match keep_dir {
                     Some(i) => i,
-                    None => self.fs.mkdir(parent, base).map_err(fe)?,
+                    None => {
+                        let i = self.fs.mkdir(parent, base).map_err(fe)?;
+                        self.fresh.insert(i);
+                        self.dirs.insert((parent, base.clone()), i);
+                        i
+                    }
                 }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -389,8 +400,14 @@ impl<'f, 'a> Applier<'f, 'a> {
                 _ => {}
             }
             let cur = *path.last().expect("root stays");
+            let key = (cur, c);
+            if let Some(&d) = self.dirs.get(&key) {
+                path.push(d);
+                continue;
+            }
+            let c = key.1;
             let fe = Self::fs_err(name);
-            match self.fs.lookup(cur, &c).map_err(fe)? {
+            match self.lookup(cur, &c).map_err(fe)? {
                 None if create => {
                     let ino = self.fs.mkdir(cur, &c).map_err(Self::fs_err(name))?;
                     let m = Meta {
@@ -398,6 +415,8 @@ impl<'f, 'a> Applier<'f, 'a> {
                         ..Meta::default()
                     };
                     self.fs.set_meta(ino, &m).map_err(Self::fs_err(name))?;
+                    self.fresh.insert(ino);
+                    self.dirs.insert((cur, c.clone()), ino);
                     self.made.insert((cur, c));
                     path.push(ino);
                 }
@@ -405,6 +424,7 @@ impl<'f, 'a> Applier<'f, 'a> {
                 Some(ino) => {
                     let st = self.fs.stat(ino).map_err(Self::fs_err(name))?;
                     if st.is_dir() {
+                        self.dirs.insert((cur, c), ino);
                         path.push(ino);
                     } else if st.kind() == extfs::S_IFLNK {
                         follows += 1;
@@ -442,7 +462,20 @@ impl<'f, 'a> Applier<'f, 'a> {
         let Some(dir) = self.resolve(dirs, false, name)? else {
             return Ok(None);
         };
-        self.fs.lookup(dir, base).map_err(Self::fs_err(name))
+        self.lookup(dir, base).map_err(Self::fs_err(name))
+    }
+
+    /// `name` in `dir`, without scanning a directory this layer made.
+    fn lookup(&self, dir: Ino, name: &[u8]) -> extfs::Result<Option<Ino>> {
+        if self.fresh.contains(&dir) && !self.made.contains(&(dir, name.to_vec())) {
+            return Ok(None);
+        }
+        self.fs.lookup(dir, name)
+    }
+
+    fn remove_tree(&mut self, dir: Ino, name: &[u8], ino: Ino) -> extfs::Result<()> {
+        self.dirs.clear();
+        self.fs.remove_tree(dir, name, ino)
     }
 
     /// `.wh..wh..opq` in `dir`: removes what lower layers put there (at any depth), keeping

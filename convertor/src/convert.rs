@@ -168,18 +168,28 @@ fn now() -> i64 {
         .unwrap_or(REPRODUCIBLE_TIME)
 }
 
-/// Reads a stream while hashing it.
-struct Hashing<R> {
+/// Reads a layer's tar while hashing it (unless its digest is already known) and reporting
+/// progress.
+struct Hashing<'p, R> {
     inner: R,
-    h: Sha256,
+    h: Option<Sha256>,
     n: u64,
+    reported: u64,
+    progress: &'p dyn Progress,
+    i: usize,
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.inner.read(buf)?;
-        self.h.update(&buf[..k]);
+        if let Some(h) = &mut self.h {
+            h.update(&buf[..k]);
+        }
         self.n += k as u64;
+        if self.n - self.reported >= 8 << 20 {
+            self.reported = self.n;
+            self.progress.bytes(self.i, Phase::Apply, self.n);
+        }
         Ok(k)
     }
 }
@@ -328,6 +338,7 @@ pub fn convert_manifest(
                     break;
                 }
                 let path = work.join(format!("src-{i:04}"));
+                progress.bytes(i, Phase::Download, 0);
                 let r = download(src, &m.layers[i], &path, progress, i).map(|()| path);
                 progress.done(i, Phase::Download);
                 if tx.send((i, r)).is_err() {
@@ -340,6 +351,7 @@ pub fn convert_manifest(
         let (up_tx, up_rx) = mpsc::channel::<(usize, PathBuf, String, u64)>();
         let uploader = s.spawn(move || -> Result<()> {
             for (i, path, digest, size) in up_rx {
+                progress.bytes(i, Phase::Upload, 0);
                 dst.put_blob_file(&digest, size, &path)
                     .with_context(|| format!("upload layer {i} ({digest})"))?;
                 progress.bytes(i, Phase::Upload, size);
@@ -366,11 +378,24 @@ pub fn convert_manifest(
                 crate::mkfs::mkfs(disk.path(), &fs_uuid, t, &work.path)?;
                 disk.mark_file_extents()?;
             }
-            // Apply, hashing the tar to check the diff ID.
+            // Apply, hashing the tar to check the diff ID (an uncompressed layer's diff ID is
+            // its digest, checked by the download).
+            progress.bytes(i, Phase::Apply, 0);
+            let plain = kinds[i] == LayerCompression::None;
+            if plain && m.layers[i].digest != diff_ids[i] {
+                bail!(
+                    "layer {i} ({}) is an uncompressed tar, but the config gives it diff ID {}",
+                    m.layers[i].digest,
+                    diff_ids[i]
+                );
+            }
             let mut tar = Hashing {
                 inner: decompressed(&src_path, kinds[i])?,
-                h: Sha256::new(),
+                h: (!plain).then(Sha256::new),
                 n: 0,
+                reported: 0,
+                progress,
+                i,
             };
             let stats = {
                 let mut fs = Fs::open(&mut disk, true, t)
@@ -385,18 +410,21 @@ pub fn convert_manifest(
             };
             std::io::copy(&mut tar, &mut std::io::sink())
                 .with_context(|| format!("layer {i}: read the rest of the tar"))?;
-            let got = format!("sha256:{}", hex::encode(tar.h.clone().finalize()));
-            if got != diff_ids[i] {
-                bail!(
-                    "layer {i} ({}): the uncompressed tar has digest {got}, the config says {}",
-                    m.layers[i].digest,
-                    diff_ids[i]
-                );
+            if let Some(h) = tar.h.take() {
+                let got = format!("sha256:{}", hex::encode(h.finalize()));
+                if got != diff_ids[i] {
+                    bail!(
+                        "layer {i} ({}): the uncompressed tar has digest {got}, the config says {}",
+                        m.layers[i].digest,
+                        diff_ids[i]
+                    );
+                }
             }
             progress.bytes(i, Phase::Apply, tar.n);
             progress.done(i, Phase::Apply);
             let _ = std::fs::remove_file(&src_path);
             let out = work.path.join(format!("out-{i:04}"));
+            progress.bytes(i, Phase::Commit, 0);
             let blob = layer::cut(&mut disk, uuid, parent, &opts.compression, &out)
                 .with_context(|| format!("layer {i}: commit"))?;
             progress.bytes(i, Phase::Commit, blob.size);

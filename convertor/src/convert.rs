@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::apply::{Applier, ApplyStats};
+use crate::dedup::{self, DedupDb};
 use crate::disk::WorkDisk;
 use crate::extfs::Fs;
 use crate::layer::{self, Compression};
@@ -40,6 +41,8 @@ pub struct Options {
     pub concurrency: usize,
     /// Where the work disk and blobs go (a fresh temporary directory under it).
     pub work_dir: Option<PathBuf>,
+    /// Layers converted before are looked up here and reused; new ones are recorded.
+    pub dedup: Option<std::sync::Arc<DedupDb>>,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             oci: false,
             concurrency: 4,
             work_dir: None,
+            dedup: None,
         }
     }
 }
@@ -69,6 +73,52 @@ pub struct LayerReport {
     pub chain_id: String,
     pub blob: layer::LayerBlob,
     pub apply: ApplyStats,
+    /// Taken from the dedup database, not converted.
+    pub reused: bool,
+}
+
+/// Writes a converted layer's extents onto the work disk (to build the layers above a reused
+/// one) and forgets them as changes.
+fn load_layer(disk: &mut WorkDisk, path: &Path) -> Result<()> {
+    use crate::extfs::DiskIo;
+    let (src, _) = overlaybd::lsmt::blob::open_path(path)?;
+    let (meta, maps) = overlaybd::lsmt::ro::read_layer(&*src)?;
+    if meta.header.virtual_size != disk.size() {
+        bail!(
+            "a reused layer has a {}-byte disk, this conversion {} bytes",
+            meta.header.virtual_size,
+            disk.size()
+        );
+    }
+    let mut buf = Vec::new();
+    for m in maps {
+        let len = m.length as usize * 512;
+        buf.resize(len, 0);
+        if m.zeroed {
+            buf.fill(0);
+        } else {
+            let n = zfile::source::read_full_at(&*src, m.moffset * 512, &mut buf)?;
+            if n != len {
+                bail!("a reused layer ends inside its data");
+            }
+        }
+        disk.write_at(m.offset * 512, &buf)?;
+    }
+    disk.take_dirty();
+    Ok(())
+}
+
+/// Whether a dedup record's blob is (or can be made) present in `dst`.
+fn available(dst: &dyn Store, rec: &dedup::Record) -> Result<bool> {
+    if dst.has_blob(&rec.digest)? {
+        return Ok(true);
+    }
+    for from in &rec.locations {
+        if dst.try_mount(&rec.digest, from)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Converts `reference` of `src` into `dst` under `tag`; returns the top descriptor (a
@@ -321,6 +371,24 @@ pub fn convert_manifest(
     let chains = oci::chain_ids(&diff_ids);
     let work = work_dir(opts)?;
     let n = m.layers.len();
+    let keys: Vec<String> = chains
+        .iter()
+        .map(|c| dedup::key(c, &opts.compression, opts.vsize))
+        .collect();
+    let mut reuse: Vec<Option<dedup::Record>> = vec![None; n];
+    if let Some(db) = &opts.dedup {
+        for i in 0..n {
+            if let Some(rec) = db.get(&keys[i])? {
+                if available(dst, &rec)? {
+                    reuse[i] = Some(rec);
+                }
+            }
+        }
+    }
+    // Layers above the last one to convert need nothing; reused layers below it are loaded
+    // onto the work disk from their converted blobs.
+    let last_new = (0..n).rev().find(|&i| reuse[i].is_none());
+    let needs_load = |i: usize| reuse[i].is_some() && last_new.is_some_and(|l| i < l);
     progress.start(n, &m.layers.iter().map(|l| l.size).collect::<Vec<_>>());
 
     let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
@@ -331,6 +399,8 @@ pub fn convert_manifest(
         for _ in 0..opts.concurrency.clamp(1, n) {
             let tx = tx.clone();
             let next = &next;
+            let reuse = &reuse;
+            let needs_load = &needs_load;
             let work = &work.path;
             s.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -338,9 +408,27 @@ pub fn convert_manifest(
                     break;
                 }
                 let path = work.join(format!("src-{i:04}"));
-                progress.bytes(i, Phase::Download, 0);
-                let r = download(src, &m.layers[i], &path, progress, i).map(|()| path);
-                progress.done(i, Phase::Download);
+                let r = match &reuse[i] {
+                    None => {
+                        progress.bytes(i, Phase::Download, 0);
+                        let r = download(src, &m.layers[i], &path, progress, i).map(|()| path);
+                        progress.done(i, Phase::Download);
+                        r
+                    }
+                    Some(rec) if needs_load(i) => {
+                        let d = Descriptor {
+                            media_type: media::OCI_LAYER.into(),
+                            digest: rec.digest.clone(),
+                            size: rec.size,
+                            urls: None,
+                            annotations: None,
+                            platform: None,
+                            artifact_type: None,
+                        };
+                        download(dst, &d, &path, progress, i).map(|()| path)
+                    }
+                    Some(_) => Ok(path),
+                };
                 if tx.send((i, r)).is_err() {
                     break;
                 }
@@ -373,6 +461,31 @@ pub fn convert_manifest(
             }
             let src_path = ready.remove(&i).expect("present");
             let uuid = layer::uuid_from_chain_id(&chains[i])?;
+            if let Some(rec) = &reuse[i] {
+                if needs_load(i) {
+                    load_layer(&mut disk, &src_path)
+                        .with_context(|| format!("layer {i}: load the reused {}", rec.digest))?;
+                    let _ = std::fs::remove_file(&src_path);
+                }
+                progress.note(&format!("layer {}/{n}: reused {}", i + 1, rec.digest));
+                parent = Some(uuid);
+                reports.push(LayerReport {
+                    source_digest: m.layers[i].digest.clone(),
+                    source_size: m.layers[i].size,
+                    diff_id: diff_ids[i].clone(),
+                    chain_id: chains[i].clone(),
+                    blob: layer::LayerBlob {
+                        digest: rec.digest.clone(),
+                        size: rec.size,
+                        integrity_root: rec.integrity_root.clone(),
+                        extents: 0,
+                        data_bytes: 0,
+                    },
+                    apply: ApplyStats::default(),
+                    reused: true,
+                });
+                continue;
+            }
             if i == 0 {
                 let fs_uuid = uuid.to_string().to_lowercase();
                 crate::mkfs::mkfs(disk.path(), &fs_uuid, t, &work.path)?;
@@ -443,6 +556,7 @@ pub fn convert_manifest(
                 chain_id: chains[i].clone(),
                 blob,
                 apply: stats,
+                reused: false,
             });
         }
         drop(up_tx);
@@ -451,6 +565,19 @@ pub fn convert_manifest(
             .map_err(|_| anyhow::anyhow!("the upload thread panicked"))??;
         Ok(())
     })?;
+    if let Some(db) = &opts.dedup {
+        for (r, k) in reports.iter().zip(&keys) {
+            if !r.reused {
+                db.put(
+                    k,
+                    &r.blob.digest,
+                    r.blob.size,
+                    &r.blob.integrity_root,
+                    &dst.describe(),
+                )?;
+            }
+        }
+    }
 
     // Config: the new diff IDs (each layer blob is an uncompressed tar: its digest).
     let oci_types = opts.oci || m.media_type.as_deref() != Some(media::DOCKER_MANIFEST);

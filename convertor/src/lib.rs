@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod convert;
+pub mod dedup;
 pub mod disk;
 pub mod extfs;
 pub mod layer;

@@ -362,4 +362,11 @@ impl Store for Remote {
     fn describe(&self) -> String {
         format!("{}/{}", self.host, self.repository)
     }
+
+    fn try_mount(&self, digest: &str, from: &str) -> Result<bool> {
+        match from.strip_prefix(&format!("{}/", self.host)) {
+            Some(repo) if repo != self.repository => self.mount_from(digest, repo),
+            _ => Ok(false),
+        }
+    }
 }

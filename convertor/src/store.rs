@@ -21,8 +21,13 @@ pub trait Store: Send + Sync {
     fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()>;
     /// Stores a manifest or index, under `tag` when given (else by digest only).
     fn put_manifest(&self, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<()>;
-    /// For messages.
+    /// For messages, and as the place a dedup record names (`host/repository`, `oci:DIR`).
     fn describe(&self) -> String;
+    /// Makes `digest`, which is at `from` (another store's `describe()`), present here without
+    /// an upload if the store can (a registry's cross-repository mount). False when it cannot.
+    fn try_mount(&self, _digest: &str, _from: &str) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// A parsed image reference.

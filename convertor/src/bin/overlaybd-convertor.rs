@@ -71,6 +71,10 @@ enum Cmd {
         /// Where the work disk goes (default: $TMPDIR).
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// Database of converted layers (created if missing): layers converted before, for
+        /// the same settings, are reused instead of converted again.
+        #[arg(long, value_name = "PATH")]
+        dedup_db: Option<PathBuf>,
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
@@ -116,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
             concurrency,
             threads,
             work_dir,
+            dedup_db,
             quiet,
         } => {
             let s = ImageRef::parse(&src)?;
@@ -146,6 +151,9 @@ fn run(cli: Cli) -> Result<()> {
                 oci,
                 concurrency,
                 work_dir,
+                dedup: dedup_db
+                    .map(|p| convertor::dedup::DedupDb::open(&p).map(std::sync::Arc::new))
+                    .transpose()?,
             };
             let progress: Box<dyn Progress> = if quiet {
                 Box::new(Quiet)
@@ -164,24 +172,21 @@ fn run(cli: Cli) -> Result<()> {
             for c in &converted {
                 for (i, l) in c.layers.iter().enumerate() {
                     println!(
-                        "layer {i}: {} ({} bytes) -> {} ({} bytes, {})",
+                        "layer {i}: {} ({} bytes) -> {} ({} bytes, {}){}",
                         l.source_digest,
                         l.source_size,
                         l.blob.digest,
                         l.blob.size,
-                        l.blob.integrity_root
+                        l.blob.integrity_root,
+                        if l.reused { ", reused" } else { "" }
                     );
                 }
             }
-            println!(
-                "{}@{}",
-                d.to_string()
-                    .trim_end_matches(&format!(":{tag}"))
-                    .to_owned()
-                    + ":"
-                    + &tag,
-                desc.digest
-            );
+            let out = ImageRef {
+                tag: Some(tag),
+                ..d
+            };
+            println!("{out}@{}", desc.digest);
             Ok(())
         }
     }

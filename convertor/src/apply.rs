@@ -76,7 +76,7 @@ fn show(b: &[u8]) -> String {
 }
 
 /// A cleaned name: its components, none empty, `.` or `..`.
-fn clean(name: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+pub(crate) fn clean(name: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
     if name.contains(&0) {
         return Err("the name contains a NUL byte".into());
     }
@@ -512,7 +512,10 @@ fn pax_records<R: Read>(e: &mut tar::Entry<'_, R>, name: &[u8]) -> Result<Vec<(V
     Ok(out)
 }
 
-fn xattrs<R: Read>(e: &mut tar::Entry<'_, R>, name: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub(crate) fn xattrs<R: Read>(
+    e: &mut tar::Entry<'_, R>,
+    name: &[u8],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     const PREFIX: &[u8] = b"SCHILY.xattr.";
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = pax_records(e, name)?
         .into_iter()
@@ -552,7 +555,7 @@ fn pax_time(v: &[u8]) -> Option<(i64, u32)> {
     })
 }
 
-fn meta<R: Read>(e: &mut tar::Entry<'_, R>, name: &[u8]) -> Result<Meta> {
+pub(crate) fn meta<R: Read>(e: &mut tar::Entry<'_, R>, name: &[u8]) -> Result<Meta> {
     let h = e.header();
     let bad = |what: &str, err: std::io::Error| Applier::refuse(name, format!("bad {what}: {err}"));
     let mut m = Meta {

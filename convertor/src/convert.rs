@@ -245,7 +245,7 @@ impl<R: Read> Read for Hashing<'_, R> {
 }
 
 /// Downloads a blob to `path`, checking size and digest.
-fn download(
+pub(crate) fn download(
     src: &dyn Store,
     d: &Descriptor,
     path: &Path,
@@ -303,7 +303,7 @@ fn download(
     Ok(())
 }
 
-fn decompressed(path: &Path, c: LayerCompression) -> Result<Box<dyn Read>> {
+pub(crate) fn decompressed(path: &Path, c: LayerCompression) -> Result<Box<dyn Read>> {
     let f = BufReader::with_capacity(1 << 20, File::open(path)?);
     Ok(match c {
         LayerCompression::None => Box::new(f),

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod extfs;
 pub mod layer;
 pub mod mkfs;
+pub mod model;
 pub mod oci;
 pub mod progress;
 pub mod remote;

@@ -243,7 +243,7 @@ pub fn tree_of_dir(root: &Path) -> Result<Tree> {
 }
 
 /// Names each hard-link group by its smallest path, so walk order does not matter.
-fn normalize_groups(t: &mut Tree) {
+pub(crate) fn normalize_groups(t: &mut Tree) {
     let mut least: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for (p, n) in t.iter() {
         if let Some(g) = &n.link_group {
@@ -348,4 +348,92 @@ pub fn diff(expected: &Tree, got: &Tree) -> Vec<String> {
         }
     }
     out
+}
+
+/// What `verify` found for one manifest pair.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub source_manifest: String,
+    pub converted_manifest: String,
+    pub entries: usize,
+    pub differences: Vec<String>,
+}
+
+fn manifests(
+    store: &dyn crate::store::Store,
+    reference: &str,
+) -> Result<Vec<(Option<crate::oci::Platform>, String, crate::oci::Manifest)>> {
+    use crate::oci::{parse_document, sha256_digest, Document};
+    let (b, mt) = store.get_manifest(reference)?;
+    Ok(match parse_document(&b, mt.as_deref())? {
+        Document::Manifest(m) => vec![(None, sha256_digest(&b), *m)],
+        Document::Index(idx) => {
+            let mut out = Vec::new();
+            for d in idx.manifests {
+                if d.platform.as_ref().is_some_and(|p| p.os == "unknown") {
+                    continue;
+                }
+                let (b, mt) = store.get_manifest(&d.digest)?;
+                if let Document::Manifest(m) =
+                    parse_document(&b, mt.as_deref().or(Some(&d.media_type)))?
+                {
+                    out.push((d.platform.clone(), d.digest.clone(), *m));
+                }
+            }
+            out
+        }
+    })
+}
+
+/// Checks every file of the converted image `dst_ref` against the source `src_ref`: the source
+/// tree is computed from its layer tars ([`crate::model`]), the converted one read from its
+/// ext4 through overlaybd's reader. Platforms of an index are paired by platform.
+pub fn verify_images(
+    src: &dyn crate::store::Store,
+    src_ref: &str,
+    dst: &dyn crate::store::Store,
+    dst_ref: &str,
+    work: &Path,
+) -> Result<Vec<Verified>> {
+    use crate::oci::{check_digest, layer_compression};
+    let srcs = manifests(src, src_ref)?;
+    let dsts = manifests(dst, dst_ref)?;
+    let mut out = Vec::new();
+    for (platform, sdigest, sm) in &srcs {
+        let Some((_, ddigest, dm)) = dsts.iter().find(|(p, _, _)| p == platform) else {
+            anyhow::bail!("the converted image has no manifest for platform {platform:?}");
+        };
+        let mut model = crate::model::Model::new();
+        for (i, l) in sm.layers.iter().enumerate() {
+            check_digest(&l.digest)?;
+            let c = layer_compression(&l.media_type).with_context(|| {
+                format!("source layer {}: media type {:?}", l.digest, l.media_type)
+            })?;
+            let p = work.join(format!("verify-src-{i}"));
+            crate::convert::download(src, l, &p, &crate::progress::Quiet, i)?;
+            model
+                .apply(crate::convert::decompressed(&p, c)?)
+                .with_context(|| format!("source layer {i} ({})", l.digest))?;
+            let _ = std::fs::remove_file(&p);
+        }
+        let expected = model.finish();
+        let mut blobs = Vec::new();
+        for (i, l) in dm.layers.iter().enumerate() {
+            let p = work.join(format!("verify-dst-{i}"));
+            crate::convert::download(dst, l, &p, &crate::progress::Quiet, i)?;
+            blobs.push(p);
+        }
+        let mut disk = LayerDisk::open(&blobs)?;
+        let got = tree_of_fs(&mut disk)?;
+        for b in &blobs {
+            let _ = std::fs::remove_file(b);
+        }
+        out.push(Verified {
+            source_manifest: sdigest.clone(),
+            converted_manifest: ddigest.clone(),
+            entries: expected.len(),
+            differences: diff(&expected, &got),
+        });
+    }
+    Ok(out)
 }

@@ -184,6 +184,17 @@ fn an_image_converted_through_the_registry_equals_its_unpacked_source() {
     let got = tree_of_fs(&mut disk).unwrap();
     assert!(got.len() > 100, "{} entries", got.len());
     assert_same(&expected, &got, "converted image vs umoci unpack");
+    // verify's model of the source, computed from the tars alone, agrees with umoci too, and
+    // verify finds nothing to report.
+    let mut model = convertor::model::Model::new();
+    for l in sample_layers() {
+        model.apply(l.as_slice()).unwrap();
+    }
+    assert_same(&expected, &model.finish(), "verify's model vs umoci unpack");
+    let v = convertor::verify::verify_images(&src, "v1", &dst, "v1", work.path()).unwrap();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].entries, expected.len());
+    assert!(v[0].differences.is_empty(), "{:?}", v[0].differences);
     assert!(!got.contains_key(&b"etc/passwd-"[..]), "whiteout applied");
     // What the comparison covers is there on both sides.
     let ping = &got[&b"usr/bin/ping"[..]];
@@ -303,4 +314,15 @@ fn the_dedup_database_reuses_converted_layers_and_builds_on_them_exactly() {
     let tree = tree_of_fs(&mut disk).unwrap();
     assert!(tree.contains_key(&b"srv/one"[..]) && tree.contains_key(&b"srv/three"[..]));
     assert!(!tree.contains_key(&b"bin/ls"[..]));
+    // verify tells a wrong pairing apart: a's source against b's conversion.
+    let v = convertor::verify::verify_images(&src, "a", &dst_b, "v1", work.path()).unwrap();
+    let d = &v[0].differences;
+    assert!(
+        d.iter().any(|l| l.starts_with("/srv/two: missing")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter().any(|l| l.starts_with("/srv/three: not expected")),
+        "{d:?}"
+    );
 }

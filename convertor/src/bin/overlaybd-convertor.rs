@@ -79,6 +79,16 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Check every file of the converted image DST (content and metadata) against SRC.
+    Verify {
+        src: String,
+        dst: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Where downloaded layers go while they are read (default: $TMPDIR).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+    },
 }
 
 fn open_store(r: &ImageRef, reg: &RegistryArgs, push: bool) -> Result<Box<dyn Store>> {
@@ -187,6 +197,50 @@ fn run(cli: Cli) -> Result<()> {
                 ..d
             };
             println!("{out}@{}", desc.digest);
+            Ok(())
+        }
+        Cmd::Verify {
+            src,
+            dst,
+            registry,
+            work_dir,
+        } => {
+            let s = ImageRef::parse(&src)?;
+            let d = ImageRef::parse(&dst)?;
+            let src_store =
+                open_store(&s, &registry, false).with_context(|| format!("open {src}"))?;
+            let dst_store =
+                open_store(&d, &registry, false).with_context(|| format!("open {dst}"))?;
+            let tmp = match &work_dir {
+                Some(w) => tempfile::Builder::new()
+                    .prefix("obdverify-")
+                    .tempdir_in(w)?,
+                None => tempfile::Builder::new().prefix("obdverify-").tempdir()?,
+            };
+            let results = convertor::verify::verify_images(
+                &*src_store,
+                &s.reference(),
+                &*dst_store,
+                &d.reference(),
+                tmp.path(),
+            )?;
+            let mut bad = 0;
+            for r in &results {
+                println!(
+                    "{} -> {}: {} entries, {} differences",
+                    r.source_manifest,
+                    r.converted_manifest,
+                    r.entries,
+                    r.differences.len()
+                );
+                for line in r.differences.iter().take(50) {
+                    println!("  {line}");
+                }
+                bad += r.differences.len();
+            }
+            if bad > 0 {
+                bail!("{bad} differences");
+            }
             Ok(())
         }
     }

@@ -123,6 +123,29 @@ pub fn gzip(b: &[u8]) -> Vec<u8> {
 /// Pushes an image of `layers` (uncompressed tars, gzip-compressed in the image) and returns
 /// its manifest's digest.
 pub fn push_image(store: &dyn Store, tag: &str, layers: &[Vec<u8>]) -> String {
+    push_image_as(store, Some(tag), layers, false).0
+}
+
+/// The same with Docker's media types when `docker`; returns the manifest's digest and size.
+pub fn push_image_as(
+    store: &dyn Store,
+    tag: Option<&str>,
+    layers: &[Vec<u8>],
+    docker: bool,
+) -> (String, u64) {
+    let (layer_mt, config_mt, manifest_mt) = if docker {
+        (
+            media::DOCKER_LAYER_GZIP,
+            media::DOCKER_CONFIG,
+            media::DOCKER_MANIFEST,
+        )
+    } else {
+        (
+            media::OCI_LAYER_GZIP,
+            media::OCI_CONFIG,
+            media::OCI_MANIFEST,
+        )
+    };
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut history = Vec::new();
@@ -132,7 +155,7 @@ pub fn push_image(store: &dyn Store, tag: &str, layers: &[Vec<u8>]) -> String {
         let d = oci::sha256_digest(&z);
         store.put_blob(&d, &z).unwrap();
         descs.push(Descriptor {
-            media_type: media::OCI_LAYER_GZIP.into(),
+            media_type: layer_mt.into(),
             digest: d,
             size: z.len() as u64,
             urls: None,
@@ -155,10 +178,10 @@ pub fn push_image(store: &dyn Store, tag: &str, layers: &[Vec<u8>]) -> String {
     store.put_blob(&cd, &cb).unwrap();
     let m = Manifest {
         schema_version: 2,
-        media_type: Some(media::OCI_MANIFEST.into()),
+        media_type: Some(manifest_mt.into()),
         artifact_type: None,
         config: Descriptor {
-            media_type: media::OCI_CONFIG.into(),
+            media_type: config_mt.into(),
             digest: cd,
             size: cb.len() as u64,
             urls: None,
@@ -171,10 +194,38 @@ pub fn push_image(store: &dyn Store, tag: &str, layers: &[Vec<u8>]) -> String {
         annotations: None,
     };
     let mb = serde_json::to_vec(&m).unwrap();
-    store
-        .put_manifest(Some(tag), media::OCI_MANIFEST, &mb)
-        .unwrap();
-    oci::sha256_digest(&mb)
+    store.put_manifest(tag, manifest_mt, &mb).unwrap();
+    (oci::sha256_digest(&mb), mb.len() as u64)
+}
+
+/// Pushes an OCI index of `(architecture, manifest digest, size)` under `tag`.
+pub fn push_index(store: &dyn Store, tag: &str, manifests: &[(&str, String, u64)]) -> String {
+    let idx = oci::Index {
+        schema_version: 2,
+        media_type: Some(media::OCI_INDEX.into()),
+        manifests: manifests
+            .iter()
+            .map(|(arch, d, size)| Descriptor {
+                media_type: media::OCI_MANIFEST.into(),
+                digest: d.clone(),
+                size: *size,
+                urls: None,
+                annotations: None,
+                platform: Some(oci::Platform {
+                    architecture: arch.to_string(),
+                    os: "linux".into(),
+                    os_version: None,
+                    os_features: None,
+                    variant: None,
+                }),
+                artifact_type: None,
+            })
+            .collect(),
+        annotations: None,
+    };
+    let b = serde_json::to_vec(&idx).unwrap();
+    store.put_manifest(Some(tag), media::OCI_INDEX, &b).unwrap();
+    oci::sha256_digest(&b)
 }
 
 /// A layer tar writer with the header fields the tests care about.

@@ -1,0 +1,230 @@
+//! The `overlaybd-convertor` command: OCI layout to registry, a multi-platform index, Docker
+//! media types, progress lines in a log, `verify`, and errors a user can act on.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use convertor::oci::{self, annotation, media, Document};
+use convertor::remote::{Remote, RemoteOptions};
+use convertor::store::{Layout, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_overlaybd-convertor");
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn small_layers(tag: &str) -> Vec<Vec<u8>> {
+    let mut t = TarBuilder::new();
+    t.dir("etc", 0o755)
+        .file("etc/arch", 0o644, tag.as_bytes())
+        .file(&format!("etc/only-{tag}"), 0o600, &vec![7u8; 50_000]);
+    vec![busybox_layer(), t.finish()]
+}
+
+#[test]
+fn a_multi_platform_layout_converts_into_a_registry_index_and_verifies() {
+    let Some(reg) = Registry::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(&dir.path().join("src"), true).unwrap();
+    let amd = push_image_as(&layout, None, &small_layers("amd64"), false);
+    let arm = push_image_as(&layout, None, &small_layers("arm64"), false);
+    push_index(
+        &layout,
+        "multi",
+        &[("amd64", amd.0, amd.1), ("arm64", arm.0, arm.1)],
+    );
+    let src = format!("oci:{}:multi", dir.path().join("src").display());
+    let dst = format!("{}/cli/multi:v1", reg.addr);
+
+    let (ok, stdout, stderr) = cli(&["convert", "--plain-http", "--concurrency", "1", &src, &dst]);
+    assert!(ok, "{stderr}");
+    // Not a terminal: one plain line per finished phase.
+    for phase in ["download", "apply", "commit", "upload"] {
+        assert!(
+            stderr.contains(&format!("layer 2/2: {phase} ")),
+            "{phase}: {stderr}"
+        );
+    }
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with(&format!("{dst}@sha256:")), "{stdout}");
+
+    let r = Remote::open(
+        &reg.addr,
+        "cli/multi",
+        &RemoteOptions {
+            plain_http: true,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
+    let (b, mt) = r.get_manifest("v1").unwrap();
+    let Document::Index(idx) = oci::parse_document(&b, mt.as_deref()).unwrap() else {
+        panic!("expected an index");
+    };
+    let archs: Vec<&str> = idx
+        .manifests
+        .iter()
+        .map(|d| d.platform.as_ref().unwrap().architecture.as_str())
+        .collect();
+    assert_eq!(archs, ["amd64", "arm64"]);
+    for d in &idx.manifests {
+        let (b, _) = r.get_manifest(&d.digest).unwrap();
+        let Document::Manifest(m) = oci::parse_document(&b, Some(&d.media_type)).unwrap() else {
+            panic!()
+        };
+        assert!(m
+            .layers
+            .iter()
+            .all(|l| l.annotation(annotation::VERSION) == Some("0.1.0")));
+    }
+
+    let (ok, stdout, stderr) = cli(&["verify", "--plain-http", &src, &dst]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(stdout.matches(", 0 differences").count(), 2, "{stdout}");
+
+    // verify fails, naming the files, when the pair does not match.
+    push_image_as(&layout, Some("right"), &small_layers("right"), false);
+    push_image_as(&layout, Some("wrong"), &small_layers("wrong"), false);
+    let at = |t: &str| format!("oci:{}:{t}", dir.path().join("src").display());
+    let single = format!("{}/cli/single:v1", reg.addr);
+    let (ok, _, stderr) = cli(&["convert", "-q", "--plain-http", &at("right"), &single]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = cli(&["verify", "--plain-http", &at("wrong"), &single]);
+    assert!(!ok);
+    assert!(stdout.contains("/etc/only-wrong: missing"), "{stdout}");
+    assert!(stdout.contains("/etc/only-right: not expected"), "{stdout}");
+    assert!(stderr.contains("differences"), "{stderr}");
+}
+
+#[test]
+fn a_docker_image_stays_docker_unless_oci_is_asked_for() {
+    let Some(reg) = Registry::start() else { return };
+    let src = Remote::open(
+        &reg.addr,
+        "cli/docker",
+        &RemoteOptions {
+            plain_http: true,
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    push_image_as(&src, Some("v1"), &small_layers("d"), true);
+    let s = format!("{}/cli/docker:v1", reg.addr);
+    for (extra, want_manifest, want_layer) in [
+        (None, media::DOCKER_MANIFEST, media::DOCKER_LAYER),
+        (Some("--oci"), media::OCI_MANIFEST, media::OCI_LAYER),
+    ] {
+        let d = format!(
+            "{}/cli/docker-out:{}",
+            reg.addr,
+            if extra.is_some() { "oci" } else { "docker" }
+        );
+        let mut args = vec!["convert", "-q", "--plain-http", &s, &d];
+        args.extend(extra);
+        let (ok, _, stderr) = cli(&args);
+        assert!(ok, "{stderr}");
+        let r = Remote::open(
+            &reg.addr,
+            "cli/docker-out",
+            &RemoteOptions {
+                plain_http: true,
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
+        let (b, mt) = r
+            .get_manifest(if extra.is_some() { "oci" } else { "docker" })
+            .unwrap();
+        assert_eq!(mt.as_deref(), Some(want_manifest));
+        let Document::Manifest(m) = oci::parse_document(&b, mt.as_deref()).unwrap() else {
+            panic!()
+        };
+        assert!(m.layers.iter().all(|l| l.media_type == want_layer));
+    }
+}
+
+#[test]
+fn bad_sources_fail_with_a_message_naming_what_is_wrong() {
+    let Some(reg) = Registry::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dst = format!("{}/cli/bad:v1", reg.addr);
+    // No such image.
+    let (ok, _, stderr) = cli(&[
+        "convert",
+        "-q",
+        "--plain-http",
+        &format!("{}/cli/none:v1", reg.addr),
+        &dst,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cli/none") && stderr.contains("404"),
+        "{stderr}"
+    );
+    // A layer whose bytes do not match its digest (the layout's blob was replaced).
+    let layout = Layout::open(&dir.path().join("src"), true).unwrap();
+    let (digest, _) = push_image_as(&layout, Some("v1"), &small_layers("x"), false);
+    let (b, _) = layout.get_manifest(&digest).unwrap();
+    let Document::Manifest(m) = oci::parse_document(&b, Some(media::OCI_MANIFEST)).unwrap() else {
+        panic!()
+    };
+    let hex = m.layers[1].digest.strip_prefix("sha256:").unwrap();
+    std::fs::write(
+        dir.path().join("src/blobs/sha256").join(hex),
+        gzip(b"not the layer"),
+    )
+    .unwrap();
+    let src = format!("oci:{}:v1", dir.path().join("src").display());
+    let (ok, _, stderr) = cli(&["convert", "-q", "--plain-http", &src, &dst]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&m.layers[1].digest) && stderr.contains("the manifest says"),
+        "{stderr}"
+    );
+    // A hostile layer: refused with the entry named, nothing pushed under the tag.
+    let mut h = TarBuilder::header(tar::EntryType::Regular, 0o644, 1);
+    h.as_old_mut().name[..13].copy_from_slice(b"../../escape\0");
+    h.set_cksum();
+    let mut evil = h.as_bytes().to_vec();
+    evil.extend_from_slice(&[b'x'; 512]);
+    evil.extend_from_slice(&[0; 1024]);
+    let layout2 = Layout::open(&dir.path().join("evil"), true).unwrap();
+    push_image_as(&layout2, Some("v1"), &[evil], false);
+    let (ok, _, stderr) = cli(&[
+        "convert",
+        "-q",
+        "--plain-http",
+        &format!("oci:{}:v1", dir.path().join("evil").display()),
+        &dst,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("\"../../escape\"") && stderr.contains("climbs out"),
+        "{stderr}"
+    );
+    let r = Remote::open(
+        &reg.addr,
+        "cli/bad",
+        &RemoteOptions {
+            plain_http: true,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
+    assert!(
+        r.get_manifest("v1").is_err(),
+        "nothing tagged after a failed conversion"
+    );
+}

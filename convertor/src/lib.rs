@@ -7,6 +7,8 @@ pub mod convert;
 pub mod dedup;
 pub mod disk;
 pub mod extfs;
+#[cfg(feature = "test-util")]
+pub mod fuzz;
 pub mod layer;
 pub mod mkfs;
 pub mod model;

@@ -228,3 +228,69 @@ fn bad_sources_fail_with_a_message_naming_what_is_wrong() {
         "nothing tagged after a failed conversion"
     );
 }
+
+#[test]
+fn credentials_come_from_docker_config_or_the_command_line() {
+    let Some(reg) = Registry::start_auth(Some(("ci", "s3cret"))) else {
+        return;
+    };
+    let creds = overlaybd::registry::auth::Credentials {
+        username: "ci".into(),
+        password: "s3cret".into(),
+    };
+    let opts = RemoteOptions {
+        plain_http: true,
+        credentials: Some(creds),
+        ..Default::default()
+    };
+    let src = Remote::open(&reg.addr, "auth/src", &opts, true).unwrap();
+    push_image_as(&src, Some("v1"), &small_layers("a"), false);
+    let s = format!("{}/auth/src:v1", reg.addr);
+    let d = format!("{}/auth/dst:v1", reg.addr);
+    // Without credentials: refused, and the message says so.
+    let (ok, _, stderr) = cli(&[
+        "convert",
+        "-q",
+        "--plain-http",
+        "--docker-config",
+        "/nonexistent/config.json",
+        &s,
+        &d,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("credentials"), "{stderr}");
+    // From Docker's config.json.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let (ok, _, stderr) = cli(&[
+        "convert",
+        "-q",
+        "--plain-http",
+        "--docker-config",
+        cfg.to_str().unwrap(),
+        &s,
+        &d,
+    ]);
+    assert!(ok, "{stderr}");
+    // From -u, and a wrong password is an error.
+    let (ok, _, stderr) = cli(&[
+        "convert",
+        "-q",
+        "--plain-http",
+        "-u",
+        "ci:s3cret",
+        &s,
+        &format!("{}/auth/dst2:v1", reg.addr),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cli(&["convert", "-q", "--plain-http", "-u", "ci:wrong", &s, &d]);
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+}

@@ -74,7 +74,12 @@ impl Drop for Registry {
 
 impl Registry {
     pub fn start() -> Option<Registry> {
-        if !require_tool("docker-registry") {
+        Self::start_auth(None)
+    }
+
+    /// A registry that wants Basic credentials `(user, password)` when given.
+    pub fn start_auth(basic: Option<(&str, &str)>) -> Option<Registry> {
+        if !require_tool("docker-registry") || (basic.is_some() && !require_tool("htpasswd")) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -83,8 +88,24 @@ impl Registry {
             .local_addr()
             .unwrap()
             .port();
+        let auth = match basic {
+            Some((u, p)) => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", u, p])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                let f = dir.path().join("htpasswd");
+                std::fs::write(&f, &out.stdout).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    f.display()
+                )
+            }
+            None => String::new(),
+        };
         let cfg = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
             dir.path().join("data").display()
         );
         let cfg_path = dir.path().join("config.yml");

@@ -449,121 +449,129 @@ pub fn convert_manifest(
             Ok(())
         });
 
-        let mut ready: BTreeMap<usize, PathBuf> = BTreeMap::new();
-        let mut disk = WorkDisk::create(&work.path.join("disk"), opts.vsize)
-            .context("create the work disk")?;
-        let t = now();
-        let mut parent = None;
-        for i in 0..n {
-            while !ready.contains_key(&i) {
-                let (k, r) = rx.recv().context("a download thread died")?;
-                ready.insert(k, r?);
-            }
-            let src_path = ready.remove(&i).expect("present");
-            let uuid = layer::uuid_from_chain_id(&chains[i])?;
-            if let Some(rec) = &reuse[i] {
-                if needs_load(i) {
-                    load_layer(&mut disk, &src_path)
-                        .with_context(|| format!("layer {i}: load the reused {}", rec.digest))?;
-                    let _ = std::fs::remove_file(&src_path);
+        // On an error, no new downloads start; queued uploads finish.
+        let result = (|| -> Result<()> {
+            let mut ready: BTreeMap<usize, PathBuf> = BTreeMap::new();
+            let mut disk = WorkDisk::create(&work.path.join("disk"), opts.vsize)
+                .context("create the work disk")?;
+            let t = now();
+            let mut parent = None;
+            for i in 0..n {
+                while !ready.contains_key(&i) {
+                    let (k, r) = rx.recv().context("a download thread died")?;
+                    ready.insert(k, r?);
                 }
-                progress.note(&format!("layer {}/{n}: reused {}", i + 1, rec.digest));
+                let src_path = ready.remove(&i).expect("present");
+                let uuid = layer::uuid_from_chain_id(&chains[i])?;
+                if let Some(rec) = &reuse[i] {
+                    if needs_load(i) {
+                        load_layer(&mut disk, &src_path).with_context(|| {
+                            format!("layer {i}: load the reused {}", rec.digest)
+                        })?;
+                        let _ = std::fs::remove_file(&src_path);
+                    }
+                    progress.note(&format!("layer {}/{n}: reused {}", i + 1, rec.digest));
+                    parent = Some(uuid);
+                    reports.push(LayerReport {
+                        source_digest: m.layers[i].digest.clone(),
+                        source_size: m.layers[i].size,
+                        diff_id: diff_ids[i].clone(),
+                        chain_id: chains[i].clone(),
+                        blob: layer::LayerBlob {
+                            digest: rec.digest.clone(),
+                            size: rec.size,
+                            integrity_root: rec.integrity_root.clone(),
+                            extents: 0,
+                            data_bytes: 0,
+                        },
+                        apply: ApplyStats::default(),
+                        reused: true,
+                    });
+                    continue;
+                }
+                if i == 0 {
+                    let fs_uuid = uuid.to_string().to_lowercase();
+                    crate::mkfs::mkfs(disk.path(), &fs_uuid, t, &work.path)?;
+                    disk.mark_file_extents()?;
+                }
+                // Apply, hashing the tar to check the diff ID (an uncompressed layer's diff ID is
+                // its digest, checked by the download).
+                progress.bytes(i, Phase::Apply, 0);
+                let plain = kinds[i] == LayerCompression::None;
+                if plain && m.layers[i].digest != diff_ids[i] {
+                    bail!(
+                        "layer {i} ({}) is an uncompressed tar, but the config gives it diff ID {}",
+                        m.layers[i].digest,
+                        diff_ids[i]
+                    );
+                }
+                let mut tar = Hashing {
+                    inner: decompressed(&src_path, kinds[i])?,
+                    h: (!plain).then(Sha256::new),
+                    n: 0,
+                    reported: 0,
+                    progress,
+                    i,
+                };
+                let stats = {
+                    let mut fs = Fs::open(&mut disk, true, t)
+                        .with_context(|| format!("layer {i}: open the filesystem"))?;
+                    let r = Applier::new(&mut fs)
+                        .apply(&mut tar)
+                        .with_context(|| format!("layer {i} ({})", m.layers[i].digest));
+                    let stats = r?;
+                    fs.close()
+                        .with_context(|| format!("layer {i}: write the filesystem back"))?;
+                    stats
+                };
+                std::io::copy(&mut tar, &mut std::io::sink())
+                    .with_context(|| format!("layer {i}: read the rest of the tar"))?;
+                if let Some(h) = tar.h.take() {
+                    let got = format!("sha256:{}", hex::encode(h.finalize()));
+                    if got != diff_ids[i] {
+                        bail!(
+                            "layer {i} ({}): the uncompressed tar has digest {got}, the config says {}",
+                            m.layers[i].digest,
+                            diff_ids[i]
+                        );
+                    }
+                }
+                progress.bytes(i, Phase::Apply, tar.n);
+                progress.done(i, Phase::Apply);
+                let _ = std::fs::remove_file(&src_path);
+                let out = work.path.join(format!("out-{i:04}"));
+                progress.bytes(i, Phase::Commit, 0);
+                let blob = layer::cut(&mut disk, uuid, parent, &opts.compression, &out)
+                    .with_context(|| format!("layer {i}: commit"))?;
+                progress.bytes(i, Phase::Commit, blob.size);
+                progress.done(i, Phase::Commit);
                 parent = Some(uuid);
+                if up_tx
+                    .send((i, out, blob.digest.clone(), blob.size))
+                    .is_err()
+                {
+                    break;
+                }
                 reports.push(LayerReport {
                     source_digest: m.layers[i].digest.clone(),
                     source_size: m.layers[i].size,
                     diff_id: diff_ids[i].clone(),
                     chain_id: chains[i].clone(),
-                    blob: layer::LayerBlob {
-                        digest: rec.digest.clone(),
-                        size: rec.size,
-                        integrity_root: rec.integrity_root.clone(),
-                        extents: 0,
-                        data_bytes: 0,
-                    },
-                    apply: ApplyStats::default(),
-                    reused: true,
+                    blob,
+                    apply: stats,
+                    reused: false,
                 });
-                continue;
             }
-            if i == 0 {
-                let fs_uuid = uuid.to_string().to_lowercase();
-                crate::mkfs::mkfs(disk.path(), &fs_uuid, t, &work.path)?;
-                disk.mark_file_extents()?;
-            }
-            // Apply, hashing the tar to check the diff ID (an uncompressed layer's diff ID is
-            // its digest, checked by the download).
-            progress.bytes(i, Phase::Apply, 0);
-            let plain = kinds[i] == LayerCompression::None;
-            if plain && m.layers[i].digest != diff_ids[i] {
-                bail!(
-                    "layer {i} ({}) is an uncompressed tar, but the config gives it diff ID {}",
-                    m.layers[i].digest,
-                    diff_ids[i]
-                );
-            }
-            let mut tar = Hashing {
-                inner: decompressed(&src_path, kinds[i])?,
-                h: (!plain).then(Sha256::new),
-                n: 0,
-                reported: 0,
-                progress,
-                i,
-            };
-            let stats = {
-                let mut fs = Fs::open(&mut disk, true, t)
-                    .with_context(|| format!("layer {i}: open the filesystem"))?;
-                let r = Applier::new(&mut fs)
-                    .apply(&mut tar)
-                    .with_context(|| format!("layer {i} ({})", m.layers[i].digest));
-                let stats = r?;
-                fs.close()
-                    .with_context(|| format!("layer {i}: write the filesystem back"))?;
-                stats
-            };
-            std::io::copy(&mut tar, &mut std::io::sink())
-                .with_context(|| format!("layer {i}: read the rest of the tar"))?;
-            if let Some(h) = tar.h.take() {
-                let got = format!("sha256:{}", hex::encode(h.finalize()));
-                if got != diff_ids[i] {
-                    bail!(
-                        "layer {i} ({}): the uncompressed tar has digest {got}, the config says {}",
-                        m.layers[i].digest,
-                        diff_ids[i]
-                    );
-                }
-            }
-            progress.bytes(i, Phase::Apply, tar.n);
-            progress.done(i, Phase::Apply);
-            let _ = std::fs::remove_file(&src_path);
-            let out = work.path.join(format!("out-{i:04}"));
-            progress.bytes(i, Phase::Commit, 0);
-            let blob = layer::cut(&mut disk, uuid, parent, &opts.compression, &out)
-                .with_context(|| format!("layer {i}: commit"))?;
-            progress.bytes(i, Phase::Commit, blob.size);
-            progress.done(i, Phase::Commit);
-            parent = Some(uuid);
-            if up_tx
-                .send((i, out, blob.digest.clone(), blob.size))
-                .is_err()
-            {
-                break;
-            }
-            reports.push(LayerReport {
-                source_digest: m.layers[i].digest.clone(),
-                source_size: m.layers[i].size,
-                diff_id: diff_ids[i].clone(),
-                chain_id: chains[i].clone(),
-                blob,
-                apply: stats,
-                reused: false,
-            });
+            Ok(())
+        })();
+        if result.is_err() {
+            next.store(n, std::sync::atomic::Ordering::Relaxed);
         }
         drop(up_tx);
         uploader
             .join()
             .map_err(|_| anyhow::anyhow!("the upload thread panicked"))??;
-        Ok(())
+        result
     })?;
     if let Some(db) = &opts.dedup {
         for (r, k) in reports.iter().zip(&keys) {

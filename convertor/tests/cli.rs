@@ -294,3 +294,58 @@ fn credentials_come_from_docker_config_or_the_command_line() {
     assert!(!ok);
     assert!(stderr.contains("401"), "{stderr}");
 }
+
+#[test]
+fn zstd_and_larger_blocks_convert_and_verify_and_no_root_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(&dir.path().join("src"), true).unwrap();
+    let mut t = TarBuilder::new();
+    t.file("dup", 0o644, b"first")
+        .file("dup", 0o600, b"second wins");
+    let mut layers = small_layers("z");
+    layers.push(t.finish());
+    push_image_as(&layout, Some("v1"), &layers, false);
+    let src = format!("oci:{}:v1", dir.path().join("src").display());
+    let dst = format!("oci:{}:v1", dir.path().join("dst").display());
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "convert",
+        "-q",
+        "--algorithm",
+        "zstd",
+        "--block-size",
+        "16384",
+        "--vsize",
+        "8",
+        &src,
+        &dst,
+    ]);
+    if is_root() {
+        // Run it as nobody: the convertor needs no privilege.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        run("chmod", &["-R", "a+rwX", dir.path().to_str().unwrap()]);
+        use std::os::unix::process::CommandExt;
+        cmd.uid(65534).gid(65534).env("TMPDIR", dir.path());
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, stdout, stderr) = cli(&["verify", &src, &dst]);
+    assert!(ok, "{stdout}{stderr}");
+    let dl = Layout::open(&dir.path().join("dst"), false).unwrap();
+    let (b, mt) = dl.get_manifest("v1").unwrap();
+    let Document::Manifest(m) = oci::parse_document(&b, mt.as_deref()).unwrap() else {
+        panic!()
+    };
+    // The layer is a zstd ZFile with 16 KiB blocks: the header says so.
+    let mut blob = Vec::new();
+    dl.get_blob(&m.layers[0].digest, &mut blob).unwrap();
+    let (payload, _) = zfile::envelope::open_payload(blob).unwrap();
+    let z = zfile::ZFile::open(payload).unwrap();
+    assert_eq!(z.info().algorithm, zfile::Algorithm::Zstd);
+    assert_eq!(z.info().block_size, 16384);
+}

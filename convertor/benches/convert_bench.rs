@@ -163,7 +163,7 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     let mut digests = Vec::new();
     for (name, extra) in runs {
-        let mut args: Vec<&str> = vec!["convert", "--plain-http", "-q", &srcref];
+        let mut args: Vec<&str> = vec!["convert", "--plain-http", &srcref];
         args.extend(extra.iter().map(String::as_str));
         let r = convert(bin, &args);
         digests.push(

@@ -448,8 +448,44 @@ pub fn convert_manifest(
             }
             Ok(())
         });
+        // Commits: one thread, in order, from a snapshot of each layer's blocks, while the
+        // next layer applies; each finished layer goes on to the uploader.
+        struct Job {
+            i: usize,
+            raw: PathBuf,
+            maps: Vec<overlaybd::lsmt::Mapping>,
+            uuid: overlaybd::lsmt::Uuid,
+            parent: Option<overlaybd::lsmt::Uuid>,
+        }
+        let (commit_tx, commit_rx) = mpsc::channel::<Job>();
+        let vsize = opts.vsize;
+        let z = opts.compression;
+        let wdir = work.path.clone();
+        let committer = s.spawn(move || -> Result<Vec<(usize, layer::LayerBlob)>> {
+            let mut done = Vec::new();
+            for job in commit_rx {
+                let i = job.i;
+                progress.bytes(i, Phase::Commit, 0);
+                let out = wdir.join(format!("out-{i:04}"));
+                let f = File::open(&job.raw)?;
+                let blob =
+                    layer::commit_extents(&job.maps, &f, vsize, job.uuid, job.parent, &z, &out)
+                        .with_context(|| format!("layer {i}: commit"))?;
+                let _ = std::fs::remove_file(&job.raw);
+                progress.bytes(i, Phase::Commit, blob.size);
+                progress.done(i, Phase::Commit);
+                if up_tx
+                    .send((i, out, blob.digest.clone(), blob.size))
+                    .is_err()
+                {
+                    break;
+                }
+                done.push((i, blob));
+            }
+            Ok(done)
+        });
 
-        // On an error, no new downloads start; queued uploads finish.
+        // On an error, no new downloads start; queued commits and uploads finish.
         let result = (|| -> Result<()> {
             let mut ready: BTreeMap<usize, PathBuf> = BTreeMap::new();
             let mut disk = WorkDisk::create(&work.path.join("disk"), opts.vsize)
@@ -539,17 +575,19 @@ pub fn convert_manifest(
                 progress.bytes(i, Phase::Apply, tar.n);
                 progress.done(i, Phase::Apply);
                 let _ = std::fs::remove_file(&src_path);
-                let out = work.path.join(format!("out-{i:04}"));
-                progress.bytes(i, Phase::Commit, 0);
-                let blob = layer::cut(&mut disk, uuid, parent, &opts.compression, &out)
-                    .with_context(|| format!("layer {i}: commit"))?;
-                progress.bytes(i, Phase::Commit, blob.size);
-                progress.done(i, Phase::Commit);
+                let maps = disk.take_dirty();
+                let raw = work.path.join(format!("raw-{i:04}"));
+                let maps = layer::snapshot(&disk, &maps, &raw)
+                    .with_context(|| format!("layer {i}: snapshot its blocks"))?;
+                let job = Job {
+                    i,
+                    raw,
+                    maps,
+                    uuid,
+                    parent,
+                };
                 parent = Some(uuid);
-                if up_tx
-                    .send((i, out, blob.digest.clone(), blob.size))
-                    .is_err()
-                {
+                if commit_tx.send(job).is_err() {
                     break;
                 }
                 reports.push(LayerReport {
@@ -557,7 +595,7 @@ pub fn convert_manifest(
                     source_size: m.layers[i].size,
                     diff_id: diff_ids[i].clone(),
                     chain_id: chains[i].clone(),
-                    blob,
+                    blob: layer::LayerBlob::default(),
                     apply: stats,
                     reused: false,
                 });
@@ -567,11 +605,18 @@ pub fn convert_manifest(
         if result.is_err() {
             next.store(n, std::sync::atomic::Ordering::Relaxed);
         }
-        drop(up_tx);
+        drop(commit_tx);
+        let committed = committer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the commit thread panicked"))?;
         uploader
             .join()
             .map_err(|_| anyhow::anyhow!("the upload thread panicked"))??;
-        result
+        result?;
+        for (i, blob) in committed? {
+            reports[i].blob = blob;
+        }
+        Ok(())
     })?;
     if let Some(db) = &opts.dedup {
         for (r, k) in reports.iter().zip(&keys) {

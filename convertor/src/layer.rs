@@ -7,7 +7,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use overlaybd::lsmt::{self, CommitOptions, Uuid};
+use overlaybd::lsmt::{self, CommitOptions, Mapping, Uuid};
 use sha2::{Digest, Sha256};
 use zfile::envelope::PaxWriter;
 use zfile::{Algorithm, WriterOptions, ZFileWriter};
@@ -34,7 +34,7 @@ impl Default for Compression {
 }
 
 /// A layer blob written to a local file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LayerBlob {
     /// `sha256:<hex>` of the blob (also its diff ID: the blob is an uncompressed tar).
     pub digest: String,
@@ -90,8 +90,64 @@ pub fn cut(
     out: &Path,
 ) -> Result<LayerBlob> {
     let maps = disk.take_dirty();
+    let size = disk.size();
+    commit_extents(&maps, disk.file(), size, uuid, parent, z, out)
+}
+
+/// Copies the data of `maps` (extents of `disk`) into a dense file at `out`, so the layer can
+/// be committed from there while the work disk moves on; returns the extents with their data
+/// offsets in that file.
+pub fn snapshot(disk: &WorkDisk, maps: &[Mapping], out: &Path) -> Result<Vec<Mapping>> {
+    use std::os::unix::io::AsRawFd;
+    let f = File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let mut pos = 0u64;
+    let mut dense = Vec::with_capacity(maps.len());
+    for m in maps {
+        let mut d = *m;
+        if !m.zeroed {
+            let mut off_in = (m.moffset * 512) as libc::loff_t;
+            let mut left = m.length as usize * 512;
+            while left > 0 {
+                let mut off_out = pos as libc::loff_t;
+                // SAFETY: both descriptors are open files we own; the offsets are locals.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        disk.file().as_raw_fd(),
+                        &mut off_in,
+                        f.as_raw_fd(),
+                        &mut off_out,
+                        left,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error()).context("copy layer data");
+                }
+                if n == 0 {
+                    anyhow::bail!("copy layer data: the work disk ended early");
+                }
+                left -= n as usize;
+                pos += n as u64;
+            }
+            d.moffset = pos / 512 - m.length as u64;
+        }
+        dense.push(d);
+    }
+    Ok(dense)
+}
+
+/// Commits extents whose data is in `src` (at each extent's `moffset`) as a layer blob.
+pub fn commit_extents(
+    maps: &[Mapping],
+    src: &File,
+    virtual_size: u64,
+    uuid: Uuid,
+    parent: Option<Uuid>,
+    z: &Compression,
+    out: &Path,
+) -> Result<LayerBlob> {
     let opts = CommitOptions {
-        virtual_size: disk.size(),
+        virtual_size,
         uuid: Some(uuid),
         parent_uuid: parent,
         user_tag: Vec::new(),
@@ -106,7 +162,7 @@ pub fn cut(
     let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
     let (summary, root) = (|| -> Result<_> {
         let mut w = ZFileWriter::new(PaxWriter::new(BufWriter::new(file))?, zopts)?;
-        let s = lsmt::commit(&maps, &[disk.file()], &mut w, &opts)?;
+        let s = lsmt::commit(maps, &[src], &mut w, &opts)?;
         let (pax, zs) = w.finish_with_header()?;
         pax.finish()?.0.flush()?;
         Ok((s, zs.integrity_root))

@@ -244,6 +244,34 @@ impl<R: Read> Read for Hashing<'_, R> {
     }
 }
 
+/// The applier's end of the decompression thread's channel.
+struct Pipe {
+    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    n: u64,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let k = buf.len().min(self.cur.len() - self.pos);
+        buf[..k].copy_from_slice(&self.cur[self.pos..self.pos + k]);
+        self.pos += k;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
 /// Downloads a blob to `path`, checking size and digest.
 pub(crate) fn download(
     src: &dyn Store,
@@ -541,13 +569,59 @@ pub fn convert_manifest(
                         diff_ids[i]
                     );
                 }
-                let mut tar = Hashing {
-                    inner: decompressed(&src_path, kinds[i])?,
-                    h: (!plain).then(Sha256::new),
+                // Decompression and hashing run in their own thread, ahead of the applier.
+                let (chunks_tx, chunks_rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(16);
+                let reader_path = src_path.clone();
+                let kind = kinds[i];
+                let inflater = s.spawn(move || -> Result<Option<String>> {
+                    let mut tar = Hashing {
+                        inner: decompressed(&reader_path, kind)?,
+                        h: (!plain).then(Sha256::new),
+                        n: 0,
+                        reported: 0,
+                        progress,
+                        i,
+                    };
+                    loop {
+                        let mut buf = vec![0u8; 1 << 20];
+                        let mut got = 0;
+                        let r = loop {
+                            match tar.read(&mut buf[got..]) {
+                                Ok(0) => break Ok(()),
+                                Ok(k) => {
+                                    got += k;
+                                    if got == buf.len() {
+                                        break Ok(());
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                Err(e) => break Err(e),
+                            }
+                        };
+                        if let Err(e) = r {
+                            let msg = e.to_string();
+                            let _ = chunks_tx.send(Err(e));
+                            bail!("decompress: {msg}");
+                        }
+                        if got == 0 {
+                            break;
+                        }
+                        buf.truncate(got);
+                        if chunks_tx.send(Ok(buf)).is_err() {
+                            // The applier stopped (its error is the one reported).
+                            return Ok(None);
+                        }
+                    }
+                    Ok(tar
+                        .h
+                        .take()
+                        .map(|h| format!("sha256:{}", hex::encode(h.finalize()))))
+                });
+                let mut tar = Pipe {
+                    rx: chunks_rx,
+                    cur: Vec::new(),
+                    pos: 0,
                     n: 0,
-                    reported: 0,
-                    progress,
-                    i,
                 };
                 let stats = {
                     let mut fs = Fs::open(&mut disk, true, t)
@@ -562,8 +636,12 @@ pub fn convert_manifest(
                 };
                 std::io::copy(&mut tar, &mut std::io::sink())
                     .with_context(|| format!("layer {i}: read the rest of the tar"))?;
-                if let Some(h) = tar.h.take() {
-                    let got = format!("sha256:{}", hex::encode(h.finalize()));
+                drop(tar.rx);
+                let digest = inflater
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the decompression thread panicked"))?
+                    .with_context(|| format!("layer {i} ({})", m.layers[i].digest))?;
+                if let Some(got) = digest {
                     if got != diff_ids[i] {
                         bail!(
                             "layer {i} ({}): the uncompressed tar has digest {got}, the config says {}",

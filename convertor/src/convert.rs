@@ -340,22 +340,13 @@ pub(crate) fn decompressed(path: &Path, c: LayerCompression) -> Result<Box<dyn R
     })
 }
 
-struct WorkDir {
-    path: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-fn work_dir(opts: &Options) -> Result<WorkDir> {
-    let tmp = match &opts.work_dir {
+fn work_dir(opts: &Options) -> Result<tempfile::TempDir> {
+    Ok(match &opts.work_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
             tempfile::Builder::new().prefix("obdconv-").tempdir_in(d)?
         }
         None => tempfile::Builder::new().prefix("obdconv-").tempdir()?,
-    };
-    Ok(WorkDir {
-        path: tmp.path().to_path_buf(),
-        _tmp: Some(tmp),
     })
 }
 
@@ -429,7 +420,7 @@ pub fn convert_manifest(
             let next = &next;
             let reuse = &reuse;
             let needs_load = &needs_load;
-            let work = &work.path;
+            let work = work.path();
             s.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= n {
@@ -488,7 +479,7 @@ pub fn convert_manifest(
         let (commit_tx, commit_rx) = mpsc::channel::<Job>();
         let vsize = opts.vsize;
         let z = opts.compression;
-        let wdir = work.path.clone();
+        let wdir = work.path().to_path_buf();
         let committer = s.spawn(move || -> Result<Vec<(usize, layer::LayerBlob)>> {
             let mut done = Vec::new();
             for job in commit_rx {
@@ -516,7 +507,7 @@ pub fn convert_manifest(
         // On an error, no new downloads start; queued commits and uploads finish.
         let result = (|| -> Result<()> {
             let mut ready: BTreeMap<usize, PathBuf> = BTreeMap::new();
-            let mut disk = WorkDisk::create(&work.path.join("disk"), opts.vsize)
+            let mut disk = WorkDisk::create(&work.path().join("disk"), opts.vsize)
                 .context("create the work disk")?;
             let t = now();
             let mut parent = None;
@@ -555,7 +546,7 @@ pub fn convert_manifest(
                 }
                 if i == 0 {
                     let fs_uuid = uuid.to_string().to_lowercase();
-                    crate::mkfs::mkfs(disk.path(), &fs_uuid, t, &work.path)?;
+                    crate::mkfs::mkfs(disk.path(), &fs_uuid, t, work.path())?;
                     disk.mark_file_extents()?;
                 }
                 // Apply, hashing the tar to check the diff ID (an uncompressed layer's diff ID is
@@ -654,7 +645,7 @@ pub fn convert_manifest(
                 progress.done(i, Phase::Apply);
                 let _ = std::fs::remove_file(&src_path);
                 let maps = disk.take_dirty();
-                let raw = work.path.join(format!("raw-{i:04}"));
+                let raw = work.path().join(format!("raw-{i:04}"));
                 let maps = layer::snapshot(&disk, &maps, &raw)
                     .with_context(|| format!("layer {i}: snapshot its blocks"))?;
                 let job = Job {

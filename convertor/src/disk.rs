@@ -25,8 +25,6 @@ pub struct WorkDisk {
     path: PathBuf,
     size: u64,
     dirty: Vec<u64>,
-    /// Bytes written since the last cut (counting rewrites).
-    written: u64,
 }
 
 impl WorkDisk {
@@ -51,7 +49,6 @@ impl WorkDisk {
             path: path.to_path_buf(),
             size,
             dirty: vec![0; words],
-            written: 0,
         })
     }
 
@@ -65,11 +62,6 @@ impl WorkDisk {
 
     pub fn file(&self) -> &File {
         &self.file
-    }
-
-    /// Bytes written since the last [`WorkDisk::take_dirty`].
-    pub fn written(&self) -> u64 {
-        self.written
     }
 
     fn check(&self, off: u64, len: usize) -> io::Result<()> {
@@ -118,7 +110,6 @@ impl WorkDisk {
             }
             let (d, h) = (data as u64, (hole as u64).min(self.size));
             self.mark(d, h - d);
-            self.written += h - d;
             pos = h;
         }
         Ok(())
@@ -155,7 +146,6 @@ impl WorkDisk {
             ));
         }
         self.dirty.iter_mut().for_each(|w| *w = 0);
-        self.written = 0;
         out
     }
 }
@@ -170,7 +160,6 @@ impl DiskIo for WorkDisk {
         self.check(offset, buf.len())?;
         self.file.write_all_at(buf, offset)?;
         self.mark(offset, buf.len() as u64);
-        self.written += buf.len() as u64;
         Ok(())
     }
 }

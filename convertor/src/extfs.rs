@@ -170,13 +170,6 @@ pub struct FsError {
     pub message: String,
 }
 
-impl FsError {
-    /// The errno, when the code is one.
-    pub fn errno(&self) -> Option<i32> {
-        (self.code > 0 && self.code < 4096).then_some(self.code as i32)
-    }
-}
-
 pub type Result<T> = std::result::Result<T, FsError>;
 
 fn message(code: Errcode) -> String {

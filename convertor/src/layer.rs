@@ -1,4 +1,5 @@
-//! Cutting a layer: the blocks written since the last cut become a committed LSMT layer,
+//! Cutting a layer: the blocks written since the last cut (snapshotted out of the work disk)
+//! become a committed LSMT layer,
 //! ZFile-compressed with CRCs and the BLAKE3 integrity table, in overlaybd's tar envelope —
 //! exactly what `overlaybd-commit -z -t` uploads, plus the table.
 
@@ -79,19 +80,6 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
         n += k as u64;
     }
     Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
-}
-
-/// Writes the blocks written on `disk` since the last cut as a layer blob at `out`.
-pub fn cut(
-    disk: &mut WorkDisk,
-    uuid: Uuid,
-    parent: Option<Uuid>,
-    z: &Compression,
-    out: &Path,
-) -> Result<LayerBlob> {
-    let maps = disk.take_dirty();
-    let size = disk.size();
-    commit_extents(&maps, disk.file(), size, uuid, parent, z, out)
 }
 
 /// Copies the data of `maps` (extents of `disk`) into a dense file at `out`, so the layer can

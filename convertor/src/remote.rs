@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -337,8 +337,9 @@ impl Store for Remote {
         if self.has_blob(digest)? {
             return Ok(());
         }
-        let b = Arc::new(bytes.to_vec());
-        self.upload(digest, &|| Ok(reqwest::blocking::Body::from((*b).clone())))
+        self.upload(digest, &|| {
+            Ok(reqwest::blocking::Body::from(bytes.to_vec()))
+        })
     }
 
     fn put_manifest(&self, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<()> {

@@ -50,25 +50,9 @@ impl LayerDisk {
 
     /// Writes the merged disk to a sparse file (for `e2fsck` or a loop mount).
     pub fn write_sparse(&self, path: &Path) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let out =
             std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-        out.set_len(self.size())?;
-        let mut buf = vec![0u8; 4 << 20];
-        let mut off = 0u64;
-        while off < self.size() {
-            let n = (self.size() - off).min(buf.len() as u64);
-            let mut at = off;
-            for p in self.stack.plan(off, n) {
-                if let overlaybd::lsmt::PieceKind::Data { .. } = p.kind {
-                    let b = &mut buf[..p.len as usize];
-                    self.stack.read_at(at, b)?;
-                    out.write_all_at(b, at)?;
-                }
-                at += p.len;
-            }
-            off += n;
-        }
+        self.stack.write_sparse(&out)?;
         Ok(())
     }
 }

@@ -324,6 +324,33 @@ impl Stack {
             None => Ok(()),
         }
     }
+
+    /// Writes the merged disk into `out` (sized to the virtual size, holes left as holes);
+    /// returns the bytes of data written.
+    pub fn write_sparse(&self, out: &std::fs::File) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let size = self.virtual_size();
+        out.set_len(size)
+            .map_err(|e| Error::io("truncate", "disk image", size, e))?;
+        let mut buf = vec![0u8; 4 << 20];
+        let (mut off, mut data) = (0u64, 0u64);
+        while off < size {
+            let n = (size - off).min(buf.len() as u64);
+            let mut at = off;
+            for p in self.plan(off, n) {
+                if let PieceKind::Data { .. } = p.kind {
+                    let b = &mut buf[..p.len as usize];
+                    self.read_at(at, b)?;
+                    out.write_all_at(b, at)
+                        .map_err(|e| Error::io("write", "disk image", at, e))?;
+                    data += p.len;
+                }
+                at += p.len;
+            }
+            off += n;
+        }
+        Ok(data)
+    }
 }
 
 /// Appends the bytes of mapping `m` (in sectors) that fall in `[pos, end)` to the plan and

@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use overlaybd::lsmt::header::{flags, HeaderTrailer, HT_SPACE};
 use overlaybd::lsmt::{
-    self, blob, CommitOptions, PieceKind, RoLayer, RwLayer, SparseLayer, Stack, Upper, Uuid,
+    self, blob, CommitOptions, RoLayer, RwLayer, SparseLayer, Stack, Upper, Uuid,
 };
 use zfile::envelope::PaxWriter;
 use zfile::{Algorithm, ReadAt, WriterOptions, ZFileWriter};
@@ -344,25 +343,7 @@ pub fn run(cmd: LayerCmd) -> Result<ExitCode> {
             }
             let out =
                 File::create(&output).with_context(|| format!("create {}", output.display()))?;
-            out.set_len(stack.virtual_size())?;
-            let mut buf = vec![0u8; 4 << 20];
-            let mut off = 0u64;
-            let mut data = 0u64;
-            while off < stack.virtual_size() {
-                let n = (stack.virtual_size() - off).min(buf.len() as u64);
-                let plan = stack.plan(off, n);
-                let mut at = off;
-                for p in plan {
-                    if let PieceKind::Data { .. } = p.kind {
-                        let b = &mut buf[..p.len as usize];
-                        stack.read_at(at, b)?;
-                        out.write_all_at(b, at)?;
-                        data += p.len;
-                    }
-                    at += p.len;
-                }
-                off += n;
-            }
+            let data = stack.write_sparse(&out)?;
             out.sync_all()?;
             println!(
                 "{}: {} bytes of disk, {data} bytes of data from {} layers, {:.2} s",

@@ -203,7 +203,9 @@ pub fn convert(
     }
 }
 
-fn is_attestation(d: &Descriptor) -> bool {
+/// An attestation manifest of an index (BuildKit's provenance/SBOM), which describes the
+/// source's layers and is not converted.
+pub(crate) fn is_attestation(d: &Descriptor) -> bool {
     d.annotation("vnd.docker.reference.type") == Some("attestation-manifest")
         || d.platform
             .as_ref()

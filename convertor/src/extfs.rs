@@ -217,6 +217,23 @@ struct IoCtx<'a> {
     failure: Option<String>,
 }
 
+/// Runs one disk operation for libext2fs: its errno on failure (the first failure is kept,
+/// with `what`, for the message), EIO if it panicked. Nothing unwinds into C.
+fn disk_op(
+    c: &mut IoCtx<'_>,
+    what: impl FnOnce() -> String,
+    op: impl FnOnce(&mut dyn DiskIo) -> io::Result<()>,
+) -> c_int {
+    match catch_unwind(AssertUnwindSafe(|| op(&mut *c.disk))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            c.failure.get_or_insert_with(|| format!("{}: {e}", what()));
+            io_code(&e)
+        }
+        Err(_) => libc::EIO,
+    }
+}
+
 extern "C" fn io_read(ctx: *mut c_void, off: u64, buf: *mut c_void, len: usize) -> c_int {
     // SAFETY: ctx is the IoCtx this manager was opened with (it outlives the Fs); buf/len
     // is a buffer libext2fs owns for this call.
@@ -226,15 +243,11 @@ extern "C" fn io_read(ctx: *mut c_void, off: u64, buf: *mut c_void, len: usize) 
             std::slice::from_raw_parts_mut(buf as *mut u8, len),
         )
     };
-    match catch_unwind(AssertUnwindSafe(|| c.disk.read_at(off, buf))) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            c.failure
-                .get_or_insert(format!("read of {len} bytes at {off}: {e}"));
-            io_code(&e)
-        }
-        Err(_) => libc::EIO,
-    }
+    disk_op(
+        c,
+        || format!("read of {len} bytes at {off}"),
+        |d| d.read_at(off, buf),
+    )
 }
 
 extern "C" fn io_write(ctx: *mut c_void, off: u64, buf: *const c_void, len: usize) -> c_int {
@@ -245,25 +258,17 @@ extern "C" fn io_write(ctx: *mut c_void, off: u64, buf: *const c_void, len: usiz
             std::slice::from_raw_parts(buf as *const u8, len),
         )
     };
-    match catch_unwind(AssertUnwindSafe(|| c.disk.write_at(off, buf))) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            c.failure
-                .get_or_insert(format!("write of {len} bytes at {off}: {e}"));
-            io_code(&e)
-        }
-        Err(_) => libc::EIO,
-    }
+    disk_op(
+        c,
+        || format!("write of {len} bytes at {off}"),
+        |d| d.write_at(off, buf),
+    )
 }
 
 extern "C" fn io_flush(ctx: *mut c_void) -> c_int {
     // SAFETY: as in io_read.
     let c = unsafe { &mut *(ctx as *mut IoCtx<'_>) };
-    match catch_unwind(AssertUnwindSafe(|| c.disk.flush())) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => io_code(&e),
-        Err(_) => libc::EIO,
-    }
+    disk_op(c, || "flush".into(), |d| d.flush())
 }
 
 /// An open filesystem on a borrowed disk.

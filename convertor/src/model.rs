@@ -100,17 +100,23 @@ impl Model {
         Ok(Some(path))
     }
 
-    fn remove(&mut self, p: &[u8]) {
-        self.tree.remove(p);
-        let mut prefix = p.to_vec();
-        prefix.push(b'/');
-        let under: Vec<Vec<u8>> = self
-            .tree
+    /// The paths strictly below directory `dir` (`""` is the root).
+    fn under(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        let mut prefix = dir.to_vec();
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        self.tree
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(k, _)| k.clone())
-            .collect();
-        for k in under {
+            .filter(|k| k.as_slice() != dir)
+            .collect()
+    }
+
+    fn remove(&mut self, p: &[u8]) {
+        self.tree.remove(p);
+        for k in self.under(p) {
             self.tree.remove(&k);
         }
     }
@@ -158,18 +164,7 @@ impl Model {
             };
             let dp = join(&dir);
             if target == b".wh..opq" {
-                let mut prefix = dp.clone();
-                if !prefix.is_empty() {
-                    prefix.push(b'/');
-                }
-                let under: Vec<Vec<u8>> = self
-                    .tree
-                    .range(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                    .map(|(k, _)| k.clone())
-                    .filter(|k| !k.is_empty() && *k != dp)
-                    .collect();
-                for k in under {
+                for k in self.under(&dp) {
                     if !made.contains(&k) {
                         self.tree.remove(&k);
                     }

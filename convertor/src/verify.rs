@@ -354,7 +354,8 @@ fn manifests(
         Document::Index(idx) => {
             let mut out = Vec::new();
             for d in idx.manifests {
-                if d.platform.as_ref().is_some_and(|p| p.os == "unknown") {
+                // The manifests the convertor converts (it leaves attestations out).
+                if crate::convert::is_attestation(&d) {
                     continue;
                 }
                 let (b, mt) = store.get_manifest(&d.digest)?;

@@ -14,7 +14,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use convertor::remote::{Remote, RemoteOptions};
 
 fn split_usr_share(parts: usize) -> Vec<Vec<String>> {
     let mut dirs: Vec<(String, u64)> = std::fs::read_dir("/usr/share")
@@ -101,16 +100,7 @@ fn main() {
     }
     let bin = env!("CARGO_BIN_EXE_overlaybd-convertor");
     let reg = Registry::start().expect("docker-registry");
-    let src = Remote::open(
-        &reg.addr,
-        "bench/src",
-        &RemoteOptions {
-            plain_http: true,
-            ..Default::default()
-        },
-        true,
-    )
-    .unwrap();
+    let src = reg.remote("bench/src", true);
     let t = Instant::now();
     let mut layers: Vec<Vec<u8>> = split_usr_share(3)
         .iter()

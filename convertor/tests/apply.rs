@@ -1,88 +1,24 @@
 //! Applying layer tars to an ext4 filesystem in user space: each result passes `e2fsck -fn`,
 //! reads back through libext2fs, and (as root) mounts in the kernel with the same content.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::TarBuilder;
 use convertor::apply::{Applier, ApplyError};
 use convertor::disk::WorkDisk;
 use convertor::extfs::{Fs, Ino, ROOT_INO};
 use convertor::mkfs::mkfs;
-use tar::{EntryType, Header};
+use tar::EntryType;
 
 const NOW: i64 = 1_700_000_000;
 const UUID: &str = "0c0ffee0-1234-4321-abcd-0123456789ab";
 
-/// A layer tar written by the test.
-struct Layer(tar::Builder<Vec<u8>>);
-
-impl Layer {
-    fn new() -> Self {
-        Layer(tar::Builder::new(Vec::new()))
-    }
-
-    fn header(kind: EntryType, mode: u32, size: u64) -> Header {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(1000);
-        h.set_gid(100);
-        h.set_mtime(1_600_000_000);
-        h.set_size(size);
-        h
-    }
-
-    fn pax(&mut self, recs: &[(&str, &[u8])]) -> &mut Self {
-        self.0.append_pax_extensions(recs.iter().copied()).unwrap();
-        self
-    }
-
-    fn dir(&mut self, path: &[u8], mode: u32) -> &mut Self {
-        let mut h = Self::header(EntryType::Directory, mode, 0);
-        self.0
-            .append_data(&mut h, OsStr::from_bytes(path), std::io::empty())
-            .unwrap();
-        self
-    }
-
-    fn file(&mut self, path: &[u8], mode: u32, data: &[u8]) -> &mut Self {
-        let mut h = Self::header(EntryType::Regular, mode, data.len() as u64);
-        self.0
-            .append_data(&mut h, OsStr::from_bytes(path), data)
-            .unwrap();
-        self
-    }
-
-    fn link(&mut self, kind: EntryType, path: &[u8], target: &[u8]) -> &mut Self {
-        let mut h = Self::header(kind, 0o644, 0);
-        self.0
-            .append_link(&mut h, OsStr::from_bytes(path), OsStr::from_bytes(target))
-            .unwrap();
-        self
-    }
-
-    fn node(&mut self, kind: EntryType, path: &[u8], major: u32, minor: u32) -> &mut Self {
-        let mut h = Self::header(kind, 0o600, 0);
-        h.set_device_major(major).unwrap();
-        h.set_device_minor(minor).unwrap();
-        self.0
-            .append_data(&mut h, OsStr::from_bytes(path), std::io::empty())
-            .unwrap();
-        self
-    }
-
-    fn raw(&mut self, h: &mut Header, path: &[u8], data: &[u8]) -> &mut Self {
-        self.0
-            .append_data(h, OsStr::from_bytes(path), data)
-            .unwrap();
-        self
-    }
-
-    fn bytes(self) -> Vec<u8> {
-        self.0.into_inner().unwrap()
-    }
+/// A layer tar written by the test: entries owned by 1000:100, mtime 1,600,000,000.
+fn layer() -> TarBuilder {
+    TarBuilder::with_owner(1000, 100, 1_600_000_000)
 }
 
 struct Image {
@@ -154,7 +90,7 @@ fn base_layer() -> Vec<u8> {
     let long = vec![b'n'; 255];
     let mut big = pattern(9 << 20, 7);
     big[4096..3 << 20].fill(0); // a hole in the middle stays a hole
-    let mut l = Layer::new();
+    let mut l = layer();
     l.dir(b"./", 0o755)
         .dir(b"etc", 0o755)
         .file(b"etc/hostname", 0o644, b"converted\n")
@@ -165,14 +101,10 @@ fn base_layer() -> Vec<u8> {
         .link(EntryType::Symlink, b"lib", b"usr/lib")
         .dir(b"usr/lib", 0o755)
         .file(b"lib/in-usr-lib", 0o600, b"through the symlink")
-        .node(EntryType::Char, b"dev-null", 1, 3)
-        .node(EntryType::Block, b"dev-big", 259, 65536)
-        .node(EntryType::Fifo, b"fifo", 0, 0)
-        .file(
-            &[b"\xff\xfe-not-utf8"[..].to_vec()].concat(),
-            0o644,
-            b"bytes",
-        )
+        .node(EntryType::Char, b"dev-null", 0o600, 1, 3)
+        .node(EntryType::Block, b"dev-big", 0o600, 259, 65536)
+        .node(EntryType::Fifo, b"fifo", 0o600, 0, 0)
+        .file(b"\xff\xfe-not-utf8", 0o644, b"bytes")
         .file(&long, 0o644, b"long name")
         .file(b"big", 0o644, &big)
         .file(b"empty", 0o640, b"");
@@ -188,10 +120,10 @@ fn base_layer() -> Vec<u8> {
         ("uid", b"4000000"),
     ])
     .file(b"usr/bin/cap", 0o755, b"#!/bin/sh\n");
-    let mut sticky = Layer::header(EntryType::Directory, 0o1777, 0);
+    let mut sticky = layer().entry_header(EntryType::Directory, 0o1777, 0);
     sticky.set_uid(0);
     l.raw(&mut sticky, b"tmp", b"");
-    l.bytes()
+    l.finish()
 }
 
 #[test]
@@ -301,7 +233,7 @@ fn a_layer_with_every_kind_of_entry_passes_e2fsck_and_reads_back() {
 #[test]
 fn whiteouts_opaque_directories_and_replacements_follow_the_oci_rules() {
     let mut img = Image::new(256 << 20);
-    let mut l = Layer::new();
+    let mut l = layer();
     l.dir(b"a", 0o755)
         .file(b"a/old", 0o644, b"lower")
         .dir(b"a/sub", 0o755)
@@ -316,10 +248,10 @@ fn whiteouts_opaque_directories_and_replacements_follow_the_oci_rules() {
         .file(b"e/f", 0o644, b"in a dir that becomes a file")
         .file(b"h", 0o644, b"hard-linked")
         .link(EntryType::Link, b"h2", b"h");
-    img.apply(&l.bytes()).unwrap();
+    img.apply(&l.finish()).unwrap();
     let free_before = img.with(|fs| fs.counts());
 
-    let mut l = Layer::new();
+    let mut l = layer();
     l.dir(b"a", 0o750)
         .file(b"a/.wh..wh..opq", 0o644, b"")
         .file(b"a/new", 0o644, b"upper")
@@ -329,7 +261,7 @@ fn whiteouts_opaque_directories_and_replacements_follow_the_oci_rules() {
         .dir(b"d", 0o755)
         .file(b"e", 0o644, b"now a file")
         .file(b".wh.h", 0o644, b"");
-    let stats = img.apply(&l.bytes()).unwrap();
+    let stats = img.apply(&l.finish()).unwrap();
     assert_eq!(stats.whiteouts, 4);
     img.fsck();
     img.with(|fs| {
@@ -368,7 +300,7 @@ fn hostile_entries_are_refused_with_the_entry_named() {
         let err = img.apply(&tar).unwrap_err().to_string();
         assert!(err.contains(want), "{err:?} should mention {want:?}");
     }
-    let mut h = Layer::header(EntryType::Regular, 0o644, 1);
+    let mut h = layer().entry_header(EntryType::Regular, 0o644, 1);
     let mut raw = Vec::new();
     {
         // A name with ".." that climbs out of the root (the tar crate refuses to write one).
@@ -380,45 +312,45 @@ fn hostile_entries_are_refused_with_the_entry_named() {
     }
     refused(raw, "climbs out of the image root");
 
-    let mut l = Layer::new();
+    let mut l = layer();
     l.link(EntryType::Link, b"nowhere", b"does/not/exist");
     refused(
-        l.bytes(),
+        l.finish(),
         "hard link to \"does/not/exist\", which does not exist",
     );
 
-    let mut l = Layer::new();
+    let mut l = layer();
     l.dir(b"d", 0o755).link(EntryType::Link, b"dlink", b"d");
-    refused(l.bytes(), "which is a directory");
+    refused(l.finish(), "which is a directory");
 
-    let mut l = Layer::new();
+    let mut l = layer();
     l.file(b"f", 0o644, b"x")
         .file(b"f/under-a-file", 0o644, b"y");
-    refused(l.bytes(), "is not a directory");
+    refused(l.finish(), "is not a directory");
 
     // Symlink loops while resolving a parent.
-    let mut l = Layer::new();
+    let mut l = layer();
     l.link(EntryType::Symlink, b"loop1", b"loop2")
         .link(EntryType::Symlink, b"loop2", b"loop1")
         .file(b"loop1/x", 0o644, b"x");
-    refused(l.bytes(), "too many levels of symbolic links");
+    refused(l.finish(), "too many levels of symbolic links");
 
     // A truncated stream: the file's data ends early.
-    let mut l = Layer::new();
+    let mut l = layer();
     l.file(b"cut", 0o644, &pattern(10_000, 2));
-    let mut t = l.bytes();
+    let mut t = l.finish();
     t.truncate(512 + 3000);
     let mut img = Image::new(64 << 20);
     let err = img.apply(&t).unwrap_err();
     assert!(matches!(err, ApplyError::Tar(_)), "{err}");
 
     // A file larger than the disk: ENOSPC, named.
-    let mut l = Layer::new();
+    let mut l = layer();
     l.file(b"huge", 0o644, &pattern(80 << 20, 9));
-    refused(l.bytes(), "Could not allocate block");
+    refused(l.finish(), "Could not allocate block");
 
     // A size field beyond ext4's limit is refused before anything is read.
-    let mut h = Layer::header(EntryType::Regular, 0o644, 0);
+    let mut h = layer().entry_header(EntryType::Regular, 0o644, 0);
     h.set_size(1 << 50);
     let mut raw = Vec::new();
     h.set_path("huge").unwrap();
@@ -431,13 +363,13 @@ fn hostile_entries_are_refused_with_the_entry_named() {
 #[test]
 fn escaping_symlinks_resolve_inside_the_image() {
     let mut img = Image::new(64 << 20);
-    let mut l = Layer::new();
+    let mut l = layer();
     l.dir(b"inside", 0o755)
         .link(EntryType::Symlink, b"up", b"../../../../inside")
         .link(EntryType::Symlink, b"abs", b"/inside")
         .file(b"up/through-up", 0o644, b"1")
         .file(b"abs/through-abs", 0o644, b"2");
-    img.apply(&l.bytes()).unwrap();
+    img.apply(&l.finish()).unwrap();
     img.fsck();
     img.with(|fs| {
         assert!(find(fs, b"inside/through-up").is_some());

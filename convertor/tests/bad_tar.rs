@@ -15,8 +15,8 @@ fn seed() -> Vec<u8> {
         .link(tar::EntryType::Symlink, "a/s", "/a/b")
         .link(tar::EntryType::Link, "a/h", "a/b/f")
         .file("a/s/through", 0o600, b"x")
-        .node(tar::EntryType::Char, "a/c", 4, 64)
-        .node(tar::EntryType::Fifo, "a/p", 0, 0)
+        .node(tar::EntryType::Char, "a/c", 0o666, 4, 64)
+        .node(tar::EntryType::Fifo, "a/p", 0o666, 0, 0)
         .file("a/.wh.gone", 0o644, b"")
         .file("a/b/.wh..wh..opq", 0o644, b"");
     t.pax(&[

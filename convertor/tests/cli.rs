@@ -25,7 +25,7 @@ fn small_layers(tag: &str) -> Vec<Vec<u8>> {
     let mut t = TarBuilder::new();
     t.dir("etc", 0o755)
         .file("etc/arch", 0o644, tag.as_bytes())
-        .file(&format!("etc/only-{tag}"), 0o600, &vec![7u8; 50_000]);
+        .file(format!("etc/only-{tag}"), 0o600, &vec![7u8; 50_000]);
     vec![busybox_layer(), t.finish()]
 }
 
@@ -56,16 +56,7 @@ fn a_multi_platform_layout_converts_into_a_registry_index_and_verifies() {
     let last = stdout.lines().last().unwrap();
     assert!(last.starts_with(&format!("{dst}@sha256:")), "{stdout}");
 
-    let r = Remote::open(
-        &reg.addr,
-        "cli/multi",
-        &RemoteOptions {
-            plain_http: true,
-            ..Default::default()
-        },
-        false,
-    )
-    .unwrap();
+    let r = reg.remote("cli/multi", false);
     let (b, mt) = r.get_manifest("v1").unwrap();
     let Document::Index(idx) = oci::parse_document(&b, mt.as_deref()).unwrap() else {
         panic!("expected an index");
@@ -108,16 +99,7 @@ fn a_multi_platform_layout_converts_into_a_registry_index_and_verifies() {
 #[test]
 fn a_docker_image_stays_docker_unless_oci_is_asked_for() {
     let Some(reg) = Registry::start() else { return };
-    let src = Remote::open(
-        &reg.addr,
-        "cli/docker",
-        &RemoteOptions {
-            plain_http: true,
-            ..Default::default()
-        },
-        true,
-    )
-    .unwrap();
+    let src = reg.remote("cli/docker", true);
     push_image_as(&src, Some("v1"), &small_layers("d"), true);
     let s = format!("{}/cli/docker:v1", reg.addr);
     for (extra, want_manifest, want_layer) in [
@@ -133,16 +115,7 @@ fn a_docker_image_stays_docker_unless_oci_is_asked_for() {
         args.extend(extra);
         let (ok, _, stderr) = cli(&args);
         assert!(ok, "{stderr}");
-        let r = Remote::open(
-            &reg.addr,
-            "cli/docker-out",
-            &RemoteOptions {
-                plain_http: true,
-                ..Default::default()
-            },
-            false,
-        )
-        .unwrap();
+        let r = reg.remote("cli/docker-out", false);
         let (b, mt) = r
             .get_manifest(if extra.is_some() { "oci" } else { "docker" })
             .unwrap();
@@ -175,10 +148,7 @@ fn bad_sources_fail_with_a_message_naming_what_is_wrong() {
     // A layer whose bytes do not match its digest (the layout's blob was replaced).
     let layout = Layout::open(&dir.path().join("src"), true).unwrap();
     let (digest, _) = push_image_as(&layout, Some("v1"), &small_layers("x"), false);
-    let (b, _) = layout.get_manifest(&digest).unwrap();
-    let Document::Manifest(m) = oci::parse_document(&b, Some(media::OCI_MANIFEST)).unwrap() else {
-        panic!()
-    };
+    let m = manifest(&layout, &digest);
     let hex = m.layers[1].digest.strip_prefix("sha256:").unwrap();
     std::fs::write(
         dir.path().join("src/blobs/sha256").join(hex),
@@ -213,16 +183,7 @@ fn bad_sources_fail_with_a_message_naming_what_is_wrong() {
         stderr.contains("\"../../escape\"") && stderr.contains("climbs out"),
         "{stderr}"
     );
-    let r = Remote::open(
-        &reg.addr,
-        "cli/bad",
-        &RemoteOptions {
-            plain_http: true,
-            ..Default::default()
-        },
-        false,
-    )
-    .unwrap();
+    let r = reg.remote("cli/bad", false);
     assert!(
         r.get_manifest("v1").is_err(),
         "nothing tagged after a failed conversion"
@@ -337,10 +298,7 @@ fn zstd_and_larger_blocks_convert_and_verify_and_no_root_is_needed() {
     let (ok, stdout, stderr) = cli(&["verify", &src, &dst]);
     assert!(ok, "{stdout}{stderr}");
     let dl = Layout::open(&dir.path().join("dst"), false).unwrap();
-    let (b, mt) = dl.get_manifest("v1").unwrap();
-    let Document::Manifest(m) = oci::parse_document(&b, mt.as_deref()).unwrap() else {
-        panic!()
-    };
+    let m = manifest(&dl, "v1");
     // The layer is a zstd ZFile with 16 KiB blocks: the header says so.
     let mut blob = Vec::new();
     dl.get_blob(&m.layers[0].digest, &mut blob).unwrap();

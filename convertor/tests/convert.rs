@@ -8,19 +8,10 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use convertor::convert::{convert, Options};
-use convertor::oci::{self, annotation, media, Document, Manifest};
+use convertor::oci::{self, annotation, media, Manifest};
 use convertor::progress::Quiet;
-use convertor::remote::{Remote, RemoteOptions};
 use convertor::store::Store;
 use convertor::verify::{diff, tree_of_dir, tree_of_fs, LayerDisk, Tree};
-
-fn remote(reg: &Registry, repo: &str, push: bool) -> Remote {
-    let opts = RemoteOptions {
-        plain_http: true,
-        ..Default::default()
-    };
-    Remote::open(&reg.addr, repo, &opts, push).unwrap()
-}
 
 /// Layers with what the OCI rules are about: a busybox rootfs; real files from this machine
 /// (GNU tar); deletions, an opaque directory, a replaced symlink, a new hard link.
@@ -45,14 +36,6 @@ fn sample_layers() -> Vec<Vec<u8>> {
         .link(tar::EntryType::Link, "etc/passwd.link", "etc/passwd")
         .file("etc/motd", 0o644, &vec![b'x'; 300_000]);
     vec![l0, l1, t.finish()]
-}
-
-fn fetch_manifest(store: &dyn Store, reference: &str) -> Manifest {
-    let (b, mt) = store.get_manifest(reference).unwrap();
-    match oci::parse_document(&b, mt.as_deref()).unwrap() {
-        Document::Manifest(m) => *m,
-        Document::Index(_) => panic!("expected a manifest"),
-    }
 }
 
 fn download_layers(store: &dyn Store, m: &Manifest, dir: &Path) -> Vec<PathBuf> {
@@ -112,9 +95,9 @@ fn an_image_converted_through_the_registry_equals_its_unpacked_source() {
     {
         return;
     }
-    let src = remote(&reg, "sample/src", true);
+    let src = reg.remote("sample/src", true);
     push_image(&src, "v1", &sample_layers());
-    let dst = remote(&reg, "sample/obd", true);
+    let dst = reg.remote("sample/obd", true);
     let opts = Options {
         concurrency: 2,
         ..Options::default()
@@ -129,7 +112,7 @@ fn an_image_converted_through_the_registry_equals_its_unpacked_source() {
     assert_eq!(layers.len(), 3);
 
     // The manifest carries overlaybd's annotations and ours, and the config the new diff IDs.
-    let m = fetch_manifest(&dst, "v1");
+    let m = manifest(&dst, "v1");
     assert_eq!(
         oci::sha256_digest(&serde_json::to_vec(&m).unwrap()),
         desc.digest
@@ -265,7 +248,7 @@ fn the_dedup_database_reuses_converted_layers_and_builds_on_them_exactly() {
     t.file("srv/three", 0o644, b"three")
         .file("bin/.wh.ls", 0o644, b"");
     let l2b = t.finish();
-    let src = remote(&reg, "dedup/src", true);
+    let src = reg.remote("dedup/src", true);
     push_image(&src, "a", &[l0.clone(), l1.clone(), l2a]);
     push_image(&src, "b", &[l0, l1, l2b]);
 
@@ -276,15 +259,15 @@ fn the_dedup_database_reuses_converted_layers_and_builds_on_them_exactly() {
         ..Options::default()
     };
     // First conversion: nothing to reuse.
-    let dst_a = remote(&reg, "dedup/a", true);
+    let dst_a = reg.remote("dedup/a", true);
     let (a, conv) = convert(&src, "a", &dst_a, Some("v1"), &with_db, &Quiet).unwrap();
     assert!(conv[0].layers.iter().all(|l| !l.reused));
     // The same image into another repository: every layer reused (mounted), same manifest.
-    let dst_a2 = remote(&reg, "dedup/a2", true);
+    let dst_a2 = reg.remote("dedup/a2", true);
     let (a2, conv) = convert(&src, "a", &dst_a2, Some("v1"), &with_db, &Quiet).unwrap();
     assert!(conv[0].layers.iter().all(|l| l.reused));
     assert_eq!(a2.digest, a.digest);
-    let m = fetch_manifest(&dst_a2, "v1");
+    let m = manifest(&dst_a2, "v1");
     for l in &m.layers {
         assert!(
             dst_a2.has_blob(&l.digest).unwrap(),
@@ -293,11 +276,11 @@ fn the_dedup_database_reuses_converted_layers_and_builds_on_them_exactly() {
     }
     // Image b shares two layers: they are reused (and loaded to build the third), and the
     // result is byte for byte what a conversion without the database gives.
-    let dst_b = remote(&reg, "dedup/b", true);
+    let dst_b = reg.remote("dedup/b", true);
     let (b, conv) = convert(&src, "b", &dst_b, Some("v1"), &with_db, &Quiet).unwrap();
     let reused: Vec<bool> = conv[0].layers.iter().map(|l| l.reused).collect();
     assert_eq!(reused, [true, true, false]);
-    let dst_fresh = remote(&reg, "dedup/fresh", true);
+    let dst_fresh = reg.remote("dedup/fresh", true);
     let (fresh, _) = convert(
         &src,
         "b",
@@ -309,7 +292,7 @@ fn the_dedup_database_reuses_converted_layers_and_builds_on_them_exactly() {
     .unwrap();
     assert_eq!(b.digest, fresh.digest);
     // The reused stack is a clean filesystem with b's files.
-    let blobs = download_layers(&dst_b, &fetch_manifest(&dst_b, "v1"), work.path());
+    let blobs = download_layers(&dst_b, &manifest(&dst_b, "v1"), work.path());
     let mut disk = LayerDisk::open(&blobs).unwrap();
     let tree = tree_of_fs(&mut disk).unwrap();
     assert!(tree.contains_key(&b"srv/one"[..]) && tree.contains_key(&b"srv/three"[..]));

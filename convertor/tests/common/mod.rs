@@ -7,7 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use convertor::oci::{self, media, Descriptor, Manifest};
+use convertor::oci::{self, media, Descriptor, Document, Manifest};
+use convertor::remote::{Remote, RemoteOptions};
 use convertor::store::Store;
 
 /// `ok`, or: under `CI=true` a panic saying `why`; elsewhere `false` after saying why the test
@@ -134,6 +135,26 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// A repository of this registry over plain HTTP (`push` asks for push rights).
+    pub fn remote(&self, repo: &str, push: bool) -> Remote {
+        let opts = RemoteOptions {
+            plain_http: true,
+            ..Default::default()
+        };
+        Remote::open(&self.addr, repo, &opts, push).unwrap()
+    }
+}
+
+/// The image manifest `reference` of `store` (panics on an index).
+pub fn manifest(store: &dyn Store, reference: &str) -> Manifest {
+    let (b, mt) = store.get_manifest(reference).unwrap();
+    match oci::parse_document(&b, mt.as_deref()).unwrap() {
+        Document::Manifest(m) => *m,
+        Document::Index(_) => panic!("expected a manifest"),
+    }
+}
+
 /// gzip with fixed settings (the same bytes every run).
 pub fn gzip(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -249,8 +270,14 @@ pub fn push_index(store: &dyn Store, tag: &str, manifests: &[(&str, String, u64)
     oci::sha256_digest(&b)
 }
 
-/// A layer tar writer with the header fields the tests care about.
-pub struct TarBuilder(pub tar::Builder<Vec<u8>>);
+/// A layer tar writer: entries get the builder's owner and mtime (0:0 and 1,700,000,000 unless
+/// [`TarBuilder::with_owner`] says otherwise); paths are bytes, so names need not be UTF-8.
+pub struct TarBuilder {
+    tar: tar::Builder<Vec<u8>>,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+}
 
 impl Default for TarBuilder {
     fn default() -> Self {
@@ -258,68 +285,113 @@ impl Default for TarBuilder {
     }
 }
 
+fn os(p: &impl AsRef<[u8]>) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(p.as_ref())
+}
+
 impl TarBuilder {
     pub fn new() -> Self {
-        TarBuilder(tar::Builder::new(Vec::new()))
+        Self::with_owner(0, 0, 1_700_000_000)
     }
 
+    pub fn with_owner(uid: u64, gid: u64, mtime: u64) -> Self {
+        TarBuilder {
+            tar: tar::Builder::new(Vec::new()),
+            uid,
+            gid,
+            mtime,
+        }
+    }
+
+    /// A GNU header with the default owner and mtime.
     pub fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        Self::new().entry_header(kind, mode, size)
+    }
+
+    /// A GNU header with this builder's owner and mtime.
+    pub fn entry_header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
+        h.set_uid(self.uid);
+        h.set_gid(self.gid);
+        h.set_mtime(self.mtime);
         h.set_size(size);
         h
     }
 
-    pub fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
-        self.0.append_data(&mut h, path, std::io::empty()).unwrap();
-        self
+    pub fn dir(&mut self, path: impl AsRef<[u8]>, mode: u32) -> &mut Self {
+        let mut h = self.entry_header(tar::EntryType::Directory, mode, 0);
+        self.raw(&mut h, path, b"")
     }
 
-    pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
-        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
-        self.0.append_data(&mut h, path, data).unwrap();
-        self
+    pub fn file(&mut self, path: impl AsRef<[u8]>, mode: u32, data: &[u8]) -> &mut Self {
+        let mut h = self.entry_header(tar::EntryType::Regular, mode, data.len() as u64);
+        self.raw(&mut h, path, data)
     }
 
-    pub fn owned(&mut self, path: &str, mode: u32, uid: u64, gid: u64, data: &[u8]) -> &mut Self {
-        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+    pub fn owned(
+        &mut self,
+        path: impl AsRef<[u8]>,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        data: &[u8],
+    ) -> &mut Self {
+        let mut h = self.entry_header(tar::EntryType::Regular, mode, data.len() as u64);
         h.set_uid(uid);
         h.set_gid(gid);
-        self.0.append_data(&mut h, path, data).unwrap();
-        self
+        self.raw(&mut h, path, data)
     }
 
-    pub fn link(&mut self, kind: tar::EntryType, path: &str, target: &str) -> &mut Self {
+    pub fn link(
+        &mut self,
+        kind: tar::EntryType,
+        path: impl AsRef<[u8]>,
+        target: impl AsRef<[u8]>,
+    ) -> &mut Self {
         let mode = if kind == tar::EntryType::Symlink {
             0o777
         } else {
             0o755
         };
-        let mut h = Self::header(kind, mode, 0);
-        self.0.append_link(&mut h, path, target).unwrap();
+        let mut h = self.entry_header(kind, mode, 0);
+        self.tar
+            .append_link(&mut h, os(&path), os(&target))
+            .unwrap();
         self
     }
 
-    pub fn node(&mut self, kind: tar::EntryType, path: &str, major: u32, minor: u32) -> &mut Self {
-        let mut h = Self::header(kind, 0o666, 0);
+    pub fn node(
+        &mut self,
+        kind: tar::EntryType,
+        path: impl AsRef<[u8]>,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> &mut Self {
+        let mut h = self.entry_header(kind, mode, 0);
         h.set_device_major(major).unwrap();
         h.set_device_minor(minor).unwrap();
-        self.0.append_data(&mut h, path, std::io::empty()).unwrap();
+        self.raw(&mut h, path, b"")
+    }
+
+    /// An entry with a header the caller made.
+    pub fn raw(&mut self, h: &mut tar::Header, path: impl AsRef<[u8]>, data: &[u8]) -> &mut Self {
+        self.tar.append_data(h, os(&path), data).unwrap();
         self
     }
 
     pub fn pax(&mut self, recs: &[(&str, &[u8])]) -> &mut Self {
-        self.0.append_pax_extensions(recs.iter().copied()).unwrap();
+        self.tar
+            .append_pax_extensions(recs.iter().copied())
+            .unwrap();
         self
     }
 
     pub fn finish(self) -> Vec<u8> {
-        self.0.into_inner().unwrap()
+        self.tar.into_inner().unwrap()
     }
 }
 
@@ -339,8 +411,8 @@ pub fn busybox_layer() -> Vec<u8> {
         .file("etc/passwd-", 0o600, b"root:x:0:0:root:/root:/bin/sh\n")
         .file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")
         .dir("dev", 0o755)
-        .node(tar::EntryType::Char, "dev/null", 1, 3)
-        .node(tar::EntryType::Fifo, "dev/initctl", 0, 0)
+        .node(tar::EntryType::Char, "dev/null", 0o666, 1, 3)
+        .node(tar::EntryType::Fifo, "dev/initctl", 0o666, 0, 0)
         .dir("tmp", 0o1777)
         .dir("root", 0o700)
         .dir("usr", 0o755)
@@ -363,7 +435,7 @@ pub fn busybox_layer() -> Vec<u8> {
         "sha256sum",
         "wc",
     ] {
-        t.link(tar::EntryType::Symlink, &format!("bin/{applet}"), "busybox");
+        t.link(tar::EntryType::Symlink, format!("bin/{applet}"), "busybox");
     }
     // A file capability (cap_net_bind_service), as setcap writes it.
     let cap: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];

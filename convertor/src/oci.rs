@@ -145,17 +145,7 @@ pub fn sha256_digest(b: &[u8]) -> String {
 /// Checks a digest string: `sha256:` and 64 lowercase hex digits (the only algorithm we
 /// accept from a source; it names files in layouts and URLs, so nothing else gets through).
 pub fn check_digest(d: &str) -> Result<&str> {
-    let Some(hex) = d.strip_prefix("sha256:") else {
-        bail!("digest {d:?} is not sha256");
-    };
-    if hex.len() != 64
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        bail!("digest {d:?} is not 64 lowercase hex digits");
-    }
-    Ok(hex)
+    Ok(overlaybd::registry::reference::check_digest(d)?)
 }
 
 /// Chain IDs of a list of diff IDs (the image spec's `ChainID`).

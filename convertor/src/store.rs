@@ -74,57 +74,14 @@ impl ImageRef {
                 digest: None,
             });
         }
-        let (name, digest) = match s.split_once('@') {
-            Some((n, d)) => {
-                oci::check_digest(d).with_context(|| format!("image reference {s:?}"))?;
-                (n, Some(d.to_string()))
-            }
-            None => (s, None),
-        };
-        let (name, tag) = match name.rfind(':') {
-            Some(i) if !name[i + 1..].contains('/') => {
-                (&name[..i], Some(name[i + 1..].to_string()))
-            }
-            _ => (name, None),
-        };
-        if let Some(t) = &tag {
-            let ok = !t.is_empty()
-                && t.len() <= 128
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-                && !t.starts_with(['.', '-']);
-            if !ok {
-                bail!("image reference {s:?}: bad tag {t:?}");
-            }
-        }
-        let (host, repo) = match name.split_once('/') {
-            Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => {
-                (h.to_string(), r.to_string())
-            }
-            _ => ("docker.io".to_string(), name.to_string()),
-        };
-        let repo = if host == "docker.io" && !repo.contains('/') {
-            format!("library/{repo}")
-        } else {
-            repo
-        };
-        let ok = !repo.is_empty()
-            && repo.split('/').all(|c| {
-                !c.is_empty()
-                    && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
-            });
-        if !ok {
-            bail!("image reference {s:?}: bad repository name {repo:?}");
-        }
+        let r = overlaybd::registry::reference::Reference::parse(s)?;
         Ok(ImageRef {
             location: Location::Registry {
-                host,
-                repository: repo,
+                host: r.host,
+                repository: r.repository,
             },
-            tag,
-            digest,
+            tag: r.tag,
+            digest: r.digest,
         })
     }
 }

@@ -69,6 +69,36 @@ pub fn counter(out: &mut String, name: &str, labels: &str, v: u64) {
     let _ = writeln!(out, "{name}{} {v}", braced(labels));
 }
 
+/// Serves `GET /metrics` with `render()`'s text on `addr` from a thread of its own (one
+/// connection at a time: scrapes are rare and small).
+pub fn serve(addr: &str, render: impl Fn() -> String + Send + 'static) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind(addr)?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = [0u8; 1024];
+                let n = c.read(&mut req).unwrap_or(0);
+                let line = String::from_utf8_lossy(&req[..n]);
+                let (code, body) = if line.starts_with("GET /metrics") {
+                    ("200 OK", render())
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_string())
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

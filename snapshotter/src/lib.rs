@@ -1,4 +1,39 @@
-//! The control plane (not yet built): containerd's Snapshots service as a proxy plugin, the
-//! snapshot metadata store, mounts, the remote-layer decision for overlaybd layers, and
-//! `rpull`. It never reads blocks; it asks the daemon in the `overlaybd` crate to attach
-//! devices.
+//! The control plane: containerd's Snapshots service as a proxy plugin
+//! (`overlaybd-snapshotter`), the snapshot metadata store, mounts, and the remote-layer
+//! decision for overlaybd layers. It never reads blocks: it asks the `overlaybd-daemon` to
+//! attach devices. `docs/snapshotter.md` describes the behaviour and the config.
+
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod labels;
+pub mod mount;
+pub mod service;
+pub mod snapshotter;
+pub mod store;
+
+pub use error::{Error, Result};
+
+/// The generated gRPC code of containerd's API (`proto/containerd/*.proto`).
+#[allow(
+    clippy::all,
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub
+)]
+pub mod proto {
+    pub mod containerd {
+        pub mod types {
+            tonic::include_proto!("containerd.types");
+        }
+        pub mod services {
+            pub mod snapshots {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.snapshots.v1");
+                }
+            }
+        }
+    }
+    pub use containerd::services::snapshots::v1 as snapshots;
+    pub use containerd::types;
+}

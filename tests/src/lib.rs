@@ -1,3 +1,520 @@
-//! End-to-end tests with real processes (containerd, runc, the distribution registry, our
-//! daemon and snapshotter) live in this crate's `tests/` folder once those parts exist. Unit and
-//! format tests live beside the code of each crate.
+//! The end-to-end harness: a registry on 127.0.0.1 behind a byte-counting (and optionally
+//! rate-limiting) relay, containerd with its own root, state and socket, the overlaybd-daemon
+//! and the overlaybd-snapshotter, each a real process with its own directories under one
+//! temporary directory, stopped by PID when the [`Env`] is dropped. Used by `tests/` and the
+//! cold-start benchmark.
+
+pub mod cri;
+pub mod image;
+pub mod proc;
+pub mod relay;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use proc::Proc;
+use relay::Relay;
+
+/// True when running under CI: missing prerequisites are failures there, skips elsewhere.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether this machine can run the end-to-end tests (root and the tools). Under CI a missing
+/// prerequisite panics; elsewhere the test prints why and is skipped.
+pub fn require() -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for t in [
+        "containerd",
+        "containerd-shim-runc-v2",
+        "runc",
+        "ctr",
+        "docker-registry",
+        "mount",
+    ] {
+        if !on_path(t) {
+            missing.push(t.to_string());
+        }
+    }
+    if !Path::new("/dev/fuse").exists() || !Path::new("/dev/loop-control").exists() {
+        missing.push("/dev/fuse and /dev/loop-control".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("end-to-end test needs {}", missing.join(", "));
+    assert!(!ci(), "{why}");
+    eprintln!("skipped: {why}");
+    false
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// The workspace's binaries (`overlaybd-daemon`, `overlaybd-snapshotter`,
+/// `overlaybd-convertor`, `obdctl`), built once per test process with the same cargo.
+pub fn bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut c = Command::new(cargo);
+        c.args(["build", "--quiet", "--manifest-path"])
+            .arg(&manifest);
+        for b in [
+            "overlaybd-daemon",
+            "overlaybd-snapshotter",
+            "overlaybd-convertor",
+            "obdctl",
+        ] {
+            c.args(["--bin", b]);
+        }
+        if !cfg!(debug_assertions) {
+            c.arg("--release");
+        }
+        let st = c.status().expect("run cargo build");
+        assert!(st.success(), "cargo build of the binaries failed");
+        // target/<profile>/deps/<test> → target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        let mut d = exe.parent().unwrap().to_path_buf();
+        if d.ends_with("deps") {
+            d.pop();
+        }
+        d
+    });
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} was not built", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < limit,
+            "{what} did not come up within {limit:?}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Settings of an [`Env`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The snapshotter's `rw_mode`.
+    pub rw_mode: &'static str,
+    /// The daemon's per-read deadline.
+    pub read_deadline_secs: u64,
+    /// Bytes per second the relay passes from the registry (0 = unlimited).
+    pub rate: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rw_mode: "overlayfs",
+            read_deadline_secs: 10,
+            rate: 0,
+        }
+    }
+}
+
+/// Every process of a lazy-pull host, in one temporary directory.
+#[allow(missing_debug_implementations)]
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub registry: Option<Proc>,
+    /// Direct registry address (for pushing and converting, not counted).
+    pub registry_addr: String,
+    /// The relay in front of it: the address containerd, the snapshotter and the daemon use.
+    pub relay: Relay,
+    pub daemon: Option<Proc>,
+    pub snapshotter: Option<Proc>,
+    pub containerd: Option<Proc>,
+    pub opts: Options,
+}
+
+impl Env {
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.path("containerd/containerd.sock")
+    }
+    pub fn snapshotter_socket(&self) -> PathBuf {
+        self.path("snapshotter/snapshotter.sock")
+    }
+    pub fn daemon_socket(&self) -> PathBuf {
+        self.path("daemon/api.sock")
+    }
+    /// `127.0.0.1:<relay port>`: image references pulled by containerd use this host.
+    pub fn host(&self) -> String {
+        self.relay.addr()
+    }
+
+    pub fn start(opts: Options) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("obd-e2e-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        // Registry.
+        let port = free_port();
+        let reg_dir = d.join("registry");
+        std::fs::create_dir_all(&reg_dir).unwrap();
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            reg_dir.join("data").display()
+        );
+        std::fs::write(reg_dir.join("config.yml"), cfg).unwrap();
+        let registry_addr = format!("127.0.0.1:{port}");
+        let registry = Proc::spawn(
+            "docker-registry",
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(reg_dir.join("config.yml")),
+            &reg_dir.join("registry.log"),
+        );
+        wait_for(
+            "docker-registry",
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(&registry_addr).is_ok(),
+            || registry.log(),
+        );
+        let relay = Relay::start(&registry_addr, opts.rate);
+        // One hosts directory for containerd's CRI, the daemon and the snapshotter: plain HTTP
+        // to the relay.
+        let certs = d.join("certs.d");
+        for host in [relay.addr(), registry_addr.clone()] {
+            let h = certs.join(&host);
+            std::fs::create_dir_all(&h).unwrap();
+            std::fs::write(
+                h.join("hosts.toml"),
+                format!(
+                    "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
+                ),
+            )
+            .unwrap();
+        }
+        let mut env = Env {
+            dir,
+            registry: Some(registry),
+            registry_addr,
+            relay,
+            daemon: None,
+            snapshotter: None,
+            containerd: None,
+            opts,
+        };
+        env.start_daemon();
+        env.start_snapshotter();
+        env.start_containerd();
+        env
+    }
+
+    pub fn start_daemon(&mut self) {
+        let d = self.path("daemon");
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = d.join("daemon.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir = \"{0}/state\"\nsocket = \"{1}\"\nrun_dir = \"{0}/run\"\n\
+                 cache_dir = \"{0}/cache\"\ncache_size_mb = 2048\nhosts_dir = \"{2}\"\n\
+                 read_deadline_secs = {3}\nlog = \"info\"\n",
+                d.display(),
+                self.daemon_socket().display(),
+                self.path("certs.d").display(),
+                self.opts.read_deadline_secs
+            ),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(self.daemon_socket());
+        let p = Proc::spawn(
+            "overlaybd-daemon",
+            Command::new(bin("overlaybd-daemon"))
+                .arg("--config")
+                .arg(&cfg),
+            &d.join("daemon.log"),
+        );
+        let sock = self.daemon_socket();
+        wait_for(
+            "overlaybd-daemon",
+            Duration::from_secs(30),
+            || sock.exists(),
+            || p.log(),
+        );
+        self.daemon = Some(p);
+    }
+
+    pub fn snapshotter_config(&self) -> PathBuf {
+        self.path("snapshotter/config.toml")
+    }
+
+    pub fn start_snapshotter(&mut self) {
+        let d = self.path("snapshotter");
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = self.snapshotter_config();
+        if !cfg.exists() {
+            std::fs::write(
+                &cfg,
+                format!(
+                    "root = \"{0}/root\"\nsocket = \"{1}\"\ndaemon_socket = \"{2}\"\n\
+                     rw_mode = \"{3}\"\nhosts_dir = \"{4}\"\nattach_timeout_secs = 30\n\
+                     log = \"info,snapshotter=debug\"\n",
+                    d.display(),
+                    self.snapshotter_socket().display(),
+                    self.daemon_socket().display(),
+                    self.opts.rw_mode,
+                    self.path("certs.d").display()
+                ),
+            )
+            .unwrap();
+        }
+        let _ = std::fs::remove_file(self.snapshotter_socket());
+        let p = Proc::spawn(
+            "overlaybd-snapshotter",
+            Command::new(bin("overlaybd-snapshotter"))
+                .arg("--config")
+                .arg(&cfg),
+            &d.join("snapshotter.log"),
+        );
+        let sock = self.snapshotter_socket();
+        wait_for(
+            "overlaybd-snapshotter",
+            Duration::from_secs(30),
+            || sock.exists(),
+            || p.log(),
+        );
+        self.snapshotter = Some(p);
+    }
+
+    pub fn start_containerd(&mut self) {
+        let d = self.path("containerd");
+        std::fs::create_dir_all(d.join("cni")).unwrap();
+        let cfg = d.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"version = 2
+root = "{0}/root"
+state = "{0}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{1}"
+[ttrpc]
+  address = "{0}/ttrpc.sock"
+[debug]
+  address = ""
+[proxy_plugins.overlaybd]
+  type = "snapshot"
+  address = "{2}"
+  [proxy_plugins.overlaybd.exports]
+    root = "{3}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{0}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlaybd"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{0}/cni"
+    conf_dir = "{0}/cni"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{4}"
+"#,
+                d.display(),
+                self.containerd_socket().display(),
+                self.snapshotter_socket().display(),
+                self.path("snapshotter/root").display(),
+                self.path("certs.d").display(),
+            ),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(self.containerd_socket());
+        let p = Proc::spawn(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&cfg),
+            &d.join("containerd.log"),
+        );
+        let sock = self.containerd_socket();
+        wait_for(
+            "containerd",
+            Duration::from_secs(30),
+            || sock.exists(),
+            || p.log(),
+        );
+        self.containerd = Some(p);
+        // containerd answers once its plugins are loaded.
+        wait_for(
+            "containerd's API",
+            Duration::from_secs(30),
+            || self.ctr_result("default", &["version"]).status.success(),
+            || self.logs(),
+        );
+    }
+
+    /// `ctr` against this containerd in `namespace`.
+    pub fn ctr_result(&self, namespace: &str, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.containerd_socket())
+            .args(["--namespace", namespace])
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+
+    /// `ctr`, which must succeed; its stdout.
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> String {
+        let o = self.ctr_result(namespace, args);
+        assert!(
+            o.status.success(),
+            "ctr {args:?} failed: {}{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The last lines of every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in [&self.snapshotter, &self.daemon, &self.containerd]
+            .into_iter()
+            .flatten()
+        {
+            let log = p.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {} (last lines) ---\n", p.name));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// `overlaybd-convertor convert` from the registry into the registry (not counted).
+    pub fn convert(&self, src_repo_tag: &str, dst_repo_tag: &str) {
+        let o = Command::new(bin("overlaybd-convertor"))
+            .args(["convert", "--plain-http", "-q"])
+            .arg(format!("{}/{src_repo_tag}", self.registry_addr))
+            .arg(format!("{}/{dst_repo_tag}", self.registry_addr))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "convert: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Stops the registry and its relay (reads of unfetched blocks can no longer succeed).
+    pub fn stop_registry(&mut self) {
+        self.relay.stop();
+        if let Some(mut r) = self.registry.take() {
+            r.stop();
+        }
+    }
+
+    /// Everything mounted under this environment's directory, deepest first.
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        snapshotter::mount::mounts_under(self.dir.path()).unwrap()
+    }
+
+    /// Removes every container and task of `namespace` (kill, delete).
+    pub fn remove_containers(&self, namespace: &str) {
+        let list = self.ctr_result(namespace, &["containers", "list", "-q"]);
+        for id in String::from_utf8_lossy(&list.stdout).lines() {
+            let _ = self.ctr_result(namespace, &["tasks", "kill", "-s", "SIGKILL", id]);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10)
+                && !self
+                    .ctr_result(namespace, &["tasks", "delete", id])
+                    .status
+                    .success()
+                && self
+                    .ctr_result(namespace, &["tasks", "list", "-q"])
+                    .stdout
+                    .windows(id.len())
+                    .any(|w| w == id.as_bytes())
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.ctr_result(namespace, &["containers", "delete", id]);
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Containers first (their shims hold mounts), then containerd and the snapshotter,
+        // then every mount, then the daemon's devices and the daemon, then the registry.
+        if self.containerd.is_some() {
+            for ns in ["default", "k8s.io"] {
+                self.remove_containers(ns);
+            }
+        }
+        for p in [self.containerd.take(), self.snapshotter.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut p = p;
+            p.stop();
+        }
+        for m in self.mounts() {
+            let _ = snapshotter::mount::unmount(&m);
+        }
+        if let Some(mut p) = self.daemon.take() {
+            let sock = self.daemon_socket();
+            let list = Command::new(bin("overlaybd-daemon"))
+                .args(["ctl", "--socket"])
+                .arg(&sock)
+                .arg("list")
+                .output();
+            if let Ok(list) = list {
+                for l in String::from_utf8_lossy(&list.stdout).lines() {
+                    let id = l.split('\t').next().unwrap_or_default();
+                    let _ = Command::new(bin("overlaybd-daemon"))
+                        .args(["ctl", "--socket"])
+                        .arg(&sock)
+                        .args(["detach", id])
+                        .output();
+                }
+            }
+            p.stop();
+        }
+        // The daemon's descriptor keeper (its own process group) quits when asked.
+        let keeper = self.path("daemon/state/fdstore.sock");
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(keeper) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"QUIT\n");
+            let _ = s.read(&mut [0u8; 8]);
+        }
+        self.stop_registry();
+    }
+}

@@ -9,7 +9,7 @@ pub mod loopdev;
 pub mod nbd;
 
 /// Binds a unix socket at `path` (replacing a stale one) that only its owner may use.
-pub(crate) fn bind_private_unix(
+pub fn bind_private_unix(
     path: &std::path::Path,
 ) -> crate::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;

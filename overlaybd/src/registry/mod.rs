@@ -19,6 +19,7 @@ pub mod credentials;
 #[cfg(feature = "test-util")]
 pub mod fuzz;
 pub mod hosts;
+pub mod reference;
 
 use std::io::{self, Read};
 use std::path::PathBuf;

@@ -11,9 +11,7 @@
 //! attached, their FUSE connections are kept by the keeper, and the next start serves them
 //! again. Detach devices through the API to remove them.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use overlaybd::api::{self, pb};
@@ -185,33 +183,6 @@ fn ctl(socket: &Path, op: Op) -> anyhow::Result<()> {
     })
 }
 
-fn serve_metrics(d: Arc<Daemon>, addr: &str) -> anyhow::Result<()> {
-    let l = std::net::TcpListener::bind(addr)?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for c in l.incoming() {
-                let Ok(mut c) = c else { continue };
-                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-                let mut req = [0u8; 1024];
-                let n = c.read(&mut req).unwrap_or(0);
-                let line = String::from_utf8_lossy(&req[..n]);
-                let (code, body) = if line.starts_with("GET /metrics") {
-                    ("200 OK", d.render_metrics())
-                } else {
-                    ("404 Not Found", "try /metrics\n".to_string())
-                };
-                let _ = write!(
-                    c,
-                    "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        })?;
-    Ok(())
-}
-
 /// glibc raises its mmap threshold each time a large buffer is freed (up to 32 MiB); after
 /// that, the cache's fetch runs (up to 16 MiB) and NBD request buffers are carved from
 /// per-thread arenas and stay resident after they are freed: tens of MiB per device. A fixed
@@ -235,7 +206,8 @@ fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let metrics = cfg.metrics_address.clone();
     let daemon = Daemon::start(cfg, Some(&exe))?;
     if !metrics.is_empty() {
-        serve_metrics(daemon.clone(), &metrics)?;
+        let d = daemon.clone();
+        overlaybd::metrics::serve(&metrics, move || d.render_metrics())?;
     }
     tracing::info!(
         "overlaybd-daemon serving {} ({} devices restored)",

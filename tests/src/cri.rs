@@ -1,0 +1,45 @@
+//! A minimal CRI client: the kubelet's `ImageService.PullImage` (runtime.v1), which makes
+//! containerd's CRI plugin pull with the `cri.*` snapshot labels.
+
+use std::path::Path;
+
+#[allow(
+    clippy::all,
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub
+)]
+pub mod pb {
+    tonic::include_proto!("runtime.v1");
+}
+
+/// Pulls `image` through containerd's CRI plugin on `socket`; returns the image ID.
+pub fn pull_image(socket: &Path, image: &str) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let socket = socket.to_path_buf();
+        let ch = tonic::transport::Endpoint::from_static("http://cri.invalid")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await?;
+        let mut c = pb::image_service_client::ImageServiceClient::new(ch);
+        let r = c
+            .pull_image(pb::PullImageRequest {
+                image: Some(pb::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                auth: None,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("PullImage {image}: {} ({:?})", s.message(), s.code()))?;
+        Ok(r.into_inner().image_ref)
+    })
+}

@@ -1,0 +1,166 @@
+//! The sample image: a busybox-static root filesystem and a data layer (a large file of
+//! incompressible bytes that a container's start never reads, and a small file it prints),
+//! pushed as an OCI image to a registry.
+
+use std::io::Write;
+
+use convertor::oci::sha256_digest as sha256;
+use convertor::remote::{Remote, RemoteOptions};
+use convertor::store::Store;
+use rand::{RngCore, SeedableRng};
+
+/// What the sample container prints.
+pub const GREETING: &str = "hello from a lazily pulled image";
+
+/// The applets the tests call (symlinks to busybox).
+const APPLETS: [&str; 14] = [
+    "sh",
+    "cat",
+    "echo",
+    "head",
+    "ls",
+    "md5sum",
+    "sha256sum",
+    "sleep",
+    "dd",
+    "wc",
+    "true",
+    "date",
+    "tail",
+    "cut",
+];
+
+fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(path).unwrap();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str) {
+    let mut h = header(path, tar::EntryType::Directory, 0o755, 0);
+    h.set_cksum();
+    b.append(&h, std::io::empty()).unwrap();
+}
+
+fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let mut h = header(path, tar::EntryType::Regular, mode, data.len() as u64);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+/// The busybox layer (uncompressed tar).
+pub fn busybox_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut b = tar::Builder::new(Vec::new());
+    for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "root", "data"] {
+        add_dir(&mut b, d);
+    }
+    add_file(&mut b, "bin/busybox", 0o755, &busybox);
+    for a in APPLETS {
+        let mut h = header(&format!("bin/{a}"), tar::EntryType::Symlink, 0o777, 0);
+        h.set_link_name("busybox").unwrap();
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+    }
+    add_file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n",
+    );
+    b.into_inner().unwrap()
+}
+
+/// The data layer: `data/big.bin` (`big_mib` MiB of seeded random bytes) and
+/// `data/small.txt`.
+pub fn data_layer(big_mib: usize) -> Vec<u8> {
+    let mut big = vec![0u8; big_mib << 20];
+    rand::rngs::SmallRng::seed_from_u64(7).fill_bytes(&mut big);
+    let mut b = tar::Builder::new(Vec::new());
+    add_dir(&mut b, "data");
+    add_file(&mut b, "data/big.bin", 0o644, &big);
+    add_file(
+        &mut b,
+        "data/small.txt",
+        0o644,
+        format!("{GREETING}\n").as_bytes(),
+    );
+    b.into_inner().unwrap()
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+/// Pushes an OCI image of `layers` (uncompressed tars, gzipped here) whose command is `cmd`
+/// to `registry/repo:tag`; returns the bytes of its layer blobs.
+pub fn push(registry: &str, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> u64 {
+    let opts = RemoteOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    let r = Remote::open(registry, repo, &opts, true).unwrap();
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut total = 0;
+    for l in layers {
+        diff_ids.push(sha256(l));
+        let z = gzip(l);
+        let d = sha256(&z);
+        r.put_blob(&d, &z).unwrap();
+        total += z.len() as u64;
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": d,
+            "size": z.len(),
+        }));
+    }
+    let history: Vec<_> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, _)| serde_json::json!({"created_by": format!("layer {i}")}))
+        .collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    }))
+    .unwrap();
+    let cd = sha256(&config);
+    r.put_blob(&cd, &config).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    r.put_manifest(
+        Some(tag),
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    )
+    .unwrap();
+    total
+}
+
+/// The sample image (`big_mib` MiB data file), pushed as `repo:tag`; returns its layer bytes.
+pub fn push_sample(registry: &str, repo: &str, tag: &str, big_mib: usize) -> u64 {
+    push(
+        registry,
+        repo,
+        tag,
+        &[busybox_layer(), data_layer(big_mib)],
+        &["/bin/sh", "-c", "cat /data/small.txt"],
+    )
+}

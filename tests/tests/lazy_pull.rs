@@ -1,0 +1,122 @@
+//! Lazy pull end to end: registry → containerd (CRI and ctr) → overlaybd-snapshotter →
+//! overlaybd-daemon → ext4 → runc. Each test starts its own processes (`e2e_tests::Env`).
+
+use std::sync::Mutex;
+
+use e2e_tests::image::{push_sample, GREETING};
+use e2e_tests::{cri, require, Env, Options};
+
+/// One environment at a time: each runs containerd, a registry and two daemons.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
+    let _s = serial();
+    if !require() {
+        return;
+    }
+    let env = Env::start(Options::default());
+    let source_bytes = push_sample(&env.registry_addr, "sample", "v1", 64);
+    env.convert("sample:v1", "sample:v1-obd");
+    let image = format!("{}/sample:v1-obd", env.host());
+
+    let before = env.relay.served();
+    let id = cri::pull_image(&env.containerd_socket(), &image)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    assert!(id.starts_with("sha256:"), "{id}");
+    let pulled = env.relay.served() - before;
+    // The pull itself fetched the manifest and config, not the layers.
+    assert!(
+        pulled < 256 << 10,
+        "the pull fetched {pulled} bytes\n{}",
+        env.logs()
+    );
+    let sn = env.ctr("k8s.io", &["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert!(
+        sn.lines().filter(|l| l.contains("Committed")).count() >= 2,
+        "{sn}"
+    );
+    let slog = env.snapshotter.as_ref().unwrap().log();
+    assert!(slog.contains("remote-snapshot-prepared=true"), "{slog}");
+
+    let out = env.ctr(
+        "k8s.io",
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "c1"],
+    );
+    assert_eq!(out.trim(), GREETING);
+    let served = env.relay.served() - before;
+    eprintln!(
+        "source layers {source_bytes} B; the registry served {served} B for pull + run ({:.1}%)",
+        served as f64 * 100.0 / source_bytes as f64
+    );
+    assert!(
+        served * 10 < source_bytes,
+        "served {served} of {source_bytes} layer bytes: not lazy\n{}",
+        env.logs()
+    );
+    // A second container of the same image reads from the same device and cache.
+    let again = env.relay.served();
+    let out = env.ctr(
+        "k8s.io",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &image,
+            "c2",
+            "sh",
+            "-c",
+            "echo w > /tmp/x && cat /tmp/x /data/small.txt",
+        ],
+    );
+    assert_eq!(out, format!("w\n{GREETING}\n"));
+    assert!(
+        env.relay.served() - again < 1 << 20,
+        "the second start refetched"
+    );
+}
+
+#[test]
+fn an_unconverted_image_pulled_by_plain_ctr_runs_through_the_same_snapshotter() {
+    let _s = serial();
+    if !require() {
+        return;
+    }
+    let env = Env::start(Options::default());
+    push_sample(&env.registry_addr, "plain", "v1", 2);
+    let image = format!("{}/plain:v1", env.host());
+    env.ctr(
+        "default",
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlaybd",
+            &image,
+        ],
+    );
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &image,
+            "p1",
+            "sh",
+            "-c",
+            "echo w > /tmp/x && cat /tmp/x /data/small.txt && wc -c < /data/big.bin",
+        ],
+    );
+    assert_eq!(out, format!("w\n{GREETING}\n{}\n", 2 << 20));
+    // No device was needed: these are plain overlayfs layers.
+    let slog = env.snapshotter.as_ref().unwrap().log();
+    assert!(!slog.contains("image mounted"), "{slog}");
+}

@@ -259,7 +259,7 @@ impl Env {
         wait_for(
             "overlaybd-daemon",
             Duration::from_secs(30),
-            || sock.exists(),
+            || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
             || p.log(),
         );
         self.daemon = Some(p);
@@ -301,7 +301,7 @@ impl Env {
         wait_for(
             "overlaybd-snapshotter",
             Duration::from_secs(30),
-            || sock.exists(),
+            || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
             || p.log(),
         );
         self.snapshotter = Some(p);
@@ -362,7 +362,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         wait_for(
             "containerd",
             Duration::from_secs(30),
-            || sock.exists(),
+            || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
             || p.log(),
         );
         self.containerd = Some(p);

@@ -433,6 +433,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         );
     }
 
+    /// `obdctl rpull` of `image` into the `default` namespace; its output.
+    pub fn rpull(&self, image: &str) -> String {
+        let o = Command::new(bin("obdctl"))
+            .arg("rpull")
+            .arg("--address")
+            .arg(self.containerd_socket())
+            .arg("--hosts-dir")
+            .arg(self.path("certs.d"))
+            .arg(image)
+            .output()
+            .unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "rpull {image}: {out}\n{}", self.logs());
+        out
+    }
+
     /// Stops the registry and its relay (reads of unfetched blocks can no longer succeed).
     pub fn stop_registry(&mut self) {
         self.relay.stop();

@@ -120,3 +120,43 @@ fn an_unconverted_image_pulled_by_plain_ctr_runs_through_the_same_snapshotter() 
     let slog = env.snapshotter.as_ref().unwrap().log();
     assert!(!slog.contains("image mounted"), "{slog}");
 }
+
+#[test]
+fn obdctl_rpull_then_ctr_run_reads_lazily_and_unconverted_layers_are_unpacked() {
+    let _s = serial();
+    if !require() {
+        return;
+    }
+    let env = Env::start(Options::default());
+    let source_bytes = push_sample(&env.registry_addr, "sample", "v1", 64);
+    env.convert("sample:v1", "sample:v1-obd");
+    let image = format!("{}/sample:v1-obd", env.host());
+    let before = env.relay.served();
+    let out = env.rpull(&image);
+    assert!(out.contains("2 layers, 2 remote, 0 unpacked"), "{out}");
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "r1"],
+    );
+    assert_eq!(out.trim(), GREETING);
+    let served = env.relay.served() - before;
+    eprintln!("rpull + run: the registry served {served} of {source_bytes} layer bytes");
+    assert!(
+        served * 10 < source_bytes,
+        "served {served}\n{}",
+        env.logs()
+    );
+
+    // The same command pulls an unconverted image: its layers are unpacked by containerd.
+    push_sample(&env.registry_addr, "plain", "v1", 1);
+    let plain = format!("{}/plain:v1", env.host());
+    let out = env.rpull(&plain);
+    assert!(out.contains("2 layers, 0 remote, 2 unpacked"), "{out}");
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", "overlaybd", &plain, "r2"],
+    );
+    assert_eq!(out.trim(), GREETING);
+    // Pulling again finds everything in place.
+    assert!(env.rpull(&image).contains("0 unpacked, 2 already present"));
+}

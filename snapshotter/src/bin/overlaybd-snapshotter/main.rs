@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! overlaybd-snapshotter [--config /etc/overlaybd-snapshotter/config.toml]
+//! overlaybd-snapshotter rpull [--address SOCK] [-n NS] [--plain-http] [--hosts-dir DIR]
+//!                             [-u USER:PASS] [--download-blobs] REF
 //! ```
+//!
+//! `rpull` (also `obdctl rpull`) pulls an image into containerd with the labels that let this
+//! snapshotter keep overlaybd layers remote.
 //!
 //! containerd's `config.toml`:
 //!
@@ -20,7 +25,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use snapshotter::config::Config;
 use snapshotter::service::{self, Metrics, Service};
 use snapshotter::snapshotter::Snapshotter;
@@ -31,10 +36,78 @@ struct Cli {
     /// The TOML config (absent file = defaults).
     #[arg(long, default_value = "/etc/overlaybd-snapshotter/config.toml")]
     config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Pull an image into containerd so that its overlaybd layers stay remote.
+    Rpull(RpullArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RpullArgs {
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    #[arg(long, default_value = "overlaybd")]
+    snapshotter: String,
+    /// Plain HTTP to the registry (unless a hosts.toml says otherwise).
+    #[arg(long)]
+    plain_http: bool,
+    /// containerd's registry hosts directory.
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    hosts_dir: PathBuf,
+    /// Registry credentials, USER:PASSWORD (default: Docker's config.json).
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Download overlaybd layers instead of reading them on demand.
+    #[arg(long)]
+    download_blobs: bool,
+    reference: String,
+}
+
+fn rpull(a: RpullArgs) -> anyhow::Result<()> {
+    let credentials = a.user.as_deref().map(|u| {
+        let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+        overlaybd::registry::auth::Credentials {
+            username: user.into(),
+            password: pass.into(),
+        }
+    });
+    let opts = snapshotter::rpull::Options {
+        address: a.address,
+        namespace: a.namespace,
+        snapshotter: a.snapshotter,
+        plain_http: a.plain_http,
+        hosts_dir: Some(a.hosts_dir),
+        credentials,
+        download_blobs: a.download_blobs,
+    };
+    let t = std::time::Instant::now();
+    let p = snapshotter::rpull::rpull(&a.reference, &opts)?;
+    println!(
+        "pulled {} ({}): {} layers, {} remote, {} unpacked, {} already present; {} bytes from the registry in {:.2} s",
+        p.name,
+        p.manifest_digest,
+        p.layers,
+        p.remote,
+        p.unpacked,
+        p.existing,
+        p.bytes_fetched,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Cmd::Rpull(a)) = cli.cmd {
+        return rpull(a);
+    }
     let cfg = Config::load(&cli.config)?;
     tracing_subscriber::fmt()
         .with_env_filter(

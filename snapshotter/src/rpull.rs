@@ -245,7 +245,7 @@ impl Registry {
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
             .unwrap_or_default();
         let mut b = Vec::new();
-        resp.take(4 << 20 + 1)
+        resp.take((4 << 20) + 1)
             .read_to_end(&mut b)
             .map_err(|e| Error::Unavailable(format!("manifest {reference}: {e}")))?;
         if b.len() > 4 << 20 {

@@ -14,13 +14,16 @@ need_rust
 # through a loop device (losetup, mount), NBD with nbdinfo/nbdcopy (libnbd-bin) and
 # qemu-img/qemu-io (qemu-utils). The convertor writes ext4 with e2fsprogs' libext2fs
 # (libext2fs-dev) and makes layer 0's filesystem with mke2fs; its tests build images from
-# busybox-static and check conversions against skopeo + umoci unpack.
+# busybox-static and check conversions against skopeo + umoci unpack. The end-to-end tests
+# (tests/) run containerd and runc with the daemon and the snapshotter; containerd's API
+# protos import protobuf's well-known types (libprotobuf-dev).
 need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs \
   /usr/include/ext2fs/ext2fs.h:libext2fs-dev /bin/busybox:busybox-static skopeo:skopeo \
   umoci:umoci tar:tar docker-registry:docker-registry \
   htpasswd:apache2-utils openssl:openssl protoc:protobuf-compiler fusermount3:fuse3 \
   nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils \
-  losetup:mount diff:diffutils
+  losetup:mount diff:diffutils /usr/include/google/protobuf/empty.proto:libprotobuf-dev \
+  containerd:containerd runc:runc
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,81 @@
+//! Cold start: from the pull command to the container's output, of a converted image (lazy,
+//! `obdctl rpull` + `ctr run` with overlaybd-snapshotter) against the same OCI image with
+//! containerd's overlayfs snapshotter (`ctr images pull` + `ctr run`), with the registry
+//! behind a rate limit; page cache dropped and every local cache fresh (a new environment per
+//! run). Then a warm start (image pulled, caches full). Prints one line per measurement.
+//!
+//! `cargo bench -p e2e-tests --bench cold_start [-- DATA_MIB]` (root; default 256 MiB of data
+//! in the image, of which the container's start reads none).
+
+use std::time::{Duration, Instant};
+
+use e2e_tests::image::{push_sample, GREETING};
+use e2e_tests::{require, Env, Options};
+
+fn drop_caches() {
+    let _ = std::process::Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn env(rate: u64, big_mib: usize) -> (Env, u64) {
+    let env = Env::start(Options { rate, ..Options::default() });
+    let layers = push_sample(&env.registry_addr, "app", "v1", big_mib);
+    env.convert("app:v1", "app:v1-obd");
+    (env, layers)
+}
+
+fn run(env: &Env, snapshotter: &str, image: &str, id: &str) {
+    let out = env.ctr("default", &["run", "--rm", "--snapshotter", snapshotter, image, id]);
+    assert_eq!(out.trim(), GREETING);
+}
+
+fn main() {
+    if !require() {
+        return;
+    }
+    let big_mib: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(256);
+    println!("cold_start: image = busybox + {big_mib} MiB data; start reads one small file");
+    for rate_mb in [100u64, 25] {
+        let rate = rate_mb * 1_000_000;
+        // OCI + overlayfs.
+        let (e, layers) = env(rate, big_mib);
+        let oci = format!("{}/app:v1", e.host());
+        drop_caches();
+        let t = Instant::now();
+        e.ctr("default", &["images", "pull", "--plain-http", "--snapshotter", "overlayfs", &oci]);
+        run(&e, "overlayfs", &oci, "o1");
+        let t_oci = t.elapsed();
+        let served_oci = e.relay.served();
+        drop(e);
+        // overlaybd, lazy.
+        let (e, _) = env(rate, big_mib);
+        let obd = format!("{}/app:v1-obd", e.host());
+        drop_caches();
+        let before = e.relay.served();
+        let t = Instant::now();
+        e.rpull(&obd);
+        run(&e, "overlaybd", &obd, "b1");
+        let t_obd = t.elapsed();
+        let served_obd = e.relay.served() - before;
+        // Warm: pulled, device and cache in place.
+        let t = Instant::now();
+        run(&e, "overlaybd", &obd, "b2");
+        let t_warm = t.elapsed();
+        drop(e);
+        let s = |d: Duration| d.as_secs_f64();
+        println!(
+            "{rate_mb:>4} MB/s  layers {:>6.1} MB | OCI+overlayfs {:>6.2} s ({:>6.1} MB fetched) | \
+             overlaybd lazy {:>5.2} s ({:>5.1} MB fetched) = {:.2}x | overlaybd warm {:.2} s",
+            layers as f64 / 1e6,
+            s(t_oci),
+            served_oci as f64 / 1e6,
+            s(t_obd),
+            served_obd as f64 / 1e6,
+            s(t_obd) / s(t_oci),
+            s(t_warm),
+        );
+    }
+}

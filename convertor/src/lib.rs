@@ -14,6 +14,7 @@ pub mod mkfs;
 pub mod model;
 pub mod oci;
 pub mod progress;
+pub mod record_trace;
 pub mod remote;
 pub mod store;
 pub mod verify;

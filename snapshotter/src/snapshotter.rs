@@ -154,6 +154,8 @@ impl Snapshotter {
     }
 
     fn write_config(&self, id: u64, c: &ImageConfig) -> Result<()> {
+        let dir = self.block_dir(id);
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let bytes = serde_json::to_vec_pretty(c).expect("a config always serialises");
         write_atomic(&self.config_path(id), &bytes)
     }
@@ -531,7 +533,9 @@ impl Snapshotter {
                 return self.writable_mounts(key, &w, true).await;
             }
             let mp = self.mount_block(bk, b).await?;
-            self.maybe_record(s, b).await?;
+            if creating {
+                self.maybe_record(s, b).await?;
+            }
             lowers.push(mp);
         }
         let ro = s.kind != Kind::Active;

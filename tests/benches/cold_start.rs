@@ -18,14 +18,20 @@ fn drop_caches() {
 }
 
 fn env(rate: u64, big_mib: usize) -> (Env, u64) {
-    let env = Env::start(Options { rate, ..Options::default() });
+    let env = Env::start(Options {
+        rate,
+        ..Options::default()
+    });
     let layers = push_sample(&env.registry_addr, "app", "v1", big_mib);
     env.convert("app:v1", "app:v1-obd");
     (env, layers)
 }
 
 fn run(env: &Env, snapshotter: &str, image: &str, id: &str) {
-    let out = env.ctr("default", &["run", "--rm", "--snapshotter", snapshotter, image, id]);
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", snapshotter, image, id],
+    );
     assert_eq!(out.trim(), GREETING);
 }
 
@@ -45,7 +51,17 @@ fn main() {
         let oci = format!("{}/app:v1", e.host());
         drop_caches();
         let t = Instant::now();
-        e.ctr("default", &["images", "pull", "--plain-http", "--snapshotter", "overlayfs", &oci]);
+        e.ctr(
+            "default",
+            &[
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "overlayfs",
+                &oci,
+            ],
+        );
         run(&e, "overlayfs", &oci, "o1");
         let t_oci = t.elapsed();
         let served_oci = e.relay.served();

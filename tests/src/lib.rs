@@ -433,6 +433,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         );
     }
 
+    /// `overlaybd-convertor record-trace SRC DST -- CMD` against this containerd (images on
+    /// the relay's host); its output.
+    pub fn record_trace(&self, src: &str, dst: &str, time_secs: u64, cmd: &[&str]) -> String {
+        let o = Command::new(bin("overlaybd-convertor"))
+            .args(["record-trace", "--plain-http", "--address"])
+            .arg(self.containerd_socket())
+            .arg("--hosts-dir")
+            .arg(self.path("certs.d"))
+            .args(["--time", &time_secs.to_string(), src, dst, "--"])
+            .args(cmd)
+            .output()
+            .unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success(),
+            "record-trace {src}: {out}\n{}",
+            self.logs()
+        );
+        out
+    }
+
     /// `obdctl rpull` of `image` into the `default` namespace; its output.
     pub fn rpull(&self, image: &str) -> String {
         let o = Command::new(bin("obdctl"))
@@ -490,10 +515,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
+impl Env {
+    /// Stops containerd, the snapshotter and the daemon (containers removed, mounts and
+    /// devices undone); the registry stays.
+    pub fn stop_host(&mut self) {
         // Containers first (their shims hold mounts), then containerd and the snapshotter,
-        // then every mount, then the daemon's devices and the daemon, then the registry.
+        // then every mount, then the daemon's devices and the daemon.
         if self.containerd.is_some() {
             for ns in ["default", "k8s.io"] {
                 self.remove_containers(ns);
@@ -535,6 +562,25 @@ impl Drop for Env {
             let _ = s.write_all(b"QUIT\n");
             let _ = s.read(&mut [0u8; 8]);
         }
+    }
+
+    /// A fresh host on the same registry: every process but the registry stopped, their
+    /// state, images and caches deleted, and started again (a cold start's conditions).
+    pub fn reset_host(&mut self) {
+        self.stop_host();
+        for d in ["containerd", "daemon", "snapshotter/root"] {
+            let _ = std::fs::remove_dir_all(self.path(d));
+        }
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+        self.start_daemon();
+        self.start_snapshotter();
+        self.start_containerd();
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop_host();
         self.stop_registry();
     }
 }

@@ -79,6 +79,30 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run the overlaybd image SRC in a container with trace recording, and push it as DST
+    /// with the trace as its acceleration layer (prefetched when DST's containers start).
+    /// Needs containerd with overlaybd-snapshotter and overlaybd-daemon.
+    RecordTrace {
+        src: String,
+        dst: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// containerd's socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+        /// containerd namespace the recording container runs in.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Seconds the container runs before it is stopped (SIGTERM, then SIGKILL).
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Where the trace is written (default: $TMPDIR).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// The command to run (default: the image's).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Check every file of the converted image DST (content and metadata) against SRC.
     Verify {
         src: String,
@@ -197,6 +221,59 @@ fn run(cli: Cli) -> Result<()> {
                 ..d
             };
             println!("{out}@{}", desc.digest);
+            Ok(())
+        }
+        Cmd::RecordTrace {
+            src,
+            dst,
+            registry,
+            address,
+            namespace,
+            time,
+            work_dir,
+            command,
+        } => {
+            let s = ImageRef::parse(&src)?;
+            let d = ImageRef::parse(&dst)?;
+            if !matches!(s.location, Location::Registry { .. }) {
+                bail!("record-trace runs the image from a registry: {src} is not one");
+            }
+            let src_store =
+                open_store(&s, &registry, false).with_context(|| format!("open {src}"))?;
+            let dst_store =
+                open_store(&d, &registry, true).with_context(|| format!("open {dst}"))?;
+            let mut rpull_args = Vec::new();
+            if registry.plain_http {
+                rpull_args.push("--plain-http".to_string());
+            }
+            if let Some(h) = &registry.hosts_dir {
+                rpull_args.push("--hosts-dir".into());
+                rpull_args.push(h.display().to_string());
+            }
+            if let Some(u) = &registry.user {
+                rpull_args.push("-u".into());
+                rpull_args.push(u.clone());
+            }
+            let opts = convertor::record_trace::Options {
+                address,
+                namespace,
+                time: std::time::Duration::from_secs(time),
+                command,
+                work_dir,
+                rpull_args,
+            };
+            let (desc, n) = convertor::record_trace::record_trace(
+                &*src_store,
+                &s.reference(),
+                &src,
+                &*dst_store,
+                d.tag.as_deref(),
+                &opts,
+            )?;
+            println!(
+                "{dst}: {} (trace of {n} bytes as the acceleration layer)",
+                desc.digest
+            );
             Ok(())
         }
         Cmd::Verify {

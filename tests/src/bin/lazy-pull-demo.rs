@@ -13,7 +13,10 @@ fn main() {
     if !require() {
         std::process::exit(1);
     }
-    let big_mib = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(256);
+    let big_mib = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(256);
     let t = Instant::now();
     e2e_tests::bin("obdctl");
     println!("== binaries built ({:.1} s)", t.elapsed().as_secs_f64());
@@ -34,14 +37,20 @@ fn main() {
     );
     let t = Instant::now();
     env.convert("demo:v1", "demo:v1-obd");
-    println!("== overlaybd-convertor convert demo:v1 → demo:v1-obd ({:.1} s)", t.elapsed().as_secs_f64());
+    println!(
+        "== overlaybd-convertor convert demo:v1 → demo:v1-obd ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
     let image = format!("{}/demo:v1-obd", env.host());
     let before = env.relay.served();
     let t = Instant::now();
     println!("== obdctl rpull {image}");
     print!("{}", env.rpull(&image));
     println!("== ctr run --rm --snapshotter overlaybd {image} demo");
-    let out = env.ctr("default", &["run", "--rm", "--snapshotter", "overlaybd", &image, "demo"]);
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "demo"],
+    );
     print!("{out}");
     let took = t.elapsed();
     let served = env.relay.served() - before;

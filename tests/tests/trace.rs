@@ -1,0 +1,86 @@
+//! Trace-based prefetch: `overlaybd-convertor record-trace` records what a container reads,
+//! and an image with that acceleration layer has it prefetched when a container starts.
+
+use e2e_tests::image::{push_sample, GREETING};
+use e2e_tests::{require, Env, Options};
+
+/// The container's work: wait (its "init"), then read 16 MiB of the data file; it prints how
+/// long the read took in hundredths of a second (from /proc/uptime).
+const WORK: &str = "cat /data/small.txt; sleep 3; a=$(cut -d' ' -f1 /proc/uptime); \
+    dd if=/data/big.bin of=/dev/null bs=1M count=16 skip=8 2>/dev/null; \
+    b=$(cut -d' ' -f1 /proc/uptime); echo read=${a}-${b}";
+
+fn read_time(out: &str) -> f64 {
+    let l = out
+        .lines()
+        .find_map(|l| l.strip_prefix("read="))
+        .unwrap_or_else(|| panic!("{out}"));
+    let (a, b) = l.split_once('-').unwrap();
+    b.parse::<f64>().unwrap() - a.parse::<f64>().unwrap()
+}
+
+#[test]
+fn a_trace_recorded_image_has_its_start_reads_prefetched() {
+    if !require() {
+        return;
+    }
+    let mut env = Env::start(Options::default());
+    push_sample(&env.registry_addr, "app", "v1", 64);
+    env.convert("app:v1", "app:v1-obd");
+    let (plain, traced) = (
+        format!("{}/app:v1-obd", env.host()),
+        format!("{}/app:v1-trace", env.host()),
+    );
+    let out = env.record_trace(&plain, &traced, 30, &["sh", "-c", WORK]);
+    assert!(out.contains("as the acceleration layer"), "{out}");
+
+    // Cold starts on fresh hosts, the registry at 20 MB/s.
+    env.relay.set_rate(20_000_000);
+    env.reset_host();
+    assert!(env.rpull(&plain).contains("2 remote, 0 unpacked"));
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &plain,
+            "p",
+            "sh",
+            "-c",
+            WORK,
+        ],
+    );
+    assert!(out.starts_with(GREETING), "{out}");
+    let t_plain = read_time(&out);
+
+    env.reset_host();
+    let out = env.rpull(&traced);
+    assert!(
+        out.contains("3 layers, 2 remote, 1 unpacked"),
+        "the trace layer is unpacked: {out}"
+    );
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &traced,
+            "t",
+            "sh",
+            "-c",
+            WORK,
+        ],
+    );
+    let t_traced = read_time(&out);
+    eprintln!("16 MiB read at start: {t_plain:.2} s without the trace, {t_traced:.2} s with it");
+    let dlog = env.daemon.as_ref().unwrap().log();
+    assert!(
+        t_traced * 2.0 < t_plain,
+        "prefetch did not help: {t_traced} s vs {t_plain} s\n{dlog}\n{}",
+        env.logs()
+    );
+}

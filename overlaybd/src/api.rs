@@ -148,13 +148,12 @@ pub async fn serve(
         .map_err(|e| Error::Invalid(format!("api server: {e}")))
 }
 
-/// A client of the API on `socket`.
-pub async fn connect(
-    socket: &Path,
-) -> crate::Result<pb::daemon_client::DaemonClient<tonic::transport::Channel>> {
+/// A gRPC channel over the unix socket `socket` (the daemon's API, the snapshotter's,
+/// containerd's): tonic's endpoints are URIs, so the socket is reached through a connector.
+pub async fn unix_channel(socket: &Path) -> crate::Result<tonic::transport::Channel> {
     let socket = socket.to_path_buf();
     let what = socket.display().to_string();
-    let ch = tonic::transport::Endpoint::from_static("http://daemon.invalid")
+    tonic::transport::Endpoint::from_static("http://unix.invalid")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move {
@@ -163,6 +162,14 @@ pub async fn connect(
             }
         }))
         .await
-        .map_err(|e| Error::Invalid(format!("connect {what}: {e}")))?;
-    Ok(pb::daemon_client::DaemonClient::new(ch))
+        .map_err(|e| Error::Invalid(format!("connect {what}: {e}")))
+}
+
+/// A client of the API on `socket`.
+pub async fn connect(
+    socket: &Path,
+) -> crate::Result<pb::daemon_client::DaemonClient<tonic::transport::Channel>> {
+    Ok(pb::daemon_client::DaemonClient::new(
+        unix_channel(socket).await?,
+    ))
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use overlaybd::registry::auth::{parse_challenge, parse_token, Challenge, Credentials};
 use overlaybd::registry::credentials::DockerConfig;
-use overlaybd::registry::reference::Reference;
+use overlaybd::registry::reference::{chain_ids, sha256_digest as sha256, Reference};
 use reqwest::blocking::Client;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -104,22 +104,6 @@ struct RootFs {
     diff_ids: Vec<String>,
 }
 
-fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => sha256(format!("{prev} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
-
 /// A registry repository, read with Basic or Bearer auth (blocking).
 struct Registry {
     client: Client,
@@ -146,12 +130,9 @@ impl Registry {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let creds = match &opts.credentials {
             Some(c) => Some(c.clone()),
-            None => match DockerConfig::default_path().filter(|p| p.exists()) {
-                Some(p) => DockerConfig::load(&p)
-                    .and_then(|d| d.credentials_for(&r.host))
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
-                None => None,
-            },
+            None => DockerConfig::load_configured(None)
+                .and_then(|d| d.map_or(Ok(None), |d| d.credentials_for(&r.host)))
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
         };
         Ok(Registry {
             client,
@@ -300,7 +281,11 @@ struct Containerd {
 
 impl Containerd {
     fn req<T>(&self, m: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(m);
+        self.with_headers(tonic::Request::new(m))
+    }
+
+    /// containerd's namespace (and lease, when there is one) on a request.
+    fn with_headers<T>(&self, mut r: tonic::Request<T>) -> tonic::Request<T> {
         r.metadata_mut().insert(
             "containerd-namespace",
             self.namespace.parse().expect("ascii"),
@@ -362,15 +347,7 @@ impl Containerd {
             ..Default::default()
         });
         let stream = tokio_stream::iter(msgs);
-        let mut req = tonic::Request::new(stream);
-        req.metadata_mut().insert(
-            "containerd-namespace",
-            self.namespace.parse().expect("ascii"),
-        );
-        if let Some(l) = &self.lease {
-            req.metadata_mut()
-                .insert("containerd-lease", l.parse().expect("ascii"));
-        }
+        let req = self.with_headers(tonic::Request::new(stream));
         match c.write(req).await {
             Ok(resp) => {
                 let mut s = resp.into_inner();
@@ -407,18 +384,9 @@ fn status(what: &str) -> impl FnOnce(tonic::Status) -> Error + '_ {
 
 /// Connects to containerd's socket.
 pub async fn channel(socket: &Path) -> Result<Channel> {
-    let socket = socket.to_path_buf();
-    let what = socket.display().to_string();
-    tonic::transport::Endpoint::from_static("http://containerd.invalid")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
+    overlaybd::api::unix_channel(socket)
         .await
-        .map_err(|e| Error::Unavailable(format!("connect to containerd at {what}: {e}")))
+        .map_err(|e| Error::Unavailable(format!("containerd: {e}")))
 }
 
 /// Pulls `image` (a registry reference) into containerd. Blocking: it runs its own runtime
@@ -706,15 +674,13 @@ async fn pull(r: &Reference, reg: &Registry, opts: &Options) -> Result<Pulled> {
         Ok(out)
     }
     .await;
+    // The lease ends with the pull; the delete goes without the lease header.
+    ctd.lease = None;
     let mut l = leases::leases_client::LeasesClient::new(ch);
-    let mut req = tonic::Request::new(leases::DeleteRequest {
+    let req = ctd.req(leases::DeleteRequest {
         id: lease_id,
         sync: false,
     });
-    req.metadata_mut().insert(
-        "containerd-namespace",
-        opts.namespace.parse().expect("ascii"),
-    );
     let _ = l.delete(req).await;
     result
 }

@@ -284,17 +284,8 @@ pub async fn serve(
 pub async fn connect(
     socket: &Path,
 ) -> crate::Result<pb::snapshots_client::SnapshotsClient<tonic::transport::Channel>> {
-    let socket = socket.to_path_buf();
-    let what = socket.display().to_string();
-    let ch = tonic::transport::Endpoint::from_static("http://snapshotter.invalid")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
+    let ch = overlaybd::api::unix_channel(socket)
         .await
-        .map_err(|e| crate::Error::Unavailable(format!("connect {what}: {e}")))?;
+        .map_err(|e| crate::Error::Unavailable(e.to_string()))?;
     Ok(pb::snapshots_client::SnapshotsClient::new(ch))
 }

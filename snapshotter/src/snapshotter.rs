@@ -17,7 +17,7 @@
 //! Mutating calls are serialised (one lock): they are rare next to reads, and device use
 //! counts are decided from the metadata under that lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,13 +55,10 @@ pub struct Snapshotter {
 /// (`snapshots.UnpackKeyPrefix`); with the namespace prefix the backend sees
 /// `<ns>/<seq>/extract-…`.
 fn is_unpack_key(key: &str) -> bool {
+    // The chain ID after the space has no '/', so the last '/'-part is containerd's key.
     key.rsplit('/')
         .next()
         .is_some_and(|k| k.starts_with("extract-"))
-        || key
-            .split('/')
-            .nth(2)
-            .is_some_and(|k| k.starts_with("extract-"))
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
@@ -106,17 +103,11 @@ impl Snapshotter {
         let snaps = cfg.root.join("snapshots");
         std::fs::create_dir_all(&snaps).map_err(io(format!("create {}", snaps.display())))?;
         let meta = MetaStore::open(&cfg.root.join("metadata.redb"))?;
-        let docker_path = if cfg.docker_config.as_os_str().is_empty() {
-            DockerConfig::default_path().filter(|p| p.exists())
-        } else {
-            Some(cfg.docker_config.clone())
-        };
-        let docker_config = match docker_path {
-            Some(p) => Some(Arc::new(
-                DockerConfig::load(&p).map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            )),
-            None => None,
-        };
+        let configured =
+            (!cfg.docker_config.as_os_str().is_empty()).then_some(cfg.docker_config.as_path());
+        let docker_config = DockerConfig::load_configured(configured)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?
+            .map(Arc::new);
         Ok(Snapshotter {
             cfg,
             meta,
@@ -756,37 +747,39 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// The topmost block snapshot below `s`, if any.
-    fn image_of(&self, s: &Snapshot) -> Result<Option<(String, Snapshot)>> {
-        Ok(self
-            .meta
-            .chain(&s.parent)?
-            .into_iter()
-            .find(|(_, p)| p.storage.is_block()))
+    /// The key of the topmost block snapshot at or below `parent`, walking `all` in memory.
+    fn image_in<'a>(all: &'a HashMap<String, Snapshot>, mut parent: &'a str) -> Option<&'a str> {
+        for _ in 0..4096 {
+            let p = all.get(parent)?;
+            if p.storage.is_block() {
+                return Some(parent);
+            }
+            parent = &p.parent;
+        }
+        None
     }
 
     pub async fn remove(&self, key: &str) -> Result<()> {
         let _g = self.lock.lock().await;
         let s = self.meta.remove(key)?;
+        // One read of every record: the image below this snapshot, and its other users.
+        let all: HashMap<String, Snapshot> = self.meta.list()?.into_iter().collect();
         let image = if s.kind == Kind::Committed {
             None
         } else {
-            self.image_of(&s).ok().flatten()
+            Self::image_in(&all, &s.parent)
         };
         if let Err(e) = self.teardown(&s).await {
             warn!(snapshot = key, "removed, but: {e}");
         }
-        if let (true, Some((ik, image))) = (self.cfg.auto_remove_dev, image) {
+        if let (true, Some(ik)) = (self.cfg.auto_remove_dev, image) {
             // The image's device goes when no other container or view uses it.
-            let mut used = false;
-            for (_, o) in self.meta.list()? {
-                if o.kind != Kind::Committed && self.image_of(&o)?.is_some_and(|(k, _)| k == ik) {
-                    used = true;
-                    break;
-                }
-            }
-            if !used && mount::is_mounted(&self.mountpoint(image.id))? {
-                match self.release_device(image.id).await {
+            let used = all
+                .values()
+                .any(|o| o.kind != Kind::Committed && Self::image_in(&all, &o.parent) == Some(ik));
+            let id = all[ik].id;
+            if !used && mount::is_mounted(&self.mountpoint(id))? {
+                match self.release_device(id).await {
                     Ok(()) => info!(snapshot = ik, "image unmounted and detached: no users left"),
                     Err(e) => warn!(snapshot = ik, "release the unused image: {e}"),
                 }

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::image::{push_sample, GREETING};
+use e2e_tests::image::GREETING;
 use e2e_tests::{require, Env, Options};
 
 fn drop_caches() {
@@ -24,8 +24,7 @@ fn env(rate: u64, big_mib: usize) -> (Env, u64) {
         rate,
         ..Options::default()
     });
-    let layers = push_sample(&env.registry_addr, "app", "v1", big_mib);
-    env.convert("app:v1", "app:v1-obd");
+    let (_, layers) = env.converted_sample("app", big_mib);
     (env, layers)
 }
 

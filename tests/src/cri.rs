@@ -19,16 +19,7 @@ pub fn pull_image(socket: &Path, image: &str) -> anyhow::Result<String> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let socket = socket.to_path_buf();
-        let ch = tonic::transport::Endpoint::from_static("http://cri.invalid")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let socket = socket.clone();
-                async move {
-                    let s = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                }
-            }))
-            .await?;
+        let ch = overlaybd::api::unix_channel(socket).await?;
         let mut c = pb::image_service_client::ImageServiceClient::new(ch);
         let r = c
             .pull_image(pb::PullImageRequest {

@@ -54,6 +54,13 @@ pub fn require() -> bool {
     false
 }
 
+/// One environment at a time in a test process: each runs containerd, a registry and two
+/// daemons, which two cores cannot run twice over.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -252,19 +259,13 @@ impl Env {
         )
         .unwrap();
         let _ = std::fs::remove_file(self.daemon_socket());
-        let p = Proc::spawn(
+        let p = Proc::serving(
             "overlaybd-daemon",
             Command::new(bin("overlaybd-daemon"))
                 .arg("--config")
                 .arg(&cfg),
             &d.join("daemon.log"),
-        );
-        let sock = self.daemon_socket();
-        wait_for(
-            "overlaybd-daemon",
-            Duration::from_secs(30),
-            || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
-            || p.log(),
+            &self.daemon_socket(),
         );
         self.daemon = Some(p);
     }
@@ -305,19 +306,13 @@ impl Env {
             .unwrap();
         }
         let _ = std::fs::remove_file(self.snapshotter_socket());
-        let p = Proc::spawn(
+        let p = Proc::serving(
             "overlaybd-snapshotter",
             Command::new(bin("overlaybd-snapshotter"))
                 .arg("--config")
                 .arg(&cfg),
             &d.join("snapshotter.log"),
-        );
-        let sock = self.snapshotter_socket();
-        wait_for(
-            "overlaybd-snapshotter",
-            Duration::from_secs(30),
-            || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
-            || p.log(),
+            &self.snapshotter_socket(),
         );
         self.snapshotter = Some(p);
         // A running containerd reconnects to the plugin with gRPC's backoff.
@@ -384,17 +379,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
         .unwrap();
         let _ = std::fs::remove_file(self.containerd_socket());
-        let p = Proc::spawn(
+        let p = Proc::serving(
             "containerd",
             Command::new("containerd").arg("--config").arg(&cfg),
             &d.join("containerd.log"),
-        );
-        let sock = self.containerd_socket();
-        wait_for(
-            "containerd",
-            Duration::from_secs(30),
-            || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
-            || p.log(),
+            &self.containerd_socket(),
         );
         self.containerd = Some(p);
         // containerd answers once its plugins are loaded.
@@ -507,6 +496,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         );
         assert!(o.status.success(), "rpull {image}: {out}\n{}", self.logs());
         out
+    }
+
+    /// The sample image (`big_mib` MiB data file) pushed as `repo:v1` and converted to
+    /// `repo:v1-obd`; returns the converted image's reference on the relay's host and the
+    /// source's layer bytes.
+    pub fn converted_sample(&self, repo: &str, big_mib: usize) -> (String, u64) {
+        let bytes = image::push_sample(&self.registry_addr, repo, "v1", big_mib);
+        self.convert(&format!("{repo}:v1"), &format!("{repo}:v1-obd"));
+        (format!("{}/{repo}:v1-obd", self.host()), bytes)
     }
 
     /// Stops the registry and its relay (reads of unfetched blocks can no longer succeed).

@@ -31,6 +31,21 @@ impl Proc {
         }
     }
 
+    /// Spawns a server and waits (30 s at most) until its unix socket accepts connections.
+    pub fn serving(name: &str, cmd: &mut Command, log: &Path, socket: &Path) -> Proc {
+        let p = Proc::spawn(name, cmd, log);
+        let t = Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{name} did not come up\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -1,22 +1,13 @@
 //! What running containers survive: a snapshotter killed and restarted, a registry gone.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use e2e_tests::image::{push_sample, GREETING};
-use e2e_tests::{cri, require, Env, Options};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use e2e_tests::image::GREETING;
+use e2e_tests::{cri, require, serial, Env, Options};
 
 /// A converted sample image pulled through CRI; its reference.
 fn pulled(env: &Env, big_mib: usize) -> String {
-    push_sample(&env.registry_addr, "sample", "v1", big_mib);
-    env.convert("sample:v1", "sample:v1-obd");
-    let image = format!("{}/sample:v1-obd", env.host());
+    let (image, _) = env.converted_sample("sample", big_mib);
     cri::pull_image(&env.containerd_socket(), &image)
         .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
     image

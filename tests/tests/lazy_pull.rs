@@ -1,17 +1,8 @@
 //! Lazy pull end to end: registry → containerd (CRI and ctr) → overlaybd-snapshotter →
 //! overlaybd-daemon → ext4 → runc. Each test starts its own processes (`e2e_tests::Env`).
 
-use std::sync::Mutex;
-
 use e2e_tests::image::{push_sample, GREETING};
-use e2e_tests::{cri, require, Env, Options};
-
-/// One environment at a time: each runs containerd, a registry and two daemons.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use e2e_tests::{cri, require, serial, Env, Options};
 
 #[test]
 fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
@@ -20,9 +11,7 @@ fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
         return;
     }
     let env = Env::start(Options::default());
-    let source_bytes = push_sample(&env.registry_addr, "sample", "v1", 64);
-    env.convert("sample:v1", "sample:v1-obd");
-    let image = format!("{}/sample:v1-obd", env.host());
+    let (image, source_bytes) = env.converted_sample("sample", 64);
 
     let before = env.relay.served();
     let id = cri::pull_image(&env.containerd_socket(), &image)
@@ -128,9 +117,7 @@ fn obdctl_rpull_then_ctr_run_reads_lazily_and_unconverted_layers_are_unpacked() 
         return;
     }
     let env = Env::start(Options::default());
-    let source_bytes = push_sample(&env.registry_addr, "sample", "v1", 64);
-    env.convert("sample:v1", "sample:v1-obd");
-    let image = format!("{}/sample:v1-obd", env.host());
+    let (image, source_bytes) = env.converted_sample("sample", 64);
     let before = env.relay.served();
     let out = env.rpull(&image);
     assert!(out.contains("2 layers, 2 remote, 0 unpacked"), "{out}");

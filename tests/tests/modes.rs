@@ -1,16 +1,8 @@
 //! The other ways an overlaybd layer reaches a container: downloaded when the snapshotter
 //! cannot read it lazily, and the `dir` writable mode.
 
-use std::sync::Mutex;
-
-use e2e_tests::image::{push_sample, GREETING};
-use e2e_tests::{require, Env, Options};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use e2e_tests::image::GREETING;
+use e2e_tests::{require, serial, Env, Options};
 
 #[test]
 fn a_layer_the_snapshotter_cannot_read_lazily_is_downloaded_and_still_runs_from_its_device() {
@@ -24,9 +16,7 @@ fn a_layer_the_snapshotter_cannot_read_lazily_is_downloaded_and_still_runs_from_
         snapshotter_registry_broken: true,
         ..Options::default()
     });
-    push_sample(&env.registry_addr, "sample", "v1", 8);
-    env.convert("sample:v1", "sample:v1-obd");
-    let image = format!("{}/sample:v1-obd", env.host());
+    let (image, _) = env.converted_sample("sample", 8);
     let out = env.rpull(&image);
     assert!(out.contains("2 layers, 0 remote, 2 unpacked"), "{out}");
     let log = env.snapshotter.as_ref().unwrap().log();
@@ -62,9 +52,7 @@ fn dir_mode_gives_a_container_a_writable_overlaybd_layer() {
         rw_mode: "dir",
         ..Options::default()
     });
-    push_sample(&env.registry_addr, "sample", "v1", 4);
-    env.convert("sample:v1", "sample:v1-obd");
-    let image = format!("{}/sample:v1-obd", env.host());
+    let (image, _) = env.converted_sample("sample", 4);
     assert!(env.rpull(&image).contains("2 remote"));
     let out = env.ctr(
         "default",

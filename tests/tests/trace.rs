@@ -1,7 +1,7 @@
 //! Trace-based prefetch: `overlaybd-convertor record-trace` records what a container reads,
 //! and an image with that acceleration layer has it prefetched when a container starts.
 
-use e2e_tests::image::{push_sample, GREETING};
+use e2e_tests::image::GREETING;
 use e2e_tests::{require, Env, Options};
 
 /// The container's work: wait (its "init"), then read 16 MiB of the data file; it prints how
@@ -25,12 +25,8 @@ fn a_trace_recorded_image_has_its_start_reads_prefetched() {
         return;
     }
     let mut env = Env::start(Options::default());
-    push_sample(&env.registry_addr, "app", "v1", 64);
-    env.convert("app:v1", "app:v1-obd");
-    let (plain, traced) = (
-        format!("{}/app:v1-obd", env.host()),
-        format!("{}/app:v1-trace", env.host()),
-    );
+    let (plain, _) = env.converted_sample("app", 64);
+    let traced = format!("{}/app:v1-trace", env.host());
     let out = env.record_trace(&plain, &traced, 30, &["sh", "-c", WORK]);
     assert!(out.contains("as the acceleration layer"), "{out}");
 

@@ -121,15 +121,8 @@ impl Daemon {
             0.7,
             crate::cache::DEFAULT_UNIT,
         )?;
-        let docker_path = if cfg.docker_config.as_os_str().is_empty() {
-            DockerConfig::default_path().filter(|p| p.exists())
-        } else {
-            Some(cfg.docker_config.clone())
-        };
-        let docker_config = match docker_path {
-            Some(p) => Some(Arc::new(DockerConfig::load(&p)?)),
-            None => None,
-        };
+        let configured = (!cfg.docker_config.as_os_str().is_empty()).then_some(&*cfg.docker_config);
+        let docker_config = DockerConfig::load_configured(configured)?.map(Arc::new);
         let registry = RegistryOptions {
             deadline: cfg.read_deadline(),
             docker_config,

@@ -75,6 +75,18 @@ impl DockerConfig {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
     }
 
+    /// The config a program was told to use (`path`), else the default one if it exists;
+    /// `None` when there is neither.
+    pub fn load_configured(path: Option<&Path>) -> Result<Option<Self>> {
+        match path
+            .map(Path::to_path_buf)
+            .or_else(|| Self::default_path().filter(|p| p.exists()))
+        {
+            Some(p) => Ok(Some(Self::load(&p)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Loads a config file; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<Self> {
         match std::fs::read(path) {

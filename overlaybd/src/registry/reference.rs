@@ -30,6 +30,26 @@ pub fn check_digest(d: &str) -> Result<&str> {
     Ok(hex)
 }
 
+/// `sha256:<hex>` of bytes: a blob's or document's digest.
+pub fn sha256_digest(b: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// Chain IDs of a list of diff IDs (the image spec's `ChainID`): what containerd names a
+/// layer's committed snapshot.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => sha256_digest(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
 impl Reference {
     pub fn parse(s: &str) -> Result<Reference> {
         let bad = |why: String| Error::Invalid(format!("image reference {s:?}: {why}"));

@@ -1,3 +1,23 @@
-//! The P2P distribution tree (not yet built): root and agent HTTP range caches speaking
-//! overlaybd's `/<api-key>/<url>` request form, per-blob tree topology, root selection by
-//! rendezvous hashing, and piece verification.
+//! overlaybd-p2p: a tree of peers per blob, per datacenter, that spreads registry range reads.
+//!
+//! A few **roots** per datacenter fetch from the registry; an **agent** on every host serves
+//! the local overlaybd daemon and its children. Requests use overlaybd's P2P form
+//! (`GET /<api-key>/<blob URL>` with `Range` and the registry's `Authorization`), so either
+//! daemon works with either proxy.
+//!
+//! - [`topology`]: which root owns a blob (rendezvous hashing) and the per-blob tree it keeps
+//!   (bounded fan-out, shallowest free parent, no cycles, failed and corrupt nodes dropped).
+//! - [`store`]: pieces (1 MiB by default) streamed to readers while they arrive, in a bounded
+//!   LRU cache, optionally on disk.
+//! - [`node`]: the HTTP server and the fetching: access checked against the registry for
+//!   every set of credentials (by the owning root, cached briefly), failover from parent to
+//!   root to registry, reports of bad bytes, whole-blob digest checks.
+//! - [`limit`]: upload rate limits; [`metrics`]: Prometheus counters; [`config`]: the TOML
+//!   configuration.
+
+pub mod config;
+pub mod limit;
+pub mod metrics;
+pub mod node;
+pub mod store;
+pub mod topology;

@@ -1,0 +1,67 @@
+//! `overlaybd-p2p --role root|agent [--config FILE] [--listen ADDR]`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use p2p::config::{Config, Role};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A P2P tree node (root or agent) serving overlaybd's blob range reads"
+)]
+struct Args {
+    /// `root` or `agent` (overrides the config's `role`).
+    #[arg(long)]
+    role: Option<Role>,
+    /// TOML configuration (see docs/p2p.md).
+    #[arg(long, default_value = "/etc/overlaybd/p2p.toml")]
+    config: PathBuf,
+    /// `host:port` to listen on (overrides the config's `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut cfg = if args.config.exists() {
+        Config::load(&args.config).map_err(anyhow::Error::msg)?
+    } else {
+        Config::default()
+    };
+    if let Some(r) = args.role {
+        cfg.role = r;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    let cfg = cfg.finish().map_err(anyhow::Error::msg)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("listen on {}", cfg.listen))?;
+        tracing::info!(
+            role = ?cfg.role,
+            listen = cfg.listen,
+            advertise = cfg.advertise,
+            roots = ?cfg.roots,
+            "overlaybd-p2p ready"
+        );
+        let node = p2p::node::Node::new(cfg)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = p2p::node::serve(node, listener) => r.context("accept")?,
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,235 @@
+//! `overlaybd-p2p`'s TOML configuration. Unknown fields are refused, so a typo is an error
+//! rather than a default silently used.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// What a node does.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Fetches pieces from the registry and keeps the trees of the blobs it owns.
+    Root,
+    /// Runs on every host: serves the local overlaybd daemon and its children in the trees.
+    Agent,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "root" => Ok(Role::Root),
+            "agent" => Ok(Role::Agent),
+            _ => Err(format!("role {s:?}: expected root or agent")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub role: Role,
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// The URL other nodes reach this node at (default `http://<listen>`).
+    pub advertise: String,
+    /// The first path segment of overlaybd's request form `/<api_key>/<origin URL>`.
+    pub api_key: String,
+    /// The roots of this datacenter (`http://host:port`), the same list on every node: each
+    /// blob is owned by one of them (rendezvous hashing of its digest).
+    pub roots: Vec<String>,
+    /// Bytes per piece (the unit of fetching, caching and reporting).
+    pub piece_size: u64,
+    /// Most children a node is given in one blob's tree.
+    pub fanout: usize,
+    /// Pieces fetched ahead of a read (0 = none).
+    pub prefetch_pieces: u64,
+    /// A tree entry not refreshed for this long is dropped.
+    pub tree_ttl_secs: u64,
+    /// How long the registry's answer to "may these credentials read this repository" is
+    /// kept.
+    pub access_ttl_secs: u64,
+    pub connect_timeout_ms: u64,
+    /// An upstream that sends nothing for this long has failed.
+    pub stall_timeout_ms: u64,
+    /// Registries (`host[:port]`) a request may name; empty = any. Roots fetch whatever
+    /// origin URL a request names, so production deployments should list theirs.
+    pub registries: Vec<String>,
+    /// A CA certificate (PEM) trusted for registries, beside the system's.
+    pub registry_ca: Option<PathBuf>,
+    pub cache: CacheConfig,
+    pub upload: UploadConfig,
+    /// Fault injection for tests.
+    pub debug: DebugConfig,
+    /// `tracing` filter, e.g. `info` or `p2p=debug`.
+    pub log: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most bytes of pieces kept; the least recently used complete pieces go first.
+    pub max_bytes: u64,
+    /// A directory to keep pieces in, so that they survive restarts; empty = memory only.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Bytes per second this node sends to all peers together (0 = unlimited).
+    pub global_bytes_per_sec: u64,
+    /// Bytes per second this node sends to any one peer (0 = unlimited).
+    pub per_child_bytes_per_sec: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Flip bytes of every piece served to another node (to test that readers catch it).
+    pub corrupt_uploads: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 4 << 30,
+            dir: None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::Agent,
+            listen: "127.0.0.1:19145".into(),
+            advertise: String::new(),
+            api_key: "dadip2p".into(),
+            roots: Vec::new(),
+            piece_size: 1 << 20,
+            fanout: 4,
+            prefetch_pieces: 4,
+            tree_ttl_secs: 300,
+            access_ttl_secs: 30,
+            connect_timeout_ms: 2000,
+            stall_timeout_ms: 5000,
+            registries: Vec::new(),
+            registry_ca: None,
+            cache: CacheConfig::default(),
+            upload: UploadConfig::default(),
+            debug: DebugConfig::default(),
+            log: "info".into(),
+        }
+    }
+}
+
+fn http_url(what: &str, u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+        .ok_or_else(|| format!("{what} {u:?}: not an http(s) URL"))?;
+    if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+        return Err(format!("{what} {u:?}: expected scheme://host:port"));
+    }
+    Ok(())
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("read config {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    /// Fills defaults that depend on other fields and checks every field.
+    pub fn finish(mut self) -> Result<Config, String> {
+        if self.advertise.is_empty() {
+            self.advertise = format!("http://{}", self.listen);
+        }
+        self.advertise = self.advertise.trim_end_matches('/').to_string();
+        http_url("advertise", &self.advertise)?;
+        for r in &mut self.roots {
+            *r = r.trim_end_matches('/').to_string();
+        }
+        for r in &self.roots {
+            http_url("root", r)?;
+        }
+        if self.role == Role::Agent && self.roots.is_empty() {
+            return Err("an agent needs at least one root in `roots`".into());
+        }
+        if self.api_key.is_empty()
+            || self.api_key.starts_with('_')
+            || !self
+                .api_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(format!(
+                "api_key {:?}: letters, digits, '-', '_' and '.', not starting with '_'",
+                self.api_key
+            ));
+        }
+        if !(64 << 10..=64 << 20).contains(&self.piece_size) {
+            return Err(format!(
+                "piece_size {}: from 64 KiB to 64 MiB",
+                self.piece_size
+            ));
+        }
+        if self.fanout == 0 {
+            return Err("fanout must be at least 1".into());
+        }
+        if self.cache.max_bytes < 4 * self.piece_size {
+            return Err(format!(
+                "cache.max_bytes {}: at least four pieces",
+                self.cache.max_bytes
+            ));
+        }
+        if self.tree_ttl_secs == 0 || self.connect_timeout_ms == 0 || self.stall_timeout_ms == 0 {
+            return Err(
+                "tree_ttl_secs, connect_timeout_ms and stall_timeout_ms must be > 0".into(),
+            );
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_checks() {
+        let c = Config::parse("role = \"root\"\nlisten = \"127.0.0.1:1\"\n")
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(c.role, Role::Root);
+        assert_eq!(c.advertise, "http://127.0.0.1:1");
+        assert_eq!(c.piece_size, 1 << 20);
+        assert_eq!(c.api_key, "dadip2p");
+
+        for (text, what) in [
+            ("role = \"agent\"", "at least one root"),
+            ("role = \"root\"\nfanout = 0", "fanout"),
+            ("role = \"root\"\npiece_size = 100", "piece_size"),
+            ("role = \"root\"\napi_key = \"a/b\"", "api_key"),
+            ("role = \"agent\"\nroots = [\"ftp://x\"]", "root"),
+            ("role = \"agent\"\nroots = [\"http://x/y\"]", "root"),
+            ("role = \"root\"\n[cache]\nmax_bytes = 10", "max_bytes"),
+        ] {
+            let e = Config::parse(text).unwrap().finish().unwrap_err();
+            assert!(e.contains(what), "{text}: {e}");
+        }
+        let e = Config::parse("rol = \"root\"").unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        let e = Config::parse("role = \"leaf\"").unwrap_err();
+        assert!(e.contains("leaf"), "{e}");
+    }
+}

@@ -1,0 +1,1169 @@
+//! A node of the tree: the HTTP server (overlaybd's `/<api-key>/<origin URL>` range requests,
+//! the tree protocol between nodes, `/metrics`) and the fetching of pieces from upstream.
+//!
+//! Requests:
+//! - `GET|HEAD /<api-key>/<scheme>://<registry>/v2/<repository>/blobs/<digest>` with `Range`
+//!   and the registry's `Authorization`, from overlaybd (ours or the C++ one) or from a child
+//!   node (which adds `X-P2P-Node: <its URL>` and `X-P2P-Path: <nodes the request went
+//!   through>`). The credentials are checked first (see [`Node::authorize`]), then the range
+//!   is streamed from the pieces, each fetched once from upstream.
+//! - `DELETE` of the same URL with `Range`: the reader found bytes of that range bad. The
+//!   pieces are dropped, and the node that served them is reported to the owning root and
+//!   left.
+//! - `POST /_p2p/v1/join` (roots): `{url, node, failed}` with the reader's `Authorization`:
+//!   checks access and answers `{size, parent, depth}` from the blob's [`Tree`].
+//! - `POST /_p2p/v1/report` (roots): `{url, node}`: `node` served bad bytes.
+//! - `GET /_p2p/v1/trees` (roots): the trees' shapes as JSON; `GET /metrics`; `GET /healthz`.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{
+    HeaderValue, ACCEPT_RANGES, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+    WWW_AUTHENTICATE,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Role};
+use crate::limit::Bucket;
+use crate::metrics::{Gauges, Metrics};
+use crate::store::{Lookup, Piece, Store};
+use crate::topology::{rendezvous, Shape, Tree};
+
+pub const NODE_HEADER: &str = "x-p2p-node";
+pub const PATH_HEADER: &str = "x-p2p-path";
+pub const SOURCE_HEADER: &str = "x-p2p-source";
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A blob URL as the request names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub url: String,
+    /// `host[:port]` of the registry.
+    pub authority: String,
+    pub repository: String,
+    pub digest: String,
+}
+
+impl Origin {
+    /// `scheme://host[:port]/v2/<repository>/blobs/sha256:<64 hex>`, nothing else.
+    pub fn parse(url: &str) -> Result<Origin, String> {
+        let bad = |why: &str| format!("{url:?}: {why}");
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| bad("not an http(s) URL"))?;
+        if url.contains(['?', '#']) {
+            return Err(bad("a query or fragment"));
+        }
+        let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no path"))?;
+        if authority.is_empty() || authority.contains('@') {
+            return Err(bad("bad host"));
+        }
+        let (repo, digest) = path
+            .strip_prefix("v2/")
+            .and_then(|p| p.rsplit_once("/blobs/"))
+            .ok_or_else(|| bad("not a registry blob URL (/v2/<repository>/blobs/<digest>)"))?;
+        let repo_ok = !repo.is_empty()
+            && repo.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        if !repo_ok {
+            return Err(bad("bad repository name"));
+        }
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+            .ok_or_else(|| bad("the digest is not sha256:<64 lowercase hex>"))?;
+        let _ = hex;
+        Ok(Origin {
+            url: url.to_string(),
+            authority: authority.to_string(),
+            repository: repo.to_string(),
+            digest: digest.to_string(),
+        })
+    }
+
+    /// The cache key: the same bytes wherever they are in one registry (blobs are
+    /// content-addressed; which repository may read them is checked per request).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.authority, self.digest)
+    }
+}
+
+/// Where this node fetches a blob's pieces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Upstream {
+    Registry,
+    /// A node of the tree (`url == root` when the root itself is the parent).
+    Node {
+        url: String,
+        root: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct BlobState {
+    size: u64,
+    upstream: Upstream,
+    depth: u32,
+}
+
+/// A refusal to pass to the client as is.
+#[derive(Clone, Debug)]
+struct Refusal {
+    status: StatusCode,
+    www_authenticate: Option<String>,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            www_authenticate: None,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct JoinRequest {
+    pub url: String,
+    pub node: String,
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct JoinReply {
+    pub size: u64,
+    /// `None`: fetch from the root that answered.
+    pub parent: Option<String>,
+    pub depth: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ReportRequest {
+    pub url: String,
+    pub node: String,
+}
+
+/// One tree as `/_p2p/v1/trees` shows it.
+#[derive(Serialize, Debug)]
+pub struct TreeView {
+    pub shape: Shape,
+    /// (node, parent, depth); parent `None` is the root.
+    pub parents: Vec<(String, Option<String>, u32)>,
+}
+
+/// (registry, repository, sha256 of the Authorization header).
+type AccessKey = (String, String, [u8; 32]);
+
+#[derive(Debug)]
+pub struct Node {
+    pub cfg: Config,
+    store: Store,
+    http: reqwest::Client,
+    pub metrics: Metrics,
+    trees: Mutex<HashMap<String, Tree>>,
+    blobs: Mutex<HashMap<String, BlobState>>,
+    /// (registry, repository, sha256 of the Authorization header) → allowed until.
+    access: Mutex<HashMap<AccessKey, Instant>>,
+    /// Roots that did not answer, until when to skip them.
+    down: Mutex<HashMap<String, Instant>>,
+    checked: Mutex<HashSet<String>>,
+    global: Option<Bucket>,
+    per_child: Mutex<HashMap<String, Arc<Bucket>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into() + "\n"))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn json<T: Serialize>(v: &T) -> Response<Body> {
+    let mut r = text(StatusCode::OK, serde_json::to_string(v).unwrap_or_default());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn refusal(r: &Refusal) -> Response<Body> {
+    let mut resp = text(r.status, r.message.clone());
+    if let Some(w) = r
+        .www_authenticate
+        .as_deref()
+        .and_then(|w| HeaderValue::from_str(w).ok())
+    {
+        resp.headers_mut().insert(WWW_AUTHENTICATE, w);
+    }
+    resp
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: the half-open range, `Err(())` when it
+/// cannot be satisfied, `Ok(None)` without a header.
+#[allow(clippy::result_unit_err)]
+pub fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(h) = h else { return Ok(None) };
+    let spec = h.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let s: u64 = a.parse().map_err(|_| ())?;
+        let e = if b.is_empty() {
+            size
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| ())?
+                .saturating_add(1)
+                .min(size)
+        };
+        (s, e)
+    };
+    if start >= end || start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+fn auth_hash(auth: Option<&str>) -> [u8; 32] {
+    Sha256::digest(auth.unwrap_or("").as_bytes()).into()
+}
+
+impl Node {
+    pub fn new(cfg: Config) -> anyhow::Result<Arc<Node>> {
+        let store = Store::new(cfg.cache.max_bytes, cfg.cache.dir.clone())?;
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("overlaybd-p2p/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(32);
+        if let Some(ca) = &cfg.registry_ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("registry_ca {}: {e}", ca.display()))?;
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        let global = (cfg.upload.global_bytes_per_sec > 0)
+            .then(|| Bucket::new(cfg.upload.global_bytes_per_sec));
+        Ok(Arc::new(Node {
+            store,
+            http: b.build()?,
+            metrics: Metrics::default(),
+            trees: Mutex::default(),
+            blobs: Mutex::default(),
+            access: Mutex::default(),
+            down: Mutex::default(),
+            checked: Mutex::default(),
+            global,
+            per_child: Mutex::default(),
+            cfg,
+        }))
+    }
+
+    fn allowed_registry(&self, o: &Origin) -> Result<(), Refusal> {
+        if self.cfg.registries.is_empty() || self.cfg.registries.iter().any(|r| r == &o.authority) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "registry {} is not in this node's `registries`",
+                    o.authority
+                ),
+            ))
+        }
+    }
+
+    /// Whether `auth` may read `o`, asked of the registry (a HEAD with those credentials) by
+    /// the owning root, or by this node when no root answers; the answer is kept
+    /// `access_ttl_secs`. Returns the blob's size.
+    async fn authorize(&self, o: &Origin, auth: Option<&str>) -> Result<u64, Refusal> {
+        let akey = (o.authority.clone(), o.repository.clone(), auth_hash(auth));
+        let key = o.key();
+        let known = lock(&self.blobs).get(&key).map(|b| b.size);
+        if let Some(size) = known {
+            if lock(&self.access)
+                .get(&akey)
+                .is_some_and(|t| *t > Instant::now())
+            {
+                return Ok(size);
+            }
+        }
+        Metrics::add(&self.metrics.access_checks, 1);
+        let r = match self.cfg.role {
+            Role::Root => self.registry_head(o, auth).await.inspect(|&size| {
+                lock(&self.blobs).entry(key).or_insert(BlobState {
+                    size,
+                    upstream: Upstream::Registry,
+                    depth: 0,
+                });
+            }),
+            Role::Agent => self.join(o, auth, None).await,
+        };
+        match &r {
+            Ok(_) => {
+                let until = Instant::now() + Duration::from_secs(self.cfg.access_ttl_secs);
+                let mut a = lock(&self.access);
+                if a.len() > 100_000 {
+                    let now = Instant::now();
+                    a.retain(|_, t| *t > now);
+                }
+                a.insert(akey, until);
+            }
+            Err(_) => Metrics::add(&self.metrics.access_denied, 1),
+        }
+        r
+    }
+
+    /// HEAD of the blob at the registry with the request's credentials.
+    async fn registry_head(&self, o: &Origin, auth: Option<&str>) -> Result<u64, Refusal> {
+        let mut req = self
+            .http
+            .head(&o.url)
+            .timeout(Duration::from_millis(self.cfg.stall_timeout_ms));
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!("registry {}: {e}", o.authority),
+            )
+        })?;
+        let st = resp.status();
+        if st.is_success() {
+            return resp
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::BAD_GATEWAY,
+                        "registry: HEAD without Content-Length",
+                    )
+                });
+        }
+        let code = StatusCode::from_u16(st.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status = match code {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => code,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Err(Refusal {
+            status,
+            www_authenticate: resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            message: format!("registry {} answered {st} for {}", o.authority, o.url),
+        })
+    }
+
+    fn roots_for(&self, key: &str) -> Vec<String> {
+        let order = rendezvous(key, &self.cfg.roots);
+        let now = Instant::now();
+        let down = lock(&self.down);
+        let (up, dn): (Vec<&str>, Vec<&str>) = order
+            .into_iter()
+            .partition(|r| down.get(*r).is_none_or(|t| *t <= now));
+        // Roots recently down are tried last, not never.
+        up.into_iter().chain(dn).map(str::to_string).collect()
+    }
+
+    fn mark_down(&self, root: &str) {
+        lock(&self.down).insert(root.to_string(), Instant::now() + Duration::from_secs(10));
+    }
+
+    /// Asks the owning root (then the next ones) where to fetch `o` from; with no root
+    /// answering, this node reads the registry itself. Returns the blob's size.
+    async fn join(
+        &self,
+        o: &Origin,
+        auth: Option<&str>,
+        failed: Option<&str>,
+    ) -> Result<u64, Refusal> {
+        let key = o.key();
+        let body = serde_json::to_vec(&JoinRequest {
+            url: o.url.clone(),
+            node: self.cfg.advertise.clone(),
+            failed: failed.map(str::to_string),
+        })
+        .unwrap_or_default();
+        for root in self.roots_for(&key) {
+            if root == self.cfg.advertise {
+                continue;
+            }
+            let mut req = self
+                .http
+                .post(format!("{root}/_p2p/v1/join"))
+                .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if let Some(a) = auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(root, "join: {e}");
+                    self.mark_down(&root);
+                    continue;
+                }
+            };
+            let st = resp.status();
+            if st.is_success() {
+                let reply: JoinReply = match resp.json().await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        warn!(root, "join: bad answer: {e}");
+                        self.mark_down(&root);
+                        continue;
+                    }
+                };
+                let upstream = Upstream::Node {
+                    url: reply.parent.clone().unwrap_or_else(|| root.clone()),
+                    root: root.clone(),
+                };
+                debug!(blob = %key, ?upstream, depth = reply.depth, "joined");
+                lock(&self.blobs).insert(
+                    key,
+                    BlobState {
+                        size: reply.size,
+                        upstream,
+                        depth: reply.depth,
+                    },
+                );
+                return Ok(reply.size);
+            }
+            let www = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let msg = resp.text().await.unwrap_or_default();
+            if matches!(st.as_u16(), 401 | 403 | 404) {
+                return Err(Refusal {
+                    status: StatusCode::from_u16(st.as_u16()).unwrap_or(StatusCode::FORBIDDEN),
+                    www_authenticate: www,
+                    message: msg.trim().to_string(),
+                });
+            }
+            warn!(root, "join: {st}: {}", msg.trim());
+            self.mark_down(&root);
+        }
+        // No root: the registry itself.
+        let size = self.registry_head(o, auth).await?;
+        warn!(blob = %key, "no root answered: reading the registry directly");
+        lock(&self.blobs).insert(
+            key,
+            BlobState {
+                size,
+                upstream: Upstream::Registry,
+                depth: 0,
+            },
+        );
+        Ok(size)
+    }
+
+    /// The piece, started if absent (and not being fetched).
+    fn piece(
+        self: &Arc<Self>,
+        o: &Origin,
+        idx: u64,
+        size: u64,
+        auth: &Option<String>,
+    ) -> Arc<Piece> {
+        let ps = self.cfg.piece_size;
+        let len = ps.min(size - idx * ps) as usize;
+        match self.store.get_or_start(&o.key(), idx, len) {
+            Lookup::Hit(p) => {
+                Metrics::add(&self.metrics.cache_hits, 1);
+                p
+            }
+            Lookup::Started(p) => {
+                Metrics::add(&self.metrics.cache_misses, 1);
+                let me = self.clone();
+                let (o, auth, piece) = (o.clone(), auth.clone(), p.clone());
+                tokio::spawn(async move { me.fill(o, idx, size, piece, auth).await });
+                p
+            }
+        }
+    }
+
+    fn upstream(&self, key: &str) -> Upstream {
+        match self.cfg.role {
+            Role::Root => Upstream::Registry,
+            Role::Agent => lock(&self.blobs)
+                .get(key)
+                .map_or(Upstream::Registry, |b| b.upstream.clone()),
+        }
+    }
+
+    /// Fetches a piece, resuming at the first missing byte from the next upstream when one
+    /// fails.
+    async fn fill(
+        self: Arc<Self>,
+        o: Origin,
+        idx: u64,
+        size: u64,
+        piece: Arc<Piece>,
+        auth: Option<String>,
+    ) {
+        let key = o.key();
+        let start = idx * self.cfg.piece_size;
+        let end = start + piece.len as u64;
+        let mut failures = 0u32;
+        let mut last = String::new();
+        while (piece.filled() as u64) < piece.len as u64 {
+            let up = self.upstream(&key);
+            let from = start + piece.filled() as u64;
+            match self
+                .fetch(&o, &up, from, end, size, auth.as_deref(), &piece)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) => {
+                    Metrics::add(&self.metrics.upstream_failures, 1);
+                    failures += 1;
+                    warn!(blob = %key, piece = idx, ?up, "fetch failed: {e}");
+                    last = e;
+                    if failures >= 8 {
+                        break;
+                    }
+                    self.failover(&o, &up, auth.as_deref()).await;
+                    if up == Upstream::Registry {
+                        tokio::time::sleep(Duration::from_millis(100 << failures.min(5))).await;
+                    }
+                }
+            }
+        }
+        if (piece.filled() as u64) < piece.len as u64 {
+            self.store.remove(&key, idx);
+            piece.fail(format!("piece {idx} of {key}: {last}"));
+            return;
+        }
+        if let Err(e) = self.store.completed(&key, idx, &piece) {
+            warn!("keeping piece {idx} of {key} on disk: {e}");
+        }
+        self.check_whole(&o, size);
+    }
+
+    /// When every piece of a blob is here, checks them against its digest; on a mismatch
+    /// they are all dropped.
+    fn check_whole(self: &Arc<Self>, o: &Origin, size: u64) {
+        let key = o.key();
+        let count = size.div_ceil(self.cfg.piece_size);
+        if lock(&self.checked).contains(&key) {
+            return;
+        }
+        let Some(pieces) = self.store.all_of(&key, count) else {
+            return;
+        };
+        lock(&self.checked).insert(key.clone());
+        let me = self.clone();
+        let want = o.digest.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            for p in &pieces {
+                h.update(p);
+            }
+            let got = format!("sha256:{}", hex::encode(h.finalize()));
+            if got == want {
+                Metrics::add(&me.metrics.digest_checks, 1);
+                debug!(blob = %key, "whole blob matches its digest");
+            } else {
+                Metrics::add(&me.metrics.digest_failures, 1);
+                warn!(blob = %key, "whole blob is {got}: dropping its pieces");
+                for i in 0..count {
+                    me.store.remove(&key, i);
+                }
+                lock(&me.checked).remove(&key);
+            }
+        });
+    }
+
+    /// The upstream failed: a parent is reported to the root (which gives another), a root
+    /// is skipped for the next one, and with no root left the registry is read directly.
+    async fn failover(&self, o: &Origin, up: &Upstream, auth: Option<&str>) {
+        match up {
+            Upstream::Registry => {
+                // Try the roots again; they may be back.
+                if self.cfg.role == Role::Agent {
+                    let _ = self.join(o, auth, None).await;
+                }
+            }
+            Upstream::Node { url, root } if url == root => {
+                self.mark_down(root);
+                let _ = self.join(o, auth, None).await;
+            }
+            Upstream::Node { url, .. } => {
+                let _ = self.join(o, auth, Some(url)).await;
+            }
+        }
+    }
+
+    /// Reads `[from, end)` of the blob from `up` into the piece.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch(
+        &self,
+        o: &Origin,
+        up: &Upstream,
+        from: u64,
+        end: u64,
+        size: u64,
+        auth: Option<&str>,
+        piece: &Piece,
+    ) -> Result<(), String> {
+        let stall = Duration::from_millis(self.cfg.stall_timeout_ms);
+        let (url, source, counter) = match up {
+            Upstream::Registry => (
+                o.url.clone(),
+                "registry".to_string(),
+                &self.metrics.fetched_registry,
+            ),
+            Upstream::Node { url, root } => (
+                format!("{url}/{}/{}", self.cfg.api_key, o.url),
+                url.clone(),
+                if url == root {
+                    &self.metrics.fetched_root
+                } else {
+                    &self.metrics.fetched_parent
+                },
+            ),
+        };
+        let mut req = self
+            .http
+            .get(&url)
+            .header(RANGE, format!("bytes={from}-{}", end - 1));
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        if *up != Upstream::Registry {
+            req = req
+                .header(NODE_HEADER, &self.cfg.advertise)
+                .header(PATH_HEADER, &self.cfg.advertise);
+        }
+        let mut resp = tokio::time::timeout(stall, req.send())
+            .await
+            .map_err(|_| format!("{source}: no answer in {stall:?}"))?
+            .map_err(|e| format!("{source}: {e}"))?;
+        if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Err(format!("{source}: {}", resp.status()));
+        }
+        let want = format!("bytes {from}-{}/{size}", end - 1);
+        let cr = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if cr != want {
+            return Err(format!("{source}: Content-Range {cr:?}, expected {want:?}"));
+        }
+        piece.set_source(&source);
+        let mut got = 0u64;
+        while from + got < end {
+            match tokio::time::timeout(stall, resp.chunk()).await {
+                Err(_) => return Err(format!("{source}: stalled for {stall:?}")),
+                Ok(Err(e)) => return Err(format!("{source}: {e}")),
+                Ok(Ok(None)) => {
+                    return Err(format!(
+                        "{source}: short body: {got} of {} bytes",
+                        end - from
+                    ))
+                }
+                Ok(Ok(Some(c))) => {
+                    let take = c.len().min((end - from - got) as usize);
+                    got += take as u64;
+                    Metrics::add(counter, take as u64);
+                    piece.append(&c[..take]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn gauges(&self) -> Gauges {
+        let (cache_bytes, cache_pieces) = self.store.usage();
+        let mut g = Gauges {
+            cache_bytes,
+            cache_pieces,
+            ..Gauges::default()
+        };
+        let trees = lock(&self.trees);
+        g.trees = trees.len();
+        for t in trees.values() {
+            let s = t.shape();
+            g.tree_nodes += s.nodes;
+            g.tree_max_depth = g.tree_max_depth.max(s.max_depth);
+            g.tree_max_fanout = g.tree_max_fanout.max(s.max_fanout.max(s.root_children));
+        }
+        g.own_max_depth = lock(&self.blobs)
+            .values()
+            .map(|b| b.depth)
+            .max()
+            .unwrap_or(0);
+        g
+    }
+
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.gauges())
+    }
+
+    /// Serves one HTTP request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_string();
+        let prefix = format!("/{}/", self.cfg.api_key);
+        let resp = if let Some(origin) = path.strip_prefix(&prefix) {
+            let origin = origin.to_string();
+            match *req.method() {
+                Method::GET | Method::HEAD => self.serve_blob(&req, &origin).await,
+                Method::DELETE => self.bad_range(&req, &origin).await,
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or DELETE"),
+            }
+        } else {
+            match (req.method().clone(), path.as_str()) {
+                (Method::POST, "/_p2p/v1/join") => self.on_join(req).await,
+                (Method::POST, "/_p2p/v1/report") => self.on_report(req).await,
+                (Method::GET, "/_p2p/v1/trees") => {
+                    let trees = lock(&self.trees);
+                    let view: HashMap<&String, TreeView> = trees
+                        .iter()
+                        .map(|(k, t)| {
+                            (
+                                k,
+                                TreeView {
+                                    shape: t.shape(),
+                                    parents: t.parents(),
+                                },
+                            )
+                        })
+                        .collect();
+                    json(&view)
+                }
+                (Method::GET, "/metrics") => {
+                    let mut r = text(StatusCode::OK, self.render_metrics());
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    r
+                }
+                (Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    format!("expected /{}/<blob URL>", self.cfg.api_key),
+                ),
+            }
+        };
+        Ok(resp)
+    }
+
+    fn header(req: &Request<Incoming>, name: impl hyper::header::AsHeaderName) -> Option<&str> {
+        req.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    async fn serve_blob(self: &Arc<Self>, req: &Request<Incoming>, origin: &str) -> Response<Body> {
+        Metrics::add(&self.metrics.requests, 1);
+        let o = match Origin::parse(origin) {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        if let Err(r) = self.allowed_registry(&o) {
+            return refusal(&r);
+        }
+        let peer = Self::header(req, NODE_HEADER).map(str::to_string);
+        if let Some(p) = Self::header(req, PATH_HEADER) {
+            if p.split(',').any(|n| n.trim() == self.cfg.advertise) {
+                Metrics::add(&self.metrics.loops, 1);
+                return text(
+                    StatusCode::LOOP_DETECTED,
+                    "this request already passed through this node",
+                );
+            }
+        }
+        let auth = Self::header(req, AUTHORIZATION).map(str::to_string);
+        let size = match self.authorize(&o, auth.as_deref()).await {
+            Ok(s) => s,
+            Err(r) => return refusal(&r),
+        };
+        let range = match parse_range(Self::header(req, RANGE), size) {
+            Ok(r) => r,
+            Err(()) => {
+                let mut r = text(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "bad or unsatisfiable Range",
+                );
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    r.headers_mut().insert(CONTENT_RANGE, v);
+                }
+                return r;
+            }
+        };
+        let (start, end) = range.unwrap_or((0, size));
+        let head = req.method() == Method::HEAD;
+        let body: Body = if head || start == end {
+            Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let me = self.clone();
+            tokio::spawn(async move { me.stream(o, start, end, size, auth, peer, tx).await });
+            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+        };
+        let mut resp = Response::new(body);
+        let h = resp.headers_mut();
+        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
+        if let Ok(v) = HeaderValue::from_str(&self.cfg.advertise) {
+            h.insert(SOURCE_HEADER, v);
+        }
+        if range.is_some() {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+                h.insert(CONTENT_RANGE, v);
+            }
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        }
+        resp
+    }
+
+    /// Sends `[start, end)` from the pieces as they arrive.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        self: Arc<Self>,
+        o: Origin,
+        start: u64,
+        end: u64,
+        size: u64,
+        auth: Option<String>,
+        peer: Option<String>,
+        tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+    ) {
+        let ps = self.cfg.piece_size;
+        let child_bucket = match (&peer, self.cfg.upload.per_child_bytes_per_sec) {
+            (Some(p), r) if r > 0 => Some(
+                lock(&self.per_child)
+                    .entry(p.clone())
+                    .or_insert_with(|| Arc::new(Bucket::new(r)))
+                    .clone(),
+            ),
+            _ => None,
+        };
+        let mut pos = start;
+        while pos < end {
+            let idx = pos / ps;
+            let piece = self.piece(&o, idx, size, &auth);
+            for k in 1..=self.cfg.prefetch_pieces {
+                if (idx + k) * ps < size.min(end + self.cfg.prefetch_pieces * ps) {
+                    self.piece(&o, idx + k, size, &auth);
+                }
+            }
+            let base = idx * ps;
+            let piece_end = end.min(base + piece.len as u64);
+            while pos < piece_end {
+                let want = ((piece_end - pos) as usize).min(256 << 10);
+                let chunk = match piece.read((pos - base) as usize, want).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e))).await;
+                        return;
+                    }
+                };
+                let n = chunk.len();
+                let chunk = if peer.is_some() && self.cfg.debug.corrupt_uploads {
+                    let mut v = chunk.to_vec();
+                    for (i, b) in v.iter_mut().enumerate() {
+                        if (pos + i as u64) % 4096 == 100 {
+                            *b ^= 0x5a;
+                        }
+                    }
+                    Bytes::from(v)
+                } else {
+                    chunk
+                };
+                if peer.is_some() {
+                    if let Some(g) = &self.global {
+                        g.take(n).await;
+                    }
+                    if let Some(c) = &child_bucket {
+                        c.take(n).await;
+                    }
+                    Metrics::add(&self.metrics.served_child, n as u64);
+                } else {
+                    Metrics::add(&self.metrics.served_client, n as u64);
+                }
+                pos += n as u64;
+                if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `DELETE` with `Range`: those bytes failed the reader's verification.
+    async fn bad_range(self: &Arc<Self>, req: &Request<Incoming>, origin: &str) -> Response<Body> {
+        let o = match Origin::parse(origin) {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        let auth = Self::header(req, AUTHORIZATION).map(str::to_string);
+        let size = match self.authorize(&o, auth.as_deref()).await {
+            Ok(s) => s,
+            Err(r) => return refusal(&r),
+        };
+        let Ok(Some((start, end))) = parse_range(Self::header(req, RANGE), size) else {
+            return text(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "DELETE needs a satisfiable Range",
+            );
+        };
+        Metrics::add(&self.metrics.verification_failures, 1);
+        let key = o.key();
+        let ps = self.cfg.piece_size;
+        let mut sources = HashSet::new();
+        for idx in start / ps..end.div_ceil(ps) {
+            if let Some(p) = self.store.remove(&key, idx) {
+                for s in p.source().split(',') {
+                    if s.starts_with("http") {
+                        sources.insert(s.to_string());
+                    }
+                }
+            }
+        }
+        lock(&self.checked).remove(&key);
+        info!(blob = %key, start, end, ?sources, "a reader found bad bytes");
+        let up = self.upstream(&key);
+        for s in &sources {
+            Metrics::add(&self.metrics.reports, 1);
+            let body = serde_json::to_vec(&ReportRequest {
+                url: o.url.clone(),
+                node: s.clone(),
+            })
+            .unwrap_or_default();
+            for root in self.roots_for(&key) {
+                if &root == s {
+                    continue;
+                }
+                let mut r = self
+                    .http
+                    .post(format!("{root}/_p2p/v1/report"))
+                    .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                if let Some(a) = &auth {
+                    r = r.header(AUTHORIZATION, a);
+                }
+                if r.send().await.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+            }
+            if matches!(&up, Upstream::Node { url, .. } if url == s) {
+                self.failover(&o, &up, auth.as_deref()).await;
+            }
+        }
+        text(StatusCode::NO_CONTENT, "")
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        req: Request<Incoming>,
+    ) -> Result<(T, Option<String>), Response<Body>> {
+        let auth = Self::header(&req, AUTHORIZATION).map(str::to_string);
+        let body = Limited::new(req.into_body(), 64 << 10)
+            .collect()
+            .await
+            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("body: {e}")))?
+            .to_bytes();
+        let v = serde_json::from_slice(&body)
+            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+        Ok((v, auth))
+    }
+
+    fn node_url_ok(u: &str) -> bool {
+        u.len() < 256
+            && (u.starts_with("http://") || u.starts_with("https://"))
+            && !u.contains([',', ' ', '\n', '\r'])
+    }
+
+    /// A node asks where to fetch a blob from.
+    async fn on_join(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if self.cfg.role != Role::Root {
+            return text(StatusCode::NOT_FOUND, "not a root");
+        }
+        let (j, auth): (JoinRequest, _) = match Self::read_json(req).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let o = match Origin::parse(&j.url) {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        if !Self::node_url_ok(&j.node) || j.failed.as_deref().is_some_and(|f| !Self::node_url_ok(f))
+        {
+            return text(StatusCode::BAD_REQUEST, "node: expected an http(s) URL");
+        }
+        if let Err(r) = self.allowed_registry(&o) {
+            return refusal(&r);
+        }
+        let size = match self.authorize(&o, auth.as_deref()).await {
+            Ok(s) => s,
+            Err(r) => return refusal(&r),
+        };
+        Metrics::add(&self.metrics.joins, 1);
+        let (parent, depth) = {
+            let mut trees = lock(&self.trees);
+            let now = Instant::now();
+            trees.retain(|_, t| {
+                t.expire(now);
+                !t.is_empty()
+            });
+            let t = trees.entry(o.key()).or_insert_with(|| {
+                Tree::new(self.cfg.fanout, Duration::from_secs(self.cfg.tree_ttl_secs))
+            });
+            t.join(&j.node, j.failed.as_deref(), now)
+        };
+        debug!(blob = %o.key(), node = j.node, ?parent, depth, "join");
+        json(&JoinReply {
+            size,
+            parent,
+            depth,
+        })
+    }
+
+    async fn on_report(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if self.cfg.role != Role::Root {
+            return text(StatusCode::NOT_FOUND, "not a root");
+        }
+        let (r, auth): (ReportRequest, _) = match Self::read_json(req).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let o = match Origin::parse(&r.url) {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        if !Self::node_url_ok(&r.node) {
+            return text(StatusCode::BAD_REQUEST, "node: expected an http(s) URL");
+        }
+        // Only a reader that may read the blob may report its servers.
+        if let Err(e) = self.authorize(&o, auth.as_deref()).await {
+            return refusal(&e);
+        }
+        Metrics::add(&self.metrics.reports, 1);
+        warn!(blob = %o.key(), node = r.node, "reported for serving bad bytes: avoided");
+        lock(&self.trees)
+            .entry(o.key())
+            .or_insert_with(|| {
+                Tree::new(self.cfg.fanout, Duration::from_secs(self.cfg.tree_ttl_secs))
+            })
+            .avoid(&r.node, Instant::now());
+        text(StatusCode::NO_CONTENT, "")
+    }
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| node.clone().handle(req));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                debug!("connection: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let o = Origin::parse(&format!(
+            "http://127.0.0.1:5000/v2/library/busybox/blobs/{d}"
+        ))
+        .unwrap();
+        assert_eq!(o.authority, "127.0.0.1:5000");
+        assert_eq!(o.repository, "library/busybox");
+        assert_eq!(o.key(), format!("127.0.0.1:5000/{d}"));
+        for bad in [
+            format!("ftp://h/v2/r/blobs/{d}"),
+            format!("http://h/v2/r/manifests/{d}"),
+            format!("http://h/v2/r/blobs/{d}?x=1"),
+            format!("http://h/v2/../blobs/{d}"),
+            format!("http://u@h/v2/r/blobs/{d}"),
+            "http://h/v2/r/blobs/sha256:abc".to_string(),
+            format!("http://h/v2/R/blobs/{d}"),
+            format!("http://h/v2/r/blobs/{}", d.to_uppercase()),
+            "http://h".to_string(),
+        ] {
+            assert!(Origin::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-3"), 10), Ok(Some((0, 4))));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Ok(Some((5, 10))));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(Some((7, 10))));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Ok(Some((8, 10))));
+        for bad in [
+            "bytes=10-11",
+            "bytes=3-2",
+            "bytes=0-1,4-5",
+            "items=0-1",
+            "bytes=-0",
+            "bytes=x-1",
+        ] {
+            assert_eq!(parse_range(Some(bad), 10), Err(()), "{bad}");
+        }
+    }
+}

@@ -43,7 +43,7 @@ pub struct Config {
     pub piece_size: u64,
     /// Most children a node is given in one blob's tree.
     pub fanout: usize,
-    /// Pieces fetched ahead of a read (0 = none).
+    /// Pieces fetched ahead of a local reader's read (0 = none); never for children.
     pub prefetch_pieces: u64,
     /// A tree entry not refreshed for this long is dropped.
     pub tree_ttl_secs: u64,
@@ -110,7 +110,7 @@ impl Default for Config {
             roots: Vec::new(),
             piece_size: 1 << 20,
             fanout: 4,
-            prefetch_pieces: 4,
+            prefetch_pieces: 1,
             tree_ttl_secs: 300,
             access_ttl_secs: 30,
             connect_timeout_ms: 2000,

@@ -894,7 +894,14 @@ impl Node {
         while pos < end {
             let idx = pos / ps;
             let piece = self.piece(&o, idx, size, &auth);
-            for k in 1..=self.cfg.prefetch_pieces {
+            // Read ahead for the local reader only: children ask for what they need, and a
+            // read-ahead at every level of the tree would multiply.
+            let ahead = if peer.is_none() {
+                self.cfg.prefetch_pieces
+            } else {
+                0
+            };
+            for k in 1..=ahead {
                 if (idx + k) * ps < size.min(end + self.cfg.prefetch_pieces * ps) {
                     self.piece(&o, idx + k, size, &auth);
                 }
@@ -971,8 +978,13 @@ impl Node {
                 }
             }
         }
+        // Everything else that node sent is suspect too: fetch it again from another.
+        let mut dropped = 0;
+        for s in &sources {
+            dropped += self.store.remove_from(&key, s);
+        }
         lock(&self.checked).remove(&key);
-        info!(blob = %key, start, end, ?sources, "a reader found bad bytes");
+        info!(blob = %key, start, end, ?sources, dropped, "a reader found bad bytes");
         let up = self.upstream(&key);
         for s in &sources {
             Metrics::add(&self.metrics.reports, 1);

@@ -322,6 +322,12 @@ impl Store {
 
     /// A piece was filled: keep it on disk if the store has a directory.
     pub fn completed(&self, key: &str, idx: u64, piece: &Piece) -> std::io::Result<()> {
+        let current = self
+            .peek(key, idx)
+            .is_some_and(|p| std::ptr::eq(Arc::as_ptr(&p), piece));
+        if !current {
+            return Ok(()); // dropped while it was being filled
+        }
         if let (Some(d), Some(b)) = (&self.dir, piece.bytes()) {
             let bd = key_dir(d, key);
             std::fs::create_dir_all(&bd)?;
@@ -348,6 +354,20 @@ impl Store {
             let _ = std::fs::remove_file(key_dir(d, key).join(idx.to_string()));
         }
         Some(s.piece)
+    }
+
+    /// Drops every piece of `key` that came (partly) from `source`; returns how many.
+    pub fn remove_from(&self, key: &str, source: &str) -> usize {
+        let ids: Vec<PieceId> = self
+            .lock()
+            .pieces
+            .iter()
+            .filter(|(id, s)| id.0 == key && s.piece.source().split(',').any(|x| x == source))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter()
+            .filter(|id| self.remove(&id.0, id.1).is_some())
+            .count()
     }
 
     /// The complete pieces of `key`, in order, if all `count` are present.

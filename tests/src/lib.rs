@@ -6,6 +6,7 @@
 
 pub mod cri;
 pub mod image;
+pub mod p2p;
 pub mod proc;
 pub mod relay;
 
@@ -54,6 +55,19 @@ pub fn require() -> bool {
     false
 }
 
+/// Whether these tools are on PATH; under CI a missing one panics, elsewhere the test prints
+/// why and is skipped.
+pub fn require_tools(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("test needs {}", missing.join(", "));
+    assert!(!ci(), "{why}");
+    eprintln!("skipped: {why}");
+    false
+}
+
 /// One environment at a time in a test process: each runs containerd, a registry and two
 /// daemons, which two cores cannot run twice over.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -81,6 +95,7 @@ pub fn bin(name: &str) -> PathBuf {
             "overlaybd-snapshotter",
             "overlaybd-convertor",
             "obdctl",
+            "overlaybd-p2p",
         ] {
             c.args(["--bin", b]);
         }
@@ -122,6 +137,50 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool, log: impl
     }
 }
 
+/// docker-registry on 127.0.0.1 with its files in `dir`, wanting Basic credentials
+/// `(user, password)` when given; returns it and its `host:port`.
+pub fn start_registry(dir: &Path, basic: Option<(&str, &str)>) -> (Proc, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let auth = match basic {
+        Some((u, p)) => {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("run htpasswd (apache2-utils)");
+            assert!(out.status.success(), "htpasswd failed");
+            let f = dir.join("htpasswd");
+            std::fs::write(&f, &out.stdout).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                f.display()
+            )
+        }
+        None => String::new(),
+    };
+    let cfg = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: 127.0.0.1:{port}\n{auth}",
+        dir.join("data").display()
+    );
+    std::fs::write(dir.join("config.yml"), cfg).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let registry = Proc::spawn(
+        "docker-registry",
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml")),
+        &dir.join("registry.log"),
+    );
+    wait_for(
+        "docker-registry",
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(&addr).is_ok(),
+        || registry.log(),
+    );
+    (registry, addr)
+}
+
 /// Settings of an [`Env`].
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -134,6 +193,8 @@ pub struct Options {
     /// The snapshotter's `hosts_dir` sends it to a closed port (its pull-time blob check
     /// fails; containerd, the daemon and the convertor are not affected).
     pub snapshotter_registry_broken: bool,
+    /// The daemon's `p2p_agent` (an overlaybd-p2p agent's `/<api-key>` prefix).
+    pub p2p_agent: Option<String>,
 }
 
 impl Default for Options {
@@ -143,6 +204,7 @@ impl Default for Options {
             read_deadline_secs: 10,
             rate: 0,
             snapshotter_registry_broken: false,
+            p2p_agent: None,
         }
     }
 }
@@ -186,30 +248,7 @@ impl Env {
             .tempdir()
             .unwrap();
         let d = dir.path();
-        // Registry.
-        let port = free_port();
-        let reg_dir = d.join("registry");
-        std::fs::create_dir_all(&reg_dir).unwrap();
-        let cfg = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
-            reg_dir.join("data").display()
-        );
-        std::fs::write(reg_dir.join("config.yml"), cfg).unwrap();
-        let registry_addr = format!("127.0.0.1:{port}");
-        let registry = Proc::spawn(
-            "docker-registry",
-            Command::new("docker-registry")
-                .arg("serve")
-                .arg(reg_dir.join("config.yml")),
-            &reg_dir.join("registry.log"),
-        );
-        wait_for(
-            "docker-registry",
-            Duration::from_secs(20),
-            || std::net::TcpStream::connect(&registry_addr).is_ok(),
-            || registry.log(),
-        );
+        let (registry, registry_addr) = start_registry(&d.join("registry"), None);
         let relay = Relay::start(&registry_addr, opts.rate);
         // One hosts directory for containerd's CRI, the daemon and the snapshotter: plain HTTP
         // to the relay.
@@ -250,11 +289,12 @@ impl Env {
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{1}\"\nrun_dir = \"{0}/run\"\n\
                  cache_dir = \"{0}/cache\"\ncache_size_mb = 2048\nhosts_dir = \"{2}\"\n\
-                 read_deadline_secs = {3}\nlog = \"info\"\n",
+                 read_deadline_secs = {3}\nlog = \"info\"\np2p_agent = \"{4}\"\n",
                 d.display(),
                 self.daemon_socket().display(),
                 self.path("certs.d").display(),
-                self.opts.read_deadline_secs
+                self.opts.read_deadline_secs,
+                self.opts.p2p_agent.as_deref().unwrap_or(""),
             ),
         )
         .unwrap();

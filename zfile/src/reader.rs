@@ -101,6 +101,29 @@ impl<S> std::fmt::Debug for ZFile<S> {
     }
 }
 
+/// A source that remembers the ranges read from it (to drop them from caches after a failed
+/// open).
+struct Recording<'a, S: ?Sized> {
+    inner: &'a S,
+    reads: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl<S: ReadAt + ?Sized> ReadAt for Recording<'_, S> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((offset, buf.len() as u64));
+        self.inner.read_at(offset, buf)
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard_cached(offset, len)
+    }
+}
+
 fn read_exact<S: ReadAt + ?Sized>(
     src: &S,
     offset: u64,
@@ -162,7 +185,46 @@ impl<S: ReadAt> ZFile<S> {
         Self::open_with(src, &OpenOptions::default())
     }
 
+    /// Opens the file; when its metadata (header, index, table, trailer) fails a check, the
+    /// ranges read are dropped from the source's caches (`discard_cached`) and read once more,
+    /// so that bad bytes from a cache or a P2P peer do not fail the open when the origin has
+    /// good ones.
     pub fn open_with(src: S, opts: &OpenOptions) -> Result<Self> {
+        let attempt = {
+            let rec = Recording {
+                inner: &src,
+                reads: std::sync::Mutex::new(Vec::new()),
+            };
+            let r = ZFile::open_once(&rec, opts).map(|z| (z.info, z.jump, z.table));
+            r.map_err(|e| (e, rec.reads.into_inner().unwrap_or_else(|p| p.into_inner())))
+        };
+        let (first, reads) = match attempt {
+            Ok((info, jump, table)) => {
+                return Ok(ZFile {
+                    src,
+                    info,
+                    jump,
+                    table,
+                })
+            }
+            Err((e @ Error::Io { .. }, _)) => return Err(e),
+            Err(e) => e,
+        };
+        for (offset, len) in reads {
+            src.discard_cached(offset, len)
+                .map_err(|e| Error::io("discard cached metadata", offset, e))?;
+        }
+        ZFile::open_once(src, opts).map_err(|again| {
+            if again.to_string() == first.to_string() {
+                again
+            } else {
+                // Different the second time: say both (a cache or peer was involved).
+                Error::Integrity(format!("{first}; read again from the origin: {again}"))
+            }
+        })
+    }
+
+    fn open_once(src: S, opts: &OpenOptions) -> Result<Self> {
         let head_slot = read_slot(&src, 0, "zfile header")?;
         let head = HeaderTrailer::decode(&head_slot)?;
         if !head.has(flags::HEADER) {

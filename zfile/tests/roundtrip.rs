@@ -233,6 +233,38 @@ fn a_bad_cached_block_is_fetched_again_from_the_origin() {
 }
 
 #[test]
+fn bad_cached_metadata_is_read_again_from_the_origin() {
+    let data = mixed(100_000, 7);
+    for integrity in [false, true] {
+        let (file, _) = compress(
+            &data,
+            WriterOptions {
+                integrity,
+                ..Default::default()
+            },
+        );
+        let len = file.len() as u64;
+        let z = ZFile::open(&file[..]).unwrap();
+        let index_at = z.info().index_offset;
+        // Header, index and trailer each damaged in the cache; the origin is right.
+        for damaged in [(100, 1), (index_at + 5, 1), (len - 400, 1)] {
+            let cache = DamagedCache::new(&file[..], vec![damaged]);
+            let z = ZFile::open(&cache).unwrap_or_else(|e| panic!("{damaged:?}: {e}"));
+            assert!(read_all(&z) == data);
+            assert!(cache.discards() > 0, "{damaged:?}");
+        }
+        // Bad at the origin too: still an error.
+        let mut bad = file.clone();
+        bad[100] ^= 1;
+        let cache = DamagedCache::new(&bad[..], vec![]);
+        assert!(ZFile::open(&cache).is_err());
+        // A failing source is not retried.
+        let e = ZFile::open(FaultySource::new(&file[..], 1 << 20, Some(0))).unwrap_err();
+        assert!(matches!(e, zfile::Error::Io { .. }), "{e}");
+    }
+}
+
+#[test]
 fn a_block_bad_at_the_origin_is_an_error_naming_it() {
     let data = mixed(100_000, 6);
     for integrity in [false, true] {

@@ -153,6 +153,8 @@ pub struct RegistryStats {
     pub agent_requests: AtomicU64,
     /// Blob bytes received from the P2P agent.
     pub agent_bytes: AtomicU64,
+    /// Bad ranges reported to the P2P agent (it drops them and reports their source).
+    pub agent_reports: AtomicU64,
     /// Attempts repeated after a transient failure (all places failed).
     pub retries: AtomicU64,
     /// Reads handed from a failing place (agent, mirror) to the next one.
@@ -198,6 +200,12 @@ impl RegistryStats {
             "overlaybd_fetch_bytes_total",
             &l("source=\"agent\""),
             get(&self.agent_bytes),
+        );
+        counter(
+            out,
+            "overlaybd_fetch_agent_reports_total",
+            labels,
+            get(&self.agent_reports),
         );
         counter(
             out,
@@ -365,18 +373,25 @@ impl RegistryBlob {
             .to_string();
         let upstream_creds = creds_for(&upstream_host)?;
         let mut endpoints = Vec::new();
+        let hosts = hosts::hosts_for(opts.hosts_dir.as_deref(), &loc.registry)?;
         if let Some(agent) = &opts.agent {
+            // The agent is given the upstream's URL as `hosts.toml` resolves it (its scheme
+            // and path), since the P2P roots fetch that URL themselves.
+            let upstream = hosts.iter().find(|h| !h.mirror).map_or_else(
+                || loc.url(),
+                |h| format!("{}/{}/blobs/{}", h.root, loc.repository, loc.digest),
+            );
             endpoints.push(Endpoint {
                 kind: Kind::Agent,
                 client: client_for(None)?,
-                url: format!("{}/{}", agent.trim_end_matches('/'), loc.url()),
+                url: format!("{}/{upstream}", agent.trim_end_matches('/')),
                 name: format!("P2P agent {agent}"),
                 credentials: upstream_creds.clone(),
                 headers: Vec::new(),
                 auth: Mutex::default(),
             });
         }
-        for h in hosts::hosts_for(opts.hosts_dir.as_deref(), &loc.registry)? {
+        for h in hosts {
             if !h.can_pull() {
                 continue;
             }
@@ -759,11 +774,35 @@ impl ReadAt for RegistryBlob {
         self.stats
             .verification_failures
             .fetch_add(1, Ordering::Relaxed);
-        if self.endpoints.iter().any(|e| e.kind == Kind::Agent) && len > 0 {
-            self.direct
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((offset, offset.saturating_add(len)));
+        let Some(agent) = self.endpoints.iter().find(|e| e.kind == Kind::Agent) else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        self.direct
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((offset, offset.saturating_add(len)));
+        // Tell the agent (overlaybd-p2p's `DELETE` with the range): it drops those pieces and
+        // reports the node that served them. Best effort, bounded: the read goes on from the
+        // registry either way.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let auth = self.authorization(agent, deadline).ok().flatten();
+        let mut req = agent
+            .client
+            .delete(&agent.url)
+            .header(RANGE, format!("bytes={offset}-{}", offset + len - 1))
+            .timeout(Duration::from_secs(2));
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        match req.send() {
+            Ok(r) if r.status().is_success() => {
+                self.stats.agent_reports.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(r) => tracing::debug!("reporting bad bytes to {}: {}", agent.name, r.status()),
+            Err(e) => tracing::debug!("reporting bad bytes to {}: {}", agent.name, chain(&e)),
         }
         Ok(())
     }

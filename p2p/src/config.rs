@@ -233,3 +233,31 @@ mod tests {
         assert!(e.contains("leaf"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod deploy_tests {
+    use super::*;
+
+    /// The configs in the Kubernetes manifests are valid.
+    #[test]
+    fn the_kubernetes_manifests_configs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+        let mut seen = 0;
+        for f in ["p2p-roots.yaml", "p2p-agents.yaml"] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            let mut lines = text.lines().skip_while(|l| l.trim() != "p2p.toml: |");
+            lines.next().expect("a p2p.toml in the ConfigMap");
+            let toml: String = lines
+                .take_while(|l| l.starts_with("    ") || l.is_empty())
+                .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+                .collect();
+            let c = Config::parse(&toml)
+                .and_then(Config::finish)
+                .unwrap_or_else(|e| panic!("{f}: {e}\n{toml}"));
+            assert_eq!(c.roots.len(), 3, "{f}");
+            assert!(c.cache.dir.is_some(), "{f}");
+            seen += 1;
+        }
+        assert_eq!(seen, 2);
+    }
+}

@@ -16,6 +16,7 @@
 //!   configuration.
 
 pub mod config;
+pub mod fuzz;
 pub mod limit;
 pub mod metrics;
 pub mod node;

@@ -10,7 +10,7 @@
 //!   A node is never given one of its own descendants (no cycles); a node reported as failed
 //!   is dropped, one reported as corrupt is kept out of the parent choice; entries expire.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -56,7 +56,12 @@ pub struct Tree {
     nodes: HashMap<String, Entry>,
     /// Children per parent ("" = the root), kept with `nodes`.
     kids: HashMap<String, usize>,
+    /// Nodes that may take a child (free slot, not avoided), shallowest and oldest first;
+    /// `open_key` says which key each has in it.
+    open: BTreeSet<(u32, u64, String)>,
+    open_key: HashMap<String, (u32, u64)>,
     seq: u64,
+    swept: Option<Instant>,
 }
 
 /// Shape of a tree, for metrics and tests.
@@ -76,7 +81,10 @@ impl Tree {
             ttl,
             nodes: HashMap::new(),
             kids: HashMap::new(),
+            open: BTreeSet::new(),
+            open_key: HashMap::new(),
             seq: 0,
+            swept: None,
         }
     }
 
@@ -84,13 +92,33 @@ impl Tree {
         self.kids.get(of.unwrap_or("")).copied().unwrap_or(0)
     }
 
+    /// Puts `node` in the open set or takes it out, per its entry and children.
+    fn refresh(&mut self, node: &str) {
+        if let Some((d, s)) = self.open_key.remove(node) {
+            self.open.remove(&(d, s, node.to_string()));
+        }
+        let Some(e) = self.nodes.get(node) else {
+            return;
+        };
+        if !e.avoided && self.children(Some(node)) < self.fanout {
+            let (d, s) = (e.depth, e.seq);
+            self.open.insert((d, s, node.to_string()));
+            self.open_key.insert(node.to_string(), (d, s));
+        }
+    }
+
     fn insert(&mut self, node: &str, e: Entry) {
+        let parent = e.parent.clone();
         *self
             .kids
-            .entry(e.parent.clone().unwrap_or_default())
+            .entry(parent.clone().unwrap_or_default())
             .or_default() += 1;
         if let Some(old) = self.nodes.insert(node.to_string(), e) {
             self.unlink(&old);
+        }
+        self.refresh(node);
+        if let Some(p) = parent {
+            self.refresh(&p);
         }
     }
 
@@ -102,12 +130,16 @@ impl Tree {
                 self.kids.remove(&k);
             }
         }
+        if let Some(p) = &e.parent {
+            self.refresh(p);
+        }
     }
 
     fn remove(&mut self, node: &str) {
         if let Some(e) = self.nodes.remove(node) {
             self.unlink(&e);
         }
+        self.refresh(node);
     }
 
     /// Whether `candidate` is `node` or below it.
@@ -128,6 +160,7 @@ impl Tree {
     }
 
     pub fn expire(&mut self, now: Instant) {
+        self.swept = Some(now);
         let ttl = self.ttl;
         let old: Vec<String> = self
             .nodes
@@ -148,7 +181,14 @@ impl Tree {
         failed: Option<&str>,
         now: Instant,
     ) -> (Option<String>, u32) {
-        self.expire(now);
+        // Sweep expired entries now and then, not on every join.
+        let every = (self.ttl / 8).min(Duration::from_secs(1));
+        if self
+            .swept
+            .is_none_or(|t| now.saturating_duration_since(t) >= every)
+        {
+            self.expire(now);
+        }
         if let Some(f) = failed {
             if f != node {
                 self.remove(f);
@@ -177,21 +217,11 @@ impl Tree {
             best = Some((0, 0, None));
         }
         if best.is_none() {
-            for (name, e) in &self.nodes {
-                if e.avoided || name == node || self.below(name, node) {
-                    continue;
-                }
-                if self.children(Some(name)) >= self.fanout {
-                    continue;
-                }
-                let better = match &best {
-                    None => true,
-                    Some((d, s, _)) => (e.depth, e.seq) < (*d, *s),
-                };
-                if better {
-                    best = Some((e.depth, e.seq, Some(name.clone())));
-                }
-            }
+            best = self
+                .open
+                .iter()
+                .find(|(_, _, name)| name != node && !self.below(name, node))
+                .map(|(d, s, name)| (*d, *s, Some(name.clone())));
         }
         // Every slot is taken (or the candidates are avoided): the root takes the overflow.
         let (pdepth, _, parent) = best.unwrap_or((0, 0, None));
@@ -214,7 +244,10 @@ impl Tree {
     /// `node` served bytes that failed verification.
     pub fn avoid(&mut self, node: &str, now: Instant) {
         match self.nodes.get_mut(node) {
-            Some(e) => e.avoided = true,
+            Some(e) => {
+                e.avoided = true;
+                self.refresh(node);
+            }
             None => {
                 // Known only from the report: a member with no place in the tree.
                 let e = Entry {

@@ -33,7 +33,9 @@ pub struct ClusterOptions {
     pub basic: Option<(&'static str, &'static str)>,
     /// Agents (by index) that corrupt what they serve to other nodes.
     pub corrupt: Vec<usize>,
+    /// Cache sizes of roots and of agents.
     pub cache_bytes: u64,
+    pub agent_cache_bytes: u64,
     /// Per-node upload limit (0 = none).
     pub upload_rate: u64,
 }
@@ -49,6 +51,7 @@ impl Default for ClusterOptions {
             basic: None,
             corrupt: Vec::new(),
             cache_bytes: 1 << 30,
+            agent_cache_bytes: 1 << 30,
             upload_rate: 0,
         }
     }
@@ -171,7 +174,11 @@ impl Cluster {
             roots.join(", "),
             o.fanout,
             o.piece_size,
-            o.cache_bytes,
+            if role == "root" {
+                o.cache_bytes
+            } else {
+                o.agent_cache_bytes
+            },
             o.upload_rate,
         );
         std::fs::write(d.join("p2p.toml"), cfg).unwrap();

@@ -21,6 +21,9 @@ struct Args {
     /// `host:port` to listen on (overrides the config's `listen`).
     #[arg(long)]
     listen: Option<String>,
+    /// The URL other nodes reach this one at (overrides the config's `advertise`).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +38,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(l) = args.listen {
         cfg.listen = l;
+    }
+    if let Some(a) = args.advertise {
+        cfg.advertise = a;
     }
     let cfg = cfg.finish().map_err(anyhow::Error::msg)?;
     tracing_subscriber::fmt()

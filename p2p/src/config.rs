@@ -41,7 +41,9 @@ pub struct Config {
     pub roots: Vec<String>,
     /// Bytes per piece (the unit of fetching, caching and reporting).
     pub piece_size: u64,
-    /// Most children a node is given in one blob's tree.
+    /// Most children a node is given in one blob's tree. A parent's uplink is shared by its
+    /// children, so each host reads at uplink / fanout: 2 keeps 64 hosts within 2x of one
+    /// (tree_sim), at the cost of a deeper tree.
     pub fanout: usize,
     /// Pieces fetched ahead of a local reader's read (0 = none); never for children.
     pub prefetch_pieces: u64,
@@ -109,7 +111,7 @@ impl Default for Config {
             api_key: "dadip2p".into(),
             roots: Vec::new(),
             piece_size: 1 << 20,
-            fanout: 4,
+            fanout: 2,
             prefetch_pieces: 1,
             tree_ttl_secs: 300,
             access_ttl_secs: 30,

@@ -190,7 +190,8 @@ impl Tree {
             self.expire(now);
         }
         if let Some(f) = failed {
-            if f != node {
+            // A failed node leaves the tree; an avoided one stays, to stay avoided.
+            if f != node && !self.is_avoided(f) {
                 self.remove(f);
             }
         }
@@ -388,6 +389,9 @@ mod tests {
             Some("b"),
             "b's children move on their next join"
         );
+        assert_eq!(t.shape().avoided, vec!["b".to_string()]);
+        // Reported, then named as failed by a child that left it: still avoided.
+        t.join("e", Some("b"), now);
         assert_eq!(t.shape().avoided, vec!["b".to_string()]);
         // A node that has children cannot be given one of them.
         let mut t = Tree::new(1, Duration::from_secs(60));

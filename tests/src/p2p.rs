@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub agent_cache_bytes: u64,
     /// Per-node upload limit (0 = none).
     pub upload_rate: u64,
+    /// Keep pieces on disk (`cache.dir`), so that they survive a restart.
+    pub persistent: bool,
 }
 
 impl Default for ClusterOptions {
@@ -53,6 +55,7 @@ impl Default for ClusterOptions {
             cache_bytes: 1 << 30,
             agent_cache_bytes: 1 << 30,
             upload_rate: 0,
+            persistent: false,
         }
     }
 }
@@ -168,7 +171,7 @@ impl Cluster {
         let cfg = format!(
             "role = \"{role}\"\nlisten = \"{}\"\nroots = [{}]\nfanout = {}\npiece_size = {}\n\
              connect_timeout_ms = 500\nstall_timeout_ms = 3000\nlog = \"info\"\n\
-             [cache]\nmax_bytes = {}\n[upload]\nglobal_bytes_per_sec = {}\n\
+             [cache]\nmax_bytes = {}\n{}[upload]\nglobal_bytes_per_sec = {}\n\
              [debug]\ncorrupt_uploads = {corrupt}\n",
             url.trim_start_matches("http://"),
             roots.join(", "),
@@ -178,6 +181,11 @@ impl Cluster {
                 o.cache_bytes
             } else {
                 o.agent_cache_bytes
+            },
+            if o.persistent {
+                format!("dir = \"{}\"\n", d.join("cache").display())
+            } else {
+                String::new()
             },
             o.upload_rate,
         );
@@ -194,6 +202,15 @@ impl Cluster {
             url: url.to_string(),
             proc: p,
         }
+    }
+
+    /// SIGKILLs agent `i` and starts it again with the same config and address.
+    pub fn restart_agent(&mut self, i: usize) {
+        self.agents[i].proc.kill9();
+        let roots: Vec<String> = self.roots.iter().map(|r| r.url.clone()).collect();
+        let url = self.agents[i].url.clone();
+        let corrupt = self.opts.corrupt.contains(&i);
+        self.agents[i] = self.spawn_node(&format!("agent{i}"), "agent", &url, &roots, corrupt);
     }
 
     /// `host:port` of the relay: the registry as nodes and readers see it.

@@ -445,3 +445,61 @@ fn our_daemon_reads_a_lazily_pulled_image_through_an_agent() {
     let dlog = env.daemon.as_ref().unwrap().log();
     assert!(!dlog.contains("verification"), "{dlog}");
 }
+
+#[test]
+fn uploads_keep_to_their_limit_and_pieces_survive_a_restart() {
+    if !require_tools(&["docker-registry"]) {
+        return;
+    }
+    let _g = serial();
+    // Every node sends at most 20 MB/s to its children; fan-out 1 makes a chain
+    // root → agent0 → agent1.
+    let mut c = Cluster::start(ClusterOptions {
+        roots: 1,
+        agents: 2,
+        fanout: 1,
+        upload_rate: 20_000_000,
+        persistent: true,
+        ..Default::default()
+    });
+    let b = c.push_blob("p2p/limit", 32, 6);
+    let r0 = c.read(Some(&c.agents[0]), &b).unwrap();
+    assert_eq!(r0.raw_sha256, b.raw_sha256);
+    let floor = b.size as f64 / 20e6 * 0.9;
+    assert!(
+        r0.secs >= floor,
+        "{:.2} s: faster than the root's upload limit allows",
+        r0.secs
+    );
+    let to_child = metric(&c.roots[0].url, "p2p_served_bytes_total{to=\"child\"}");
+    assert!(to_child >= b.size, "{to_child}");
+    let r1 = c.read(Some(&c.agents[1]), &b).unwrap();
+    assert_eq!(r1.raw_sha256, b.raw_sha256);
+    assert!(
+        r1.secs >= floor,
+        "{:.2} s: faster than agent0's upload limit allows",
+        r1.secs
+    );
+    assert!(metric(&c.agents[0].url, "p2p_served_bytes_total{to=\"child\"}") >= b.size);
+    eprintln!(
+        "at 20 MB/s per node: {:.2} s and {:.2} s for {} bytes",
+        r0.secs, r1.secs, b.size
+    );
+
+    // agent0 restarts and serves the blob from its disk: nothing more from the root, and the
+    // registry sends only the answers to the access checks.
+    let root_before = metric(&c.roots[0].url, "p2p_served_bytes_total{to=\"child\"}");
+    c.restart_agent(0);
+    let reg_before = c.registry_bytes();
+    let r = c.read(Some(&c.agents[0]), &b).unwrap();
+    assert_eq!(r.raw_sha256, b.raw_sha256);
+    assert_eq!(r.registry_bytes, 0);
+    assert_eq!(
+        metric(&c.roots[0].url, "p2p_served_bytes_total{to=\"child\"}"),
+        root_before,
+        "the restarted agent fetched again"
+    );
+    let reg = c.registry_bytes() - reg_before;
+    assert!(reg < 64 << 10, "the registry sent {reg} bytes");
+    assert!(metric(&c.agents[0].url, "p2p_cache_lookups_total{result=\"hit\"}") > 0);
+}

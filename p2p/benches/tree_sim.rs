@@ -198,10 +198,7 @@ fn main() {
     };
     // What a container start reads lazily (DADI's anchor: 10,000 containers in 3-4 s).
     for fanout in [2, 4, 8, 16] {
-        row(
-            &format!("start set 64 MiB, 10 Gbit/s"),
-            &Params { fanout, ..dc },
-        );
+        row("start set 64 MiB, 10 Gbit/s", &Params { fanout, ..dc });
     }
     row(
         "start set 64 MiB, 1,000 hosts",

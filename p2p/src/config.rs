@@ -193,6 +193,16 @@ impl Config {
                 self.cache.max_bytes
             ));
         }
+        if self.tree_ttl_secs > 86_400 * 30
+            || self.access_ttl_secs > 86_400
+            || self.connect_timeout_ms > 3_600_000
+            || self.stall_timeout_ms > 3_600_000
+        {
+            return Err(
+                "tree_ttl_secs (30 days), access_ttl_secs (1 day) or a timeout (1 hour) too long"
+                    .into(),
+            );
+        }
         if self.tree_ttl_secs == 0 || self.connect_timeout_ms == 0 || self.stall_timeout_ms == 0 {
             return Err(
                 "tree_ttl_secs, connect_timeout_ms and stall_timeout_ms must be > 0".into(),
@@ -225,6 +235,10 @@ mod tests {
             ("role = \"agent\"\nroots = [\"ftp://x\"]", "root"),
             ("role = \"agent\"\nroots = [\"http://x/y\"]", "root"),
             ("role = \"root\"\n[cache]\nmax_bytes = 10", "max_bytes"),
+            (
+                "role = \"root\"\naccess_ttl_secs = 9223372036854775807",
+                "too long",
+            ),
         ] {
             let e = Config::parse(text).unwrap().finish().unwrap_err();
             assert!(e.contains(what), "{text}: {e}");

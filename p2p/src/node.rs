@@ -103,9 +103,15 @@ impl Origin {
     }
 
     /// The cache key: the same bytes wherever they are in one registry (blobs are
-    /// content-addressed; which repository may read them is checked per request).
+    /// content-addressed; which repository may read them is checked per request). The scheme
+    /// is part of it: bytes fetched over plain HTTP are not served for an HTTPS URL.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.authority, self.digest)
+        let scheme = if self.url.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}/{}", self.authority, self.digest)
     }
 }
 
@@ -175,8 +181,11 @@ pub struct TreeView {
     pub parents: Vec<(String, Option<String>, u32)>,
 }
 
-/// (registry, repository, sha256 of the Authorization header).
+/// (blob key, repository, sha256 of the Authorization header).
 type AccessKey = (String, String, [u8; 32]);
+
+/// Blobs larger than this are refused (a registry's size is untrusted input).
+pub const MAX_BLOB: u64 = 1 << 48;
 
 #[derive(Debug)]
 pub struct Node {
@@ -190,7 +199,9 @@ pub struct Node {
     access: Mutex<HashMap<AccessKey, Instant>>,
     /// Roots that did not answer, until when to skip them.
     down: Mutex<HashMap<String, Instant>>,
+    /// Blobs whose whole-blob digest check is running.
     checked: Mutex<HashSet<String>>,
+    trees_swept: Mutex<Instant>,
     global: Option<Bucket>,
     per_child: Mutex<HashMap<String, Arc<Bucket>>>,
 }
@@ -293,6 +304,7 @@ impl Node {
             access: Mutex::default(),
             down: Mutex::default(),
             checked: Mutex::default(),
+            trees_swept: Mutex::new(Instant::now()),
             global,
             per_child: Mutex::default(),
             cfg,
@@ -317,8 +329,8 @@ impl Node {
     /// the owning root, or by this node when no root answers; the answer is kept
     /// `access_ttl_secs`. Returns the blob's size.
     async fn authorize(&self, o: &Origin, auth: Option<&str>) -> Result<u64, Refusal> {
-        let akey = (o.authority.clone(), o.repository.clone(), auth_hash(auth));
         let key = o.key();
+        let akey = (key.clone(), o.repository.clone(), auth_hash(auth));
         let known = lock(&self.blobs).get(&key).map(|b| b.size);
         if let Some(size) = known {
             if lock(&self.access)
@@ -376,10 +388,11 @@ impl Node {
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
+                .filter(|&n| n <= MAX_BLOB)
                 .ok_or_else(|| {
                     Refusal::new(
                         StatusCode::BAD_GATEWAY,
-                        "registry: HEAD without Content-Length",
+                        "registry: HEAD without a Content-Length (or over 256 TiB)",
                     )
                 });
         }
@@ -452,8 +465,18 @@ impl Node {
             };
             let st = resp.status();
             if st.is_success() {
-                let reply: JoinReply = match resp.json().await {
-                    Ok(j) => j,
+                let reply: JoinReply = match resp.json::<JoinReply>().await {
+                    Ok(j)
+                        if j.size <= MAX_BLOB
+                            && j.parent.as_deref().is_none_or(Self::node_url_ok) =>
+                    {
+                        j
+                    }
+                    Ok(j) => {
+                        warn!(root, "join: bad answer: {j:?}");
+                        self.mark_down(&root);
+                        continue;
+                    }
                     Err(e) => {
                         warn!(root, "join: bad answer: {e}");
                         self.mark_down(&root);
@@ -488,8 +511,13 @@ impl Node {
                     message: msg.trim().to_string(),
                 });
             }
+            // The root answered but could not serve (its registry failed, say): every agent
+            // reading the registry itself would be a stampede. Pass the failure on.
             warn!(root, "join: {st}: {}", msg.trim());
-            self.mark_down(&root);
+            return Err(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!("root {root}: {st}: {}", msg.trim()),
+            ));
         }
         // No root: the registry itself.
         let size = self.registry_head(o, auth).await?;
@@ -512,9 +540,10 @@ impl Node {
         idx: u64,
         size: u64,
         auth: &Option<String>,
+        path: &str,
     ) -> Arc<Piece> {
         let ps = self.cfg.piece_size;
-        let len = ps.min(size - idx * ps) as usize;
+        let len = ps.min(size.saturating_sub(idx.saturating_mul(ps))) as usize;
         match self.store.get_or_start(&o.key(), idx, len) {
             Lookup::Hit(p) => {
                 Metrics::add(&self.metrics.cache_hits, 1);
@@ -524,7 +553,8 @@ impl Node {
                 Metrics::add(&self.metrics.cache_misses, 1);
                 let me = self.clone();
                 let (o, auth, piece) = (o.clone(), auth.clone(), p.clone());
-                tokio::spawn(async move { me.fill(o, idx, size, piece, auth).await });
+                let path = path.to_string();
+                tokio::spawn(async move { me.fill(o, idx, size, piece, auth, path).await });
                 p
             }
         }
@@ -548,8 +578,19 @@ impl Node {
         size: u64,
         piece: Arc<Piece>,
         auth: Option<String>,
+        path: String,
     ) {
         let key = o.key();
+        // However this task ends (even by a panic), the piece is not left half-filled for
+        // readers to wait on.
+        let mut guard = FillGuard {
+            node: self.clone(),
+            key: key.clone(),
+            idx,
+            piece: piece.clone(),
+            done: false,
+            why: "the fetch was abandoned".into(),
+        };
         let start = idx * self.cfg.piece_size;
         let end = start + piece.len as u64;
         let mut failures = 0u32;
@@ -558,7 +599,7 @@ impl Node {
             let up = self.upstream(&key);
             let from = start + piece.filled() as u64;
             match self
-                .fetch(&o, &up, from, end, size, auth.as_deref(), &piece)
+                .fetch(&o, &up, from, end, size, auth.as_deref(), &path, &piece)
                 .await
             {
                 Ok(()) => {}
@@ -578,11 +619,14 @@ impl Node {
             }
         }
         if (piece.filled() as u64) < piece.len as u64 {
-            self.store.remove(&key, idx);
-            piece.fail(format!("piece {idx} of {key}: {last}"));
+            guard.why = format!("piece {idx} of {key}: {last}");
             return;
         }
-        if let Err(e) = self.store.completed(&key, idx, &piece) {
+        guard.done = true;
+        let me = self.clone();
+        let (k, p) = (key.clone(), piece.clone());
+        let kept = tokio::task::spawn_blocking(move || me.store.completed(&k, idx, &p)).await;
+        if let Ok(Err(e)) = kept {
             warn!("keeping piece {idx} of {key} on disk: {e}");
         }
         self.check_whole(&o, size);
@@ -594,7 +638,7 @@ impl Node {
         let key = o.key();
         let count = size.div_ceil(self.cfg.piece_size);
         if lock(&self.checked).contains(&key) {
-            return;
+            return; // a check is running
         }
         let Some(pieces) = self.store.all_of(&key, count) else {
             return;
@@ -605,7 +649,7 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let mut h = Sha256::new();
             for p in &pieces {
-                h.update(p);
+                h.update(p.bytes().unwrap_or_default());
             }
             let got = format!("sha256:{}", hex::encode(h.finalize()));
             if got == want {
@@ -614,11 +658,12 @@ impl Node {
             } else {
                 Metrics::add(&me.metrics.digest_failures, 1);
                 warn!(blob = %key, "whole blob is {got}: dropping its pieces");
-                for i in 0..count {
-                    me.store.remove(&key, i);
+                for (i, p) in pieces.iter().enumerate() {
+                    me.store.remove_if_same(&key, i as u64, p);
                 }
-                lock(&me.checked).remove(&key);
             }
+            // Pieces fetched again later (after eviction) are checked again.
+            lock(&me.checked).remove(&key);
         });
     }
 
@@ -652,9 +697,13 @@ impl Node {
         end: u64,
         size: u64,
         auth: Option<&str>,
+        path: &str,
         piece: &Piece,
     ) -> Result<(), String> {
         let stall = Duration::from_millis(self.cfg.stall_timeout_ms);
+        // A trickle is a failure too: at least 256 KiB/s once the answer has started.
+        let deadline =
+            Instant::now() + stall + Duration::from_secs_f64((end - from) as f64 / 262_144.0);
         let (url, source, counter) = match up {
             Upstream::Registry => (
                 o.url.clone(),
@@ -679,9 +728,14 @@ impl Node {
             req = req.header(AUTHORIZATION, a);
         }
         if *up != Upstream::Registry {
+            let path = if path.is_empty() {
+                self.cfg.advertise.clone()
+            } else {
+                format!("{path},{}", self.cfg.advertise)
+            };
             req = req
                 .header(NODE_HEADER, &self.cfg.advertise)
-                .header(PATH_HEADER, &self.cfg.advertise);
+                .header(PATH_HEADER, path);
         }
         let mut resp = tokio::time::timeout(stall, req.send())
             .await
@@ -702,8 +756,9 @@ impl Node {
         piece.set_source(&source);
         let mut got = 0u64;
         while from + got < end {
-            match tokio::time::timeout(stall, resp.chunk()).await {
-                Err(_) => return Err(format!("{source}: stalled for {stall:?}")),
+            let wait = stall.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, resp.chunk()).await {
+                Err(_) => return Err(format!("{source}: stalled, or slower than 256 KiB/s")),
                 Ok(Err(e)) => return Err(format!("{source}: {e}")),
                 Ok(Ok(None)) => {
                     return Err(format!(
@@ -753,14 +808,18 @@ impl Node {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        remote: std::net::SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_string();
         let prefix = format!("/{}/", self.cfg.api_key);
         let resp = if let Some(origin) = path.strip_prefix(&prefix) {
             let origin = origin.to_string();
             match *req.method() {
-                Method::GET | Method::HEAD => self.serve_blob(&req, &origin).await,
-                Method::DELETE => self.bad_range(&req, &origin).await,
+                Method::GET | Method::HEAD => self.serve_blob(&req, &origin, remote).await,
+                // Reports come from the reader on this host only: anyone else could make an
+                // agent drop its cache and blame honest parents.
+                Method::DELETE if remote.ip().is_loopback() => self.bad_range(&req, &origin).await,
+                Method::DELETE => text(StatusCode::FORBIDDEN, "DELETE is for the local reader"),
                 _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or DELETE"),
             }
         } else {
@@ -805,7 +864,12 @@ impl Node {
         req.headers().get(name).and_then(|v| v.to_str().ok())
     }
 
-    async fn serve_blob(self: &Arc<Self>, req: &Request<Incoming>, origin: &str) -> Response<Body> {
+    async fn serve_blob(
+        self: &Arc<Self>,
+        req: &Request<Incoming>,
+        origin: &str,
+        remote: std::net::SocketAddr,
+    ) -> Response<Body> {
         Metrics::add(&self.metrics.requests, 1);
         let o = match Origin::parse(origin) {
             Ok(o) => o,
@@ -814,8 +878,22 @@ impl Node {
         if let Err(r) = self.allowed_registry(&o) {
             return refusal(&r);
         }
-        let peer = Self::header(req, NODE_HEADER).map(str::to_string);
-        if let Some(p) = Self::header(req, PATH_HEADER) {
+        // A child (upload limits, no read-ahead): a request naming its node, or any request
+        // from another host. Limits are per child: its address, or on a shared loopback (tests,
+        // several nodes on one host) the node it names.
+        let named = Self::header(req, NODE_HEADER);
+        let peer = match (named, remote.ip().is_loopback()) {
+            (Some(n), true) => Some(n.chars().take(256).collect::<String>()),
+            (_, false) => Some(remote.ip().to_string()),
+            (None, true) => None,
+        };
+        let path = Self::header(req, PATH_HEADER)
+            .unwrap_or("")
+            .chars()
+            .take(4096)
+            .collect::<String>();
+        {
+            let p = &path;
             if p.split(',').any(|n| n.trim() == self.cfg.advertise) {
                 Metrics::add(&self.metrics.loops, 1);
                 return text(
@@ -849,7 +927,7 @@ impl Node {
         } else {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             let me = self.clone();
-            tokio::spawn(async move { me.stream(o, start, end, size, auth, peer, tx).await });
+            tokio::spawn(async move { me.stream(o, start, end, size, auth, peer, path, tx).await });
             StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
         };
         let mut resp = Response::new(body);
@@ -878,22 +956,28 @@ impl Node {
         size: u64,
         auth: Option<String>,
         peer: Option<String>,
+        path: String,
         tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
     ) {
         let ps = self.cfg.piece_size;
         let child_bucket = match (&peer, self.cfg.upload.per_child_bytes_per_sec) {
-            (Some(p), r) if r > 0 => Some(
-                lock(&self.per_child)
-                    .entry(p.clone())
-                    .or_insert_with(|| Arc::new(Bucket::new(r)))
-                    .clone(),
-            ),
+            (Some(p), r) if r > 0 => {
+                let mut m = lock(&self.per_child);
+                if m.len() > 4096 {
+                    m.retain(|_, b| Arc::strong_count(b) > 1);
+                }
+                Some(
+                    m.entry(p.clone())
+                        .or_insert_with(|| Arc::new(Bucket::new(r)))
+                        .clone(),
+                )
+            }
             _ => None,
         };
         let mut pos = start;
         while pos < end {
             let idx = pos / ps;
-            let piece = self.piece(&o, idx, size, &auth);
+            let piece = self.piece(&o, idx, size, &auth, &path);
             // Read ahead for the local reader only: children ask for what they need, and a
             // read-ahead at every level of the tree would multiply.
             let ahead = if peer.is_none() {
@@ -902,8 +986,8 @@ impl Node {
                 0
             };
             for k in 1..=ahead {
-                if (idx + k) * ps < size.min(end + self.cfg.prefetch_pieces * ps) {
-                    self.piece(&o, idx + k, size, &auth);
+                if (idx + k).saturating_mul(ps) < size {
+                    self.piece(&o, idx + k, size, &auth, &path);
                 }
             }
             let base = idx * ps;
@@ -969,12 +1053,10 @@ impl Node {
         let key = o.key();
         let ps = self.cfg.piece_size;
         let mut sources = HashSet::new();
-        for idx in start / ps..end.div_ceil(ps) {
-            if let Some(p) = self.store.remove(&key, idx) {
-                for s in p.source().split(',') {
-                    if s.starts_with("http") {
-                        sources.insert(s.to_string());
-                    }
+        for p in self.store.remove_range(&key, start / ps, (end - 1) / ps) {
+            for s in p.source().split(',') {
+                if s.starts_with("http") {
+                    sources.insert(s.to_string());
                 }
             }
         }
@@ -1065,10 +1147,17 @@ impl Node {
         let (parent, depth) = {
             let mut trees = lock(&self.trees);
             let now = Instant::now();
-            trees.retain(|_, t| {
-                t.expire(now);
-                !t.is_empty()
-            });
+            {
+                // Drop empty trees now and then, not on every join.
+                let mut swept = lock(&self.trees_swept);
+                if now.saturating_duration_since(*swept) >= Duration::from_secs(1) {
+                    *swept = now;
+                    trees.retain(|_, t| {
+                        t.expire(now);
+                        !t.is_empty()
+                    });
+                }
+            }
             let t = trees.entry(o.key()).or_insert_with(|| {
                 Tree::new(self.cfg.fanout, Duration::from_secs(self.cfg.tree_ttl_secs))
             });
@@ -1113,23 +1202,66 @@ impl Node {
     }
 }
 
+/// Fails and drops a piece whose filling did not finish.
+struct FillGuard {
+    node: Arc<Node>,
+    key: String,
+    idx: u64,
+    piece: Arc<Piece>,
+    done: bool,
+    why: String,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.node
+                .store
+                .remove_if_same(&self.key, self.idx, &self.piece);
+            self.piece.fail(std::mem::take(&mut self.why));
+        }
+    }
+}
+
 /// Accepts connections until the listener fails.
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    // Bounded connections, each with a deadline for its request headers: idle or slow
+    // clients cannot use up the file descriptors.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = listener.accept().await?;
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (stream, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: wait and go on.
+                warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| node.clone().handle(req));
+            let svc = hyper::service::service_fn(move |req| node.clone().handle(req, remote));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await
             {
                 debug!("connection: {e}");
             }
+            drop(permit);
         });
     }
 }
+
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 8192;
 
 #[cfg(test)]
 mod tests {
@@ -1144,7 +1276,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.authority, "127.0.0.1:5000");
         assert_eq!(o.repository, "library/busybox");
-        assert_eq!(o.key(), format!("127.0.0.1:5000/{d}"));
+        assert_eq!(o.key(), format!("http://127.0.0.1:5000/{d}"));
         for bad in [
             format!("ftp://h/v2/r/blobs/{d}"),
             format!("http://h/v2/r/manifests/{d}"),

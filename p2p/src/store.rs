@@ -337,11 +337,54 @@ impl Store {
             }
             let tmp = bd.join(format!(".{idx}.tmp"));
             std::fs::write(&tmp, &b)?;
-            std::fs::rename(&tmp, bd.join(idx.to_string()))?;
+            let file = bd.join(idx.to_string());
+            // Renamed under the lock, so that a removal cannot slip between the check and
+            // the rename and leave a file behind that a restart would load.
+            let inner = self.lock();
+            let still = inner
+                .pieces
+                .get(&(key.to_string(), idx))
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(&s.piece), piece));
+            if still {
+                std::fs::rename(&tmp, &file)?;
+            } else {
+                let _ = std::fs::remove_file(&tmp);
+            }
         }
         let mut inner = self.lock();
         Self::evict(&mut inner, self.max_bytes, self.dir.as_deref());
         Ok(())
+    }
+
+    /// Drops the piece at `idx` if it is `piece` (not a newer one fetched since).
+    pub fn remove_if_same(&self, key: &str, idx: u64, piece: &Piece) -> bool {
+        let same = self
+            .peek(key, idx)
+            .is_some_and(|p| std::ptr::eq(Arc::as_ptr(&p), piece));
+        same && self.remove(key, idx).is_some()
+    }
+
+    /// Drops the pieces of `key` from `first` to `last` (inclusive) that are here; returns
+    /// them.
+    pub fn remove_range(&self, key: &str, first: u64, last: u64) -> Vec<Arc<Piece>> {
+        let ids: Vec<u64> = {
+            let inner = self.lock();
+            if last.saturating_sub(first) < inner.pieces.len() as u64 {
+                (first..=last)
+                    .filter(|i| inner.pieces.contains_key(&(key.to_string(), *i)))
+                    .collect()
+            } else {
+                inner
+                    .pieces
+                    .keys()
+                    .filter(|(k, i)| k == key && (first..=last).contains(i))
+                    .map(|(_, i)| *i)
+                    .collect()
+            }
+        };
+        ids.into_iter()
+            .filter_map(|i| self.remove(key, i))
+            .collect()
     }
 
     /// Drops a piece (failed to fill, or its bytes were reported bad).
@@ -371,10 +414,13 @@ impl Store {
     }
 
     /// The complete pieces of `key`, in order, if all `count` are present.
-    pub fn all_of(&self, key: &str, count: u64) -> Option<Vec<Bytes>> {
+    pub fn all_of(&self, key: &str, count: u64) -> Option<Vec<Arc<Piece>>> {
         let inner = self.lock();
         (0..count)
-            .map(|i| inner.pieces.get(&(key.to_string(), i))?.piece.bytes())
+            .map(|i| {
+                let p = &inner.pieces.get(&(key.to_string(), i))?.piece;
+                p.is_done().then(|| p.clone())
+            })
             .collect()
     }
 

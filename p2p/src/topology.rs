@@ -44,8 +44,6 @@ struct Entry {
     seen: Instant,
     /// Joined order, for stable choices.
     seq: u64,
-    /// Served bytes that failed verification: never given as a parent again.
-    avoided: bool,
 }
 
 /// One blob's tree, kept by its owning root.
@@ -60,6 +58,9 @@ pub struct Tree {
     /// `open_key` says which key each has in it.
     open: BTreeSet<(u32, u64, String)>,
     open_key: HashMap<String, (u32, u64)>,
+    /// Nodes that served bytes that failed verification, and when they were reported: never
+    /// given as a parent again (until the report is `ttl` old).
+    avoided: HashMap<String, Instant>,
     seq: u64,
     swept: Option<Instant>,
 }
@@ -83,6 +84,7 @@ impl Tree {
             kids: HashMap::new(),
             open: BTreeSet::new(),
             open_key: HashMap::new(),
+            avoided: HashMap::new(),
             seq: 0,
             swept: None,
         }
@@ -100,7 +102,7 @@ impl Tree {
         let Some(e) = self.nodes.get(node) else {
             return;
         };
-        if !e.avoided && self.children(Some(node)) < self.fanout {
+        if !self.avoided.contains_key(node) && self.children(Some(node)) < self.fanout {
             let (d, s) = (e.depth, e.seq);
             self.open.insert((d, s, node.to_string()));
             self.open_key.insert(node.to_string(), (d, s));
@@ -171,6 +173,16 @@ impl Tree {
         for n in old {
             self.remove(&n);
         }
+        let back: Vec<String> = self
+            .avoided
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in back {
+            self.avoided.remove(&n);
+            self.refresh(&n);
+        }
     }
 
     /// `node` asks where to fetch from; `failed` is a parent it could not fetch from. Returns
@@ -190,8 +202,8 @@ impl Tree {
             self.expire(now);
         }
         if let Some(f) = failed {
-            // A failed node leaves the tree; an avoided one stays, to stay avoided.
-            if f != node && !self.is_avoided(f) {
+            // A failed node leaves the tree (an avoided one stays avoided).
+            if f != node {
                 self.remove(f);
             }
         }
@@ -205,7 +217,7 @@ impl Tree {
             let depth = e.depth;
             let parent_ok = match &parent {
                 None => true,
-                Some(p) => self.nodes.get(p).is_some_and(|pe| !pe.avoided),
+                Some(p) => self.nodes.contains_key(p) && !self.is_avoided(p),
             };
             if keep && parent_ok {
                 return (parent, depth);
@@ -228,7 +240,6 @@ impl Tree {
         let (pdepth, _, parent) = best.unwrap_or((0, 0, None));
         self.seq += 1;
         let seq = self.seq;
-        let avoided = self.nodes.get(node).is_some_and(|e| e.avoided);
         self.insert(
             node,
             Entry {
@@ -236,7 +247,6 @@ impl Tree {
                 depth: pdepth + 1,
                 seen: now,
                 seq,
-                avoided,
             },
         );
         (parent, pdepth + 1)
@@ -244,31 +254,19 @@ impl Tree {
 
     /// `node` served bytes that failed verification.
     pub fn avoid(&mut self, node: &str, now: Instant) {
-        match self.nodes.get_mut(node) {
-            Some(e) => {
-                e.avoided = true;
-                self.refresh(node);
-            }
-            None => {
-                // Known only from the report: a member with no place in the tree.
-                let e = Entry {
-                    parent: Some("(reported)".into()),
-                    depth: 1,
-                    seen: now,
-                    seq: self.seq,
-                    avoided: true,
-                };
-                self.insert(node, e);
-            }
+        if self.avoided.len() >= 100_000 && !self.avoided.contains_key(node) {
+            return; // bounded: reports are from readers of the blob, but many hosts lie
         }
+        self.avoided.insert(node.to_string(), now);
+        self.refresh(node);
     }
 
     pub fn is_avoided(&self, node: &str) -> bool {
-        self.nodes.get(node).is_some_and(|e| e.avoided)
+        self.avoided.contains_key(node)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.nodes.is_empty() && self.avoided.is_empty()
     }
 
     pub fn shape(&self) -> Shape {
@@ -278,12 +276,7 @@ impl Tree {
                 *counts.entry(p.as_str()).or_default() += 1;
             }
         }
-        let mut avoided: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, e)| e.avoided)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let mut avoided: Vec<String> = self.avoided.keys().cloned().collect();
         avoided.sort();
         Shape {
             nodes: self.nodes.len(),

@@ -77,7 +77,7 @@ fn sixteen_agents_read_one_blob_and_the_registry_serves_it_once() {
         b.size
     );
     // One root owns the blob: it fetched it, the other did nothing.
-    let key = format!("{}/{}", c.host(), b.digest);
+    let key = format!("http://{}/{}", c.host(), b.digest);
     let own = owner(&c, &key).expect("a root keeps the blob's tree");
     let fetched: Vec<u64> = c
         .roots
@@ -169,7 +169,7 @@ fn an_agent_killed_in_the_middle_of_the_tree_leaves_its_children_to_finish() {
         ..Default::default()
     });
     let b = c.push_blob("p2p/mid", 64, 2);
-    let key = format!("{}/{}", c.host(), b.digest);
+    let key = format!("http://{}/{}", c.host(), b.digest);
     let (victim, results) = read_while_killing(&c, &b, Duration::from_millis(700), |c| {
         let own = owner(c, &key).expect("the blob's tree");
         let t = trees(&own.url);
@@ -226,7 +226,7 @@ fn a_killed_root_hands_its_blobs_to_the_other() {
         ..Default::default()
     });
     let b = c.push_blob("p2p/root", 64, 3);
-    let key = format!("{}/{}", c.host(), b.digest);
+    let key = format!("http://{}/{}", c.host(), b.digest);
     let (victim, results) = read_while_killing(&c, &b, Duration::from_millis(700), |c| {
         let i = c
             .roots
@@ -269,7 +269,7 @@ fn an_agent_serving_bad_bytes_is_caught_and_avoided() {
         ..Default::default()
     });
     let b = c.push_blob("p2p/bad", 32, 4);
-    let key = format!("{}/{}", c.host(), b.digest);
+    let key = format!("http://{}/{}", c.host(), b.digest);
     // agent0 joins first (under the root), so the next joiners below the root are its
     // children: agents 2 and 3 with fan-out 2.
     let r0 = c.read(Some(&c.agents[0]), &b).unwrap();
@@ -326,6 +326,13 @@ fn no_cache_serves_a_private_blob_without_valid_credentials() {
     let r = c.read(Some(&c.agents[0]), &b).unwrap();
     assert_eq!(r.raw_sha256, b.raw_sha256);
     assert!(r.agent_bytes >= b.size);
+    // alice may read private/other too (another blob): that allowance must not open
+    // private/app's blob under private/other's name.
+    let other = c.push_blob("private/other", 1, 8);
+    assert_eq!(
+        c.read(Some(&c.agents[0]), &other).unwrap().raw_sha256,
+        other.raw_sha256
+    );
     let url = format!("http://{}/v2/private/app/blobs/{}", c.host(), b.digest);
     let other_repo = format!("http://{}/v2/private/other/blobs/{}", c.host(), b.digest);
     let http = reqwest::blocking::Client::new();

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub digest_checks: AtomicU64,
     pub digest_failures: AtomicU64,
     pub loops: AtomicU64,
+    pub peer_credentials: AtomicU64,
 }
 
 /// Gauges computed at scrape time.
@@ -135,6 +136,11 @@ impl Metrics {
             "p2p_loops_total",
             "Requests refused because they had already passed through this node.",
             &[("", get(&self.loops))],
+        );
+        c(
+            "p2p_peer_credentials_total",
+            "Requests from child nodes that carried registry credentials (our nodes never send them).",
+            &[("", get(&self.peer_credentials))],
         );
         c(
             "p2p_cache_bytes",

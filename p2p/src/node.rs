@@ -199,6 +199,11 @@ pub struct Node {
     access: Mutex<HashMap<AccessKey, Instant>>,
     /// Roots that did not answer, until when to skip them.
     down: Mutex<HashMap<String, Instant>>,
+    /// Roots: (blob key, repository, node) whose join passed the access check, until when.
+    joined: Mutex<HashMap<(String, String, String), Instant>>,
+    /// Credentials this node may use upstream for a blob: its own local reader's (agents), or
+    /// the last ones a join proved (roots). Never a child's.
+    fetch_auth: Mutex<HashMap<String, Option<String>>>,
     /// Blobs whose whole-blob digest check is running.
     checked: Mutex<HashSet<String>>,
     trees_swept: Mutex<Instant>,
@@ -303,6 +308,8 @@ impl Node {
             blobs: Mutex::default(),
             access: Mutex::default(),
             down: Mutex::default(),
+            joined: Mutex::default(),
+            fetch_auth: Mutex::default(),
             checked: Mutex::default(),
             trees_swept: Mutex::new(Instant::now()),
             global,
@@ -591,6 +598,7 @@ impl Node {
             done: false,
             why: "the fetch was abandoned".into(),
         };
+        let auth = auth.or_else(|| lock(&self.fetch_auth).get(&key).cloned().flatten());
         let start = idx * self.cfg.piece_size;
         let end = start + piece.len as u64;
         let mut failures = 0u32;
@@ -724,7 +732,8 @@ impl Node {
             .http
             .get(&url)
             .header(RANGE, format!("bytes={from}-{}", end - 1));
-        if let Some(a) = auth {
+        // Credentials go to the registry only; a parent learns who we are, and asks the root.
+        if let (Some(a), Upstream::Registry) = (auth, up) {
             req = req.header(AUTHORIZATION, a);
         }
         if *up != Upstream::Registry {
@@ -826,6 +835,7 @@ impl Node {
             match (req.method().clone(), path.as_str()) {
                 (Method::POST, "/_p2p/v1/join") => self.on_join(req).await,
                 (Method::POST, "/_p2p/v1/report") => self.on_report(req).await,
+                (Method::POST, "/_p2p/v1/vouch") => self.on_vouch(req).await,
                 (Method::GET, "/_p2p/v1/trees") => {
                     let trees = lock(&self.trees);
                     let view: HashMap<&String, TreeView> = trees
@@ -903,10 +913,26 @@ impl Node {
             }
         }
         let auth = Self::header(req, AUTHORIZATION).map(str::to_string);
-        let size = match self.authorize(&o, auth.as_deref()).await {
-            Ok(s) => s,
-            Err(r) => return refusal(&r),
+        // A child of ours shows no credentials, only who it is (dadi-p2proxy's children, and
+        // overlaybd talking to us, send the registry's).
+        let size = match (&auth, named) {
+            (None, Some(node)) => self.authorize_peer(&o, node, remote).await,
+            _ => self.authorize(&o, auth.as_deref()).await,
         };
+        let size = match size {
+            Ok(s) => s,
+            Err(r) => {
+                Metrics::add(&self.metrics.access_denied, 1);
+                return refusal(&r);
+            }
+        };
+        if auth.is_some() && named.is_some() {
+            Metrics::add(&self.metrics.peer_credentials, 1);
+        }
+        if auth.is_some() && named.is_none() && remote.ip().is_loopback() {
+            // The local reader's credentials: what this node uses upstream for this blob.
+            lock(&self.fetch_auth).insert(o.key(), auth.clone());
+        }
         let range = match parse_range(Self::header(req, RANGE), size) {
             Ok(r) => r,
             Err(()) => {
@@ -1144,6 +1170,8 @@ impl Node {
             Err(r) => return refusal(&r),
         };
         Metrics::add(&self.metrics.joins, 1);
+        self.vouch_for(&o, &j.node);
+        lock(&self.fetch_auth).insert(o.key(), auth.clone());
         let (parent, depth) = {
             let mut trees = lock(&self.trees);
             let now = Instant::now();
@@ -1169,6 +1197,128 @@ impl Node {
             parent,
             depth,
         })
+    }
+
+    /// Records that `node` proved access to `o` (at join).
+    fn vouch_for(&self, o: &Origin, node: &str) {
+        let until = Instant::now() + Duration::from_secs(self.cfg.access_ttl_secs);
+        let mut j = lock(&self.joined);
+        if j.len() > 200_000 {
+            let now = Instant::now();
+            j.retain(|_, t| *t > now);
+        }
+        j.insert((o.key(), o.repository.clone(), node.to_string()), until);
+    }
+
+    fn vouched(&self, o: &Origin, node: &str) -> bool {
+        lock(&self.joined)
+            .get(&(o.key(), o.repository.clone(), node.to_string()))
+            .is_some_and(|t| *t > Instant::now())
+    }
+
+    /// A parent asks whether `node` proved access to the blob (roots): `{size}` or 403.
+    async fn on_vouch(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if self.cfg.role != Role::Root {
+            return text(StatusCode::NOT_FOUND, "not a root");
+        }
+        let (v, _): (ReportRequest, _) = match Self::read_json(req).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let o = match Origin::parse(&v.url) {
+            Ok(o) => o,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        };
+        let size = lock(&self.blobs).get(&o.key()).map(|b| b.size);
+        match size {
+            Some(size) if self.vouched(&o, &v.node) => json(&JoinReply {
+                size,
+                parent: None,
+                depth: 0,
+            }),
+            _ => text(
+                StatusCode::FORBIDDEN,
+                format!("{} has not shown access to {}", v.node, o.url),
+            ),
+        }
+    }
+
+    /// Whether the child `node` (asking from `remote`) may read `o`: it must ask from its
+    /// own address, and the owning root must have seen it pass the access check at join.
+    async fn authorize_peer(
+        &self,
+        o: &Origin,
+        node: &str,
+        remote: std::net::SocketAddr,
+    ) -> Result<u64, Refusal> {
+        let denied = |why: String| Err(Refusal::new(StatusCode::FORBIDDEN, why));
+        let host = node
+            .split_once("://")
+            .map(|(_, r)| r)
+            .and_then(|r| r.rsplit_once(':').map(|(h, _)| h))
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let ip = remote.ip();
+        let same = host.parse::<std::net::IpAddr>().is_ok_and(|h| h == ip)
+            || (ip.is_loopback() && host == "localhost");
+        if !same {
+            return denied(format!("{node} asked from {ip}"));
+        }
+        // "peer:" keeps these apart from credentials' entries (repositories have no ':').
+        let akey = (
+            o.key(),
+            format!("peer:{}", o.repository),
+            auth_hash(Some(node)),
+        );
+        let known = lock(&self.blobs).get(&o.key()).map(|b| b.size);
+        if let Some(size) = known {
+            let ok = lock(&self.access)
+                .get(&akey)
+                .is_some_and(|t| *t > Instant::now());
+            if ok || (self.cfg.role == Role::Root && self.vouched(o, node)) {
+                return Ok(size);
+            }
+        }
+        Metrics::add(&self.metrics.access_checks, 1);
+        let body = serde_json::to_vec(&ReportRequest {
+            url: o.url.clone(),
+            node: node.to_string(),
+        })
+        .unwrap_or_default();
+        for root in self.roots_for(&o.key()) {
+            if root == self.cfg.advertise {
+                continue;
+            }
+            let resp = self
+                .http
+                .post(format!("{root}/_p2p/v1/vouch"))
+                .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let Ok(resp) = resp else { continue };
+            if !resp.status().is_success() {
+                // Another root may hold the tree after a failover.
+                continue;
+            }
+            let Ok(reply) = resp.json::<JoinReply>().await else {
+                continue;
+            };
+            if reply.size > MAX_BLOB {
+                continue;
+            }
+            let until = Instant::now() + Duration::from_secs(self.cfg.access_ttl_secs);
+            lock(&self.access).insert(akey, until);
+            lock(&self.blobs).entry(o.key()).or_insert(BlobState {
+                size: reply.size,
+                upstream: Upstream::Registry,
+                depth: 0,
+            });
+            return Ok(reply.size);
+        }
+        denied(format!("no root vouches for {node} reading {}", o.url))
     }
 
     async fn on_report(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {

@@ -404,6 +404,22 @@ fn no_cache_serves_a_private_blob_without_valid_credentials() {
         assert_eq!(ok.status().as_u16(), 206, "{}", n.proc.name);
         assert_eq!(ok.bytes().unwrap(), direct, "{}", n.proc.name);
     }
+    // Credentials go to the registry and the roots only: children ask their parents
+    // without them.
+    for n in all_nodes(&c) {
+        assert_eq!(
+            metric(&n.url, "p2p_peer_credentials_total"),
+            0,
+            "{}",
+            n.proc.name
+        );
+    }
+    let served: u64 = c
+        .roots
+        .iter()
+        .map(|r| metric(&r.url, "p2p_served_bytes_total{to=\"child\"}"))
+        .sum();
+    assert!(served >= b.size, "{served}");
     let denied: u64 = all_nodes(&c)
         .iter()
         .map(|n| metric(&n.url, "p2p_access_denied_total"))

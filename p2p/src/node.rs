@@ -142,6 +142,20 @@ struct Refusal {
 }
 
 impl Refusal {
+    /// An upstream's answer passed on: 401 (with its challenge), 403 and 404 as they are,
+    /// anything else as 502.
+    fn passed_on(status: u16, www_authenticate: Option<String>, message: String) -> Refusal {
+        let status = match StatusCode::from_u16(status) {
+            Ok(s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)) => s,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Refusal {
+            status,
+            www_authenticate,
+            message,
+        }
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
         Refusal {
             status,
@@ -181,8 +195,17 @@ pub struct TreeView {
     pub parents: Vec<(String, Option<String>, u32)>,
 }
 
-/// (blob key, repository, sha256 of the Authorization header).
-type AccessKey = (String, String, [u8; 32]);
+/// Who an access check was for: the holder of some credentials, or a child node the owning
+/// root vouched for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Holder {
+    /// SHA-256 of the `Authorization` header.
+    Credentials([u8; 32]),
+    Node(String),
+}
+
+/// (blob key, repository, holder).
+type AccessKey = (String, String, Holder);
 
 /// Blobs larger than this are refused (a registry's size is untrusted input).
 pub const MAX_BLOB: u64 = 1 << 48;
@@ -281,6 +304,14 @@ pub fn parse_range(h: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()>
     Ok(Some((start, end)))
 }
 
+/// An upstream's `WWW-Authenticate`.
+fn challenge(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 fn auth_hash(auth: Option<&str>) -> [u8; 32] {
     Sha256::digest(auth.unwrap_or("").as_bytes()).into()
 }
@@ -337,7 +368,11 @@ impl Node {
     /// `access_ttl_secs`. Returns the blob's size.
     async fn authorize(&self, o: &Origin, auth: Option<&str>) -> Result<u64, Refusal> {
         let key = o.key();
-        let akey = (key.clone(), o.repository.clone(), auth_hash(auth));
+        let akey = (
+            key.clone(),
+            o.repository.clone(),
+            Holder::Credentials(auth_hash(auth)),
+        );
         let known = lock(&self.blobs).get(&key).map(|b| b.size);
         if let Some(size) = known {
             if lock(&self.access)
@@ -403,20 +438,11 @@ impl Node {
                     )
                 });
         }
-        let code = StatusCode::from_u16(st.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let status = match code {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => code,
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        Err(Refusal {
-            status,
-            www_authenticate: resp
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            message: format!("registry {} answered {st} for {}", o.authority, o.url),
-        })
+        Err(Refusal::passed_on(
+            st.as_u16(),
+            challenge(&resp),
+            format!("registry {} answered {st} for {}", o.authority, o.url),
+        ))
     }
 
     fn roots_for(&self, key: &str) -> Vec<String> {
@@ -505,18 +531,10 @@ impl Node {
                 );
                 return Ok(reply.size);
             }
-            let www = resp
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let www = challenge(&resp);
             let msg = resp.text().await.unwrap_or_default();
             if matches!(st.as_u16(), 401 | 403 | 404) {
-                return Err(Refusal {
-                    status: StatusCode::from_u16(st.as_u16()).unwrap_or(StatusCode::FORBIDDEN),
-                    www_authenticate: www,
-                    message: msg.trim().to_string(),
-                });
+                return Err(Refusal::passed_on(st.as_u16(), www, msg.trim().to_string()));
             }
             // The root answered but could not serve (its registry failed, say): every agent
             // reading the registry itself would be a stampede. Pass the failure on.
@@ -1186,16 +1204,21 @@ impl Node {
                     });
                 }
             }
-            let t = trees.entry(o.key()).or_insert_with(|| {
-                Tree::new(self.cfg.fanout, Duration::from_secs(self.cfg.tree_ttl_secs))
-            });
-            t.join(&j.node, j.failed.as_deref(), now)
+            self.tree(&mut trees, &o)
+                .join(&j.node, j.failed.as_deref(), now)
         };
         debug!(blob = %o.key(), node = j.node, ?parent, depth, "join");
         json(&JoinReply {
             size,
             parent,
             depth,
+        })
+    }
+
+    /// The tree of `o` (a new one if none).
+    fn tree<'a>(&self, trees: &'a mut HashMap<String, Tree>, o: &Origin) -> &'a mut Tree {
+        trees.entry(o.key()).or_insert_with(|| {
+            Tree::new(self.cfg.fanout, Duration::from_secs(self.cfg.tree_ttl_secs))
         })
     }
 
@@ -1265,11 +1288,10 @@ impl Node {
         if !same {
             return denied(format!("{node} asked from {ip}"));
         }
-        // "peer:" keeps these apart from credentials' entries (repositories have no ':').
         let akey = (
             o.key(),
-            format!("peer:{}", o.repository),
-            auth_hash(Some(node)),
+            o.repository.clone(),
+            Holder::Node(node.to_string()),
         );
         let known = lock(&self.blobs).get(&o.key()).map(|b| b.size);
         if let Some(size) = known {
@@ -1342,11 +1364,7 @@ impl Node {
         }
         Metrics::add(&self.metrics.reports, 1);
         warn!(blob = %o.key(), node = r.node, "reported for serving bad bytes: avoided");
-        lock(&self.trees)
-            .entry(o.key())
-            .or_insert_with(|| {
-                Tree::new(self.cfg.fanout, Duration::from_secs(self.cfg.tree_ttl_secs))
-            })
+        self.tree(&mut lock(&self.trees), &o)
             .avoid(&r.node, Instant::now());
         text(StatusCode::NO_CONTENT, "")
     }

@@ -416,12 +416,19 @@ impl Store {
     /// The complete pieces of `key`, in order, if all `count` are present.
     pub fn all_of(&self, key: &str, count: u64) -> Option<Vec<Arc<Piece>>> {
         let inner = self.lock();
+        // Called at every piece's completion: pieces mostly arrive in order, so a missing one
+        // is found first from the end, without walking the blob each time.
         (0..count)
+            .rev()
             .map(|i| {
                 let p = &inner.pieces.get(&(key.to_string(), i))?.piece;
                 p.is_done().then(|| p.clone())
             })
-            .collect()
+            .collect::<Option<Vec<_>>>()
+            .map(|mut v| {
+                v.reverse();
+                v
+            })
     }
 
     pub fn peek(&self, key: &str, idx: u64) -> Option<Arc<Piece>> {

@@ -13,6 +13,11 @@ fn all_nodes(c: &Cluster) -> Vec<&P2pNode> {
     c.roots.iter().chain(c.agents.iter()).collect()
 }
 
+/// A blob's cache and tree key (`scheme://registry/digest`), as the nodes name it.
+fn blob_key(c: &Cluster, b: &e2e_tests::p2p::TestBlob) -> String {
+    format!("http://{}/{}", c.host(), b.digest)
+}
+
 /// The root whose trees hold `key` (`host:port/digest`).
 fn owner<'a>(c: &'a Cluster, key: &str) -> Option<&'a P2pNode> {
     c.roots
@@ -77,7 +82,7 @@ fn sixteen_agents_read_one_blob_and_the_registry_serves_it_once() {
         b.size
     );
     // One root owns the blob: it fetched it, the other did nothing.
-    let key = format!("http://{}/{}", c.host(), b.digest);
+    let key = blob_key(&c, &b);
     let own = owner(&c, &key).expect("a root keeps the blob's tree");
     let fetched: Vec<u64> = c
         .roots
@@ -169,7 +174,7 @@ fn an_agent_killed_in_the_middle_of_the_tree_leaves_its_children_to_finish() {
         ..Default::default()
     });
     let b = c.push_blob("p2p/mid", 64, 2);
-    let key = format!("http://{}/{}", c.host(), b.digest);
+    let key = blob_key(&c, &b);
     let (victim, results) = read_while_killing(&c, &b, Duration::from_millis(700), |c| {
         let own = owner(c, &key).expect("the blob's tree");
         let t = trees(&own.url);
@@ -226,7 +231,7 @@ fn a_killed_root_hands_its_blobs_to_the_other() {
         ..Default::default()
     });
     let b = c.push_blob("p2p/root", 64, 3);
-    let key = format!("http://{}/{}", c.host(), b.digest);
+    let key = blob_key(&c, &b);
     let (victim, results) = read_while_killing(&c, &b, Duration::from_millis(700), |c| {
         let i = c
             .roots
@@ -269,7 +274,7 @@ fn an_agent_serving_bad_bytes_is_caught_and_avoided() {
         ..Default::default()
     });
     let b = c.push_blob("p2p/bad", 32, 4);
-    let key = format!("http://{}/{}", c.host(), b.digest);
+    let key = blob_key(&c, &b);
     // agent0 joins first (under the root), so the next joiners below the root are its
     // children: agents 2 and 3 with fan-out 2.
     let r0 = c.read(Some(&c.agents[0]), &b).unwrap();

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -227,11 +227,27 @@ pub struct Node {
     /// Credentials this node may use upstream for a blob: its own local reader's (agents), or
     /// the last ones a join proved (roots). Never a child's.
     fetch_auth: Mutex<HashMap<String, Option<String>>>,
-    /// Blobs whose whole-blob digest check is running.
-    checked: Mutex<HashSet<String>>,
+    /// Whole-blob digest checks: running, or passed for exactly these pieces.
+    checked: Mutex<HashMap<String, Check>>,
     trees_swept: Mutex<Instant>,
     global: Option<Bucket>,
     per_child: Mutex<HashMap<String, Arc<Bucket>>>,
+}
+
+/// A blob's whole-blob digest check.
+#[derive(Debug)]
+enum Check {
+    Running,
+    /// Passed for these pieces (weak: the store decides how long pieces live).
+    Passed(Vec<Weak<Piece>>),
+}
+
+fn same_pieces(done: &[Weak<Piece>], now: &[Arc<Piece>]) -> bool {
+    done.len() == now.len()
+        && done
+            .iter()
+            .zip(now)
+            .all(|(d, n)| std::ptr::eq(d.as_ptr(), Arc::as_ptr(n)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -663,13 +679,19 @@ impl Node {
     fn check_whole(self: &Arc<Self>, o: &Origin, size: u64) {
         let key = o.key();
         let count = size.div_ceil(self.cfg.piece_size);
-        if lock(&self.checked).contains(&key) {
-            return; // a check is running
-        }
         let Some(pieces) = self.store.all_of(&key, count) else {
             return;
         };
-        lock(&self.checked).insert(key.clone());
+        {
+            let mut checked = lock(&self.checked);
+            match checked.get(&key) {
+                Some(Check::Running) => return,
+                // Another piece's completion raced this one: these very pieces passed.
+                Some(Check::Passed(done)) if same_pieces(done, &pieces) => return,
+                _ => {}
+            }
+            checked.insert(key.clone(), Check::Running);
+        }
         let me = self.clone();
         let want = o.digest.clone();
         tokio::task::spawn_blocking(move || {
@@ -681,15 +703,17 @@ impl Node {
             if got == want {
                 Metrics::add(&me.metrics.digest_checks, 1);
                 debug!(blob = %key, "whole blob matches its digest");
+                // Pieces fetched again later (after eviction) are new pieces: checked again.
+                let done = pieces.iter().map(Arc::downgrade).collect();
+                lock(&me.checked).insert(key, Check::Passed(done));
             } else {
                 Metrics::add(&me.metrics.digest_failures, 1);
                 warn!(blob = %key, "whole blob is {got}: dropping its pieces");
                 for (i, p) in pieces.iter().enumerate() {
                     me.store.remove_if_same(&key, i as u64, p);
                 }
+                lock(&me.checked).remove(&key);
             }
-            // Pieces fetched again later (after eviction) are checked again.
-            lock(&me.checked).remove(&key);
         });
     }
 
@@ -1434,6 +1458,7 @@ const MAX_CONNECTIONS: usize = 8192;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn origins() {
@@ -1458,6 +1483,55 @@ mod tests {
         ] {
             assert!(Origin::parse(&bad).is_err(), "{bad}");
         }
+    }
+
+    /// A blob is checked once when its last pieces complete together, and again only when
+    /// a piece is replaced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn whole_blob_checked_once_per_set_of_pieces() {
+        let n = Node::new(Config {
+            piece_size: 4,
+            ..Config::default()
+        })
+        .unwrap();
+        let blob = b"0123456789";
+        let d = format!("sha256:{}", hex::encode(Sha256::digest(blob)));
+        let o = Origin::parse(&format!("http://127.0.0.1:1/v2/r/blobs/{d}")).unwrap();
+        let key = o.key();
+        let fill = |idx: u64| {
+            let part = &blob[idx as usize * 4..blob.len().min(idx as usize * 4 + 4)];
+            match n.store.get_or_start(&key, idx, part.len()) {
+                Lookup::Started(p) => assert!(p.append(part)),
+                Lookup::Hit(_) => panic!("piece {idx} is already there"),
+            }
+        };
+        let checks = |want: u64| {
+            let t = Instant::now();
+            while n.metrics.digest_checks.load(Ordering::Relaxed) < want
+                && t.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(n.metrics.digest_checks.load(Ordering::Relaxed), want);
+            assert!(!matches!(lock(&n.checked).get(&key), Some(Check::Running)));
+        };
+        fill(0);
+        n.check_whole(&o, 10);
+        fill(1);
+        fill(2);
+        // The tasks of pieces 1 and 2 both see the blob complete, while the check runs and
+        // after it has passed.
+        n.check_whole(&o, 10);
+        n.check_whole(&o, 10);
+        checks(1);
+        n.check_whole(&o, 10);
+        checks(1);
+        assert!(n.store.remove(&key, 1).is_some());
+        fill(1);
+        n.check_whole(&o, 10);
+        checks(2);
+        assert_eq!(n.metrics.digest_failures.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -224,7 +224,15 @@ impl Image {
                 let loc = BlobLocation::from_repo_blob_url(&cfg.repo_blob_url, &l.digest)?;
                 let what = loc.to_string();
                 let size = (l.size > 0).then_some(l.size);
-                let blob = RegistryBlob::open(loc, size, r.registry.clone())?;
+                // A blob the cache holds at the config's size was checked against the
+                // registry when it was fetched: attaching again (a daemon restart, a new
+                // container) needs no HEAD, and works while the registry is down.
+                let blob = match size {
+                    Some(s) if r.cache.holds(&l.digest, s) => {
+                        RegistryBlob::open_sized(loc, s, r.registry.clone())?
+                    }
+                    _ => RegistryBlob::open(loc, size, r.registry.clone())?,
+                };
                 let size = blob
                     .size()
                     .map_err(|e| Error::io("size", what.clone(), 0, e))?;

@@ -312,6 +312,17 @@ fn least_recently_used_blobs_are_evicted_between_watermarks() {
     drop(blobs);
     let again = CacheDir::open(dir.path(), cap, 0.9, 0.75, UNIT).unwrap();
     assert_eq!(again.used(), used);
+    // It holds a blob only at the size its record was written for (what lets an attach skip
+    // the registry's HEAD).
+    // Blobs 0 and 3 are cached now; 1 and 2 were evicted.
+    let size = 6 * UNIT as u64;
+    assert!(again.holds("sha256:0", size) && again.holds("sha256:3", size));
+    assert!(!again.holds("sha256:1", size) && !again.holds("sha256:2", size));
+    assert!(!again.holds("sha256:0", size + 1));
+    assert!(!again.holds("sha256:9", size));
+    assert!(!again.holds("../sha256:0", size));
+    std::fs::write(dir.path().join("sha256_3.record"), b"damaged").unwrap();
+    assert!(!again.holds("sha256:3", size));
 }
 
 #[test]

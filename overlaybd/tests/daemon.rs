@@ -166,13 +166,45 @@ fn a_remote_image_attaches_mounts_and_detaches() {
         0
     );
 
-    // A registry that does not answer fails the attach, naming the blob, within the deadline.
+    // The registry goes away. The cache holds the blob at the config's size: attaching again
+    // asks the registry nothing, and the files read as before.
+    let url = reg.url.clone();
     drop(reg);
+    d.ctl(&["attach", "g1", cfg.to_str().unwrap()]);
+    let lo = d.field("g1", "loop");
+    mount_ro(&lo, &mnt);
+    let r = std::panic::catch_unwind(|| common::assert_same_tree(&expected, &mnt));
+    umount(&mnt);
+    r.unwrap();
+    let stats = d.stats("g1");
+    assert!(stats.contains("overlaybd_fetch_requests_total"), "{stats}");
+    assert_eq!(
+        metric(&stats, "overlaybd_fetch_requests_total"),
+        0,
+        "the attach or the reads asked the registry: {stats}"
+    );
+    assert!(
+        metric(&stats, "overlaybd_device_read_bytes_total") > 0,
+        "{stats}"
+    );
+    d.ctl(&["detach", "g1"]);
+    // A blob the cache does not hold needs the registry: a registry that does not answer
+    // fails the attach, naming the blob, within the deadline.
+    let other = format!("sha256:{}", "7".repeat(64));
+    let cfg2 = tmp.path().join("config2.json");
+    std::fs::write(
+        &cfg2,
+        format!(
+            r#"{{"repoBlobUrl":"{url}/v2/lib/g/blobs","lowers":[{{"digest":"{other}","size":4096}}],"upper":{{}},"resultFile":"{}"}}"#,
+            tmp.path().join("result").display()
+        ),
+    )
+    .unwrap();
     let t = Instant::now();
-    let o = d.ctl_result(&["attach", "g2", cfg.to_str().unwrap()]);
+    let o = d.ctl_result(&["attach", "g2", cfg2.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains(&digest), "{err}");
+    assert!(err.contains(&other) && !err.contains(&digest), "{err}");
     assert!(t.elapsed() < Duration::from_secs(30));
     let result = std::fs::read_to_string(tmp.path().join("result")).unwrap();
     assert!(result.starts_with("failed:"), "{result}");

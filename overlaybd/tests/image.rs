@@ -118,11 +118,23 @@ fn remote_layers_from_a_registry_through_the_cache() {
         assert_eq!(cached.cached_bytes(), blobs[0].1);
     }
     remote.cache.checkpoint_all().unwrap();
-    // The registry goes away: opening needs it (the blob's size is checked), and says which
-    // blob could not be reached.
+    // The registry goes away. The cache holds both blobs at the config's sizes (checked
+    // against the registry when they were fetched): the image opens again without it, and
+    // reads the same disk.
     let url = reg.url.clone();
     drop(reg);
-    let e = Image::open(&c, Some(&remote)).unwrap_err().to_string();
+    {
+        let img = Image::open(&c, Some(&remote)).unwrap();
+        assert_eq!(disk_sha256(&img.stack), F_DISK);
+    }
+    // A cache without the blobs needs the registry (for the size, then the bytes): the
+    // error says which blob could not be reached.
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = Remote {
+        cache: CacheDir::open(empty_dir.path(), 1 << 30, 0.9, 0.7, 256 * 1024).unwrap(),
+        registry: quick(),
+    };
+    let e = Image::open(&c, Some(&empty)).unwrap_err().to_string();
     assert!(e.contains(&blobs[0].0) && e.contains(&url), "{e}");
     // A wrong size in the config is refused, naming the blob.
     let Some(reg) = Registry::start(None) else {
@@ -136,8 +148,13 @@ fn remote_layers_from_a_registry_through_the_cache() {
         r#"{{"repoBlobUrl":"{}/v2/obd/image/blobs","lowers":[{{"digest":"{d}","size":12}}]}}"#,
         reg.url
     ));
+    // The cache holds this blob at its real size: a config that says otherwise is checked
+    // with the registry, and the cached bytes are left alone.
     let e = Image::open(&bad, Some(&remote)).unwrap_err().to_string();
     assert!(e.contains(&d) && e.contains("12"), "{e}");
+    drop(reg);
+    let img = Image::open(&c, Some(&remote)).unwrap();
+    assert_eq!(disk_sha256(&img.stack), F_DISK);
 }
 
 #[test]

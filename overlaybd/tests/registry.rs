@@ -37,6 +37,23 @@ fn anonymous_reads_and_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains(&digest) && e.contains("says"), "{e}");
+    // Opened with a size it trusts (no HEAD), a wrong one is caught by the first read, at
+    // once: the registry's Content-Range gives the blob's real size.
+    let t = Instant::now();
+    let b = RegistryBlob::open_sized(reg.location("test/anon", &digest), 5, quick()).unwrap();
+    let e = b.read_at(0, &mut [0u8; 5]).unwrap_err().to_string();
+    assert!(
+        e.contains(&digest) && e.contains(&format!("{} bytes", data.len())),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let b = RegistryBlob::open_sized(
+        reg.location("test/anon", &digest),
+        data.len() as u64,
+        quick(),
+    )
+    .unwrap();
+    check_reads(&b, &data);
     // A blob the registry does not have: fails at once, naming blob and registry.
     let t = Instant::now();
     let missing = format!("sha256:{}", "0".repeat(64));
@@ -63,7 +80,19 @@ fn an_unreachable_registry_fails_within_the_deadline() {
         deadline: Duration::from_millis(1500),
         ..quick()
     };
-    let e = RegistryBlob::open(loc, None, opts).unwrap_err().to_string();
+    let e = RegistryBlob::open(loc.clone(), None, opts.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gave up"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    // With the size known, opening asks nothing; the first read gives up in time.
+    let b = RegistryBlob::open_sized(loc, 4096, opts).unwrap();
+    let t = Instant::now();
+    let e = b.read_at(0, &mut [0u8; 16]).unwrap_err().to_string();
     assert!(e.contains("gave up"), "{e}");
     assert!(
         t.elapsed() < Duration::from_secs(3),

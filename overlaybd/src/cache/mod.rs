@@ -1036,6 +1036,23 @@ impl CacheDir {
         Ok(cache)
     }
 
+    /// Whether this cache holds bytes of blob `key` recorded for a size of `size`. Its units
+    /// were fetched with that size checked against the registry, so a config that gives the
+    /// same size needs no registry round trip to confirm it.
+    pub fn holds(&self, key: &str, size: u64) -> bool {
+        if valid_key(key).is_err() {
+            return false;
+        }
+        let path = self
+            .shared
+            .dir
+            .join(format!("{}.record", key.replace(':', "_")));
+        std::fs::read(path)
+            .ok()
+            .and_then(|raw| record::decode(&raw, size, self.unit).ok())
+            .is_some_and(|units| units.iter().any(|u| u.present))
+    }
+
     /// Writes the record of every open blob that changed since its last checkpoint (the
     /// daemon calls this periodically, so a crash loses at most that period's record; the
     /// data it loses is fetched again). Returns the first error, after trying every blob.

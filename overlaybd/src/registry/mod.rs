@@ -356,6 +356,45 @@ impl RegistryBlob {
         expected_size: Option<u64>,
         opts: RegistryOptions,
     ) -> Result<Self> {
+        let mut blob = Self::without_size(loc, opts)?;
+        let size = blob.with_retries("HEAD", |b, deadline| {
+            // The size comes from the registry (agents answer range reads only).
+            b.across(false, |ep| {
+                let resp = b.send(ep, |c| c.head(&ep.url), deadline)?;
+                match resp
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    Some(n) => Ok(n),
+                    None => transient("HEAD without Content-Length"),
+                }
+            })
+        })?;
+        if let Some(want) = expected_size {
+            if want != size {
+                return Err(Error::corrupt(
+                    format!("blob {}", blob.loc),
+                    format!("the registry says {size} bytes, the image says {want}"),
+                ));
+            }
+        }
+        blob.size = size;
+        Ok(blob)
+    }
+
+    /// Opens a blob whose size is already known and trusted (the cache fetched it with that
+    /// size checked): no request until the first read, so this works with the registry
+    /// down. Every range read still checks the size the server reports (`Content-Range`).
+    pub fn open_sized(loc: BlobLocation, size: u64, opts: RegistryOptions) -> Result<Self> {
+        let mut blob = Self::without_size(loc, opts)?;
+        blob.size = size;
+        Ok(blob)
+    }
+
+    /// The blob's places to read from (agent, mirrors, upstream), its size not yet known.
+    fn without_size(loc: BlobLocation, opts: RegistryOptions) -> Result<Self> {
         let creds_for = |host: &str| -> Result<Option<Credentials>> {
             if let Some(c) = &opts.credentials {
                 return Ok(Some(c.clone()));
@@ -423,39 +462,14 @@ impl RegistryBlob {
                 "blob {loc}: no host with the pull capability in the hosts directory"
             )));
         }
-        let mut blob = RegistryBlob {
+        Ok(RegistryBlob {
             loc,
             endpoints,
             size: 0,
             opts,
             direct: Mutex::default(),
             stats: RegistryStats::default(),
-        };
-        let size = blob.with_retries("HEAD", |b, deadline| {
-            // The size comes from the registry (agents answer range reads only).
-            b.across(false, |ep| {
-                let resp = b.send(ep, |c| c.head(&ep.url), deadline)?;
-                match resp
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    Some(n) => Ok(n),
-                    None => transient("HEAD without Content-Length"),
-                }
-            })
-        })?;
-        if let Some(want) = expected_size {
-            if want != size {
-                return Err(Error::corrupt(
-                    format!("blob {}", blob.loc),
-                    format!("the registry says {size} bytes, the image says {want}"),
-                ));
-            }
-        }
-        blob.size = size;
-        Ok(blob)
+        })
     }
 
     pub fn location(&self) -> &BlobLocation {
@@ -717,6 +731,17 @@ impl RegistryBlob {
                             .get(CONTENT_RANGE)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("");
+                        let asked = format!("bytes {offset}-{last}/");
+                        if let Some(total) = cr.strip_prefix(&asked).filter(|_| cr != want_cr) {
+                            // The right range of a blob of another size: not this blob.
+                            return Err(Attempt::Permanent(Error::corrupt(
+                                format!("blob {}", b.loc),
+                                format!(
+                                    "{} says {total} bytes, the image says {}",
+                                    ep.name, b.size
+                                ),
+                            )));
+                        }
                         if cr != want_cr {
                             return transient(format!(
                                 "Content-Range {cr:?}, expected {want_cr:?}"

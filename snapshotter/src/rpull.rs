@@ -273,6 +273,7 @@ impl Registry {
 }
 
 /// A connection to containerd in one namespace (and lease).
+#[derive(Clone)]
 struct Containerd {
     ch: Channel,
     namespace: String,
@@ -321,33 +322,121 @@ impl Containerd {
         bytes: Vec<u8>,
         labels: HashMap<String, String>,
     ) -> Result<()> {
-        let mut c = content::content_client::ContentClient::new(self.ch.clone());
         let total = bytes.len() as i64;
-        let r = format!("rpull-{digest}");
-        let mut msgs = Vec::new();
-        let mut off = 0usize;
-        for chunk in bytes.chunks(1 << 20) {
-            msgs.push(content::WriteContentRequest {
-                action: content::WriteAction::Write as i32,
+        let chunks: Vec<Chunk> = bytes
+            .chunks(1 << 20)
+            .map(|c| Chunk::Data(c.to_vec()))
+            .chain([Chunk::End])
+            .collect();
+        self.write_chunks(
+            digest.to_string(),
+            total,
+            labels,
+            tokio_stream::iter(chunks),
+        )
+        .await
+    }
+
+    /// Streams what `produce` writes (a blob of `total` bytes, which it checks against
+    /// `digest`) into containerd's content store, 1 MiB at a time: the blob is never whole in
+    /// memory. containerd commits it only if `produce` succeeds (and checks the digest too);
+    /// otherwise the ingest is aborted. Returns what `produce` returned.
+    async fn write_streamed(
+        &self,
+        digest: &str,
+        total: i64,
+        labels: HashMap<String, String>,
+        produce: impl FnOnce(&mut dyn Write) -> Result<u64>,
+    ) -> Result<u64> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let me = self.clone();
+        let d = digest.to_string();
+        let writing = tokio::spawn(async move {
+            me.write_chunks(
+                d,
+                total,
+                labels,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )
+            .await
+        });
+        let produced = blocking(|| {
+            let mut w = ChunkWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(1 << 20),
+            };
+            let n = produce(&mut w)?;
+            w.flush()
+                .map_err(|e| Error::io(format!("blob {digest}"), e))?;
+            Ok(n)
+        });
+        if produced.is_ok() {
+            // containerd stopped reading only if it failed: its error is the one below.
+            let _ = tx.send(Chunk::End).await;
+        }
+        drop(tx);
+        let written = writing
+            .await
+            .map_err(|e| Error::Unavailable(format!("write content {digest}: {e}")))?;
+        match (produced, written) {
+            (Ok(n), Ok(())) => Ok(n),
+            (Err(e), _) => {
+                self.abort_ingest(digest).await;
+                Err(e)
+            }
+            (Ok(_), Err(e)) => Err(e),
+        }
+    }
+
+    /// Drops a partial ingest (best effort: containerd also expires stale ones).
+    async fn abort_ingest(&self, digest: &str) {
+        let mut c = content::content_client::ContentClient::new(self.ch.clone());
+        let _ = c
+            .abort(self.req(content::AbortRequest {
+                r#ref: ingest_ref(digest),
+            }))
+            .await;
+    }
+
+    /// One content write: `Write` messages for the data, `Commit` at [`Chunk::End`]. A stream
+    /// that ends without it leaves the ingest uncommitted.
+    async fn write_chunks(
+        &self,
+        digest: String,
+        total: i64,
+        labels: HashMap<String, String>,
+        chunks: impl tokio_stream::Stream<Item = Chunk> + Send + 'static,
+    ) -> Result<()> {
+        use tokio_stream::StreamExt;
+        let mut c = content::content_client::ContentClient::new(self.ch.clone());
+        let r = ingest_ref(&digest);
+        let expected = digest.clone();
+        let mut labels = Some(labels);
+        let mut off = 0i64;
+        let msgs = chunks.map(move |chunk| match chunk {
+            Chunk::Data(data) => {
+                let m = content::WriteContentRequest {
+                    action: content::WriteAction::Write as i32,
+                    r#ref: r.clone(),
+                    total,
+                    offset: off,
+                    data,
+                    ..Default::default()
+                };
+                off += m.data.len() as i64;
+                m
+            }
+            Chunk::End => content::WriteContentRequest {
+                action: content::WriteAction::Commit as i32,
                 r#ref: r.clone(),
                 total,
-                offset: off as i64,
-                data: chunk.to_vec(),
+                expected: expected.clone(),
+                offset: off,
+                labels: labels.take().unwrap_or_default(),
                 ..Default::default()
-            });
-            off += chunk.len();
-        }
-        msgs.push(content::WriteContentRequest {
-            action: content::WriteAction::Commit as i32,
-            r#ref: r.clone(),
-            total,
-            expected: digest.to_string(),
-            offset: off as i64,
-            labels,
-            ..Default::default()
+            },
         });
-        let stream = tokio_stream::iter(msgs);
-        let req = self.with_headers(tonic::Request::new(stream));
+        let req = self.with_headers(tonic::Request::new(msgs));
         match c.write(req).await {
             Ok(resp) => {
                 let mut s = resp.into_inner();
@@ -371,6 +460,45 @@ impl Containerd {
                 st.message()
             ))),
         }
+    }
+}
+
+/// What a content write sends: data, then the commit.
+enum Chunk {
+    Data(Vec<u8>),
+    End,
+}
+
+fn ingest_ref(digest: &str) -> String {
+    format!("rpull-{digest}")
+}
+
+/// A `Write` that hands 1 MiB chunks to a content write (blocking while containerd catches
+/// up: at most a few chunks are in memory).
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = (1 << 20) - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == 1 << 20 {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+        self.tx
+            .blocking_send(Chunk::Data(chunk))
+            .map_err(|_| std::io::Error::other("containerd stopped reading the content write"))
     }
 }
 
@@ -580,10 +708,10 @@ async fn pull(r: &Reference, reg: &Registry, opts: &Options) -> Result<Pulled> {
             // Unpacked by containerd: fetch the blob, apply it, commit.
             let unpack = async {
                 if !ctd.has_content(&layer.digest).await? {
-                    let mut blob = Vec::with_capacity(layer.size.clamp(0, 1 << 30) as usize);
-                    blocking(|| reg.blob(&layer.digest, layer.size, &mut blob))?;
-                    fetched += blob.len() as u64;
-                    ctd.write_content(&layer.digest, blob, HashMap::new())
+                    fetched += ctd
+                        .write_streamed(&layer.digest, layer.size, HashMap::new(), |out| {
+                            reg.blob(&layer.digest, layer.size, out)
+                        })
                         .await?;
                 }
                 let mut df = diff::diff_client::DiffClient::new(ch.clone());

@@ -520,6 +520,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     /// `obdctl rpull` of `image` into the `default` namespace; its output.
     pub fn rpull(&self, image: &str) -> String {
+        let (ok, out) = self.rpull_result(image);
+        assert!(ok, "rpull {image}: {out}\n{}", self.logs());
+        out
+    }
+
+    /// `obdctl rpull` of `image`: whether it succeeded, and its output.
+    pub fn rpull_result(&self, image: &str) -> (bool, String) {
         let o = Command::new(bin("obdctl"))
             .arg("rpull")
             .arg("--address")
@@ -534,8 +541,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(o.status.success(), "rpull {image}: {out}\n{}", self.logs());
-        out
+        (o.status.success(), out)
     }
 
     /// The sample image (`big_mib` MiB data file) pushed as `repo:v1` and converted to

@@ -146,4 +146,40 @@ fn obdctl_rpull_then_ctr_run_reads_lazily_and_unconverted_layers_are_unpacked() 
     assert_eq!(out.trim(), GREETING);
     // Pulling again finds everything in place.
     assert!(env.rpull(&image).contains("0 unpacked, 2 already present"));
+
+    // Unpacked layers stream into containerd's content store. A layer whose bytes do not
+    // match its digest (damaged in the registry's storage) fails the pull, naming it, and
+    // leaves neither content nor a partial ingest behind.
+    push_sample(&env.registry_addr, "broken", "v1", 4);
+    let manifest: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!(
+            "http://{}/v2/broken/manifests/v1",
+            env.registry_addr
+        ))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let layer = manifest["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = env.path(&format!(
+        "registry/data/docker/registry/v2/blobs/sha256/{}/{}/data",
+        &layer[7..9],
+        &layer[7..]
+    ));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let (ok, out) = env.rpull_result(&format!("{}/broken:v1", env.host()));
+    eprintln!("rpull of a damaged layer: {out}");
+    assert!(!ok, "{out}");
+    assert!(out.contains(&layer), "{out}");
+    let ls = env.ctr("default", &["content", "ls", "-q"]);
+    assert!(!ls.contains(&layer), "{ls}");
+    let active = env.ctr("default", &["content", "active"]);
+    assert!(!active.contains(&layer), "{active}");
 }

@@ -47,6 +47,10 @@ pub struct Config {
     pub fanout: usize,
     /// Pieces fetched ahead of a local reader's read (0 = none); never for children.
     pub prefetch_pieces: u64,
+    /// Most pieces being fetched at once. A piece being fetched holds up to `piece_size`
+    /// bytes outside the cache's bound (it cannot be evicted), so this bounds that memory;
+    /// more fetches wait their turn.
+    pub max_fills: usize,
     /// A tree entry not refreshed for this long is dropped.
     pub tree_ttl_secs: u64,
     /// How long the registry's answer to "may these credentials read this repository" is
@@ -113,6 +117,7 @@ impl Default for Config {
             piece_size: 1 << 20,
             fanout: 2,
             prefetch_pieces: 1,
+            max_fills: 256,
             tree_ttl_secs: 300,
             access_ttl_secs: 30,
             connect_timeout_ms: 2000,
@@ -186,6 +191,9 @@ impl Config {
         }
         if self.fanout == 0 {
             return Err("fanout must be at least 1".into());
+        }
+        if !(1..=65_536).contains(&self.max_fills) {
+            return Err(format!("max_fills {}: from 1 to 65536", self.max_fills));
         }
         if self.cache.max_bytes < 4 * self.piece_size {
             return Err(format!(

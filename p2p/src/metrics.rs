@@ -30,6 +30,8 @@ pub struct Metrics {
 pub struct Gauges {
     pub cache_bytes: u64,
     pub cache_pieces: usize,
+    pub fills_running: u64,
+    pub fills_waiting: u64,
     pub trees: usize,
     pub tree_nodes: usize,
     pub tree_max_depth: u32,
@@ -151,6 +153,14 @@ impl Metrics {
             "p2p_cache_pieces",
             "Pieces held.",
             &[("", g.cache_pieces as u64)],
+        );
+        c(
+            "p2p_fills",
+            "Pieces being fetched, and fetches waiting for one of the max_fills slots.",
+            &[
+                ("state=\"running\"", g.fills_running),
+                ("state=\"waiting\"", g.fills_waiting),
+            ],
         );
         c(
             "p2p_trees",

@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -230,6 +231,9 @@ pub struct Node {
     /// Whole-blob digest checks: running, or passed for exactly these pieces.
     checked: Mutex<HashMap<String, Check>>,
     trees_swept: Mutex<Instant>,
+    /// One permit per piece being fetched (`max_fills`).
+    fills: Arc<tokio::sync::Semaphore>,
+    fills_waiting: std::sync::atomic::AtomicU64,
     global: Option<Bucket>,
     per_child: Mutex<HashMap<String, Arc<Bucket>>>,
 }
@@ -359,6 +363,8 @@ impl Node {
             fetch_auth: Mutex::default(),
             checked: Mutex::default(),
             trees_swept: Mutex::new(Instant::now()),
+            fills: Arc::new(tokio::sync::Semaphore::new(cfg.max_fills.max(1))),
+            fills_waiting: Default::default(),
             global,
             per_child: Mutex::default(),
             cfg,
@@ -632,6 +638,13 @@ impl Node {
             done: false,
             why: "the fetch was abandoned".into(),
         };
+        // A piece being filled cannot be evicted: at most `max_fills` of them at once.
+        self.fills_waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = self.fills.clone().acquire_owned().await;
+        self.fills_waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(_permit) = permit else {
+            return; // never closed
+        };
         let auth = auth.or_else(|| lock(&self.fetch_auth).get(&key).cloned().flatten());
         let start = idx * self.cfg.piece_size;
         let end = start + piece.len as u64;
@@ -833,6 +846,8 @@ impl Node {
         let mut g = Gauges {
             cache_bytes,
             cache_pieces,
+            fills_running: (self.cfg.max_fills.max(1) - self.fills.available_permits()) as u64,
+            fills_waiting: self.fills_waiting.load(Ordering::Relaxed),
             ..Gauges::default()
         };
         let trees = lock(&self.trees);
@@ -1458,7 +1473,6 @@ const MAX_CONNECTIONS: usize = 8192;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     #[test]
     fn origins() {
@@ -1483,6 +1497,44 @@ mod tests {
         ] {
             assert!(Origin::parse(&bad).is_err(), "{bad}");
         }
+    }
+
+    /// At most `max_fills` pieces are fetched at once; the others wait, and the gauges say so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fills_are_bounded() {
+        // A registry that accepts connections and never answers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in l.incoming() {
+                held.push(c);
+            }
+        });
+        let n = Node::new(Config {
+            role: Role::Root,
+            piece_size: 64 << 10,
+            max_fills: 2,
+            ..Config::default()
+        })
+        .unwrap();
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let o = Origin::parse(&format!("http://{addr}/v2/r/blobs/{d}")).unwrap();
+        let pieces: Vec<_> = (0..5)
+            .map(|i| n.piece(&o, i, 10 << 20, &None, ""))
+            .collect();
+        let t = Instant::now();
+        let gauges = || {
+            let g = n.gauges();
+            (g.fills_running, g.fills_waiting)
+        };
+        while gauges() != (2, 3) && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(gauges(), (2, 3));
+        assert!(pieces.iter().all(|p| p.filled() == 0));
+        let m = n.metrics.render(&n.gauges());
+        assert!(m.contains("p2p_fills{state=\"waiting\"} 3"), "{m}");
     }
 
     /// A blob is checked once when its last pieces complete together, and again only when

@@ -322,19 +322,13 @@ impl Containerd {
         bytes: Vec<u8>,
         labels: HashMap<String, String>,
     ) -> Result<()> {
-        let total = bytes.len() as i64;
-        let chunks: Vec<Chunk> = bytes
-            .chunks(1 << 20)
-            .map(|c| Chunk::Data(c.to_vec()))
-            .chain([Chunk::End])
-            .collect();
-        self.write_chunks(
-            digest.to_string(),
-            total,
-            labels,
-            tokio_stream::iter(chunks),
-        )
+        self.write_streamed(digest, bytes.len() as i64, labels, |w| {
+            w.write_all(&bytes)
+                .map_err(|e| Error::io(format!("content {digest}"), e))?;
+            Ok(bytes.len() as u64)
+        })
         .await
+        .map(drop)
     }
 
     /// Streams what `produce` writes (a blob of `total` bytes, which it checks against
@@ -363,7 +357,7 @@ impl Containerd {
         let produced = blocking(|| {
             let mut w = ChunkWriter {
                 tx: tx.clone(),
-                buf: Vec::with_capacity(1 << 20),
+                buf: Vec::with_capacity(CHUNK),
             };
             let n = produce(&mut w)?;
             w.flush()
@@ -405,7 +399,7 @@ impl Containerd {
         digest: String,
         total: i64,
         labels: HashMap<String, String>,
-        chunks: impl tokio_stream::Stream<Item = Chunk> + Send + 'static,
+        chunks: tokio_stream::wrappers::ReceiverStream<Chunk>,
     ) -> Result<()> {
         use tokio_stream::StreamExt;
         let mut c = content::content_client::ContentClient::new(self.ch.clone());
@@ -463,6 +457,9 @@ impl Containerd {
     }
 }
 
+/// Bytes per `Write` message of a content write.
+const CHUNK: usize = 1 << 20;
+
 /// What a content write sends: data, then the commit.
 enum Chunk {
     Data(Vec<u8>),
@@ -482,10 +479,10 @@ struct ChunkWriter {
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = (1 << 20) - self.buf.len();
+        let room = CHUNK - self.buf.len();
         let n = data.len().min(room);
         self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == 1 << 20 {
+        if self.buf.len() == CHUNK {
             self.flush()?;
         }
         Ok(n)
@@ -495,7 +492,7 @@ impl Write for ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx
             .blocking_send(Chunk::Data(chunk))
             .map_err(|_| std::io::Error::other("containerd stopped reading the content write"))

@@ -231,6 +231,15 @@ fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Blob `key`'s data file and record in `dir`.
+fn blob_paths(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
+    let name = key.replace(':', "_");
+    (
+        dir.join(format!("{name}.data")),
+        dir.join(format!("{name}.record")),
+    )
+}
+
 fn valid_key(key: &str) -> Result<()> {
     if key.is_empty()
         || key.len() > 200
@@ -266,9 +275,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
                 "refill unit {unit}: must be a positive multiple of 4096"
             )));
         }
-        let name = key.replace(':', "_");
-        let data_path = dir.join(format!("{name}.data"));
-        let record_path = dir.join(format!("{name}.record"));
+        let (data_path, record_path) = blob_paths(dir, key);
         let data = OpenOptions::new()
             .read(true)
             .write(true)
@@ -922,10 +929,9 @@ impl Shared {
             let freed = match open {
                 Some(blob) => blob.evict().unwrap_or(0),
                 None => {
-                    let name = k.replace(':', "_");
-                    let data = self.dir.join(format!("{name}.data"));
+                    let (data, record) = blob_paths(&self.dir, &k);
                     let len = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
-                    let _ = std::fs::remove_file(self.dir.join(format!("{name}.record")));
+                    let _ = std::fs::remove_file(record);
                     let _ = std::fs::remove_file(&data);
                     let mut g = self.lock();
                     let freed = g.blobs.remove(&k).map_or(len, |e| e.bytes);
@@ -1043,11 +1049,7 @@ impl CacheDir {
         if valid_key(key).is_err() {
             return false;
         }
-        let path = self
-            .shared
-            .dir
-            .join(format!("{}.record", key.replace(':', "_")));
-        std::fs::read(path)
+        std::fs::read(blob_paths(&self.shared.dir, key).1)
             .ok()
             .and_then(|raw| record::decode(&raw, size, self.unit).ok())
             .is_some_and(|units| units.iter().any(|u| u.present))

@@ -81,8 +81,8 @@ pub struct LayerReport {
 /// one) and forgets them as changes.
 fn load_layer(disk: &mut WorkDisk, path: &Path) -> Result<()> {
     use crate::extfs::DiskIo;
-    let (src, _) = overlaybd::lsmt::blob::open_path(path)?;
-    let (meta, maps) = overlaybd::lsmt::ro::read_layer(&*src)?;
+    let (src, _) = overlaybd_lsmt::blob::open_path(path)?;
+    let (meta, maps) = overlaybd_lsmt::ro::read_layer(&*src)?;
     if meta.header.virtual_size != disk.size() {
         bail!(
             "a reused layer has a {}-byte disk, this conversion {} bytes",
@@ -474,9 +474,9 @@ pub fn convert_manifest(
         struct Job {
             i: usize,
             raw: PathBuf,
-            maps: Vec<overlaybd::lsmt::Mapping>,
-            uuid: overlaybd::lsmt::Uuid,
-            parent: Option<overlaybd::lsmt::Uuid>,
+            maps: Vec<overlaybd_lsmt::Mapping>,
+            uuid: overlaybd_lsmt::Uuid,
+            parent: Option<overlaybd_lsmt::Uuid>,
         }
         let (commit_tx, commit_rx) = mpsc::channel::<Job>();
         let vsize = opts.vsize;

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use overlaybd::lsmt::Mapping;
+use overlaybd_lsmt::Mapping;
 
 use crate::extfs::DiskIo;
 

@@ -8,7 +8,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use overlaybd::lsmt::{self, CommitOptions, Mapping, Uuid};
+use overlaybd_lsmt::{self as lsmt, CommitOptions, Mapping, Uuid};
 use sha2::{Digest, Sha256};
 use zfile::envelope::PaxWriter;
 use zfile::{Algorithm, WriterOptions, ZFileWriter};

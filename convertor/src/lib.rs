@@ -12,7 +12,7 @@ pub mod fuzz;
 pub mod layer;
 pub mod mkfs;
 pub mod model;
-pub mod oci;
+pub use overlaybd_oci as oci;
 pub mod progress;
 pub mod record_trace;
 pub mod remote;

@@ -106,7 +106,7 @@ pub fn record_trace(
     }
 
     // containerd's name of the image (what rpull stores and ctr runs).
-    let r = overlaybd::registry::reference::Reference::parse(image_name)?;
+    let r = overlaybd_oci::reference::Reference::parse(image_name)?;
     let image_name = &match (&r.tag, &r.digest) {
         (_, Some(d)) => format!("{}/{}@{d}", r.host, r.repository),
         (t, None) => format!(

@@ -74,7 +74,7 @@ impl ImageRef {
                 digest: None,
             });
         }
-        let r = overlaybd::registry::reference::Reference::parse(s)?;
+        let r = overlaybd_oci::reference::Reference::parse(s)?;
         Ok(ImageRef {
             location: Location::Registry {
                 host: r.host,

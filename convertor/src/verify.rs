@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use overlaybd::lsmt::{blob, RoLayer, Stack};
+use overlaybd_lsmt::{blob, RoLayer, Stack};
 use sha2::{Digest, Sha256};
 use zfile::ReadAt;
 

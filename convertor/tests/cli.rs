@@ -195,7 +195,7 @@ fn credentials_come_from_docker_config_or_the_command_line() {
     let Some(reg) = Registry::start_auth(Some(("ci", "s3cret"))) else {
         return;
     };
-    let creds = overlaybd::registry::auth::Credentials {
+    let creds = overlaybd_registry::auth::Credentials {
         username: "ci".into(),
         password: "s3cret".into(),
     };

@@ -1,7 +1,7 @@
 //! Arbitrary bytes as everything an NBD client sends (negotiation, then requests) to a server
 //! exporting a writable device. No panic, no hang.
 #![no_main]
-use overlaybd::export::nbd::fuzz;
+use overlaybd_export::nbd::fuzz;
 libfuzzer_sys::fuzz_target!(
     // Made once before fuzzing, so that the leak check does not count it.
     init: {

@@ -39,6 +39,21 @@ impl Error {
     }
 }
 
+impl From<overlaybd_registry::Error> for Error {
+    /// What a registry failure means to containerd: a missing image is `NotFound`, refused
+    /// credentials and bad settings are the caller's to fix, the rest may pass.
+    fn from(e: overlaybd_registry::Error) -> Error {
+        use overlaybd_registry::Error as R;
+        let msg = e.to_string();
+        match e {
+            R::NotFound(_) => Error::NotFound(msg),
+            R::Unauthorized(_) => Error::FailedPrecondition(msg),
+            R::Config(_) | R::Mismatch { .. } => Error::InvalidArgument(msg),
+            R::Refused(_) | R::TimedOut(_) | R::Io { .. } => Error::Unavailable(msg),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(e.code(), e.to_string())

@@ -6,7 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod filter;
-pub mod labels;
+
 pub mod mount;
 pub mod rpull;
 pub mod service;

@@ -12,26 +12,18 @@
 //! under a lease, so containerd's garbage collector leaves the pieces alone meanwhile.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use overlaybd::registry::auth::{parse_challenge, parse_token, Challenge, Credentials};
-use overlaybd::registry::credentials::DockerConfig;
-use overlaybd::registry::reference::{chain_ids, sha256_digest as sha256, Reference};
-use reqwest::blocking::Client;
+use overlaybd_oci::{chain_ids, sha256_digest as sha256, Reference};
+use overlaybd_registry::{Access, Credentials, DockerConfig, Repository, RepositoryOptions};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::labels;
 use crate::proto::{content, diff, images, leases, snapshots, types};
-
-pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
+use overlaybd_oci::label as labels;
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -104,171 +96,41 @@ struct RootFs {
     diff_ids: Vec<String>,
 }
 
-/// A registry repository, read with Basic or Bearer auth (blocking).
+/// The image's repository, through the one registry client (blocking).
 struct Registry {
-    client: Client,
-    /// `scheme://host/v2`
-    root: String,
-    repository: String,
-    creds: Option<Credentials>,
-    auth: std::sync::Mutex<Option<String>>,
+    repo: Repository,
 }
 
 impl Registry {
     fn open(r: &Reference, opts: &Options) -> Result<Registry> {
-        let scheme = if opts.plain_http { "http" } else { "https" };
-        let hosts = overlaybd::registry::hosts::hosts_for(
-            opts.hosts_dir.as_deref().filter(|d| d.is_dir()),
-            &format!("{scheme}://{}", r.host),
-        )
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let host = hosts
-            .into_iter()
-            .find(|h| h.capabilities.iter().any(|c| c == "pull" || c == "resolve"))
-            .ok_or_else(|| Error::InvalidArgument(format!("no host of {} can pull", r.host)))?;
-        let client = overlaybd::registry::client_for(Some(&host))
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let creds = match &opts.credentials {
-            Some(c) => Some(c.clone()),
-            None => DockerConfig::load_configured(None)
-                .and_then(|d| d.map_or(Ok(None), |d| d.credentials_for(&r.host)))
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        let docker_config = match &opts.credentials {
+            Some(_) => None,
+            None => DockerConfig::load_configured(None)?.map(std::sync::Arc::new),
+        };
+        let ropts = RepositoryOptions {
+            plain_http: opts.plain_http,
+            hosts_dir: opts.hosts_dir.clone().filter(|d| d.is_dir()),
+            docker_config,
+            credentials: opts.credentials.clone(),
+            ..Default::default()
         };
         Ok(Registry {
-            client,
-            root: host.root.trim_end_matches('/').to_string(),
-            repository: r.repository.clone(),
-            creds,
-            auth: std::sync::Mutex::new(None),
+            repo: Repository::open(&r.host, &r.repository, &ropts, Access::Pull)?,
         })
     }
 
-    /// GET `<root>/<repository>/<path>`, answering one 401 challenge.
-    fn get(&self, path: &str, accept: Option<&str>) -> Result<reqwest::blocking::Response> {
-        let url = format!("{}/{}/{path}", self.root, self.repository);
-        let unavailable = |e: reqwest::Error| Error::Unavailable(format!("GET {url}: {e}"));
-        for attempt in 0..2 {
-            let mut req = self.client.get(&url).timeout(Duration::from_secs(300));
-            if let Some(a) = accept {
-                req = req.header(reqwest::header::ACCEPT, a);
-            }
-            if let Some(h) = self.auth.lock().unwrap().clone() {
-                req = req.header(reqwest::header::AUTHORIZATION, h);
-            }
-            let resp = req.send().map_err(unavailable)?;
-            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
-                let challenge = resp
-                    .headers()
-                    .get(reqwest::header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_challenge);
-                let header = match challenge {
-                    Some(Challenge::Basic) => match &self.creds {
-                        Some(c) => c.basic_header(),
-                        None => break,
-                    },
-                    Some(Challenge::Bearer {
-                        realm,
-                        service,
-                        scope,
-                    }) => {
-                        let mut q = vec![];
-                        if let Some(s) = service {
-                            q.push(("service", s));
-                        }
-                        q.push((
-                            "scope",
-                            scope.unwrap_or(format!("repository:{}:pull", self.repository)),
-                        ));
-                        let mut t = self.client.get(&realm).query(&q);
-                        if let Some(c) = &self.creds {
-                            t = t.header(reqwest::header::AUTHORIZATION, c.basic_header());
-                        }
-                        let body = t
-                            .send()
-                            .and_then(|r| r.error_for_status())
-                            .and_then(|r| r.bytes());
-                        let body = body
-                            .map_err(|e| Error::Unavailable(format!("token from {realm}: {e}")))?;
-                        let tok = parse_token(&body, Instant::now()).ok_or_else(|| {
-                            Error::Unavailable(format!("token from {realm}: no token"))
-                        })?;
-                        format!("Bearer {}", tok.value)
-                    }
-                    None => break,
-                };
-                *self.auth.lock().unwrap() = Some(header);
-                continue;
-            }
-            if !resp.status().is_success() {
-                let code = resp.status();
-                let what = format!("GET {url}: {code}");
-                return Err(if code == reqwest::StatusCode::NOT_FOUND {
-                    Error::NotFound(what)
-                } else {
-                    Error::Unavailable(what)
-                });
-            }
-            return Ok(resp);
-        }
-        Err(Error::FailedPrecondition(format!(
-            "GET {url}: unauthorized (credentials?)"
-        )))
-    }
-
-    /// A manifest or index (at most 4 MiB) and its media type.
+    /// A manifest or index (at most 4 MiB, checked against its digest when fetched by one)
+    /// and its media type.
     fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String)> {
-        let resp = self.get(&format!("manifests/{reference}"), Some(ACCEPT))?;
-        let mt = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
-            .unwrap_or_default();
-        let mut b = Vec::new();
-        resp.take((4 << 20) + 1)
-            .read_to_end(&mut b)
-            .map_err(|e| Error::Unavailable(format!("manifest {reference}: {e}")))?;
-        if b.len() > 4 << 20 {
-            return Err(Error::InvalidArgument(format!(
-                "manifest {reference}: more than 4 MiB"
-            )));
-        }
-        if reference.starts_with("sha256:") && sha256(&b) != reference {
-            return Err(Error::InvalidArgument(format!(
-                "manifest {reference} does not match its digest"
-            )));
-        }
-        Ok((b, mt))
+        let (b, mt) = self.repo.manifest(reference)?;
+        Ok((b, mt.unwrap_or_default()))
     }
 
     /// A blob into `out`, checked against its digest and size.
     fn blob(&self, digest: &str, size: i64, out: &mut dyn Write) -> Result<u64> {
-        let mut resp = self.get(&format!("blobs/{digest}"), None)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = resp
-                .read(&mut buf)
-                .map_err(|e| Error::Unavailable(format!("blob {digest}: {e}")))?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            out.write_all(&buf[..k])
-                .map_err(|e| Error::io(format!("blob {digest}"), e))?;
-            n += k as u64;
-            if n > size as u64 {
-                break;
-            }
-        }
-        if n != size as u64 || format!("sha256:{}", hex::encode(h.finalize())) != digest {
-            return Err(Error::InvalidArgument(format!(
-                "blob {digest}: the registry sent {n} bytes that do not match the descriptor"
-            )));
-        }
-        Ok(n)
+        let size = u64::try_from(size)
+            .map_err(|_| Error::InvalidArgument(format!("blob {digest}: negative size {size}")))?;
+        Ok(self.repo.blob_to(digest, Some(size), out)?)
     }
 }
 
@@ -509,7 +371,7 @@ fn status(what: &str) -> impl FnOnce(tonic::Status) -> Error + '_ {
 
 /// Connects to containerd's socket.
 pub async fn channel(socket: &Path) -> Result<Channel> {
-    overlaybd::api::unix_channel(socket)
+    overlaybd_api::unix_channel(socket)
         .await
         .map_err(|e| Error::Unavailable(format!("containerd: {e}")))
 }

@@ -24,7 +24,7 @@ const METHODS: [&str; 10] = [
 pub struct Metrics {
     calls: [AtomicU64; METHODS.len()],
     errors: [AtomicU64; METHODS.len()],
-    latency: [overlaybd::metrics::Histogram; METHODS.len()],
+    latency: [overlaybd_metrics::Histogram; METHODS.len()],
 }
 
 impl Metrics {
@@ -44,13 +44,13 @@ impl Metrics {
         for (i, m) in METHODS.iter().enumerate() {
             let l = format!("method=\"{m}\"");
             let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            overlaybd::metrics::counter(
+            overlaybd_metrics::counter(
                 &mut out,
                 "overlaybd_snapshotter_calls_total",
                 &l,
                 get(&self.calls[i]),
             );
-            overlaybd::metrics::counter(
+            overlaybd_metrics::counter(
                 &mut out,
                 "overlaybd_snapshotter_errors_total",
                 &l,
@@ -268,7 +268,7 @@ pub async fn serve(
         std::fs::create_dir_all(dir)
             .map_err(|e| crate::Error::io(format!("create {}", dir.display()), e))?;
     }
-    let l = overlaybd::export::bind_private_unix(socket)
+    let l = overlaybd_api::bind_private_unix(socket)
         .map_err(|e| crate::Error::Internal(e.to_string()))?;
     l.set_nonblocking(true)
         .map_err(|e| crate::Error::io("listen", e))?;
@@ -284,7 +284,7 @@ pub async fn serve(
 pub async fn connect(
     socket: &Path,
 ) -> crate::Result<pb::snapshots_client::SnapshotsClient<tonic::transport::Channel>> {
-    let ch = overlaybd::api::unix_channel(socket)
+    let ch = overlaybd_api::unix_channel(socket)
         .await
         .map_err(|e| crate::Error::Unavailable(e.to_string()))?;
     Ok(pb::snapshots_client::SnapshotsClient::new(ch))

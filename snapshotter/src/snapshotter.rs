@@ -22,18 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use overlaybd::api::pb;
-use overlaybd::image::{ImageConfig, LayerConfig, UpperConfig};
-use overlaybd::registry::credentials::DockerConfig;
-use overlaybd::registry::reference::Reference;
+use overlaybd_api::pb;
+use overlaybd_api::{ImageConfig, LayerConfig, UpperConfig};
+use overlaybd_oci::reference::Reference;
+use overlaybd_registry::credentials::DockerConfig;
 use tracing::{info, warn};
 
 use crate::config::{Config, RwMode};
 use crate::error::{Error, Result};
 use crate::filter::{Fields, Filters};
-use crate::labels;
 use crate::mount;
 use crate::store::{now_ns, Kind, MetaStore, Snapshot, Storage};
+use overlaybd_oci::label as labels;
 
 /// One mount for containerd (containerd's `types.Mount`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ fn local_layer_file(fs: &Path) -> Option<PathBuf> {
         let ok = std::fs::File::open(&p)
             .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0))
             .is_ok();
-        if ok && (magic == zfile::header::MAGIC0 || magic == overlaybd::lsmt::header::MAGIC0) {
+        if ok && (magic == zfile::header::MAGIC0 || magic == overlaybd_lsmt::header::MAGIC0) {
             return Some(p);
         }
     }
@@ -171,7 +171,7 @@ impl Snapshotter {
     }
 
     async fn daemon(&self) -> Result<pb::daemon_client::DaemonClient<tonic::transport::Channel>> {
-        overlaybd::api::connect(&self.cfg.daemon_socket)
+        overlaybd_api::connect(&self.cfg.daemon_socket)
             .await
             .map_err(|e| {
                 Error::Unavailable(format!(
@@ -457,7 +457,7 @@ impl Snapshotter {
     /// Reads the blob's size from the registry (HEAD), as the daemon will, within the lazy
     /// check's time limit.
     async fn check_blob(&self, r: &Reference, digest: &str, size: u64) -> Result<()> {
-        use overlaybd::registry::{BlobLocation, RegistryBlob, RegistryOptions};
+        use overlaybd_registry::{BlobLocation, RegistryBlob, RegistryOptions};
         let loc = BlobLocation::from_repo_blob_url(&r.repo_blob_url(), digest)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let limit = Duration::from_secs(self.cfg.lazy_check_timeout_secs);
@@ -594,7 +594,7 @@ impl Snapshotter {
             let mut cfg = self.parent_config(&s.parent)?;
             let (data, index) = (block.join("writable_data"), block.join("writable_index"));
             let vsize = self.cfg.writable_vsize_gb << 30;
-            overlaybd::lsmt::RwLayer::create(&data, &index, vsize, None, Default::default())
+            overlaybd_lsmt::RwLayer::create(&data, &index, vsize, None, Default::default())
                 .map_err(|e| Error::Internal(format!("create the writable layer: {e}")))?;
             cfg.upper = UpperConfig {
                 index: index.display().to_string(),
@@ -667,7 +667,7 @@ impl Snapshotter {
                 self.detach(s.id).await?;
                 let block = self.block_dir(s.id);
                 let (data, index) = (block.join("writable_data"), block.join("writable_index"));
-                overlaybd::lsmt::RwLayer::open(&data, &index)
+                overlaybd_lsmt::RwLayer::open(&data, &index)
                     .and_then(|l| l.seal())
                     .map_err(|e| Error::Internal(format!("seal snapshot {key}: {e}")))?;
                 let sealed = fs.join("overlaybd.sealed");

@@ -19,7 +19,7 @@ pub fn pull_image(socket: &Path, image: &str) -> anyhow::Result<String> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let ch = overlaybd::api::unix_channel(socket).await?;
+        let ch = overlaybd_api::unix_channel(socket).await?;
         let mut c = pb::image_service_client::ImageServiceClient::new(ch);
         let r = c
             .pull_image(pb::PullImageRequest {

@@ -7,7 +7,6 @@
 pub mod cri;
 pub mod image;
 pub mod p2p;
-pub mod proc;
 pub mod relay;
 
 use std::path::{Path, PathBuf};
@@ -15,13 +14,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use proc::Proc;
 use relay::Relay;
-
-/// True when running under CI: missing prerequisites are failures there, skips elsewhere.
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+pub use test_support::proc::{self, Proc};
+pub use test_support::registry::Registry;
+pub use test_support::{ci, free_port, require_tools};
+use test_support::{on_path, wait_for};
 
 /// Whether this machine can run the end-to-end tests (root and the tools). Under CI a missing
 /// prerequisite panics; elsewhere the test prints why and is skipped.
@@ -55,29 +52,11 @@ pub fn require() -> bool {
     false
 }
 
-/// Whether these tools are on PATH; under CI a missing one panics, elsewhere the test prints
-/// why and is skipped.
-pub fn require_tools(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!("test needs {}", missing.join(", "));
-    assert!(!ci(), "{why}");
-    eprintln!("skipped: {why}");
-    false
-}
-
 /// One environment at a time in a test process: each runs containerd, a registry and two
 /// daemons, which two cores cannot run twice over.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// The workspace's binaries (`overlaybd-daemon`, `overlaybd-snapshotter`,
@@ -117,70 +96,6 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(
-            t.elapsed() < limit,
-            "{what} did not come up within {limit:?}\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// docker-registry on 127.0.0.1 with its files in `dir`, wanting Basic credentials
-/// `(user, password)` when given; returns it and its `host:port`.
-pub fn start_registry(dir: &Path, basic: Option<(&str, &str)>) -> (Proc, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let port = free_port();
-    let auth = match basic {
-        Some((u, p)) => {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", u, p])
-                .output()
-                .expect("run htpasswd (apache2-utils)");
-            assert!(out.status.success(), "htpasswd failed");
-            let f = dir.join("htpasswd");
-            std::fs::write(&f, &out.stdout).unwrap();
-            format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                f.display()
-            )
-        }
-        None => String::new(),
-    };
-    let cfg = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-         http:\n  addr: 127.0.0.1:{port}\n{auth}",
-        dir.join("data").display()
-    );
-    std::fs::write(dir.join("config.yml"), cfg).unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let registry = Proc::spawn(
-        "docker-registry",
-        Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml")),
-        &dir.join("registry.log"),
-    );
-    wait_for(
-        "docker-registry",
-        Duration::from_secs(20),
-        || std::net::TcpStream::connect(&addr).is_ok(),
-        || registry.log(),
-    );
-    (registry, addr)
-}
-
 /// Settings of an [`Env`].
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -213,7 +128,7 @@ impl Default for Options {
 #[allow(missing_debug_implementations)]
 pub struct Env {
     pub dir: tempfile::TempDir,
-    pub registry: Option<Proc>,
+    pub registry: Option<Registry>,
     /// Direct registry address (for pushing and converting, not counted).
     pub registry_addr: String,
     /// The relay in front of it: the address containerd, the snapshotter and the daemon use.
@@ -248,7 +163,8 @@ impl Env {
             .tempdir()
             .unwrap();
         let d = dir.path();
-        let (registry, registry_addr) = start_registry(&d.join("registry"), None);
+        let registry = Registry::start_in(&d.join("registry"), None, free_port());
+        let registry_addr = registry.addr.clone();
         let relay = Relay::start(&registry_addr, opts.rate);
         // One hosts directory for containerd's CRI, the daemon and the snapshotter: plain HTTP
         // to the relay.

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use convertor::remote::{Remote, RemoteOptions};
 use convertor::store::Store;
-use overlaybd::registry::auth::Credentials;
-use overlaybd::registry::{BlobLocation, RegistryBlob, RegistryOptions};
+use overlaybd_registry::auth::Credentials;
+use overlaybd_registry::{BlobLocation, RegistryBlob, RegistryOptions};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use crate::proc::Proc;
 use crate::relay::Relay;
-use crate::{bin, free_port, start_registry};
+use crate::Proc;
+use crate::{bin, free_port, Registry};
 
 /// Settings of a [`Cluster`].
 #[derive(Clone, Debug)]
@@ -77,7 +77,7 @@ impl P2pNode {
 #[allow(missing_debug_implementations)]
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub registry: Proc,
+    pub registry: Registry,
     /// Direct address (pushes, not counted).
     pub registry_addr: String,
     /// What the nodes and readers use.
@@ -129,7 +129,13 @@ impl Cluster {
             .prefix("obd-p2p-")
             .tempdir()
             .unwrap();
-        let (registry, registry_addr) = start_registry(&dir.path().join("registry"), opts.basic);
+        let reg_dir = dir.path().join("registry");
+        std::fs::create_dir_all(&reg_dir).unwrap();
+        let auth = opts
+            .basic
+            .map(|(u, p)| test_support::registry::htpasswd_auth(&reg_dir, u, p));
+        let registry = Registry::start_in(&reg_dir, auth, free_port());
+        let registry_addr = registry.addr.clone();
         let relay = Relay::start(&registry_addr, opts.rate);
         let root_urls: Vec<String> = (0..opts.roots)
             .map(|_| format!("http://127.0.0.1:{}", free_port()))

@@ -1,4 +1,5 @@
-//! The one error type of the `zfile` crate.
+//! The one error type of the `zfile` crate. A cause is part of the message (no `source()`),
+//! so a chain printer shows it once.
 
 use std::io;
 
@@ -9,12 +10,11 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The underlying source or sink failed.
-    #[error("{op} at offset {offset:#x}: {source}")]
+    #[error("{op} at offset {offset:#x}: {cause}")]
     Io {
         op: &'static str,
         offset: u64,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The source ended before a structure that must be there.
     #[error("truncated: {what} needs {need} bytes at offset {offset:#x}, only {got} present")]
@@ -60,20 +60,26 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(op: &'static str, offset: u64, source: io::Error) -> Self {
-        Error::Io { op, offset, source }
+    pub(crate) fn io(op: &'static str, offset: u64, cause: io::Error) -> Self {
+        Error::Io { op, offset, cause }
     }
 
-    /// Maps this error to an `io::Error` for callers that speak `std::io`: corrupt or
-    /// inconsistent data becomes `InvalidData`, I/O errors keep their kind.
-    pub fn into_io(self) -> io::Error {
-        let kind = match &self {
-            Error::Io { source, .. } => source.kind(),
+    /// The `io::ErrorKind` this error stands for: corrupt or inconsistent data is
+    /// `InvalidData`, I/O errors keep their kind (a registry's `TimedOut` or `NotFound` stays
+    /// one on its way up).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Error::Io { cause, .. } => cause.kind(),
             Error::Truncated { .. } => io::ErrorKind::UnexpectedEof,
             Error::Unsupported(_) => io::ErrorKind::Unsupported,
             _ => io::ErrorKind::InvalidData,
-        };
-        io::Error::new(kind, self)
+        }
+    }
+
+    /// Maps this error to an `io::Error` of [`Error::kind`] for callers that speak `std::io`;
+    /// the error itself rides inside.
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(self.kind(), self)
     }
 }
 

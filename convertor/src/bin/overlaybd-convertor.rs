@@ -10,7 +10,7 @@ use convertor::layer::Compression;
 use convertor::progress::{Progress, Quiet, Reporter};
 use convertor::remote::{Remote, RemoteOptions};
 use convertor::store::{ImageRef, Layout, Location, Store};
-use overlaybd::registry::auth::Credentials;
+use overlaybd_registry::auth::Credentials;
 use zfile::Algorithm;
 
 #[derive(Parser, Debug)]

@@ -73,7 +73,7 @@ pub struct RpullArgs {
 fn rpull(a: RpullArgs) -> anyhow::Result<()> {
     let credentials = a.user.as_deref().map(|u| {
         let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-        overlaybd::registry::auth::Credentials {
+        overlaybd_registry::auth::Credentials {
             username: user.into(),
             password: pass.into(),
         }
@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     if !metrics_address.is_empty() {
         let m = metrics.clone();
-        overlaybd::metrics::serve(&metrics_address, move || m.render())?;
+        overlaybd_metrics::serve(&metrics_address, move || m.render())?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,0 +1,80 @@
+#![allow(dead_code, unused_imports)]
+//! Shared helpers of the daemon's integration tests.
+
+pub mod daemon;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use overlaybd_lsmt::testutil::disk_sha256;
+use overlaybd_lsmt::{Stack, Upper};
+use overlaybd_registry::{BlobLocation, RegistryOptions};
+pub use test_support::registry::Registry;
+pub use test_support::vectors::{copy_to, D_DISK, F_DISK, G_DISK};
+pub use test_support::{can_mount, random, require, require_tool, run, AlignedBuf};
+
+pub fn vector(name: &str) -> PathBuf {
+    test_support::vectors::path(name)
+}
+
+/// A stack of vector files, lowest first.
+pub fn stack(names: &[&str], upper: Option<Upper>) -> Stack {
+    let paths: Vec<PathBuf> = names.iter().map(|n| vector(n)).collect();
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    overlaybd_lsmt::testutil::stack(&refs, upper)
+}
+
+/// Registry options that give up quickly.
+pub fn quick() -> RegistryOptions {
+    RegistryOptions {
+        deadline: Duration::from_secs(3),
+        initial_backoff: Duration::from_millis(20),
+        ..Default::default()
+    }
+}
+
+/// Where blob `digest` of `repo` lives in `reg`.
+pub fn location(reg: &Registry, repo: &str, digest: &str) -> BlobLocation {
+    BlobLocation {
+        registry: reg.url.clone(),
+        repository: repo.to_string(),
+        digest: digest.to_string(),
+    }
+}
+
+/// Extracts `g.layer.tar` into `dir` as a filesystem holding it would look (whiteouts taken
+/// out), for `diff -r` against a mounted image.
+pub fn g_tree(dir: &Path) -> PathBuf {
+    let t = dir.join("g-expected");
+    std::fs::create_dir_all(&t).unwrap();
+    run(
+        "tar",
+        &[
+            "-xf",
+            vector("g.layer.tar").to_str().unwrap(),
+            "-C",
+            t.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(t.join("tmp/.wh.gone")).unwrap();
+    t
+}
+
+/// Compares a mounted image of vector g with the tar's tree.
+pub fn assert_same_tree(expected: &Path, mounted: &Path) {
+    run(
+        "diff",
+        &[
+            "-r",
+            "--no-dereference",
+            "-x",
+            "lost+found",
+            expected.to_str().unwrap(),
+            mounted.to_str().unwrap(),
+        ],
+    );
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(mounted.join("usr/bin/tool")).unwrap();
+    let b = std::fs::metadata(mounted.join("usr/bin/tool-hardlink")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "the hard link shares the inode");
+}

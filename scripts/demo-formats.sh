@@ -9,14 +9,14 @@ need_rust
 need_pkgs gcc:gcc python3:python3 e2fsck:e2fsprogs debugfs:e2fsprogs
 
 echo "== building obdctl (release)"
-cargo build --release --locked -q -p overlaybd --bin obdctl
-OBD=$PWD/target/release/obdctl
+cargo build --release --locked -q -p obdctl
+OBD=$(realpath "${CARGO_TARGET_DIR:-target}")/release/obdctl
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
 echo "== 64 MiB of mixed content (overlaybd's vector generator)"
-python3 "$OLDPWD/zfile/tests/gen_input.py" 67108864 3 input.bin
+python3 "$OLDPWD/tests/support/vectors/gen_input.py" 67108864 3 input.bin
 
 echo "== compress as overlaybd's convertor would (lz4, 4 KiB blocks, tar envelope) + integrity table"
 $OBD zfile compress --tar --integrity --threads 2 input.bin layer.tar | tee compress.log
@@ -46,10 +46,10 @@ if $OBD zfile verify tampered.tar --root "$root"; then
 fi
 echo
 echo "== overlaybd's own test vector reads here (written by overlaybd-zfile)"
-$OBD zfile verify "$OLDPWD/zfile/tests/vectors/a.lz4.bs4.zfile"
+$OBD zfile verify "$OLDPWD/tests/support/vectors/a.lz4.bs4.zfile"
 echo
 echo "== LSMT: overlaybd's writable layer d.rw.*, committed by us, is byte-identical to overlaybd-commit's output"
-V="$OLDPWD/overlaybd/tests/vectors"
+V="$OLDPWD/tests/support/vectors"
 cp "$V/d.rw.data" "$V/d.rw.index" . && chmod u+w d.rw.*
 $OBD layer commit -z --uuid 11111111-2222-3333-4444-555555555555 d.rw.data d.rw.index ours.zfile
 cmp ours.zfile "$V/e.lz4.bs4.zfile" && echo "identical to e.lz4.bs4.zfile (overlaybd-commit -z)"

@@ -17,4 +17,4 @@ modprobe loop 2>/dev/null || true
 modprobe fuse 2>/dev/null || true
 echo "== building (release; a few minutes the first time)"
 cargo build --release --locked -q -p e2e-tests --bin lazy-pull-demo
-exec target/release/lazy-pull-demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/lazy-pull-demo" "$@"

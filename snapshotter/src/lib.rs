@@ -8,14 +8,15 @@ pub mod error;
 pub mod filter;
 
 pub mod mount;
-pub mod rpull;
 pub mod service;
 pub mod snapshotter;
 pub mod store;
 
 pub use error::{Error, Result};
 
-/// The generated gRPC code of containerd's API (`proto/containerd/*.proto`).
+/// containerd's Snapshots service as generated from `proto/containerd/snapshots.proto`: the
+/// server this crate implements (containerd's client API, which `rpull` uses, comes from the
+/// `containerd-client` crate, which builds no servers).
 #[allow(
     clippy::all,
     missing_docs,
@@ -33,32 +34,8 @@ pub mod proto {
                     tonic::include_proto!("containerd.services.snapshots.v1");
                 }
             }
-            pub mod content {
-                pub mod v1 {
-                    tonic::include_proto!("containerd.services.content.v1");
-                }
-            }
-            pub mod images {
-                pub mod v1 {
-                    tonic::include_proto!("containerd.services.images.v1");
-                }
-            }
-            pub mod leases {
-                pub mod v1 {
-                    tonic::include_proto!("containerd.services.leases.v1");
-                }
-            }
-            pub mod diff {
-                pub mod v1 {
-                    tonic::include_proto!("containerd.services.diff.v1");
-                }
-            }
         }
     }
-    pub use containerd::services::content::v1 as content;
-    pub use containerd::services::diff::v1 as diff;
-    pub use containerd::services::images::v1 as images;
-    pub use containerd::services::leases::v1 as leases;
     pub use containerd::services::snapshots::v1 as snapshots;
     pub use containerd::types;
 }

@@ -283,9 +283,13 @@ pub async fn serve(
 /// A client of a Snapshots service on a unix socket (containerd's own, or ours).
 pub async fn connect(
     socket: &Path,
-) -> crate::Result<pb::snapshots_client::SnapshotsClient<tonic::transport::Channel>> {
+) -> crate::Result<
+    containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient<
+        tonic::transport::Channel,
+    >,
+> {
     let ch = overlaybd_api::unix_channel(socket)
         .await
         .map_err(|e| crate::Error::Unavailable(e.to_string()))?;
-    Ok(pb::snapshots_client::SnapshotsClient::new(ch))
+    Ok(containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient::new(ch))
 }

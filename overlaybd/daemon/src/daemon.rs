@@ -137,13 +137,8 @@ impl Daemon {
         if !cfg.nbd_address.is_empty() {
             nbd.listen_tcp(cfg.nbd_address.parse().expect("validated"))?;
         }
-        let fdstore = match exe {
-            Some(exe) => Some(FdStore::connect_or_spawn(
-                &cfg.state_dir.join("fdstore.sock"),
-                exe,
-            )?),
-            None => None,
-        };
+        // The keeper starts with the first descriptor it must keep (and exits with the last).
+        let fdstore = exe.map(|exe| FdStore::new(&cfg.state_dir.join("fdstore.sock"), exe));
         let opts = DeviceOptions {
             replay_concurrency: cfg.prefetch_concurrency,
             ..Default::default()

@@ -13,6 +13,10 @@
 //! DEL <key>             → OK
 //! QUIT                  → OK            (exits)
 //! ```
+//!
+//! The keeper runs only while it holds something: the daemon starts it with the first `PUT`,
+//! and it exits when a `DEL` leaves it empty, or after [`IDLE_EXIT`] without holding anything
+//! (a keeper whose daemon never sent a descriptor, or whose `PUT` failed).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -41,14 +45,33 @@ pub fn take_fd(pid: u32, fd: RawFd) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(got as RawFd) })
 }
 
-/// Runs the keeper on `socket` until `QUIT`.
+/// How long a keeper that holds nothing waits for a descriptor before it exits.
+pub const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// Runs the keeper on `socket` until `QUIT`, a `DEL` of its last descriptor, or
+/// [`IDLE_EXIT`] with nothing held.
 pub fn serve(socket: &Path) -> Result<()> {
     let l = overlaybd_api::bind_private_unix(socket)
         .map_err(|e| Error::io("bind", socket.display().to_string(), e))?;
+    l.set_nonblocking(true)
+        .map_err(|e| Error::io("listen", socket.display().to_string(), e))?;
     let mut held: HashMap<String, OwnedFd> = HashMap::new();
     let me = std::process::id();
-    for conn in l.incoming() {
-        let Ok(conn) = conn else { continue };
+    let mut empty_since = Some(std::time::Instant::now());
+    loop {
+        let conn = match l.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if empty_since.is_some_and(|t| t.elapsed() >= IDLE_EXIT) {
+                    let _ = std::fs::remove_file(socket);
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let _ = conn.set_nonblocking(false);
         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
         let mut w = match conn.try_clone() {
             Ok(w) => w,
@@ -73,7 +96,12 @@ pub fn serve(socket: &Path) -> Result<()> {
                     None => "NONE".to_string(),
                 },
                 ["DEL", key] => {
-                    held.remove(*key);
+                    if held.remove(*key).is_some() && held.is_empty() {
+                        // Nothing left to keep: the keeper's job is done.
+                        let _ = writeln!(w, "OK");
+                        let _ = std::fs::remove_file(socket);
+                        return Ok(());
+                    }
                     "OK".to_string()
                 }
                 ["QUIT"] => {
@@ -87,43 +115,68 @@ pub fn serve(socket: &Path) -> Result<()> {
                 break;
             }
         }
+        empty_since = match (held.is_empty(), empty_since) {
+            (true, None) => Some(std::time::Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
     }
-    Ok(())
 }
 
 /// The daemon's side.
 #[derive(Debug, Clone)]
 pub struct FdStore {
     socket: PathBuf,
+    exe: PathBuf,
+    /// Keepers this daemon started, reaped once they exit.
+    children: std::sync::Arc<std::sync::Mutex<Vec<std::process::Child>>>,
 }
 
 impl FdStore {
-    /// Connects to the keeper on `socket`, starting `exe fdstore <socket>` (in its own
-    /// process group, so that signals to the daemon's group do not reach it) if none answers.
-    pub fn connect_or_spawn(socket: &Path, exe: &Path) -> Result<FdStore> {
-        let s = FdStore {
+    /// The keeper on `socket`, started as `exe fdstore <socket>` when a descriptor must be
+    /// kept and none answers.
+    pub fn new(socket: &Path, exe: &Path) -> FdStore {
+        FdStore {
             socket: socket.to_path_buf(),
-        };
-        if s.request("GET -").is_ok() {
-            return Ok(s);
+            exe: exe.to_path_buf(),
+            children: Default::default(),
         }
+    }
+
+    /// Reaps keepers that exited (they exit on their own once they hold nothing).
+    fn reap(&self) {
+        let mut c = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        c.retain_mut(|k| matches!(k.try_wait(), Ok(None)));
+    }
+
+    /// Starts the keeper (in its own process group, so that signals to the daemon's group do
+    /// not reach it) unless one answers.
+    fn ensure_running(&self) -> Result<()> {
+        if self.request("GET -").is_ok() {
+            return Ok(());
+        }
+        self.reap();
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(exe)
+        let child = std::process::Command::new(&self.exe)
             .arg("fdstore")
-            .arg(socket)
+            .arg(&self.socket)
             .process_group(0)
             .stdin(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| Error::io("spawn", exe.display().to_string(), e))?;
+            .map_err(|e| Error::io("spawn", self.exe.display().to_string(), e))?;
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child);
         for _ in 0..200 {
-            if s.request("GET -").is_ok() {
-                return Ok(s);
+            if self.request("GET -").is_ok() {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         Err(Error::Invalid(format!(
             "the descriptor keeper on {} did not start",
-            socket.display()
+            self.socket.display()
         )))
     }
 
@@ -142,15 +195,26 @@ impl FdStore {
         Ok(answer)
     }
 
-    /// Hands a copy of `fd` to the keeper under `key`.
+    /// Hands a copy of `fd` to the keeper under `key`, starting the keeper if needed (once
+    /// more if it exited meanwhile, having held nothing).
     pub fn put(&self, key: &str, fd: RawFd) -> Result<()> {
-        self.request(&format!("PUT {key} {} {fd}", std::process::id()))
-            .map(drop)
+        let line = format!("PUT {key} {} {fd}", std::process::id());
+        self.ensure_running()?;
+        match self.request(&line) {
+            Err(Error::Io { .. }) => {
+                self.ensure_running()?;
+                self.request(&line).map(drop)
+            }
+            r => r.map(drop),
+        }
     }
 
-    /// A copy of the descriptor kept under `key`.
+    /// A copy of the descriptor kept under `key`; none when no keeper runs.
     pub fn get(&self, key: &str) -> Result<Option<OwnedFd>> {
-        let a = self.request(&format!("GET {key}"))?;
+        let a = match self.request(&format!("GET {key}")) {
+            Err(Error::Io { .. }) => return Ok(None),
+            a => a?,
+        };
         if a == "NONE" {
             return Ok(None);
         }
@@ -163,12 +227,22 @@ impl FdStore {
         }
     }
 
+    /// Forgets `key` (the keeper exits if that was its last descriptor); nothing to do when
+    /// no keeper runs.
     pub fn delete(&self, key: &str) -> Result<()> {
-        self.request(&format!("DEL {key}")).map(drop)
+        let r = self.request(&format!("DEL {key}"));
+        self.reap();
+        match r {
+            Err(Error::Io { .. }) => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     /// Stops the keeper (the daemon does this on a clean shutdown with no devices left).
     pub fn quit(&self) -> Result<()> {
-        self.request("QUIT").map(drop)
+        match self.request("QUIT") {
+            Err(Error::Io { .. }) => Ok(()),
+            r => r.map(drop),
+        }
     }
 }

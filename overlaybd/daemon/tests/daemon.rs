@@ -153,8 +153,21 @@ fn a_remote_image_attaches_mounts_and_detaches() {
     assert_eq!(metric(&m, "overlaybd_devices"), 1, "{m}");
     assert!(metric(&m, "overlaybd_device_read_bytes_total") > 0);
 
-    // Detach: the loop device and the record go away.
+    // The descriptor keeper runs while it holds the device's FUSE descriptor.
+    let keeper = tmp.path().join("state/fdstore.sock");
+    let keeper_answers = || std::os::unix::net::UnixStream::connect(&keeper).is_ok();
+    assert!(keeper_answers(), "a device is attached, so the keeper runs");
+
+    // Detach: the loop device and the record go away, and the keeper, holding nothing, exits.
     d.ctl(&["detach", "g"]);
+    let t = Instant::now();
+    while keeper_answers() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !keeper_answers(),
+        "the keeper still runs with nothing to keep"
+    );
     assert!(d.ctl(&["list"]).is_empty());
     let n = lo.trim_start_matches("/dev/loop");
     let backing = std::fs::read_to_string(format!("/sys/block/loop{n}/loop/backing_file"));

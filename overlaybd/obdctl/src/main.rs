@@ -2,6 +2,7 @@
 
 mod args;
 mod layer_cmd;
+mod output;
 mod zfile_cmd;
 
 use clap::{Parser, Subcommand};

@@ -78,7 +78,7 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
             password: pass.into(),
         }
     });
-    let opts = snapshotter::rpull::Options {
+    let opts = overlaybd_containerd::rpull::Options {
         address: a.address,
         namespace: a.namespace,
         snapshotter: a.snapshotter,
@@ -88,7 +88,7 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
         download_blobs: a.download_blobs,
     };
     let t = std::time::Instant::now();
-    let p = snapshotter::rpull::rpull(&a.reference, &opts)?;
+    let p = overlaybd_containerd::rpull::rpull(&a.reference, &opts)?;
     println!(
         "pulled {} ({}): {} layers, {} remote, {} unpacked, {} already present; {} bytes from the registry in {:.2} s",
         p.name,

@@ -1,0 +1,196 @@
+//! The remote-layer decision at pull time: an overlaybd layer whose blob the registry serves
+//! is committed at once as a remote snapshot; anything else is unpacked by containerd.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use overlaybd_api::LayerConfig;
+use overlaybd_oci::label as labels;
+use overlaybd_oci::reference::Reference;
+use tracing::{info, warn};
+
+use super::{io, Snapshotter};
+use crate::error::{Error, Result};
+use crate::store::{now_ns, Kind, Snapshot, Storage};
+
+impl Snapshotter {
+    /// A pull-time Prepare of an overlaybd layer: commit it as a remote snapshot when its blob
+    /// can be read. `false` means: let containerd download and unpack it.
+    pub(super) async fn try_remote(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let get = |k: &str| labels.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let target = get(labels::TARGET_REF).unwrap_or_default();
+        let (Some(digest), Some(size), Some(image)) = (
+            get(labels::BLOB_DIGEST),
+            get(labels::BLOB_SIZE),
+            get(labels::CRI_IMAGE_REF).or_else(|| get(labels::IMAGE_REF)),
+        ) else {
+            return Ok(false);
+        };
+        if get(labels::ACCELERATION_LAYER) == Some("yes")
+            || get(labels::DOWNLOAD_REMOTE_BLOB) == Some("download")
+        {
+            return Ok(false);
+        }
+        let why_not = |why: String| {
+            warn!(
+                snapshot = key,
+                target,
+                image,
+                blob = digest,
+                "remote-snapshot-prepared=false: {why}"
+            );
+            Ok(false)
+        };
+        let Ok(size) = size.parse::<u64>() else {
+            return why_not(format!("blob-size {size:?} is not a number"));
+        };
+        if !self.parent_is_block(parent)? {
+            return why_not("the parent layer is not an overlaybd layer".into());
+        }
+        // A layer another namespace (or an earlier pull) already committed.
+        if let Some(t) = self.meta.get(target)? {
+            if t.kind == Kind::Committed && t.parent == parent {
+                return Ok(true);
+            }
+            return why_not(format!("a different snapshot is named {target}"));
+        }
+        let image_ref = match Reference::parse(image) {
+            Ok(r) => r,
+            Err(e) => return why_not(e.to_string()),
+        };
+        if let Err(e) = self.check_blob(&image_ref, digest, size).await {
+            return why_not(e.to_string());
+        }
+        let id = self.meta.next_id()?;
+        let (fs, block) = (self.fs_dir(id), self.block_dir(id));
+        for d in [&fs, &block] {
+            std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
+        }
+        let mut cfg = self.parent_config(parent)?;
+        cfg.repo_blob_url = image_ref.repo_blob_url();
+        cfg.lowers.push(LayerConfig {
+            dir: fs.display().to_string(),
+            digest: digest.to_string(),
+            size,
+            integrity_root: get(labels::INTEGRITY_ROOT).unwrap_or_default().to_string(),
+            ..LayerConfig::default()
+        });
+        cfg.result_file = block.join("result").display().to_string();
+        let done = self.write_config(id, &cfg).and_then(|_| {
+            std::fs::write(self.dir(id).join("image_ref"), image).map_err(io("write image_ref"))
+        });
+        let mut labels = labels.clone();
+        labels.insert(labels::REMOTE.into(), labels::REMOTE_VALUE.into());
+        let now = now_ns();
+        let s = Snapshot {
+            id,
+            kind: Kind::Committed,
+            parent: parent.to_string(),
+            labels,
+            created: now,
+            updated: now,
+            storage: Storage::Remote,
+            size: 0,
+            inodes: 0,
+        };
+        if let Err(e) = done.and_then(|_| self.meta.create(target, &s)) {
+            let _ = std::fs::remove_dir_all(self.dir(id));
+            return Err(e);
+        }
+        info!(
+            snapshot = target,
+            image,
+            blob = digest,
+            "remote-snapshot-prepared=true"
+        );
+        Ok(true)
+    }
+
+    /// Reads the blob's size from the registry (HEAD), as the daemon will, within the lazy
+    /// check's time limit.
+    pub(super) async fn check_blob(&self, r: &Reference, digest: &str, size: u64) -> Result<()> {
+        use overlaybd_registry::{BlobLocation, RegistryBlob, RegistryOptions};
+        let loc = BlobLocation::from_repo_blob_url(&r.repo_blob_url(), digest)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let limit = Duration::from_secs(self.cfg.lazy_check_timeout_secs);
+        let opts = RegistryOptions {
+            deadline: limit,
+            hosts_dir: Some(self.cfg.hosts_dir.clone()).filter(|d| d.is_dir()),
+            docker_config: self.docker_config.clone(),
+            ..RegistryOptions::default()
+        };
+        let job = tokio::task::spawn_blocking(move || RegistryBlob::open(loc, Some(size), opts));
+        match tokio::time::timeout(limit + Duration::from_secs(1), job).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Error::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(Error::Internal(format!("blob check: {e}"))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer within {} s",
+                limit.as_secs()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_blob_the_registry_does_not_serve_falls_back_to_a_normal_prepare() {
+        let d = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hosts = d.path().join("certs.d/r.example:5000");
+        std::fs::create_dir_all(&hosts).unwrap();
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!("server = \"http://127.0.0.1:{port}\"\n"),
+        )
+        .unwrap();
+        let cfg = Config {
+            root: d.path().join("root"),
+            hosts_dir: d.path().join("certs.d"),
+            lazy_check_timeout_secs: 2,
+            ..Config::default()
+        };
+        let sn = Snapshotter::open(cfg).unwrap();
+        let mut l = BTreeMap::new();
+        l.insert(
+            labels::TARGET_REF.to_string(),
+            format!("sha256:{}", "1".repeat(64)),
+        );
+        l.insert(
+            labels::BLOB_DIGEST.to_string(),
+            format!("sha256:{}", "2".repeat(64)),
+        );
+        l.insert(labels::BLOB_SIZE.to_string(), "1000".into());
+        l.insert(
+            labels::IMAGE_REF.to_string(),
+            "r.example:5000/app:v1".into(),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = rt
+            .block_on(sn.prepare("ns/1/extract-1 x", "", l, Kind::Active))
+            .unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m[0].kind, "bind",
+            "a plain directory for containerd to unpack into"
+        );
+        assert_eq!(sn.stat("ns/1/extract-1 x").unwrap().kind, Kind::Active);
+    }
+}

@@ -37,22 +37,34 @@ const CHUNK: usize = 1 << 20;
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
-/// Why a layer could not be applied.
+/// Why a layer could not be applied (also what [`crate::model`] reports). A cause is part of
+/// the message, not `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The tar stream itself is broken (truncated, bad checksum, bad number).
     #[error("layer tar: {0}")]
-    Tar(#[source] std::io::Error),
+    Tar(std::io::Error),
     /// An entry the OCI rules do not allow.
     #[error("entry {entry:?}: {reason}")]
     Refused { entry: String, reason: String },
     /// The filesystem refused an operation (e.g. no space).
-    #[error("entry {entry:?}: {source}")]
+    #[error("entry {entry:?}: {cause}")]
     Fs {
         entry: String,
-        #[source]
-        source: extfs::FsError,
+        cause: extfs::FsError,
     },
+}
+
+impl ApplyError {
+    /// A broken stream keeps its kind (a truncated tar is `UnexpectedEof`), a refused entry is
+    /// `InvalidData`, a filesystem error has [`extfs::FsError::kind`].
+    pub fn kind(&self) -> std::io::ErrorKind {
+        match self {
+            ApplyError::Tar(e) => e.kind(),
+            ApplyError::Refused { .. } => std::io::ErrorKind::InvalidData,
+            ApplyError::Fs { cause, .. } => cause.kind(),
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, ApplyError>;
@@ -143,13 +155,13 @@ impl<'f, 'a> Applier<'f, 'a> {
     }
 
     fn fs_err(name: &[u8]) -> impl FnOnce(extfs::FsError) -> ApplyError + '_ {
-        move |source| ApplyError::Fs {
+        move |cause| ApplyError::Fs {
             entry: show(name),
-            source,
+            cause,
         }
     }
 
-    fn refuse(name: &[u8], reason: impl Into<String>) -> ApplyError {
+    pub(crate) fn refuse(name: &[u8], reason: impl Into<String>) -> ApplyError {
         ApplyError::Refused {
             entry: show(name),
             reason: reason.into(),
@@ -162,58 +174,107 @@ impl<'f, 'a> Applier<'f, 'a> {
             return Ok(());
         }
         let comps = clean(name).map_err(|r| Self::refuse(name, r))?;
-        let fe = Self::fs_err(name);
         let Some((base, dirs)) = comps.split_last() else {
-            // The root itself: only a directory entry means anything (its metadata).
-            if kind == EntryType::Directory {
-                let m = meta(e, name)?;
-                self.fs.set_meta(ROOT_INO, &m).map_err(fe)?;
-                let x = xattrs(e, name)?;
-                if !x.is_empty() {
-                    self.fs
-                        .set_xattrs(ROOT_INO, &x)
-                        .map_err(Self::fs_err(name))?;
-                }
+            return self.root_entry(e, kind, name);
+        };
+        if base.starts_with(WHITEOUT) {
+            return self.whiteout(dirs, base, name);
+        }
+        let parent = self.resolve(dirs, true, name)?.expect("created");
+        let keep_dir = self.make_room(parent, base, kind, name)?;
+        let ino = self.create(e, kind, parent, base, keep_dir, name)?;
+        self.made.insert((parent, base.clone()));
+        if kind == EntryType::Link {
+            // A hard link names an inode that already has its metadata; tar writers repeat
+            // the target's in the link's header, and containerd's chmod of a link does not
+            // apply (it looks the target up relative to its own working directory).
+            return Ok(());
+        }
+        let x = xattrs(e, name)?;
+        if !x.is_empty() {
+            self.fs.set_xattrs(ino, &x).map_err(Self::fs_err(name))?;
+        }
+        let mut m = meta(e, name)?;
+        if kind == EntryType::Symlink {
+            m.mode = 0o777;
+        }
+        self.fs.set_meta(ino, &m).map_err(Self::fs_err(name))?;
+        Ok(())
+    }
+
+    /// An entry naming the root itself: only a directory entry means anything (its metadata).
+    fn root_entry<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        name: &[u8],
+    ) -> Result<()> {
+        if kind == EntryType::Directory {
+            let m = meta(e, name)?;
+            self.fs.set_meta(ROOT_INO, &m).map_err(Self::fs_err(name))?;
+            let x = xattrs(e, name)?;
+            if !x.is_empty() {
+                self.fs
+                    .set_xattrs(ROOT_INO, &x)
+                    .map_err(Self::fs_err(name))?;
             }
+        }
+        Ok(())
+    }
+
+    /// `.wh.NAME` (removes NAME and what is under it) or `.wh..wh..opq` in directory `dirs`.
+    fn whiteout(&mut self, dirs: &[Vec<u8>], base: &[u8], name: &[u8]) -> Result<()> {
+        self.stats.whiteouts += 1;
+        let Some(dir) = self.resolve(dirs, false, name)? else {
             return Ok(());
         };
-
-        // Whiteouts.
-        if base.starts_with(WHITEOUT) {
-            self.stats.whiteouts += 1;
-            let Some(dir) = self.resolve(dirs, false, name)? else {
-                return Ok(());
-            };
-            if base.as_slice() == OPAQUE {
-                return self.opaque(dir, name);
-            }
-            let target = &base[WHITEOUT.len()..];
-            if target.is_empty() || target == b"." || target == b".." {
-                return Err(Self::refuse(name, "a whiteout must name an entry"));
-            }
-            if let Some(ino) = self.lookup(dir, target).map_err(fe)? {
-                self.remove_tree(dir, target, ino)
-                    .map_err(Self::fs_err(name))?;
-            }
-            return Ok(());
+        if base == OPAQUE {
+            return self.opaque(dir, name);
         }
-
-        let parent = self.resolve(dirs, true, name)?.expect("created");
-        let existing = self.lookup(parent, base).map_err(fe)?;
-        let mut keep_dir = None;
-        if let Some(ino) = existing {
-            let st = self.fs.stat(ino).map_err(Self::fs_err(name))?;
-            if st.is_dir() && kind == EntryType::Directory {
-                keep_dir = Some(ino);
-            } else {
-                self.remove_tree(parent, base, ino)
-                    .map_err(Self::fs_err(name))?;
-            }
+        let target = &base[WHITEOUT.len()..];
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(Self::refuse(name, "a whiteout must name an entry"));
         }
+        if let Some(ino) = self.lookup(dir, target).map_err(Self::fs_err(name))? {
+            self.remove_tree(dir, target, ino)
+                .map_err(Self::fs_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Removes what is at `base` in `parent`, unless a directory entry lands on a directory:
+    /// that one is kept (returned) and takes the new metadata.
+    fn make_room(
+        &mut self,
+        parent: Ino,
+        base: &[u8],
+        kind: EntryType,
+        name: &[u8],
+    ) -> Result<Option<Ino>> {
+        let Some(ino) = self.lookup(parent, base).map_err(Self::fs_err(name))? else {
+            return Ok(None);
+        };
+        let st = self.fs.stat(ino).map_err(Self::fs_err(name))?;
+        if st.is_dir() && kind == EntryType::Directory {
+            return Ok(Some(ino));
+        }
+        self.remove_tree(parent, base, ino)
+            .map_err(Self::fs_err(name))?;
+        Ok(None)
+    }
+
+    /// Makes the entry's inode at `base` in `parent` (or takes `keep_dir`) and returns it.
+    fn create<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        parent: Ino,
+        base: &[u8],
+        keep_dir: Option<Ino>,
+        name: &[u8],
+    ) -> Result<Ino> {
         let fe = Self::fs_err(name);
-        let mut set_mode = true;
-        let mut is_link = false;
-        let ino = match kind {
+        Ok(match kind {
             EntryType::Directory => {
                 self.stats.dirs += 1;
                 match keep_dir {
@@ -221,7 +282,7 @@ impl<'f, 'a> Applier<'f, 'a> {
                     None => {
                         let i = self.fs.mkdir(parent, base).map_err(fe)?;
                         self.fresh.insert(i);
-                        self.dirs.insert((parent, base.clone()), i);
+                        self.dirs.insert((parent, base.to_vec()), i);
                         i
                     }
                 }
@@ -241,46 +302,11 @@ impl<'f, 'a> Applier<'f, 'a> {
             }
             EntryType::Symlink => {
                 self.stats.symlinks += 1;
-                set_mode = false;
-                let target = e
-                    .link_name_bytes()
-                    .ok_or_else(|| Self::refuse(name, "a symlink without a target"))?
-                    .into_owned();
-                if target.is_empty() || target.len() > 4095 || target.contains(&0) {
-                    return Err(Self::refuse(
-                        name,
-                        format!(
-                            "symlink target of {} bytes is not a valid path",
-                            target.len()
-                        ),
-                    ));
-                }
-                self.fs.symlink(parent, base, &target).map_err(fe)?
+                self.symlink(e, parent, base, name)?
             }
             EntryType::Link => {
                 self.stats.hardlinks += 1;
-                let target = e
-                    .link_name_bytes()
-                    .ok_or_else(|| Self::refuse(name, "a hard link without a target"))?
-                    .into_owned();
-                let ino = self.lookup_path(&target, name)?.ok_or_else(|| {
-                    Self::refuse(
-                        name,
-                        format!("hard link to {:?}, which does not exist", show(&target)),
-                    )
-                })?;
-                let st = self.fs.stat(ino).map_err(Self::fs_err(name))?;
-                if st.is_dir() {
-                    return Err(Self::refuse(
-                        name,
-                        format!("hard link to {:?}, which is a directory", show(&target)),
-                    ));
-                }
-                self.fs
-                    .hardlink(parent, base, ino)
-                    .map_err(Self::fs_err(name))?;
-                is_link = true;
-                ino
+                self.hardlink(e, parent, base, name)?
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 self.stats.nodes += 1;
@@ -306,24 +332,63 @@ impl<'f, 'a> Applier<'f, 'a> {
                     format!("unsupported tar entry type {:?}", other.as_byte() as char),
                 ))
             }
-        };
-        self.made.insert((parent, base.clone()));
-        if is_link {
-            // A hard link names an inode that already has its metadata; tar writers repeat
-            // the target's in the link's header, and containerd's chmod of a link does not
-            // apply (it looks the target up relative to its own working directory).
-            return Ok(());
+        })
+    }
+
+    fn symlink<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        parent: Ino,
+        base: &[u8],
+        name: &[u8],
+    ) -> Result<Ino> {
+        let target = e
+            .link_name_bytes()
+            .ok_or_else(|| Self::refuse(name, "a symlink without a target"))?
+            .into_owned();
+        if target.is_empty() || target.len() > 4095 || target.contains(&0) {
+            return Err(Self::refuse(
+                name,
+                format!(
+                    "symlink target of {} bytes is not a valid path",
+                    target.len()
+                ),
+            ));
         }
-        let x = xattrs(e, name)?;
-        if !x.is_empty() {
-            self.fs.set_xattrs(ino, &x).map_err(Self::fs_err(name))?;
+        self.fs
+            .symlink(parent, base, &target)
+            .map_err(Self::fs_err(name))
+    }
+
+    /// A new name for an existing non-directory.
+    fn hardlink<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        parent: Ino,
+        base: &[u8],
+        name: &[u8],
+    ) -> Result<Ino> {
+        let target = e
+            .link_name_bytes()
+            .ok_or_else(|| Self::refuse(name, "a hard link without a target"))?
+            .into_owned();
+        let ino = self.lookup_path(&target, name)?.ok_or_else(|| {
+            Self::refuse(
+                name,
+                format!("hard link to {:?}, which does not exist", show(&target)),
+            )
+        })?;
+        let st = self.fs.stat(ino).map_err(Self::fs_err(name))?;
+        if st.is_dir() {
+            return Err(Self::refuse(
+                name,
+                format!("hard link to {:?}, which is a directory", show(&target)),
+            ));
         }
-        let mut m = meta(e, name)?;
-        if !set_mode {
-            m.mode = 0o777;
-        }
-        self.fs.set_meta(ino, &m).map_err(Self::fs_err(name))?;
-        Ok(())
+        self.fs
+            .hardlink(parent, base, ino)
+            .map_err(Self::fs_err(name))?;
+        Ok(ino)
     }
 
     /// Copies a regular file's content; 4 KiB blocks of zeros stay holes.

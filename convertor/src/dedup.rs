@@ -7,12 +7,12 @@
 //! enough, and the record says in which repositories the blob was pushed, so a layer converted
 //! for one repository is mounted into another of the same registry instead of re-uploaded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::layer::Compression;
 
 const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
@@ -27,9 +27,18 @@ pub struct Record {
     pub locations: Vec<String>,
 }
 
+/// A redb error of the database at `path`.
+fn db_error(path: &Path, e: impl Into<redb::Error>) -> Error {
+    Error::Dedup {
+        path: path.to_path_buf(),
+        cause: Box::new(e.into()),
+    }
+}
+
 #[derive(Debug)]
 pub struct DedupDb {
     db: Database,
+    path: PathBuf,
 }
 
 /// The key: chain ID and everything that changes the converted bytes.
@@ -44,20 +53,26 @@ pub fn key(chain_id: &str, z: &Compression, vsize: u64) -> String {
 impl DedupDb {
     pub fn open(path: &Path) -> Result<DedupDb> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         }
-        let db = Database::create(path)
-            .with_context(|| format!("open the dedup database {}", path.display()))?;
-        let w = db.begin_write()?;
-        w.open_table(LAYERS)?;
-        w.commit()?;
-        Ok(DedupDb { db })
+        let db = Database::create(path).map_err(|e| db_error(path, e))?;
+        let w = db.begin_write().map_err(|e| db_error(path, e))?;
+        w.open_table(LAYERS).map_err(|e| db_error(path, e))?;
+        w.commit().map_err(|e| db_error(path, e))?;
+        Ok(DedupDb {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> Error {
+        db_error(&self.path, e)
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Record>> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(LAYERS)?;
-        let Some(v) = t.get(key)? else {
+        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = r.open_table(LAYERS).map_err(|e| self.err(e))?;
+        let Some(v) = t.get(key).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
         // A record that does not parse is treated as absent (and replaced on the next put).
@@ -73,11 +88,12 @@ impl DedupDb {
         root: &str,
         location: &str,
     ) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db.begin_write().map_err(|e| self.err(e))?;
         {
-            let mut t = w.open_table(LAYERS)?;
+            let mut t = w.open_table(LAYERS).map_err(|e| self.err(e))?;
             let old: Option<Record> = t
-                .get(key)?
+                .get(key)
+                .map_err(|e| self.err(e))?
                 .and_then(|v| serde_json::from_slice(v.value()).ok());
             let mut rec = match old {
                 Some(r) if r.digest == digest => r,
@@ -91,10 +107,11 @@ impl DedupDb {
             if !rec.locations.iter().any(|l| l == location) {
                 rec.locations.push(location.to_string());
             }
-            let bytes = serde_json::to_vec(&rec)?;
-            t.insert(key, bytes.as_slice())?;
+            let bytes =
+                serde_json::to_vec(&rec).map_err(|e| Error::json(format!("record {key}"), e))?;
+            t.insert(key, bytes.as_slice()).map_err(|e| self.err(e))?;
         }
-        w.commit()?;
+        w.commit().map_err(|e| self.err(e))?;
         Ok(())
     }
 }

@@ -172,6 +172,17 @@ pub struct FsError {
 
 pub type Result<T> = std::result::Result<T, FsError>;
 
+impl FsError {
+    /// The errno's kind when the code is one (a failed disk read or write), else `Other`
+    /// (libext2fs's own codes, such as "Could not allocate block").
+    pub fn kind(&self) -> io::ErrorKind {
+        match i32::try_from(self.code) {
+            Ok(errno @ 1..4096) => io::Error::from_raw_os_error(errno).kind(),
+            _ => io::ErrorKind::Other,
+        }
+    }
+}
+
 fn message(code: Errcode) -> String {
     // SAFETY: error_message returns a pointer to a static (or thread-local) NUL-terminated
     // string for any code.

@@ -7,13 +7,13 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use overlaybd_lsmt::{self as lsmt, CommitOptions, Mapping, Uuid};
 use sha2::{Digest, Sha256};
 use zfile::envelope::PaxWriter;
 use zfile::{Algorithm, WriterOptions, ZFileWriter};
 
 use crate::disk::WorkDisk;
+use crate::error::{At, Error, Result};
 
 /// ZFile settings of the layers written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +50,11 @@ pub struct LayerBlob {
 /// overlaybd's convertor: the layer UUID is the chain ID's first 32 hex digits, 8-4-4-4-12.
 pub fn uuid_from_chain_id(chain_id: &str) -> Result<Uuid> {
     let hex = chain_id.strip_prefix("sha256:").unwrap_or(chain_id);
-    anyhow::ensure!(hex.len() >= 32, "chain ID {chain_id:?} is too short");
+    if hex.len() < 32 {
+        return Err(Error::Invalid(format!(
+            "chain ID {chain_id:?} is too short"
+        )));
+    }
     let h = &hex[..32];
     let text = format!(
         "{}-{}-{}-{}-{}",
@@ -60,19 +64,17 @@ pub fn uuid_from_chain_id(chain_id: &str) -> Result<Uuid> {
         &h[16..20],
         &h[20..32]
     );
-    Uuid::parse(&text).with_context(|| format!("chain ID {chain_id:?} is not hex"))
+    Uuid::parse(&text).ok_or_else(|| Error::Invalid(format!("chain ID {chain_id:?} is not hex")))
 }
 
 /// SHA-256 of a file, as `sha256:<hex>`, and its size.
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
-        let k = f
-            .read(&mut buf)
-            .with_context(|| format!("read {}", path.display()))?;
+        let k = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
         if k == 0 {
             break;
         }
@@ -87,7 +89,7 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
 /// offsets in that file.
 pub fn snapshot(disk: &WorkDisk, maps: &[Mapping], out: &Path) -> Result<Vec<Mapping>> {
     use std::os::unix::io::AsRawFd;
-    let f = File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let f = File::create(out).map_err(|e| Error::io("create", out, e))?;
     let mut pos = 0u64;
     let mut dense = Vec::with_capacity(maps.len());
     for m in maps {
@@ -109,10 +111,15 @@ pub fn snapshot(disk: &WorkDisk, maps: &[Mapping], out: &Path) -> Result<Vec<Map
                     )
                 };
                 if n < 0 {
-                    return Err(std::io::Error::last_os_error()).context("copy layer data");
+                    let e = std::io::Error::last_os_error();
+                    return Err(Error::io("copy layer data to", out, e));
                 }
                 if n == 0 {
-                    anyhow::bail!("copy layer data: the work disk ended early");
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the work disk ended early",
+                    );
+                    return Err(Error::io("copy layer data to", out, e));
                 }
                 left -= n as usize;
                 pos += n as u64;
@@ -147,21 +154,30 @@ pub fn commit_extents(
         integrity: true,
         ..Default::default()
     };
-    let file = File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let file = File::create(out).map_err(|e| Error::io("create", out, e))?;
+    let write = |e: std::io::Error| Error::io("write", out, e);
     let (summary, root) = (|| -> Result<_> {
-        let mut w = ZFileWriter::new(PaxWriter::new(BufWriter::new(file))?, zopts)?;
+        let pax = PaxWriter::new(BufWriter::new(file)).map_err(write)?;
+        let mut w = ZFileWriter::new(pax, zopts)?;
         let s = lsmt::commit(maps, &[src], &mut w, &opts)?;
         let (pax, zs) = w.finish_with_header()?;
-        pax.finish()?.0.flush()?;
+        pax.finish()
+            .and_then(|(mut f, _)| f.flush())
+            .map_err(write)?;
         Ok((s, zs.integrity_root))
     })()
-    .with_context(|| format!("write layer {}", out.display()))?;
+    .at(|| format!("write layer {}", out.display()))?;
     let (digest, size) = sha256_file(out)?;
     Ok(LayerBlob {
         digest,
         size,
         integrity_root: root
-            .context("the ZFile writer wrote no integrity table")?
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: the ZFile writer wrote no integrity table",
+                    out.display()
+                ))
+            })?
             .to_string(),
         extents: summary.extents,
         data_bytes: summary.data_sectors * 512,

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod convert;
 pub mod dedup;
 pub mod disk;
+pub mod error;
 pub mod extfs;
 #[cfg(feature = "test-util")]
 pub mod fuzz;
@@ -18,3 +19,5 @@ pub mod record_trace;
 pub mod remote;
 pub mod store;
 pub mod verify;
+
+pub use error::{Error, Result};

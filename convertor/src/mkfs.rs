@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{Error, Result};
 
 /// overlaybd's `make_extfs` features (`reference/overlaybd.md` §7.1): 4 KiB blocks, 256-byte
 /// inodes, one inode per 16 KiB, 5% reserved, no journal, one group per flex group.
@@ -19,7 +19,7 @@ const CONFIG: &str = "[defaults]\n\tbase_features = sparse_super,large_file,file
 /// filesystem UUID and directory hash seed; `now` stamps every time mke2fs writes.
 pub fn mkfs(image: &Path, uuid: &str, now: i64, work: &Path) -> Result<()> {
     let conf = work.join("mke2fs.conf");
-    std::fs::write(&conf, CONFIG).with_context(|| format!("write {}", conf.display()))?;
+    std::fs::write(&conf, CONFIG).map_err(|e| Error::io("write", &conf, e))?;
     let out = Command::new("mke2fs")
         .env("MKE2FS_CONFIG", &conf)
         .env("E2FSPROGS_FAKE_TIME", now.to_string())
@@ -34,14 +34,14 @@ pub fn mkfs(image: &Path, uuid: &str, now: i64, work: &Path) -> Result<()> {
         .args(["-L", ""])
         .arg(image)
         .output()
-        .context("run mke2fs (install e2fsprogs)")?;
+        .map_err(|e| Error::Tool(format!("run mke2fs (install e2fsprogs): {e}")))?;
     if !out.status.success() {
-        bail!(
+        return Err(Error::Tool(format!(
             "mke2fs failed ({}): {}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        )));
     }
     Ok(())
 }

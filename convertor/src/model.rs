@@ -6,13 +6,19 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
-use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
-use crate::apply::{clean, meta, xattrs};
-use crate::extfs;
+use crate::apply::{clean, meta, xattrs, Applier, ApplyError};
+use crate::extfs::{self, Meta};
 use crate::verify::{Node, Tree};
+
+/// The model refuses what the applier refuses, with the same error.
+type Result<T> = std::result::Result<T, ApplyError>;
+
+fn refuse(name: &[u8], reason: impl Into<String>) -> ApplyError {
+    Applier::refuse(name, reason)
+}
 
 /// Symlinks followed while resolving one name.
 const MAX_FOLLOW: usize = 40;
@@ -54,6 +60,7 @@ impl Model {
         comps: &[Vec<u8>],
         create: bool,
         made: &mut HashSet<Vec<u8>>,
+        name: &[u8],
     ) -> Result<Option<Vec<Vec<u8>>>> {
         let mut path: Vec<Vec<u8>> = Vec::new();
         let mut todo: std::collections::VecDeque<Vec<u8>> = comps.iter().cloned().collect();
@@ -79,7 +86,7 @@ impl Model {
                 Some(n) if n.mode & extfs::S_IFMT == extfs::S_IFLNK => {
                     follows += 1;
                     if follows > MAX_FOLLOW {
-                        bail!("too many levels of symbolic links");
+                        return Err(refuse(name, "too many levels of symbolic links"));
                     }
                     let target = n.target.clone().unwrap_or_default();
                     path.pop();
@@ -90,10 +97,15 @@ impl Model {
                         todo.push_front(t.to_vec());
                     }
                 }
-                Some(_) if create => bail!(
-                    "{:?} on the way is not a directory",
-                    String::from_utf8_lossy(&p)
-                ),
+                Some(_) if create => {
+                    return Err(refuse(
+                        name,
+                        format!(
+                            "{:?} on the way is not a directory",
+                            String::from_utf8_lossy(&p)
+                        ),
+                    ))
+                }
                 Some(_) => return Ok(None),
             }
         }
@@ -125,12 +137,10 @@ impl Model {
     pub fn apply<R: Read>(&mut self, tar: R) -> Result<()> {
         let mut made: HashSet<Vec<u8>> = HashSet::new();
         let mut ar = tar::Archive::new(tar);
-        for e in ar.entries()? {
-            let mut e = e?;
+        for e in ar.entries().map_err(ApplyError::Tar)? {
+            let mut e = e.map_err(ApplyError::Tar)?;
             let name = e.path_bytes().into_owned();
-            let show = String::from_utf8_lossy(&name).into_owned();
-            self.entry(&mut e, &name, &mut made)
-                .with_context(|| format!("entry {show:?}"))?;
+            self.entry(&mut e, &name, &mut made)?;
         }
         Ok(())
     }
@@ -145,38 +155,20 @@ impl Model {
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
             return Ok(());
         }
-        let comps = clean(name).map_err(anyhow::Error::msg)?;
+        let comps = clean(name).map_err(|r| refuse(name, r))?;
         let Some((base, dirs)) = comps.split_last() else {
             if kind == EntryType::Directory {
                 let m = meta(e, name)?;
                 let x = xattrs(e, name)?;
                 let root = self.tree.get_mut(&Vec::new()).expect("root");
-                root.mode = extfs::S_IFDIR | m.mode;
-                root.uid = m.uid;
-                root.gid = m.gid;
-                merge_xattrs(root, x);
+                set_dir_meta(root, &m, x);
             }
             return Ok(());
         };
         if let Some(target) = base.strip_prefix(b".wh.") {
-            let Some(dir) = self.resolve(dirs, false, made)? else {
-                return Ok(());
-            };
-            let dp = join(&dir);
-            if target == b".wh..opq" {
-                for k in self.under(&dp) {
-                    if !made.contains(&k) {
-                        self.tree.remove(&k);
-                    }
-                }
-            } else {
-                let mut p = dir.clone();
-                p.push(target.to_vec());
-                self.remove(&join(&p));
-            }
-            return Ok(());
+            return self.whiteout(dirs, target, made, name);
         }
-        let dir = self.resolve(dirs, true, made)?.expect("created");
+        let dir = self.resolve(dirs, true, made, name)?.expect("created");
         let mut pc = dir.clone();
         pc.push(base.clone());
         let p = join(&pc);
@@ -187,85 +179,35 @@ impl Model {
         made.insert(p.clone());
         let m = meta(e, name)?;
         let x = xattrs(e, name)?;
+        if keep_dir {
+            set_dir_meta(self.tree.get_mut(&p).expect("present"), &m, x);
+            return Ok(());
+        }
         let node = match kind {
-            EntryType::Directory => {
-                if keep_dir {
-                    let n = self.tree.get_mut(&p).expect("present");
-                    n.mode = extfs::S_IFDIR | m.mode;
-                    n.uid = m.uid;
-                    n.gid = m.gid;
-                    merge_xattrs(n, x);
-                    return Ok(());
-                }
-                let mut n = dir_node(m.mode, m.uid, m.gid, (m.mtime, m.mtime_ns));
-                n.xattrs = x;
-                n
-            }
+            EntryType::Directory => node(extfs::S_IFDIR | m.mode, &m, x),
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut h = Sha256::new();
-                let size = std::io::copy(e, &mut h)?;
-                Node {
-                    mode: extfs::S_IFREG | m.mode,
-                    uid: m.uid,
-                    gid: m.gid,
-                    size,
-                    sha256: Some(hex::encode(h.finalize())),
-                    mtime: (m.mtime, m.mtime_ns),
-                    target: None,
-                    rdev: None,
-                    xattrs: x,
-                    link_group: None,
-                }
-            }
-            EntryType::Symlink => Node {
-                mode: extfs::S_IFLNK | 0o777,
-                uid: m.uid,
-                gid: m.gid,
-                size: 0,
-                sha256: None,
-                mtime: (m.mtime, m.mtime_ns),
-                target: Some(
-                    e.link_name_bytes()
-                        .context("a symlink without a target")?
-                        .into_owned(),
-                ),
-                rdev: None,
-                xattrs: x,
-                link_group: None,
-            },
-            EntryType::Link => {
-                let t = e
-                    .link_name_bytes()
-                    .context("a hard link without a target")?
-                    .into_owned();
-                let tc = clean(&t).map_err(anyhow::Error::msg)?;
-                let Some((tb, td)) = tc.split_last() else {
-                    bail!("a hard link to the root")
-                };
-                let Some(mut tp) = self.resolve(td, false, made)? else {
-                    bail!(
-                        "hard link to {:?}, which does not exist",
-                        String::from_utf8_lossy(&t)
-                    )
-                };
-                tp.push(tb.clone());
-                let tpath = join(&tp);
-                let mut n = self.tree.get(&tpath).cloned().with_context(|| {
-                    format!(
-                        "hard link to {:?}, which does not exist",
-                        String::from_utf8_lossy(&t)
-                    )
+                let size = std::io::copy(e, &mut h).map_err(|err| {
+                    ApplyError::Tar(std::io::Error::new(
+                        err.kind(),
+                        format!("{:?}: {err}", String::from_utf8_lossy(name)),
+                    ))
                 })?;
-                if n.mode & extfs::S_IFMT == extfs::S_IFDIR {
-                    bail!("hard link to a directory");
-                }
-                let group = n.link_group.clone().unwrap_or_else(|| tpath.clone());
-                n.link_group = Some(group.clone());
-                if let Some(tn) = self.tree.get_mut(&tpath) {
-                    tn.link_group = Some(group);
-                }
+                let mut n = node(extfs::S_IFREG | m.mode, &m, x);
+                n.size = size;
+                n.sha256 = Some(hex::encode(h.finalize()));
                 n
             }
+            EntryType::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse(name, "a symlink without a target"))?
+                    .into_owned();
+                let mut n = node(extfs::S_IFLNK | 0o777, &m, x);
+                n.target = Some(target);
+                n
+            }
+            EntryType::Link => self.hard_link(e, made, name)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let h = e.header();
                 let t = match kind {
@@ -273,29 +215,92 @@ impl Model {
                     EntryType::Block => extfs::S_IFBLK,
                     _ => extfs::S_IFIFO,
                 };
-                let rdev = (kind != EntryType::Fifo).then(|| {
+                let mut n = node(t | m.mode, &m, x);
+                n.rdev = (kind != EntryType::Fifo).then(|| {
                     (
                         h.device_major().ok().flatten().unwrap_or(0),
                         h.device_minor().ok().flatten().unwrap_or(0),
                     )
                 });
-                Node {
-                    mode: t | m.mode,
-                    uid: m.uid,
-                    gid: m.gid,
-                    size: 0,
-                    sha256: None,
-                    mtime: (m.mtime, m.mtime_ns),
-                    target: None,
-                    rdev,
-                    xattrs: x,
-                    link_group: None,
-                }
+                n
             }
-            other => bail!("unsupported tar entry type {:?}", other.as_byte() as char),
+            other => {
+                return Err(refuse(
+                    name,
+                    format!("unsupported tar entry type {:?}", other.as_byte() as char),
+                ))
+            }
         };
         self.tree.insert(p, node);
         Ok(())
+    }
+
+    /// `.wh.TARGET` in directory `dirs`: removes TARGET and what is under it; `.wh..wh..opq`
+    /// removes what this layer did not make there.
+    fn whiteout(
+        &mut self,
+        dirs: &[Vec<u8>],
+        target: &[u8],
+        made: &mut HashSet<Vec<u8>>,
+        name: &[u8],
+    ) -> Result<()> {
+        let Some(dir) = self.resolve(dirs, false, made, name)? else {
+            return Ok(());
+        };
+        let dp = join(&dir);
+        if target == b".wh..opq" {
+            for k in self.under(&dp) {
+                if !made.contains(&k) {
+                    self.tree.remove(&k);
+                }
+            }
+        } else {
+            let mut p = dir.clone();
+            p.push(target.to_vec());
+            self.remove(&join(&p));
+        }
+        Ok(())
+    }
+
+    /// The node of a hard link: its target's, both in one link group.
+    fn hard_link<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        made: &mut HashSet<Vec<u8>>,
+        name: &[u8],
+    ) -> Result<Node> {
+        let t = e
+            .link_name_bytes()
+            .ok_or_else(|| refuse(name, "a hard link without a target"))?
+            .into_owned();
+        let missing = || {
+            refuse(
+                name,
+                format!(
+                    "hard link to {:?}, which does not exist",
+                    String::from_utf8_lossy(&t)
+                ),
+            )
+        };
+        let tc = clean(&t).map_err(|r| refuse(name, r))?;
+        let Some((tb, td)) = tc.split_last() else {
+            return Err(refuse(name, "a hard link to the root"));
+        };
+        let Some(mut tp) = self.resolve(td, false, made, name)? else {
+            return Err(missing());
+        };
+        tp.push(tb.clone());
+        let tpath = join(&tp);
+        let mut n = self.tree.get(&tpath).cloned().ok_or_else(missing)?;
+        if n.mode & extfs::S_IFMT == extfs::S_IFDIR {
+            return Err(refuse(name, "hard link to a directory"));
+        }
+        let group = n.link_group.clone().unwrap_or_else(|| tpath.clone());
+        n.link_group = Some(group.clone());
+        if let Some(tn) = self.tree.get_mut(&tpath) {
+            tn.link_group = Some(group);
+        }
+        Ok(n)
     }
 
     /// The finished tree, hard-link groups named canonically.
@@ -318,6 +323,30 @@ fn dir_node(mode: u32, uid: u32, gid: u32, mtime: (i64, u32)) -> Node {
         xattrs: Vec::new(),
         link_group: None,
     }
+}
+
+/// A node of type and mode `mode` with the entry's owner and mtime.
+fn node(mode: u32, m: &Meta, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Node {
+    Node {
+        mode,
+        uid: m.uid,
+        gid: m.gid,
+        size: 0,
+        sha256: None,
+        mtime: (m.mtime, m.mtime_ns),
+        target: None,
+        rdev: None,
+        xattrs,
+        link_group: None,
+    }
+}
+
+/// A directory entry over a directory (or the root): new mode, owner and xattrs, the rest kept.
+fn set_dir_meta(n: &mut Node, m: &Meta, x: Vec<(Vec<u8>, Vec<u8>)>) {
+    n.mode = extfs::S_IFDIR | m.mode;
+    n.uid = m.uid;
+    n.gid = m.gid;
+    merge_xattrs(n, x);
 }
 
 fn merge_xattrs(n: &mut Node, x: Vec<(Vec<u8>, Vec<u8>)>) {

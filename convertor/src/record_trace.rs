@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-
+use crate::error::{At, Error, Result};
 use crate::oci::{self, annotation, media, Descriptor, Document, Manifest};
 use crate::store::Store;
 
@@ -56,9 +55,10 @@ fn ctr(opts: &Options, args: &[&str]) -> Command {
 /// The tar layer holding `trace` (mode 0444, fixed owner and time): the same bytes for the
 /// same trace.
 pub fn trace_layer(trace: &[u8]) -> Result<Vec<u8>> {
+    let tar_err = |e: std::io::Error| Error::io("write the layer tar of", "trace", e);
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();
-    h.set_path("trace")?;
+    h.set_path("trace").map_err(tar_err)?;
     h.set_mode(0o444);
     h.set_size(trace.len() as u64);
     h.set_mtime(crate::convert::REPRODUCIBLE_TIME as u64);
@@ -66,8 +66,8 @@ pub fn trace_layer(trace: &[u8]) -> Result<Vec<u8>> {
     h.set_gid(0);
     h.set_entry_type(tar::EntryType::Regular);
     h.set_cksum();
-    b.append(&h, trace)?;
-    Ok(b.into_inner()?)
+    b.append(&h, trace).map_err(tar_err)?;
+    b.into_inner().map_err(tar_err)
 }
 
 /// Records a trace of `src_ref` (an overlaybd image in a registry) running, and writes the
@@ -83,26 +83,30 @@ pub fn record_trace(
 ) -> Result<(Descriptor, u64)> {
     let (bytes, mt) = src
         .get_manifest(src_ref)
-        .with_context(|| format!("read {image_name}"))?;
+        .at(|| format!("read {image_name}"))?;
     let m = match oci::parse_document(&bytes, mt.as_deref())? {
         Document::Manifest(m) => *m,
         Document::Index(_) => {
-            bail!("{image_name}: record-trace takes one platform's manifest, not an index")
+            return Err(Error::Unsupported(format!(
+                "{image_name}: record-trace takes one platform's manifest, not an index"
+            )))
         }
     };
     let top = m
         .layers
         .last()
-        .with_context(|| format!("{image_name} has no layers"))?;
+        .ok_or_else(|| Error::Invalid(format!("{image_name} has no layers")))?;
     let ann = top.annotations.clone().unwrap_or_default();
     if !ann.contains_key(annotation::BLOB_DIGEST) {
-        bail!(
+        return Err(Error::Unsupported(format!(
             "{image_name} is not an overlaybd image (its top layer has no {})",
             annotation::BLOB_DIGEST
-        );
+        )));
     }
     if ann.get(annotation::ACCELERATION_LAYER).map(String::as_str) == Some("yes") {
-        bail!("{image_name} already has an acceleration layer");
+        return Err(Error::Unsupported(format!(
+            "{image_name} already has an acceleration layer"
+        )));
     }
 
     // containerd's name of the image (what rpull stores and ctr runs).
@@ -125,23 +129,22 @@ pub fn record_trace(
         .args(&opts.rpull_args)
         .arg(image_name)
         .output()
-        .context("run overlaybd-snapshotter rpull")?;
+        .map_err(|e| Error::Tool(format!("run overlaybd-snapshotter rpull: {e}")))?;
     if !o.status.success() {
-        bail!(
+        return Err(Error::Tool(format!(
             "rpull {image_name}: {}",
             String::from_utf8_lossy(&o.stderr).trim()
-        );
+        )));
     }
 
     // Run it with recording on.
-    let work = match &opts.work_dir {
-        Some(d) => tempfile::Builder::new()
-            .prefix("record-trace-")
-            .tempdir_in(d)?,
-        None => tempfile::Builder::new().prefix("record-trace-").tempdir()?,
-    };
+    let dir = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::Builder::new()
+        .prefix("record-trace-")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io("create a directory in", &dir, e))?;
     let trace = work.path().join("trace");
-    std::fs::write(&trace, b"").with_context(|| format!("create {}", trace.display()))?;
+    std::fs::write(&trace, b"").map_err(|e| Error::io("create", &trace, e))?;
     let id = format!("record-trace-{}", std::process::id());
     let path_label = format!(
         "containerd.io/snapshot/overlaybd/record-trace-path={}",
@@ -165,11 +168,12 @@ pub fn record_trace(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("run ctr")?;
+        .map_err(|e| Error::Tool(format!("run ctr: {e}")))?;
+    let wait_err = |e: std::io::Error| Error::Tool(format!("wait for ctr: {e}"));
     let wait = |child: &mut std::process::Child, limit: Duration| -> Result<bool> {
         let t = Instant::now();
         while t.elapsed() < limit {
-            if child.try_wait()?.is_some() {
+            if child.try_wait().map_err(wait_err)?.is_some() {
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -183,13 +187,13 @@ pub fn record_trace(
             wait(&mut child, Duration::from_secs(30))?;
         }
     }
-    let out = child.wait_with_output()?;
+    let out = child.wait_with_output().map_err(wait_err)?;
     let started = trace.with_extension("lock").exists() || trace.with_extension("ok").exists();
     if !started {
-        bail!(
+        return Err(Error::Tool(format!(
             "the container did not start with recording on: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        )));
     }
 
     // overlaybd's protocol: remove the lock, the trace is written, `.ok` appears.
@@ -197,16 +201,18 @@ pub fn record_trace(
     let t = Instant::now();
     while !trace.with_extension("ok").exists() {
         if t.elapsed() > Duration::from_secs(60) {
-            bail!(
+            return Err(Error::Tool(format!(
                 "the daemon did not write the trace {} within 60 s",
                 trace.display()
-            );
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let bytes = std::fs::read(&trace).with_context(|| format!("read {}", trace.display()))?;
+    let bytes = std::fs::read(&trace).map_err(|e| Error::io("read", &trace, e))?;
     if bytes.is_empty() {
-        bail!("the trace is empty: the container read nothing from the image");
+        return Err(Error::Invalid(
+            "the trace is empty: the container read nothing from the image".into(),
+        ));
     }
     let (desc, _) = push_with_trace(src, &m, dst, tag, &bytes)?;
     Ok((desc, bytes.len() as u64))
@@ -222,7 +228,10 @@ pub fn push_with_trace(
 ) -> Result<(Descriptor, Descriptor)> {
     let layer = trace_layer(trace)?;
     let digest = oci::sha256_digest(&layer);
-    let top = m.layers.last().context("no layers")?;
+    let top = m
+        .layers
+        .last()
+        .ok_or_else(|| Error::Invalid("no layers".into()))?;
     let mut ann = BTreeMap::new();
     ann.insert(
         annotation::VERSION.to_string(),
@@ -253,19 +262,23 @@ pub fn push_with_trace(
     let mut cfg = Vec::new();
     src.get_blob(&m.config.digest, &mut cfg)?;
     if oci::sha256_digest(&cfg) != m.config.digest {
-        bail!("config {} does not match its digest", m.config.digest);
+        return Err(Error::Invalid(format!(
+            "config {} does not match its digest",
+            m.config.digest
+        )));
     }
-    let mut c: serde_json::Value = serde_json::from_slice(&cfg).context("parse the config")?;
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&cfg).map_err(|e| Error::json("parse the config", e))?;
     c["rootfs"]["diff_ids"]
         .as_array_mut()
-        .context("config without rootfs.diff_ids")?
+        .ok_or_else(|| Error::Invalid("config without rootfs.diff_ids".into()))?
         .push(serde_json::Value::String(digest.clone()));
     let entry = serde_json::json!({"created_by": "Acceleration Layer", "comment": "overlaybd trace (record-trace)"});
     match c.get_mut("history").and_then(|h| h.as_array_mut()) {
         Some(h) => h.push(entry),
         None => c["history"] = serde_json::json!([entry]),
     }
-    let cfg = serde_json::to_vec(&c)?;
+    let cfg = serde_json::to_vec(&c).map_err(|e| Error::json("the config", e))?;
     let cfg_digest = oci::sha256_digest(&cfg);
 
     // Blobs: the old layers (mounted when the store can, else copied), the trace, the config.
@@ -273,7 +286,8 @@ pub fn push_with_trace(
         if dst.has_blob(&l.digest)? || dst.try_mount(&l.digest, &src.describe())? {
             continue;
         }
-        let tmp = tempfile::NamedTempFile::new()?;
+        let tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::io("create", std::env::temp_dir(), e))?;
         {
             let mut f = std::io::BufWriter::new(tmp.as_file());
             src.get_blob(&l.digest, &mut f)?;
@@ -290,7 +304,7 @@ pub fn push_with_trace(
         .media_type
         .clone()
         .unwrap_or_else(|| media::OCI_MANIFEST.into());
-    let bytes = serde_json::to_vec(&nm)?;
+    let bytes = serde_json::to_vec(&nm).map_err(|e| Error::json("the manifest", e))?;
     dst.put_manifest(tag, &mt, &bytes)?;
     Ok((
         Descriptor {

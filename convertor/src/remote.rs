@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use overlaybd_registry::{Access, Credentials, DockerConfig, Repository, RepositoryOptions};
 
+use crate::error::{At, Result};
 use crate::oci;
 use crate::store::Store;
 
@@ -49,8 +49,8 @@ impl Remote {
             ..Default::default()
         };
         let access = if push { Access::Push } else { Access::Pull };
-        let repo = Repository::open(host, repository, &ropts, access)
-            .with_context(|| format!("registry {host}"))?;
+        let repo =
+            Repository::open(host, repository, &ropts, access).at(|| format!("registry {host}"))?;
         Ok(Remote { repo })
     }
 

@@ -5,8 +5,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-
+use crate::error::{At, Error, Result};
 use crate::oci::{self, Descriptor, Index};
 
 /// A place that holds blobs and manifests of one repository.
@@ -66,7 +65,9 @@ impl ImageRef {
                 _ => (rest, None),
             };
             if dir.is_empty() {
-                bail!("{s:?}: an OCI layout reference needs a directory");
+                return Err(Error::InvalidInput(format!(
+                    "{s:?}: an OCI layout reference needs a directory"
+                )));
             }
             return Ok(ImageRef {
                 location: Location::Layout(PathBuf::from(dir)),
@@ -118,21 +119,24 @@ impl Layout {
         let marker = dir.join("oci-layout");
         if !marker.exists() {
             if !create {
-                bail!(
+                return Err(Error::InvalidInput(format!(
                     "{} is not an OCI layout (no oci-layout file)",
                     dir.display()
-                );
+                )));
             }
             fs::create_dir_all(dir.join("blobs/sha256"))
-                .with_context(|| format!("create {}", dir.display()))?;
-            fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+                .map_err(|e| Error::io("create", dir, e))?;
+            fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(|e| Error::io("write", &marker, e))?;
             let idx = Index {
                 schema_version: 2,
                 media_type: Some(oci::media::OCI_INDEX.into()),
                 manifests: Vec::new(),
                 annotations: None,
             };
-            fs::write(dir.join("index.json"), serde_json::to_vec(&idx)?)?;
+            let p = dir.join("index.json");
+            let b = serde_json::to_vec(&idx).map_err(|e| Error::json("index.json", e))?;
+            fs::write(&p, b).map_err(|e| Error::io("write", &p, e))?;
         }
         Ok(Layout {
             dir: dir.to_path_buf(),
@@ -147,14 +151,14 @@ impl Layout {
 
     pub fn index(&self) -> Result<Index> {
         let p = self.dir.join("index.json");
-        let b = fs::read(&p).with_context(|| format!("read {}", p.display()))?;
-        serde_json::from_slice(&b).with_context(|| format!("parse {}", p.display()))
+        let b = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+        serde_json::from_slice(&b).map_err(|e| Error::json(format!("parse {}", p.display()), e))
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+        fs::write(&tmp, bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename to", path, e))?;
         Ok(())
     }
 }
@@ -175,26 +179,28 @@ impl Store for Layout {
         let (digest, mt) = match desc {
             Some(d) => (d.digest.clone(), Some(d.media_type.clone())),
             None if reference.starts_with("sha256:") => (reference.to_string(), None),
-            None => bail!(
-                "{}: no manifest tagged {reference:?} in index.json",
-                self.describe()
-            ),
+            None => {
+                return Err(Error::NotFound(format!(
+                    "{}: no manifest tagged {reference:?} in index.json",
+                    self.describe()
+                )))
+            }
         };
         let p = self.blob_path(&digest)?;
-        let b = fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+        let b = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
         if oci::sha256_digest(&b) != digest {
-            bail!(
+            return Err(Error::Invalid(format!(
                 "{}: blob {digest} does not match its digest",
                 self.describe()
-            );
+            )));
         }
         Ok((b, mt))
     }
 
     fn get_blob(&self, digest: &str, out: &mut dyn Write) -> Result<u64> {
         let p = self.blob_path(digest)?;
-        let mut f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
-        let n = std::io::copy(&mut f, out).with_context(|| format!("read {}", p.display()))?;
+        let mut f = File::open(&p).map_err(|e| Error::io("open", &p, e))?;
+        let n = std::io::copy(&mut f, out).map_err(|e| Error::io("read", &p, e))?;
         Ok(n)
     }
 
@@ -209,8 +215,9 @@ impl Store for Layout {
         }
         let tmp = dst.with_extension("tmp");
         fs::copy(path, &tmp)
-            .with_context(|| format!("copy {} to {}", path.display(), tmp.display()))?;
-        fs::rename(&tmp, &dst)?;
+            .map_err(|e| Error::io("copy", path, e))
+            .at(|| format!("store {digest} as {}", tmp.display()))?;
+        fs::rename(&tmp, &dst).map_err(|e| Error::io("rename to", &dst, e))?;
         Ok(())
     }
 
@@ -239,7 +246,8 @@ impl Store for Layout {
             platform: None,
             artifact_type: None,
         });
-        self.write_atomic(&self.dir.join("index.json"), &serde_json::to_vec(&idx)?)
+        let b = serde_json::to_vec(&idx).map_err(|e| Error::json("index.json", e))?;
+        self.write_atomic(&self.dir.join("index.json"), &b)
     }
 
     fn describe(&self) -> String {
@@ -250,11 +258,10 @@ impl Store for Layout {
 /// Reads a whole blob into memory (configs and manifests), checking its digest and a size cap.
 pub fn read_small_blob(store: &dyn Store, desc: &Descriptor, cap: u64) -> Result<Vec<u8>> {
     if desc.size > cap {
-        bail!(
+        return Err(Error::Invalid(format!(
             "{} is {} bytes; at most {cap} are accepted",
-            desc.digest,
-            desc.size
-        );
+            desc.digest, desc.size
+        )));
     }
     let mut buf = Vec::with_capacity(desc.size as usize);
     let mut limited = LimitWriter {
@@ -263,12 +270,12 @@ pub fn read_small_blob(store: &dyn Store, desc: &Descriptor, cap: u64) -> Result
     };
     store.get_blob(&desc.digest, &mut limited)?;
     if oci::sha256_digest(&buf) != desc.digest || buf.len() as u64 != desc.size {
-        bail!(
+        return Err(Error::Invalid(format!(
             "{}: blob {} does not match its descriptor ({} bytes read)",
             store.describe(),
             desc.digest,
             buf.len()
-        );
+        )));
     }
     Ok(buf)
 }

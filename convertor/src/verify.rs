@@ -11,11 +11,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use overlaybd_lsmt::{blob, RoLayer, Stack};
 use sha2::{Digest, Sha256};
 use zfile::ReadAt;
 
+use crate::error::{At, Error, Result};
 use crate::extfs::{self, DiskIo, Fs, Ino, ROOT_INO};
 
 /// The merged disk of converted layer blobs (bottom first), read-only.
@@ -35,8 +35,8 @@ impl LayerDisk {
     pub fn open(blobs: &[PathBuf]) -> Result<LayerDisk> {
         let mut lowers: Vec<(Arc<dyn ReadAt>, RoLayer)> = Vec::new();
         for p in blobs {
-            let (src, _) = blob::open_path(p).with_context(|| p.display().to_string())?;
-            let layer = RoLayer::open(&*src).with_context(|| p.display().to_string())?;
+            let (src, _) = blob::open_path(p).at(|| p.display().to_string())?;
+            let layer = RoLayer::open(&*src).at(|| p.display().to_string())?;
             lowers.push((src, layer));
         }
         let stack = Stack::new(lowers, None)?;
@@ -50,8 +50,7 @@ impl LayerDisk {
 
     /// Writes the merged disk to a sparse file (for `e2fsck` or a loop mount).
     pub fn write_sparse(&self, path: &Path) -> Result<()> {
-        let out =
-            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let out = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
         self.stack.write_sparse(&out)?;
         Ok(())
     }
@@ -62,7 +61,7 @@ impl DiskIo for LayerDisk {
         let n = self
             .stack
             .read_at(offset, buf)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .map_err(overlaybd_lsmt::Error::into_io)?;
         if n != buf.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -144,7 +143,10 @@ pub fn tree_of_fs(disk: &mut dyn DiskIo) -> Result<Tree> {
                 while off < st.size {
                     let n = fs.read_file(ino, off, &mut buf)?;
                     if n == 0 {
-                        anyhow::bail!("{}: short file", String::from_utf8_lossy(&path));
+                        return Err(Error::Invalid(format!(
+                            "{}: short file",
+                            String::from_utf8_lossy(&path)
+                        )));
                     }
                     h.update(&buf[..n]);
                     off += n as u64;
@@ -172,7 +174,7 @@ pub fn tree_of_dir(root: &Path) -> Result<Tree> {
     let mut first_path: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
     let mut todo: Vec<(Vec<u8>, PathBuf)> = vec![(Vec::new(), root.to_path_buf())];
     while let Some((rel, abs)) = todo.pop() {
-        let m = std::fs::symlink_metadata(&abs).with_context(|| abs.display().to_string())?;
+        let m = std::fs::symlink_metadata(&abs).map_err(|e| Error::io("stat", &abs, e))?;
         let kind = m.mode() & extfs::S_IFMT;
         let mut node = Node {
             mode: m.mode(),
@@ -188,8 +190,9 @@ pub fn tree_of_dir(root: &Path) -> Result<Tree> {
         };
         match kind {
             extfs::S_IFDIR => {
-                for e in std::fs::read_dir(&abs)? {
-                    let e = e?;
+                let list = |e: io::Error| Error::io("list", &abs, e);
+                for e in std::fs::read_dir(&abs).map_err(list)? {
+                    let e = e.map_err(list)?;
                     let mut p = rel.clone();
                     if !p.is_empty() {
                         p.push(b'/');
@@ -199,14 +202,15 @@ pub fn tree_of_dir(root: &Path) -> Result<Tree> {
                 }
             }
             extfs::S_IFREG => {
-                let mut f = std::fs::File::open(&abs)?;
+                let mut f = std::fs::File::open(&abs).map_err(|e| Error::io("open", &abs, e))?;
                 let mut h = Sha256::new();
-                io::copy(&mut f, &mut h)?;
+                io::copy(&mut f, &mut h).map_err(|e| Error::io("read", &abs, e))?;
                 node.size = m.len();
                 node.sha256 = Some(hex::encode(h.finalize()));
             }
             extfs::S_IFLNK => {
-                node.target = Some(std::fs::read_link(&abs)?.as_os_str().as_bytes().to_vec())
+                let t = std::fs::read_link(&abs).map_err(|e| Error::io("read link", &abs, e))?;
+                node.target = Some(t.as_os_str().as_bytes().to_vec());
             }
             extfs::S_IFCHR | extfs::S_IFBLK => {
                 let r = m.rdev();
@@ -257,7 +261,8 @@ pub(crate) fn normalize_groups(t: &mut Tree) {
 }
 
 fn host_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    let nul = || Error::InvalidInput(format!("{}: a name with a NUL byte", p.display()));
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| nul())?;
     // SAFETY: c is NUL-terminated; a null buffer asks for the size.
     let n = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
     if n <= 0 {
@@ -273,13 +278,12 @@ fn host_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         )
     };
     if n < 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("list xattrs of {}", p.display()));
+        return Err(Error::io("list xattrs of", p, io::Error::last_os_error()));
     }
     names.truncate(n as usize);
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cn = std::ffi::CString::new(name)?;
+        let cn = std::ffi::CString::new(name).map_err(|_| nul())?;
         // SAFETY: both strings are NUL-terminated; a null buffer asks for the size.
         let len = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
         if len < 0 {
@@ -386,19 +390,24 @@ pub fn verify_images(
     let mut out = Vec::new();
     for (platform, sdigest, sm) in &srcs {
         let Some((_, ddigest, dm)) = dsts.iter().find(|(p, _, _)| p == platform) else {
-            anyhow::bail!("the converted image has no manifest for platform {platform:?}");
+            return Err(Error::NotFound(format!(
+                "the converted image has no manifest for platform {platform:?}"
+            )));
         };
         let mut model = crate::model::Model::new();
         for (i, l) in sm.layers.iter().enumerate() {
             check_digest(&l.digest)?;
-            let c = layer_compression(&l.media_type).with_context(|| {
-                format!("source layer {}: media type {:?}", l.digest, l.media_type)
+            let c = layer_compression(&l.media_type).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "source layer {}: media type {:?}",
+                    l.digest, l.media_type
+                ))
             })?;
             let p = work.join(format!("verify-src-{i}"));
             crate::convert::download(src, l, &p, &crate::progress::Quiet, i)?;
             model
                 .apply(crate::convert::decompressed(&p, c)?)
-                .with_context(|| format!("source layer {i} ({})", l.digest))?;
+                .at(|| format!("source layer {i} ({})", l.digest))?;
             let _ = std::fs::remove_file(&p);
         }
         let expected = model.finish();

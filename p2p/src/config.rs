@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::{Error, Result};
+
 /// What a node does.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -16,12 +18,12 @@ pub enum Role {
 }
 
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "root" => Ok(Role::Root),
             "agent" => Ok(Role::Agent),
-            _ => Err(format!("role {s:?}: expected root or agent")),
+            _ => Err(Error::Config(format!("role {s:?}: expected root or agent"))),
         }
     }
 }
@@ -132,31 +134,36 @@ impl Default for Config {
     }
 }
 
-fn http_url(what: &str, u: &str) -> Result<(), String> {
+fn http_url(what: &str, u: &str) -> Result<()> {
     let rest = u
         .strip_prefix("http://")
         .or_else(|| u.strip_prefix("https://"))
-        .ok_or_else(|| format!("{what} {u:?}: not an http(s) URL"))?;
+        .ok_or_else(|| invalid(format!("{what} {u:?}: not an http(s) URL")))?;
     if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
-        return Err(format!("{what} {u:?}: expected scheme://host:port"));
+        return Err(invalid(format!(
+            "{what} {u:?}: expected scheme://host:port"
+        )));
     }
     Ok(())
 }
 
+fn invalid(why: impl Into<String>) -> Error {
+    Error::Config(why.into())
+}
+
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("read config {}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config", path, e))?;
+        Config::parse(&text).map_err(|e| invalid(format!("config {}: {e}", path.display())))
     }
 
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         Ok(c)
     }
 
     /// Fills defaults that depend on other fields and checks every field.
-    pub fn finish(mut self) -> Result<Config, String> {
+    pub fn finish(mut self) -> Result<Config> {
         if self.advertise.is_empty() {
             self.advertise = format!("http://{}", self.listen);
         }
@@ -169,7 +176,7 @@ impl Config {
             http_url("root", r)?;
         }
         if self.role == Role::Agent && self.roots.is_empty() {
-            return Err("an agent needs at least one root in `roots`".into());
+            return Err(invalid("an agent needs at least one root in `roots`"));
         }
         if self.api_key.is_empty()
             || self.api_key.starts_with('_')
@@ -178,43 +185,45 @@ impl Config {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return Err(format!(
+            return Err(invalid(format!(
                 "api_key {:?}: letters, digits, '-', '_' and '.', not starting with '_'",
                 self.api_key
-            ));
+            )));
         }
         if !(64 << 10..=64 << 20).contains(&self.piece_size) {
-            return Err(format!(
+            return Err(invalid(format!(
                 "piece_size {}: from 64 KiB to 64 MiB",
                 self.piece_size
-            ));
+            )));
         }
         if self.fanout == 0 {
-            return Err("fanout must be at least 1".into());
+            return Err(invalid("fanout must be at least 1"));
         }
         if !(1..=65_536).contains(&self.max_fills) {
-            return Err(format!("max_fills {}: from 1 to 65536", self.max_fills));
+            return Err(invalid(format!(
+                "max_fills {}: from 1 to 65536",
+                self.max_fills
+            )));
         }
         if self.cache.max_bytes < 4 * self.piece_size {
-            return Err(format!(
+            return Err(invalid(format!(
                 "cache.max_bytes {}: at least four pieces",
                 self.cache.max_bytes
-            ));
+            )));
         }
         if self.tree_ttl_secs > 86_400 * 30
             || self.access_ttl_secs > 86_400
             || self.connect_timeout_ms > 3_600_000
             || self.stall_timeout_ms > 3_600_000
         {
-            return Err(
-                "tree_ttl_secs (30 days), access_ttl_secs (1 day) or a timeout (1 hour) too long"
-                    .into(),
-            );
+            return Err(invalid(
+                "tree_ttl_secs (30 days), access_ttl_secs (1 day) or a timeout (1 hour) too long",
+            ));
         }
         if self.tree_ttl_secs == 0 || self.connect_timeout_ms == 0 || self.stall_timeout_ms == 0 {
-            return Err(
-                "tree_ttl_secs, connect_timeout_ms and stall_timeout_ms must be > 0".into(),
-            );
+            return Err(invalid(
+                "tree_ttl_secs, connect_timeout_ms and stall_timeout_ms must be > 0",
+            ));
         }
         Ok(self)
     }
@@ -249,12 +258,20 @@ mod tests {
             ),
         ] {
             let e = Config::parse(text).unwrap().finish().unwrap_err();
-            assert!(e.contains(what), "{text}: {e}");
+            assert!(matches!(e, Error::Config(_)), "{text}: {e:?}");
+            assert!(e.to_string().contains(what), "{text}: {e}");
         }
-        let e = Config::parse("rol = \"root\"").unwrap_err();
+        let e = Config::parse("rol = \"root\"").unwrap_err().to_string();
         assert!(e.contains("unknown field"), "{e}");
-        let e = Config::parse("role = \"leaf\"").unwrap_err();
+        let e = Config::parse("role = \"leaf\"").unwrap_err().to_string();
         assert!(e.contains("leaf"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/p2p.toml")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            e.to_string()
+                .starts_with("read config /nonexistent/p2p.toml: "),
+            "{e}"
+        );
     }
 }
 

@@ -13,12 +13,15 @@
 //!   every set of credentials (by the owning root, cached briefly), failover from parent to
 //!   root to registry, reports of bad bytes, whole-blob digest checks.
 //! - [`limit`]: upload rate limits; [`metrics`]: Prometheus counters; [`config`]: the TOML
-//!   configuration.
+//!   configuration; [`error`]: the one error type, [`Error`].
 
 pub mod config;
+pub mod error;
 pub mod fuzz;
 pub mod limit;
 pub mod metrics;
 pub mod node;
 pub mod store;
 pub mod topology;
+
+pub use error::{Error, Result};

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::error::{Error, Result};
+
 enum Data {
     Filling(Vec<u8>),
     Done(Bytes),
@@ -16,7 +18,7 @@ enum Data {
 
 struct PieceState {
     data: Data,
-    failed: Option<String>,
+    failed: Option<Error>,
     /// Where the bytes came from (a node's URL, or "registry").
     source: String,
 }
@@ -113,7 +115,8 @@ impl Piece {
         full
     }
 
-    pub fn fail(&self, why: String) {
+    /// Fails the piece: readers waiting for bytes that will not come get `why`.
+    pub fn fail(&self, why: Error) {
         self.lock().failed = Some(why);
         self.tx.send_modify(|n| *n += 1);
     }
@@ -127,7 +130,7 @@ impl Piece {
     }
 
     /// Up to `max` bytes at `pos`, waiting until some have arrived.
-    pub async fn read(&self, pos: usize, max: usize) -> Result<Bytes, String> {
+    pub async fn read(&self, pos: usize, max: usize) -> Result<Bytes> {
         let mut rx = self.tx.subscribe();
         loop {
             {
@@ -147,9 +150,9 @@ impl Piece {
                     return Err(f.clone());
                 }
             }
-            if rx.changed().await.is_err() {
-                return Err("piece dropped".into());
-            }
+            rx.changed()
+                .await
+                .expect("a piece's sender lives as long as the piece it is read from");
         }
     }
 }
@@ -201,23 +204,24 @@ fn key_dir(dir: &Path, key: &str) -> PathBuf {
 
 impl Store {
     /// A store; with `dir`, the pieces already there are loaded (up to `max_bytes`).
-    pub fn new(max_bytes: u64, dir: Option<PathBuf>) -> std::io::Result<Store> {
+    pub fn new(max_bytes: u64, dir: Option<PathBuf>) -> Result<Store> {
         let s = Store {
             inner: Mutex::default(),
             max_bytes,
             dir,
         };
         if let Some(d) = &s.dir {
-            std::fs::create_dir_all(d)?;
+            std::fs::create_dir_all(d).map_err(|e| Error::io("create cache.dir", d, e))?;
             s.load(d)?;
         }
         Ok(s)
     }
 
     /// Reads `<dir>/<sha256(key)>/{key, <index>…}`; files that do not match are removed.
-    fn load(&self, dir: &Path) -> std::io::Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let bd = e?.path();
+    fn load(&self, dir: &Path) -> Result<()> {
+        let list = |d: &Path| std::fs::read_dir(d).map_err(|e| Error::io("list cache.dir", d, e));
+        for e in list(dir)? {
+            let bd = e.map_err(|e| Error::io("list cache.dir", dir, e))?.path();
             let Ok(key) = std::fs::read_to_string(bd.join("key")) else {
                 let _ = std::fs::remove_dir_all(&bd);
                 continue;
@@ -227,8 +231,8 @@ impl Store {
                 let _ = std::fs::remove_dir_all(&bd);
                 continue;
             }
-            for f in std::fs::read_dir(&bd)? {
-                let p = f?.path();
+            for f in list(&bd)? {
+                let p = f.map_err(|e| Error::io("list cache.dir", &bd, e))?.path();
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if name == "key" {
                     continue;
@@ -241,7 +245,7 @@ impl Store {
                     let _ = std::fs::remove_file(&p);
                     continue;
                 }
-                let data = std::fs::read(&p)?;
+                let data = std::fs::read(&p).map_err(|e| Error::io("load cached piece", &p, e))?;
                 let len = data.len();
                 let piece = Piece::done(len, Bytes::from(data), "disk".into());
                 let mut inner = self.lock();
@@ -321,7 +325,7 @@ impl Store {
     }
 
     /// A piece was filled: keep it on disk if the store has a directory.
-    pub fn completed(&self, key: &str, idx: u64, piece: &Piece) -> std::io::Result<()> {
+    pub fn completed(&self, key: &str, idx: u64, piece: &Piece) -> Result<()> {
         let current = self
             .peek(key, idx)
             .is_some_and(|p| std::ptr::eq(Arc::as_ptr(&p), piece));
@@ -330,13 +334,13 @@ impl Store {
         }
         if let (Some(d), Some(b)) = (&self.dir, piece.bytes()) {
             let bd = key_dir(d, key);
-            std::fs::create_dir_all(&bd)?;
+            std::fs::create_dir_all(&bd).map_err(|e| Error::io("create", &bd, e))?;
             let kf = bd.join("key");
             if !kf.exists() {
-                std::fs::write(&kf, key)?;
+                std::fs::write(&kf, key).map_err(|e| Error::io("write", &kf, e))?;
             }
             let tmp = bd.join(format!(".{idx}.tmp"));
-            std::fs::write(&tmp, &b)?;
+            std::fs::write(&tmp, &b).map_err(|e| Error::io("write", &tmp, e))?;
             let file = bd.join(idx.to_string());
             // Renamed under the lock, so that a removal cannot slip between the check and
             // the rename and leave a file behind that a restart would load.
@@ -346,7 +350,7 @@ impl Store {
                 .get(&(key.to_string(), idx))
                 .is_some_and(|s| std::ptr::eq(Arc::as_ptr(&s.piece), piece));
             if still {
-                std::fs::rename(&tmp, &file)?;
+                std::fs::rename(&tmp, &file).map_err(|e| Error::io("rename", &tmp, e))?;
             } else {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -474,8 +478,9 @@ mod tests {
             let q = q.clone();
             tokio::spawn(async move { q.read(2, 10).await })
         };
-        q.fail("upstream gone".into());
-        assert_eq!(w.await.unwrap().unwrap_err(), "upstream gone");
+        q.fail(Error::upstream("http://parent:1", "upstream gone"));
+        let e = w.await.unwrap().unwrap_err();
+        assert_eq!(e.to_string(), "http://parent:1: upstream gone");
     }
 
     #[test]

@@ -45,77 +45,86 @@ struct RegistryArgs {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Convert SRC into DST. Each is `[host[:port]/]repo[:tag][@digest]` or `oci:DIR[:tag]`.
-    Convert {
-        src: String,
-        dst: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        /// Block compression of the layers.
-        #[arg(long, default_value = "lz4", value_parser = ["lz4", "zstd"])]
-        algorithm: String,
-        /// Uncompressed bytes per ZFile block (4096 to 65536, a power of two).
-        #[arg(long, default_value_t = 4096)]
-        block_size: u32,
-        /// Virtual disk size in GiB.
-        #[arg(long, default_value_t = 64)]
-        vsize: u64,
-        /// OCI media types in the output (else those of the source's family).
-        #[arg(long)]
-        oci: bool,
-        /// Layers downloaded at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Compression threads per layer (default: the number of CPUs).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Where the work disk goes (default: $TMPDIR).
-        #[arg(long, value_name = "DIR")]
-        work_dir: Option<PathBuf>,
-        /// Database of converted layers (created if missing): layers converted before, for
-        /// the same settings, are reused instead of converted again.
-        #[arg(long, value_name = "PATH")]
-        dedup_db: Option<PathBuf>,
-        /// No progress output.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Convert(ConvertArgs),
     /// Run the overlaybd image SRC in a container with trace recording, and push it as DST
     /// with the trace as its acceleration layer (prefetched when DST's containers start).
     /// Needs containerd with overlaybd-snapshotter and overlaybd-daemon.
-    RecordTrace {
-        src: String,
-        dst: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        /// containerd's socket.
-        #[arg(long, default_value = "/run/containerd/containerd.sock")]
-        address: PathBuf,
-        /// containerd namespace the recording container runs in.
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-        /// Seconds the container runs before it is stopped (SIGTERM, then SIGKILL).
-        #[arg(long, default_value_t = 60)]
-        time: u64,
-        /// Where the trace is written (default: $TMPDIR).
-        #[arg(long, value_name = "DIR")]
-        work_dir: Option<PathBuf>,
-        /// The command to run (default: the image's).
-        #[arg(last = true)]
-        command: Vec<String>,
-    },
+    RecordTrace(RecordTraceArgs),
     /// Check every file of the converted image DST (content and metadata) against SRC.
-    Verify {
-        src: String,
-        dst: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        /// Where downloaded layers go while they are read (default: $TMPDIR).
-        #[arg(long, value_name = "DIR")]
-        work_dir: Option<PathBuf>,
-    },
+    Verify(VerifyArgs),
 }
 
-fn open_store(r: &ImageRef, reg: &RegistryArgs, push: bool) -> Result<Box<dyn Store>> {
+#[derive(clap::Args, Debug)]
+struct ConvertArgs {
+    src: String,
+    dst: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Block compression of the layers.
+    #[arg(long, default_value = "lz4", value_parser = ["lz4", "zstd"])]
+    algorithm: String,
+    /// Uncompressed bytes per ZFile block (4096 to 65536, a power of two).
+    #[arg(long, default_value_t = 4096)]
+    block_size: u32,
+    /// Virtual disk size in GiB.
+    #[arg(long, default_value_t = 64)]
+    vsize: u64,
+    /// OCI media types in the output (else those of the source's family).
+    #[arg(long)]
+    oci: bool,
+    /// Layers downloaded at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Compression threads per layer (default: the number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Where the work disk goes (default: $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Database of converted layers (created if missing): layers converted before, for
+    /// the same settings, are reused instead of converted again.
+    #[arg(long, value_name = "PATH")]
+    dedup_db: Option<PathBuf>,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct RecordTraceArgs {
+    src: String,
+    dst: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    /// containerd namespace the recording container runs in.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Seconds the container runs before it is stopped (SIGTERM, then SIGKILL).
+    #[arg(long, default_value_t = 60)]
+    time: u64,
+    /// Where the trace is written (default: $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// The command to run (default: the image's).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    src: String,
+    dst: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Where downloaded layers go while they are read (default: $TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+}
+
+fn open_store(r: &ImageRef, reg: &RegistryArgs, push: bool) -> convertor::Result<Box<dyn Store>> {
     Ok(match &r.location {
         Location::Layout(dir) => Box::new(Layout::open(dir, push)?),
         Location::Registry { host, repository } => {
@@ -141,186 +150,168 @@ fn open_store(r: &ImageRef, reg: &RegistryArgs, push: bool) -> Result<Box<dyn St
     })
 }
 
+/// Opens `text` (a reference) as the image to read from (`push` false) or to write to.
+fn open(text: &str, r: &ImageRef, reg: &RegistryArgs, push: bool) -> Result<Box<dyn Store>> {
+    open_store(r, reg, push).with_context(|| format!("open {text}"))
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Convert {
-            src,
-            dst,
-            registry,
-            algorithm,
-            block_size,
-            vsize,
-            oci,
-            concurrency,
-            threads,
-            work_dir,
-            dedup_db,
-            quiet,
-        } => {
-            let s = ImageRef::parse(&src)?;
-            let d = ImageRef::parse(&dst)?;
-            if d.digest.is_some() {
-                bail!("the destination {dst:?} cannot name a digest");
-            }
-            if vsize == 0 || vsize > 1 << 20 {
-                bail!("--vsize {vsize} GiB is out of range");
-            }
-            let src_store =
-                open_store(&s, &registry, false).with_context(|| format!("open {src}"))?;
-            let dst_store =
-                open_store(&d, &registry, true).with_context(|| format!("open {dst}"))?;
-            let opts = Options {
-                vsize: vsize << 30,
-                compression: Compression {
-                    algorithm: if algorithm == "zstd" {
-                        Algorithm::Zstd
-                    } else {
-                        Algorithm::Lz4
-                    },
-                    block_size,
-                    threads: threads.unwrap_or_else(|| {
-                        std::thread::available_parallelism().map_or(1, |n| n.get())
-                    }),
-                },
-                oci,
-                concurrency,
-                work_dir,
-                dedup: dedup_db
-                    .map(|p| convertor::dedup::DedupDb::open(&p).map(std::sync::Arc::new))
-                    .transpose()?,
-            };
-            let progress: Box<dyn Progress> = if quiet {
-                Box::new(Quiet)
+        Cmd::Convert(a) => convert_cmd(a),
+        Cmd::RecordTrace(a) => record_trace_cmd(a),
+        Cmd::Verify(a) => verify_cmd(a),
+    }
+}
+
+fn convert_cmd(a: ConvertArgs) -> Result<()> {
+    let s = ImageRef::parse(&a.src)?;
+    let d = ImageRef::parse(&a.dst)?;
+    if d.digest.is_some() {
+        bail!("the destination {:?} cannot name a digest", a.dst);
+    }
+    if a.vsize == 0 || a.vsize > 1 << 20 {
+        bail!("--vsize {} GiB is out of range", a.vsize);
+    }
+    let src_store = open(&a.src, &s, &a.registry, false)?;
+    let dst_store = open(&a.dst, &d, &a.registry, true)?;
+    let opts = Options {
+        vsize: a.vsize << 30,
+        compression: Compression {
+            algorithm: if a.algorithm == "zstd" {
+                Algorithm::Zstd
             } else {
-                Box::new(Reporter::default())
-            };
-            let tag = d.tag.clone().unwrap_or_else(|| "latest".into());
-            let (desc, converted) = convert(
-                &*src_store,
-                &s.reference(),
-                &*dst_store,
-                Some(&tag),
-                &opts,
-                &*progress,
-            )?;
-            for c in &converted {
-                for (i, l) in c.layers.iter().enumerate() {
-                    println!(
-                        "layer {i}: {} ({} bytes) -> {} ({} bytes, {}){}",
-                        l.source_digest,
-                        l.source_size,
-                        l.blob.digest,
-                        l.blob.size,
-                        l.blob.integrity_root,
-                        if l.reused { ", reused" } else { "" }
-                    );
-                }
-            }
-            let out = ImageRef {
-                tag: Some(tag),
-                ..d
-            };
-            println!("{out}@{}", desc.digest);
-            Ok(())
-        }
-        Cmd::RecordTrace {
-            src,
-            dst,
-            registry,
-            address,
-            namespace,
-            time,
-            work_dir,
-            command,
-        } => {
-            let s = ImageRef::parse(&src)?;
-            let d = ImageRef::parse(&dst)?;
-            if !matches!(s.location, Location::Registry { .. }) {
-                bail!("record-trace runs the image from a registry: {src} is not one");
-            }
-            let src_store =
-                open_store(&s, &registry, false).with_context(|| format!("open {src}"))?;
-            let dst_store =
-                open_store(&d, &registry, true).with_context(|| format!("open {dst}"))?;
-            let mut rpull_args = Vec::new();
-            if registry.plain_http {
-                rpull_args.push("--plain-http".to_string());
-            }
-            if let Some(h) = &registry.hosts_dir {
-                rpull_args.push("--hosts-dir".into());
-                rpull_args.push(h.display().to_string());
-            }
-            if let Some(u) = &registry.user {
-                rpull_args.push("-u".into());
-                rpull_args.push(u.clone());
-            }
-            let opts = convertor::record_trace::Options {
-                address,
-                namespace,
-                time: std::time::Duration::from_secs(time),
-                command,
-                work_dir,
-                rpull_args,
-            };
-            let (desc, n) = convertor::record_trace::record_trace(
-                &*src_store,
-                &s.reference(),
-                &src,
-                &*dst_store,
-                d.tag.as_deref(),
-                &opts,
-            )?;
+                Algorithm::Lz4
+            },
+            block_size: a.block_size,
+            threads: a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        },
+        oci: a.oci,
+        concurrency: a.concurrency,
+        work_dir: a.work_dir,
+        dedup: a
+            .dedup_db
+            .map(|p| convertor::dedup::DedupDb::open(&p).map(std::sync::Arc::new))
+            .transpose()?,
+    };
+    let progress: Box<dyn Progress> = if a.quiet {
+        Box::new(Quiet)
+    } else {
+        Box::new(Reporter::default())
+    };
+    let tag = d.tag.clone().unwrap_or_else(|| "latest".into());
+    let (desc, converted) = convert(
+        &*src_store,
+        &s.reference(),
+        &*dst_store,
+        Some(&tag),
+        &opts,
+        &*progress,
+    )?;
+    for c in &converted {
+        for (i, l) in c.layers.iter().enumerate() {
             println!(
-                "{dst}: {} (trace of {n} bytes as the acceleration layer)",
-                desc.digest
+                "layer {i}: {} ({} bytes) -> {} ({} bytes, {}){}",
+                l.source_digest,
+                l.source_size,
+                l.blob.digest,
+                l.blob.size,
+                l.blob.integrity_root,
+                if l.reused { ", reused" } else { "" }
             );
-            Ok(())
-        }
-        Cmd::Verify {
-            src,
-            dst,
-            registry,
-            work_dir,
-        } => {
-            let s = ImageRef::parse(&src)?;
-            let d = ImageRef::parse(&dst)?;
-            let src_store =
-                open_store(&s, &registry, false).with_context(|| format!("open {src}"))?;
-            let dst_store =
-                open_store(&d, &registry, false).with_context(|| format!("open {dst}"))?;
-            let tmp = match &work_dir {
-                Some(w) => tempfile::Builder::new()
-                    .prefix("obdverify-")
-                    .tempdir_in(w)?,
-                None => tempfile::Builder::new().prefix("obdverify-").tempdir()?,
-            };
-            let results = convertor::verify::verify_images(
-                &*src_store,
-                &s.reference(),
-                &*dst_store,
-                &d.reference(),
-                tmp.path(),
-            )?;
-            let mut bad = 0;
-            for r in &results {
-                println!(
-                    "{} -> {}: {} entries, {} differences",
-                    r.source_manifest,
-                    r.converted_manifest,
-                    r.entries,
-                    r.differences.len()
-                );
-                for line in r.differences.iter().take(50) {
-                    println!("  {line}");
-                }
-                bad += r.differences.len();
-            }
-            if bad > 0 {
-                bail!("{bad} differences");
-            }
-            Ok(())
         }
     }
+    let out = ImageRef {
+        tag: Some(tag),
+        ..d
+    };
+    println!("{out}@{}", desc.digest);
+    Ok(())
+}
+
+fn record_trace_cmd(a: RecordTraceArgs) -> Result<()> {
+    let s = ImageRef::parse(&a.src)?;
+    let d = ImageRef::parse(&a.dst)?;
+    if !matches!(s.location, Location::Registry { .. }) {
+        bail!(
+            "record-trace runs the image from a registry: {} is not one",
+            a.src
+        );
+    }
+    let src_store = open(&a.src, &s, &a.registry, false)?;
+    let dst_store = open(&a.dst, &d, &a.registry, true)?;
+    let mut rpull_args = Vec::new();
+    if a.registry.plain_http {
+        rpull_args.push("--plain-http".to_string());
+    }
+    if let Some(h) = &a.registry.hosts_dir {
+        rpull_args.push("--hosts-dir".into());
+        rpull_args.push(h.display().to_string());
+    }
+    if let Some(u) = &a.registry.user {
+        rpull_args.push("-u".into());
+        rpull_args.push(u.clone());
+    }
+    let opts = convertor::record_trace::Options {
+        address: a.address,
+        namespace: a.namespace,
+        time: std::time::Duration::from_secs(a.time),
+        command: a.command,
+        work_dir: a.work_dir,
+        rpull_args,
+    };
+    let (desc, n) = convertor::record_trace::record_trace(
+        &*src_store,
+        &s.reference(),
+        &a.src,
+        &*dst_store,
+        d.tag.as_deref(),
+        &opts,
+    )?;
+    println!(
+        "{}: {} (trace of {n} bytes as the acceleration layer)",
+        a.dst, desc.digest
+    );
+    Ok(())
+}
+
+fn verify_cmd(a: VerifyArgs) -> Result<()> {
+    let s = ImageRef::parse(&a.src)?;
+    let d = ImageRef::parse(&a.dst)?;
+    let src_store = open(&a.src, &s, &a.registry, false)?;
+    let dst_store = open(&a.dst, &d, &a.registry, false)?;
+    let tmp = match &a.work_dir {
+        Some(w) => tempfile::Builder::new()
+            .prefix("obdverify-")
+            .tempdir_in(w)?,
+        None => tempfile::Builder::new().prefix("obdverify-").tempdir()?,
+    };
+    let results = convertor::verify::verify_images(
+        &*src_store,
+        &s.reference(),
+        &*dst_store,
+        &d.reference(),
+        tmp.path(),
+    )?;
+    let mut bad = 0;
+    for r in &results {
+        println!(
+            "{} -> {}: {} entries, {} differences",
+            r.source_manifest,
+            r.converted_manifest,
+            r.entries,
+            r.differences.len()
+        );
+        for line in r.differences.iter().take(50) {
+            println!("  {line}");
+        }
+        bad += r.differences.len();
+    }
+    if bad > 0 {
+        bail!("{bad} differences");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -29,7 +29,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut cfg = if args.config.exists() {
-        Config::load(&args.config).map_err(anyhow::Error::msg)?
+        Config::load(&args.config)?
     } else {
         Config::default()
     };
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(a) = args.advertise {
         cfg.advertise = a;
     }
-    let cfg = cfg.finish().map_err(anyhow::Error::msg)?;
+    let cfg = cfg.finish()?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
         .with_writer(std::io::stderr)

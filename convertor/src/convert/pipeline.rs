@@ -1,0 +1,515 @@
+//! One manifest's pipeline: `concurrency` download threads; the applier (the calling thread)
+//! applying layers strictly in order, each fed by an inflater thread that decompresses and
+//! hashes ahead of it; a commit thread and an upload thread behind it, so that layer N commits
+//! and uploads while layer N+1 applies. On an error no new download starts, and the commits
+//! and uploads already queued finish.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::{Scope, ScopedJoinHandle};
+
+use overlaybd_lsmt::{Mapping, Uuid};
+use sha2::{Digest, Sha256};
+
+use super::{decompressed, download, now, LayerReport, Options, Plan};
+use crate::apply::{Applier, ApplyStats};
+use crate::dedup;
+use crate::disk::WorkDisk;
+use crate::error::{At, Error, Result};
+use crate::extfs::{DiskIo, Fs};
+use crate::layer::{self, LayerBlob};
+use crate::oci::{media, Descriptor, LayerCompression};
+use crate::progress::{Phase, Progress};
+use crate::store::Store;
+
+/// What every stage of the pipeline reads.
+#[derive(Clone, Copy)]
+pub(super) struct Ctx<'a> {
+    pub src: &'a dyn Store,
+    pub dst: &'a dyn Store,
+    pub plan: &'a Plan<'a>,
+    pub opts: &'a Options,
+    pub progress: &'a dyn Progress,
+    /// The conversion's temporary directory: sources, the work disk, snapshots, blobs.
+    pub work: &'a Path,
+}
+
+/// A layer's blocks, snapshotted out of the work disk, for the committer.
+struct Job {
+    i: usize,
+    raw: PathBuf,
+    maps: Vec<Mapping>,
+    uuid: Uuid,
+    parent: Option<Uuid>,
+}
+
+/// The committed layers' blobs, by layer.
+type Committed = Vec<(usize, LayerBlob)>;
+
+/// A committed layer blob for the uploader.
+struct Upload {
+    i: usize,
+    path: PathBuf,
+    digest: String,
+    size: u64,
+}
+
+/// Runs the pipeline over every layer of the plan; returns the layers' reports.
+pub(super) fn run(c: Ctx<'_>) -> Result<Vec<LayerReport>> {
+    let n = c.plan.len();
+    let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| -> Result<()> {
+        let downloads = spawn_downloads(s, c, &next);
+        let (up_tx, uploader) = spawn_uploader(s, c);
+        let (commit_tx, committer) = spawn_committer(s, c, up_tx);
+        let result = apply_all(s, c, &downloads, &commit_tx, &mut reports);
+        if result.is_err() {
+            next.store(n, Ordering::Relaxed);
+        }
+        drop(commit_tx);
+        let committed = committer.join().map_err(|_| Error::Panicked("commit"))?;
+        uploader.join().map_err(|_| Error::Panicked("upload"))??;
+        result?;
+        for (i, blob) in committed? {
+            reports[i].blob = blob;
+        }
+        Ok(())
+    })?;
+    Ok(reports)
+}
+
+/// Downloads: a pool of `concurrency` threads taking layers in order; results by layer.
+fn spawn_downloads<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    c: Ctx<'scope>,
+    next: &'scope AtomicUsize,
+) -> mpsc::Receiver<(usize, Result<PathBuf>)> {
+    let n = c.plan.len();
+    let (tx, rx) = mpsc::channel::<(usize, Result<PathBuf>)>();
+    for _ in 0..c.opts.concurrency.clamp(1, n) {
+        let tx = tx.clone();
+        s.spawn(move || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            if tx.send((i, fetch(c, i))).is_err() {
+                break;
+            }
+        });
+    }
+    rx
+}
+
+/// Layer `i`'s input in the work directory: its source downloaded, or (a reused layer to
+/// build on) its converted blob downloaded from the destination; nothing for the other
+/// reused layers.
+fn fetch(c: Ctx<'_>, i: usize) -> Result<PathBuf> {
+    let path = c.work.join(format!("src-{i:04}"));
+    match &c.plan.reuse[i] {
+        None => {
+            c.progress.bytes(i, Phase::Download, 0);
+            let r = download(c.src, &c.plan.m.layers[i], &path, c.progress, i).map(|()| path);
+            c.progress.done(i, Phase::Download);
+            r
+        }
+        Some(rec) if c.plan.needs_load(i) => {
+            let d = Descriptor {
+                media_type: media::OCI_LAYER.into(),
+                digest: rec.digest.clone(),
+                size: rec.size,
+                urls: None,
+                annotations: None,
+                platform: None,
+                artifact_type: None,
+            };
+            download(c.dst, &d, &path, c.progress, i).map(|()| path)
+        }
+        Some(_) => Ok(path),
+    }
+}
+
+/// Uploads: one thread, in order, while the next layer applies.
+fn spawn_uploader<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    c: Ctx<'scope>,
+) -> (mpsc::Sender<Upload>, ScopedJoinHandle<'scope, Result<()>>) {
+    let (tx, rx) = mpsc::channel::<Upload>();
+    let uploader = s.spawn(move || -> Result<()> {
+        for Upload {
+            i,
+            path,
+            digest,
+            size,
+        } in rx
+        {
+            c.progress.bytes(i, Phase::Upload, 0);
+            c.dst
+                .put_blob_file(&digest, size, &path)
+                .at(|| format!("upload layer {i} ({digest})"))?;
+            c.progress.bytes(i, Phase::Upload, size);
+            c.progress.done(i, Phase::Upload);
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(())
+    });
+    (tx, uploader)
+}
+
+/// Commits: one thread, in order, from a snapshot of each layer's blocks, while the next layer
+/// applies; each finished layer goes on to the uploader. Returns the blobs by layer.
+fn spawn_committer<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    c: Ctx<'scope>,
+    up_tx: mpsc::Sender<Upload>,
+) -> (
+    mpsc::Sender<Job>,
+    ScopedJoinHandle<'scope, Result<Committed>>,
+) {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let committer = s.spawn(move || -> Result<Committed> {
+        let mut done = Vec::new();
+        for job in rx {
+            let i = job.i;
+            let out = c.work.join(format!("out-{i:04}"));
+            let blob = commit(c, job, &out)?;
+            let up = Upload {
+                i,
+                path: out,
+                digest: blob.digest.clone(),
+                size: blob.size,
+            };
+            if up_tx.send(up).is_err() {
+                break;
+            }
+            done.push((i, blob));
+        }
+        Ok(done)
+    });
+    (tx, committer)
+}
+
+/// Commits one job into the layer blob `out`.
+fn commit(c: Ctx<'_>, job: Job, out: &Path) -> Result<LayerBlob> {
+    let i = job.i;
+    c.progress.bytes(i, Phase::Commit, 0);
+    let f = File::open(&job.raw).map_err(|e| Error::io("open", &job.raw, e))?;
+    let blob = layer::commit_extents(
+        &job.maps,
+        &f,
+        c.opts.vsize,
+        job.uuid,
+        job.parent,
+        &c.opts.compression,
+        out,
+    )
+    .at(|| format!("layer {i}: commit"))?;
+    let _ = std::fs::remove_file(&job.raw);
+    c.progress.bytes(i, Phase::Commit, blob.size);
+    c.progress.done(i, Phase::Commit);
+    Ok(blob)
+}
+
+/// The applier: each layer in order as its download arrives, reused ones loaded (or skipped),
+/// the others applied and cut into a commit job. The reports are pushed in layer order.
+fn apply_all<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    c: Ctx<'scope>,
+    downloads: &mpsc::Receiver<(usize, Result<PathBuf>)>,
+    commit_tx: &mpsc::Sender<Job>,
+    reports: &mut Vec<LayerReport>,
+) -> Result<()> {
+    let mut ready: BTreeMap<usize, PathBuf> = BTreeMap::new();
+    let disk_path = c.work.join("disk");
+    let mut disk = WorkDisk::create(&disk_path, c.opts.vsize)
+        .map_err(|e| Error::io("create the work disk", &disk_path, e))?;
+    let t = now();
+    let mut parent = None;
+    for i in 0..c.plan.len() {
+        let src_path = downloaded(downloads, &mut ready, i)?;
+        let uuid = layer::uuid_from_chain_id(&c.plan.chains[i])?;
+        if let Some(rec) = &c.plan.reuse[i] {
+            reports.push(reuse(c, &mut disk, i, rec, &src_path)?);
+            parent = Some(uuid);
+            continue;
+        }
+        if i == 0 {
+            let fs_uuid = uuid.to_string().to_lowercase();
+            crate::mkfs::mkfs(disk.path(), &fs_uuid, t, c.work)?;
+            disk.mark_file_extents()
+                .map_err(|e| Error::io("find the data of", &disk_path, e))?;
+        }
+        let stats = apply_layer(s, c, &mut disk, i, &src_path, t)?;
+        let _ = std::fs::remove_file(&src_path);
+        let job = cut(c, &mut disk, i, uuid, parent)?;
+        parent = Some(uuid);
+        if commit_tx.send(job).is_err() {
+            break;
+        }
+        reports.push(c.plan.report(i, LayerBlob::default(), stats));
+    }
+    Ok(())
+}
+
+/// Waits for layer `i`'s download; others that finish first wait in `ready`.
+fn downloaded(
+    downloads: &mpsc::Receiver<(usize, Result<PathBuf>)>,
+    ready: &mut BTreeMap<usize, PathBuf>,
+    i: usize,
+) -> Result<PathBuf> {
+    while !ready.contains_key(&i) {
+        let (k, r) = downloads.recv().map_err(|_| Error::Panicked("download"))?;
+        ready.insert(k, r?);
+    }
+    Ok(ready.remove(&i).expect("present"))
+}
+
+/// A layer taken from the dedup database: its blob loaded onto the work disk when a layer
+/// above it is converted.
+fn reuse(
+    c: Ctx<'_>,
+    disk: &mut WorkDisk,
+    i: usize,
+    rec: &dedup::Record,
+    path: &Path,
+) -> Result<LayerReport> {
+    if c.plan.needs_load(i) {
+        load_layer(disk, path).at(|| format!("layer {i}: load the reused {}", rec.digest))?;
+        let _ = std::fs::remove_file(path);
+    }
+    let n = c.plan.len();
+    c.progress
+        .note(&format!("layer {}/{n}: reused {}", i + 1, rec.digest));
+    let blob = LayerBlob {
+        digest: rec.digest.clone(),
+        size: rec.size,
+        integrity_root: rec.integrity_root.clone(),
+        extents: 0,
+        data_bytes: 0,
+    };
+    Ok(c.plan.report(i, blob, ApplyStats::default()))
+}
+
+/// Writes a converted layer's extents onto the work disk (to build the layers above a reused
+/// one) and forgets them as changes.
+fn load_layer(disk: &mut WorkDisk, path: &Path) -> Result<()> {
+    let (src, _) = overlaybd_lsmt::blob::open_path(path)?;
+    let (meta, maps) = overlaybd_lsmt::ro::read_layer(&*src)?;
+    if meta.header.virtual_size != disk.size() {
+        return Err(Error::Invalid(format!(
+            "a reused layer has a {}-byte disk, this conversion {} bytes",
+            meta.header.virtual_size,
+            disk.size()
+        )));
+    }
+    let mut buf = Vec::new();
+    for m in maps {
+        let len = m.length as usize * 512;
+        buf.resize(len, 0);
+        if m.zeroed {
+            buf.fill(0);
+        } else {
+            let n = zfile::source::read_full_at(&*src, m.moffset * 512, &mut buf)
+                .map_err(|e| Error::io("read", path, e))?;
+            if n != len {
+                return Err(Error::Invalid("a reused layer ends inside its data".into()));
+            }
+        }
+        disk.write_at(m.offset * 512, &buf)
+            .map_err(|e| Error::io("write", disk.path(), e))?;
+    }
+    disk.take_dirty();
+    Ok(())
+}
+
+/// Applies layer `i`'s tar (compressed at `path`) to the work disk, hashing it to check the
+/// diff ID (an uncompressed layer's diff ID is its digest, checked by the download).
+fn apply_layer<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    c: Ctx<'scope>,
+    disk: &mut WorkDisk,
+    i: usize,
+    path: &Path,
+    t: i64,
+) -> Result<ApplyStats> {
+    let digest = &c.plan.m.layers[i].digest;
+    let diff_id = &c.plan.diff_ids[i];
+    c.progress.bytes(i, Phase::Apply, 0);
+    let plain = c.plan.kinds[i] == LayerCompression::None;
+    if plain && digest != diff_id {
+        return Err(Error::Invalid(format!(
+            "layer {i} ({digest}) is an uncompressed tar, but the config gives it diff ID {diff_id}"
+        )));
+    }
+    let (mut tar, inflater) = spawn_inflater(s, c, i, path, plain);
+    let stats = {
+        let mut fs = Fs::open(disk, true, t).at(|| format!("layer {i}: open the filesystem"))?;
+        let stats = Applier::new(&mut fs)
+            .apply(&mut tar)
+            .at(|| format!("layer {i} ({digest})"))?;
+        fs.close()
+            .at(|| format!("layer {i}: write the filesystem back"))?;
+        stats
+    };
+    std::io::copy(&mut tar, &mut std::io::sink())
+        .map_err(|e| Error::io("read the rest of", path, e))
+        .at(|| format!("layer {i}"))?;
+    drop(tar.rx);
+    let got = inflater
+        .join()
+        .map_err(|_| Error::Panicked("decompression"))?
+        .at(|| format!("layer {i} ({digest})"))?;
+    if let Some(got) = got {
+        if got != *diff_id {
+            return Err(Error::Invalid(format!(
+                "layer {i} ({digest}): the uncompressed tar has digest {got}, the config says {diff_id}"
+            )));
+        }
+    }
+    c.progress.bytes(i, Phase::Apply, tar.n);
+    c.progress.done(i, Phase::Apply);
+    Ok(stats)
+}
+
+/// Decompression and hashing run in their own thread, ahead of the applier, which reads the
+/// returned pipe. The thread returns the diff ID it computed (`None` for a `plain` tar, or
+/// when the applier stopped first).
+fn spawn_inflater<'scope>(
+    s: &'scope Scope<'scope, '_>,
+    c: Ctx<'scope>,
+    i: usize,
+    path: &Path,
+    plain: bool,
+) -> (Pipe, ScopedJoinHandle<'scope, Result<Option<String>>>) {
+    let (chunks_tx, chunks_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+    let path = path.to_path_buf();
+    let kind = c.plan.kinds[i];
+    let inflater = s.spawn(move || -> Result<Option<String>> {
+        let mut tar = Hashing {
+            inner: decompressed(&path, kind)?,
+            h: (!plain).then(Sha256::new),
+            n: 0,
+            reported: 0,
+            progress: c.progress,
+            i,
+        };
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let got = match read_chunk(&mut tar, &mut buf) {
+                Ok(got) => got,
+                Err(e) => {
+                    let err = io::Error::new(e.kind(), e.to_string());
+                    let _ = chunks_tx.send(Err(e));
+                    return Err(Error::io("decompress", &path, err));
+                }
+            };
+            if got == 0 {
+                break;
+            }
+            buf.truncate(got);
+            if chunks_tx.send(Ok(buf)).is_err() {
+                // The applier stopped (its error is the one reported).
+                return Ok(None);
+            }
+        }
+        Ok(tar
+            .h
+            .take()
+            .map(|h| format!("sha256:{}", hex::encode(h.finalize()))))
+    });
+    let pipe = Pipe {
+        rx: chunks_rx,
+        cur: Vec::new(),
+        pos: 0,
+        n: 0,
+    };
+    (pipe, inflater)
+}
+
+/// Fills `buf` from `r` as far as `r` goes; the bytes read (fewer than `buf` only at the end).
+fn read_chunk(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// The blocks layer `i` wrote, snapshotted out of the work disk as the committer's job.
+fn cut(c: Ctx<'_>, disk: &mut WorkDisk, i: usize, uuid: Uuid, parent: Option<Uuid>) -> Result<Job> {
+    let maps = disk.take_dirty();
+    let raw = c.work.join(format!("raw-{i:04}"));
+    let maps =
+        layer::snapshot(disk, &maps, &raw).at(|| format!("layer {i}: snapshot its blocks"))?;
+    Ok(Job {
+        i,
+        raw,
+        maps,
+        uuid,
+        parent,
+    })
+}
+
+/// Reads a layer's tar while hashing it (unless its digest is already known) and reporting
+/// progress.
+struct Hashing<'p, R> {
+    inner: R,
+    h: Option<Sha256>,
+    n: u64,
+    reported: u64,
+    progress: &'p dyn Progress,
+    i: usize,
+}
+
+impl<R: Read> Read for Hashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        if let Some(h) = &mut self.h {
+            h.update(&buf[..k]);
+        }
+        self.n += k as u64;
+        if self.n - self.reported >= 8 << 20 {
+            self.reported = self.n;
+            self.progress.bytes(self.i, Phase::Apply, self.n);
+        }
+        Ok(k)
+    }
+}
+
+/// The applier's end of the inflater thread's channel.
+struct Pipe {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    n: u64,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let k = buf.len().min(self.cur.len() - self.pos);
+        buf[..k].copy_from_slice(&self.cur[self.pos..self.pos + k]);
+        self.pos += k;
+        self.n += k as u64;
+        Ok(k)
+    }
+}

@@ -2,10 +2,11 @@
 //! image again with the trace as its acceleration layer (overlaybd's `ctr record-trace`,
 //! `../shared/reference/overlaybd.md` §5.5).
 //!
-//! The image is pulled lazily into containerd (`overlaybd-snapshotter rpull`), run with
-//! `ctr run` and the two record-trace snapshot labels (the snapshotter starts the daemon's
-//! recording on the image's device), stopped after the given time (SIGTERM, then SIGKILL),
-//! and the trace is collected overlaybd's way: `<trace>.lock` removed, `<trace>.ok` awaited.
+//! Running the image belongs to the code that speaks containerd: `overlaybd-snapshotter
+//! record-trace` (`overlaybd_containerd::record`) pulls it lazily, runs it through containerd's
+//! API with the two record-trace snapshot labels (the snapshotter starts the daemon's recording
+//! on the image's device), stops it after the given time and collects the trace; this module
+//! checks the image first, hands the run over, and makes and pushes the image with the trace.
 //! The trace becomes a one-file tar layer (`trace`, mode 0444) with overlaybd's annotations
 //! (`acceleration-layer: yes`); the config gains its diff ID and an "Acceleration Layer"
 //! history entry; the other layers are mounted or copied into the destination.
@@ -13,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{At, Error, Result};
 use crate::oci::{self, annotation, media, Descriptor, Document, Manifest};
@@ -30,7 +31,7 @@ pub struct Options {
     pub command: Vec<String>,
     /// Where the trace is written (a fresh temporary directory under it).
     pub work_dir: Option<PathBuf>,
-    /// Arguments given to `overlaybd-snapshotter rpull` (registry flags).
+    /// Registry flags for `overlaybd-snapshotter record-trace` (as its `rpull` takes them).
     pub rpull_args: Vec<String>,
 }
 
@@ -41,15 +42,6 @@ fn snapshotter_exe() -> PathBuf {
         .and_then(|e| e.parent().map(|d| d.join("overlaybd-snapshotter")))
         .filter(|p| p.is_file())
         .unwrap_or_else(|| "overlaybd-snapshotter".into())
-}
-
-fn ctr(opts: &Options, args: &[&str]) -> Command {
-    let mut c = Command::new("ctr");
-    c.arg("--address")
-        .arg(&opts.address)
-        .args(["--namespace", &opts.namespace])
-        .args(args);
-    c
 }
 
 /// The tar layer holding `trace` (mode 0444, fixed owner and time): the same bytes for the
@@ -109,113 +101,44 @@ pub fn record_trace(
         )));
     }
 
-    // containerd's name of the image (what rpull stores and ctr runs).
-    let r = overlaybd_oci::reference::Reference::parse(image_name)?;
-    let image_name = &match (&r.tag, &r.digest) {
-        (_, Some(d)) => format!("{}/{}@{d}", r.host, r.repository),
-        (t, None) => format!(
-            "{}/{}:{}",
-            r.host,
-            r.repository,
-            t.as_deref().unwrap_or("latest")
-        ),
-    };
-    // Pull lazily into containerd.
-    let o = Command::new(snapshotter_exe())
-        .arg("rpull")
-        .arg("--address")
-        .arg(&opts.address)
-        .args(["--namespace", &opts.namespace])
-        .args(&opts.rpull_args)
-        .arg(image_name)
-        .output()
-        .map_err(|e| Error::Tool(format!("run overlaybd-snapshotter rpull: {e}")))?;
-    if !o.status.success() {
-        return Err(Error::Tool(format!(
-            "rpull {image_name}: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )));
-    }
+    let bytes = run_and_record(image_name, opts)?;
+    let (desc, _) = push_with_trace(src, &m, dst, tag, &bytes)?;
+    Ok((desc, bytes.len() as u64))
+}
 
-    // Run it with recording on.
+/// Runs `overlaybd-snapshotter record-trace` on `image_name` and returns the trace.
+fn run_and_record(image_name: &str, opts: &Options) -> Result<Vec<u8>> {
     let dir = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = tempfile::Builder::new()
         .prefix("record-trace-")
         .tempdir_in(&dir)
         .map_err(|e| Error::io("create a directory in", &dir, e))?;
-    let trace = work.path().join("trace");
-    std::fs::write(&trace, b"").map_err(|e| Error::io("create", &trace, e))?;
-    let id = format!("record-trace-{}", std::process::id());
-    let path_label = format!(
-        "containerd.io/snapshot/overlaybd/record-trace-path={}",
-        trace.display()
-    );
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--snapshotter",
-        "overlaybd",
-        "--snapshotter-label",
-        "containerd.io/snapshot/overlaybd/record-trace=yes",
-        "--snapshotter-label",
-        &path_label,
-        image_name,
-        &id,
-    ];
-    args.extend(opts.command.iter().map(String::as_str));
-    let mut child = ctr(opts, &args)
+    let out = work.path().join("trace");
+    let exe = snapshotter_exe();
+    let o = Command::new(&exe)
+        .arg("record-trace")
+        .arg("--address")
+        .arg(&opts.address)
+        .args(["--namespace", &opts.namespace])
+        .args(["--time", &opts.time.as_secs().max(1).to_string()])
+        .arg("--work-dir")
+        .arg(work.path())
+        .arg("--out")
+        .arg(&out)
+        .args(&opts.rpull_args)
+        .arg(image_name)
+        .arg("--")
+        .args(&opts.command)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Tool(format!("run ctr: {e}")))?;
-    let wait_err = |e: std::io::Error| Error::Tool(format!("wait for ctr: {e}"));
-    let wait = |child: &mut std::process::Child, limit: Duration| -> Result<bool> {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if child.try_wait().map_err(wait_err)?.is_some() {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(false)
-    };
-    if !wait(&mut child, opts.time)? {
-        let _ = ctr(opts, &["tasks", "kill", "-s", "SIGTERM", &id]).output();
-        if !wait(&mut child, opts.time.max(Duration::from_secs(5)))? {
-            let _ = ctr(opts, &["tasks", "kill", "-s", "SIGKILL", &id]).output();
-            wait(&mut child, Duration::from_secs(30))?;
-        }
-    }
-    let out = child.wait_with_output().map_err(wait_err)?;
-    let started = trace.with_extension("lock").exists() || trace.with_extension("ok").exists();
-    if !started {
+        .output()
+        .map_err(|e| Error::Tool(format!("run {} record-trace: {e}", exe.display())))?;
+    if !o.status.success() {
         return Err(Error::Tool(format!(
-            "the container did not start with recording on: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "record-trace {image_name}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
         )));
     }
-
-    // overlaybd's protocol: remove the lock, the trace is written, `.ok` appears.
-    let _ = std::fs::remove_file(trace.with_extension("lock"));
-    let t = Instant::now();
-    while !trace.with_extension("ok").exists() {
-        if t.elapsed() > Duration::from_secs(60) {
-            return Err(Error::Tool(format!(
-                "the daemon did not write the trace {} within 60 s",
-                trace.display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let bytes = std::fs::read(&trace).map_err(|e| Error::io("read", &trace, e))?;
-    if bytes.is_empty() {
-        return Err(Error::Invalid(
-            "the trace is empty: the container read nothing from the image".into(),
-        ));
-    }
-    let (desc, _) = push_with_trace(src, &m, dst, tag, &bytes)?;
-    Ok((desc, bytes.len() as u64))
+    std::fs::read(&out).map_err(|e| Error::io("read", &out, e))
 }
 
 /// Writes manifest `m` plus the acceleration layer made of `trace` to `dst`.

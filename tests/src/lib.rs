@@ -69,6 +69,20 @@ pub fn bin(name: &str) -> PathBuf {
         let mut c = Command::new(cargo);
         c.args(["build", "--quiet", "--manifest-path"])
             .arg(&manifest);
+        // What cargo set for this test process is not the build's: a build script that
+        // watches one of these (ring's watches CARGO_MANIFEST_DIR) would be rebuilt, and
+        // everything above it, once per test binary.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_CRATE_")
+                || k.starts_with("CARGO_BIN_")
+                || ["OUT_DIR", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&&*k)
+            {
+                c.env_remove(&*k);
+            }
+        }
         for b in [
             "overlaybd-daemon",
             "overlaybd-snapshotter",

@@ -4,6 +4,7 @@
 //! The snapshotter's binary (`overlaybd-snapshotter rpull`, `obdctl rpull`), the convertor's
 //! `record-trace` and the tests use it; it never serves gRPC.
 
+pub mod record;
 pub mod rpull;
 
 use std::collections::HashMap;
@@ -305,6 +306,15 @@ pub async fn channel(socket: &Path) -> Result<Channel> {
             what: socket.display().to_string(),
             cause,
         })
+}
+
+/// A runtime for the blocking entry points ([`rpull::rpull`], [`record::record_trace`]).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start", "a runtime", e))
 }
 
 /// A new lease id (unique per process and moment).

@@ -57,6 +57,10 @@ pub struct Pulled {
     /// Layers whose snapshot already existed.
     pub existing: usize,
     pub bytes_fetched: u64,
+    /// The image config (for a run of the image: command, environment, user).
+    pub config: Vec<u8>,
+    /// The committed snapshot of the top layer: the parent of a container's rootfs.
+    pub top_chain: String,
 }
 
 /// containerd's name of the image a reference names (`host/repo:tag` or `host/repo@digest`).
@@ -188,21 +192,20 @@ fn resolve(r: &Reference, reg: &Repository) -> Result<Resolved> {
 /// Pulls `image` (a registry reference) into containerd. Blocking: it runs its own runtime
 /// (the registry client is a blocking one, called with `block_in_place`).
 pub fn rpull(image: &str, opts: &Options) -> Result<Pulled> {
+    crate::runtime()?.block_on(pull_image(image, opts))
+}
+
+/// [`rpull`] on a runtime of the caller's (multi-threaded: the registry client is blocking
+/// and runs under `block_in_place`).
+pub async fn pull_image(image: &str, opts: &Options) -> Result<Pulled> {
     let r = Reference::parse(image)?;
-    let reg = open_registry(&r, opts)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("start", "a runtime", e))?;
-    rt.block_on(async {
-        let img = tokio::task::block_in_place(|| resolve(&r, &reg))?;
-        let mut ctd = Containerd::connect(&opts.address, &opts.namespace).await?;
-        ctd.start_lease("rpull").await?;
-        let result = pull(&ctd, &reg, &img, opts).await;
-        ctd.end_lease().await;
-        result
-    })
+    let reg = tokio::task::block_in_place(|| open_registry(&r, opts))?;
+    let img = tokio::task::block_in_place(|| resolve(&r, &reg))?;
+    let mut ctd = Containerd::connect(&opts.address, &opts.namespace).await?;
+    ctd.start_lease("rpull").await?;
+    let result = pull(&ctd, &reg, &img, opts).await;
+    ctd.end_lease().await;
+    result
 }
 
 /// Writes the documents, the layers' snapshots and the image record (under `ctd`'s lease).
@@ -218,6 +221,8 @@ async fn pull(
         manifest_digest: sha256_digest(&img.manifest),
         layers: img.m.layers.len(),
         bytes_fetched: img.fetched,
+        config: img.config.clone(),
+        top_chain: img.chains.last().cloned().unwrap_or_default(),
         ..Default::default()
     };
     for i in 0..img.m.layers.len() {

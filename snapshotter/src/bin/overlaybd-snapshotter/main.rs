@@ -5,10 +5,13 @@
 //! overlaybd-snapshotter [--config /etc/overlaybd-snapshotter/config.toml]
 //! overlaybd-snapshotter rpull [--address SOCK] [-n NS] [--plain-http] [--hosts-dir DIR]
 //!                             [-u USER:PASS] [--download-blobs] REF
+//! overlaybd-snapshotter record-trace [pull flags] [--time S] [--work-dir D] --out FILE REF [CMD…]
 //! ```
 //!
 //! `rpull` (also `obdctl rpull`) pulls an image into containerd with the labels that let this
-//! snapshotter keep overlaybd layers remote.
+//! snapshotter keep overlaybd layers remote. `record-trace` pulls it so, runs it through
+//! containerd with trace recording on, and writes the trace to FILE
+//! (`overlaybd-convertor record-trace` uses it to make an image's acceleration layer).
 //!
 //! containerd's `config.toml`:
 //!
@@ -44,6 +47,26 @@ struct Cli {
 enum Cmd {
     /// Pull an image into containerd so that its overlaybd layers stay remote.
     Rpull(RpullArgs),
+    /// Pull an overlaybd image lazily, run it with trace recording on, write the trace.
+    RecordTrace(RecordTraceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RecordTraceArgs {
+    #[command(flatten)]
+    pull: RpullArgs,
+    /// Seconds the container runs before it is stopped.
+    #[arg(long, default_value_t = 60)]
+    time: u64,
+    /// Where the trace is written while recording (a temporary directory under it).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Where the trace goes.
+    #[arg(long)]
+    out: PathBuf,
+    /// The command to run (default: the image's).
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,7 +93,8 @@ pub struct RpullArgs {
     reference: String,
 }
 
-fn rpull(a: RpullArgs) -> anyhow::Result<()> {
+/// The pull settings of `rpull`'s flags.
+fn pull_options(a: RpullArgs) -> overlaybd_containerd::rpull::Options {
     let credentials = a.user.as_deref().map(|u| {
         let (user, pass) = u.split_once(':').unwrap_or((u, ""));
         overlaybd_registry::auth::Credentials {
@@ -78,7 +102,7 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
             password: pass.into(),
         }
     });
-    let opts = overlaybd_containerd::rpull::Options {
+    overlaybd_containerd::rpull::Options {
         address: a.address,
         namespace: a.namespace,
         snapshotter: a.snapshotter,
@@ -86,9 +110,14 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
         hosts_dir: Some(a.hosts_dir),
         credentials,
         download_blobs: a.download_blobs,
-    };
+    }
+}
+
+fn rpull(a: RpullArgs) -> anyhow::Result<()> {
+    let reference = a.reference.clone();
+    let opts = pull_options(a);
     let t = std::time::Instant::now();
-    let p = overlaybd_containerd::rpull::rpull(&a.reference, &opts)?;
+    let p = overlaybd_containerd::rpull::rpull(&reference, &opts)?;
     println!(
         "pulled {} ({}): {} layers, {} remote, {} unpacked, {} already present; {} bytes from the registry in {:.2} s",
         p.name,
@@ -103,10 +132,31 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn record_trace(a: RecordTraceArgs) -> anyhow::Result<()> {
+    let reference = a.pull.reference.clone();
+    let opts = overlaybd_containerd::record::RecordOptions {
+        pull: pull_options(a.pull),
+        time: std::time::Duration::from_secs(a.time),
+        command: a.command,
+        work_dir: a.work_dir,
+    };
+    let trace = overlaybd_containerd::record::record_trace(&reference, &opts)?;
+    std::fs::write(&a.out, &trace)
+        .map_err(|e| anyhow::anyhow!("write the trace to {}: {e}", a.out.display()))?;
+    println!(
+        "recorded a trace of {} bytes into {}",
+        trace.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Cmd::Rpull(a)) = cli.cmd {
-        return rpull(a);
+    match cli.cmd {
+        Some(Cmd::Rpull(a)) => return rpull(a),
+        Some(Cmd::RecordTrace(a)) => return record_trace(a),
+        None => {}
     }
     let cfg = Config::load(&cli.config)?;
     tracing_subscriber::fmt()

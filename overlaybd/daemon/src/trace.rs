@@ -429,20 +429,30 @@ pub fn replay(
     stats
 }
 
-/// Fuzz body (feature `test-util`): any bytes as a trace file. Decoding never panics, and a
-/// decoded trace plans a bounded replay that stays inside its layers.
+/// Fuzz body (feature `test-util`): any bytes as a trace file, which decodes or is refused
+/// without a panic; and the same bytes as raw records (whatever the checksum, so the fuzzer
+/// reaches the planner), which plan a bounded replay that stays inside its layers.
 #[cfg(any(test, feature = "test-util"))]
 pub fn fuzz(data: &[u8]) {
-    let Ok(records) = decode(data) else {
-        return;
-    };
-    assert_eq!(
-        decode(&encode(&records)).unwrap(),
-        records,
-        "records survive a round trip"
-    );
+    if let Ok(records) = decode(data) {
+        assert_eq!(
+            decode(&encode(&records)).unwrap(),
+            records,
+            "records survive a round trip"
+        );
+        check_plan(&records);
+    }
+    let raw: Vec<Record> = data
+        .chunks_exact(RECORD_SIZE)
+        .map(Record::from_bytes)
+        .collect();
+    check_plan(&raw);
+}
+
+#[cfg(any(test, feature = "test-util"))]
+fn check_plan(records: &[Record]) {
     let sizes = [1 << 20, 0, 3 << 30];
-    let (work, skipped) = plan_replay(&records, &sizes);
+    let (work, skipped) = plan_replay(records, &sizes);
     assert!(skipped <= records.len() as u64);
     let mut total = 0u64;
     for &(layer, off, n) in &work {

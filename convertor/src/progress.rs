@@ -32,6 +32,8 @@ pub trait Progress: Send + Sync {
     /// `bytes` done so far in a phase of layer `i`.
     fn bytes(&self, i: usize, phase: Phase, bytes: u64);
     fn done(&self, i: usize, phase: Phase);
+    /// A phase of layer `i` had nothing to do (`why`: the blob is already at the destination).
+    fn skipped(&self, i: usize, phase: Phase, why: &str);
     fn note(&self, msg: &str);
     fn finish(&self, manifest_digest: &str, elapsed: Duration);
 }
@@ -44,6 +46,7 @@ impl Progress for Quiet {
     fn start(&self, _: usize, _: &[u64]) {}
     fn bytes(&self, _: usize, _: Phase, _: u64) {}
     fn done(&self, _: usize, _: Phase) {}
+    fn skipped(&self, _: usize, _: Phase, _: &str) {}
     fn note(&self, _: &str) {}
     fn finish(&self, _: &str, _: Duration) {}
 }
@@ -199,6 +202,18 @@ impl Progress for Reporter {
                 rate(&c, now)
             );
         }
+    }
+
+    fn skipped(&self, i: usize, phase: Phase, why: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = st.cells.len();
+        if let Some(c) = st.cells.get_mut(i).map(|c| &mut c[phase as usize]) {
+            let now = Instant::now();
+            c.started.get_or_insert(now);
+            c.finished = Some(now);
+        }
+        st.drawn = 0;
+        eprintln!("layer {}/{n}: {} skipped: {why}", i + 1, phase.name());
     }
 
     fn note(&self, msg: &str) {

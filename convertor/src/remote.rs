@@ -74,13 +74,12 @@ impl Store for Remote {
         Ok(self.repo.has_blob(digest)?)
     }
 
-    fn put_blob_file(&self, digest: &str, size: u64, path: &Path) -> Result<()> {
+    fn put_blob_file(&self, digest: &str, size: u64, path: &Path) -> Result<bool> {
         let p = path.to_path_buf();
-        self.repo.upload(digest, &|| {
+        Ok(self.repo.upload(digest, &|| {
             let f = std::fs::File::open(&p)?;
             Ok(reqwest::blocking::Body::sized(f, size))
-        })?;
-        Ok(())
+        })?)
     }
 
     fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()> {

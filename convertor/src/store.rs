@@ -15,8 +15,8 @@ pub trait Store: Send + Sync {
     /// Streams a blob into `out`; returns the bytes written. The caller checks the digest.
     fn get_blob(&self, digest: &str, out: &mut dyn Write) -> Result<u64>;
     fn has_blob(&self, digest: &str) -> Result<bool>;
-    /// Stores a blob from a local file (skipped when the store has it).
-    fn put_blob_file(&self, digest: &str, size: u64, path: &Path) -> Result<()>;
+    /// Stores a blob from a local file, unless the store has it; whether bytes were written.
+    fn put_blob_file(&self, digest: &str, size: u64, path: &Path) -> Result<bool>;
     fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()>;
     /// Stores a manifest or index, under `tag` when given (else by digest only).
     fn put_manifest(&self, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<()>;
@@ -208,17 +208,17 @@ impl Store for Layout {
         Ok(self.blob_path(digest)?.exists())
     }
 
-    fn put_blob_file(&self, digest: &str, _size: u64, path: &Path) -> Result<()> {
+    fn put_blob_file(&self, digest: &str, _size: u64, path: &Path) -> Result<bool> {
         let dst = self.blob_path(digest)?;
         if dst.exists() {
-            return Ok(());
+            return Ok(false);
         }
         let tmp = dst.with_extension("tmp");
         fs::copy(path, &tmp)
             .map_err(|e| Error::io("copy", path, e))
             .at(|| format!("store {digest} as {}", tmp.display()))?;
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename to", &dst, e))?;
-        Ok(())
+        Ok(true)
     }
 
     fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()> {

@@ -457,12 +457,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     /// `obdctl rpull` of `image`: whether it succeeded, and its output.
     pub fn rpull_result(&self, image: &str) -> (bool, String) {
+        self.rpull_with(image, &[])
+    }
+
+    /// `obdctl rpull` of `image` with `extra` flags: whether it succeeded, and its output.
+    pub fn rpull_with(&self, image: &str, extra: &[&str]) -> (bool, String) {
         let o = Command::new(bin("obdctl"))
             .arg("rpull")
             .arg("--address")
             .arg(self.containerd_socket())
             .arg("--hosts-dir")
             .arg(self.path("certs.d"))
+            .args(extra)
             .arg(image)
             .output()
             .unwrap();

@@ -17,8 +17,26 @@ fn a_layer_the_snapshotter_cannot_read_lazily_is_downloaded_and_still_runs_from_
         ..Options::default()
     });
     let (image, _) = env.converted_sample("sample", 8);
+    // With --no-fallback the pull fails, naming the layer and the reason.
+    let (ok, out) = env.rpull_with(&image, &["--no-fallback"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("layer 1/2 (sha256:"), "{out}");
+    assert!(out.contains("cannot be read lazily"), "{out}");
+    assert!(out.contains("connection refused"), "the reason: {out}");
+    // Without it the layers are downloaded, and the pull says so, layer by layer, and why.
     let out = env.rpull(&image);
     assert!(out.contains("2 layers, 0 remote, 2 unpacked"), "{out}");
+    for l in ["layer 1/2", "layer 2/2"] {
+        assert!(
+            out.contains(&format!("warning: {l} (sha256:")),
+            "{l} is reported: {out}"
+        );
+    }
+    assert!(
+        out.contains("downloaded and unpacked, not read lazily"),
+        "{out}"
+    );
+    assert!(out.contains("connection refused"), "the reason: {out}");
     let log = env.snapshotter.as_ref().unwrap().log();
     assert!(log.contains("remote-snapshot-prepared=false"), "{log}");
     assert!(log.contains("an unpacked overlaybd layer"), "{log}");

@@ -149,11 +149,17 @@ fn spawn_uploader<'scope>(
         } in rx
         {
             c.progress.bytes(i, Phase::Upload, 0);
-            c.dst
+            let sent = c
+                .dst
                 .put_blob_file(&digest, size, &path)
                 .at(|| format!("upload layer {i} ({digest})"))?;
-            c.progress.bytes(i, Phase::Upload, size);
-            c.progress.done(i, Phase::Upload);
+            if sent {
+                c.progress.bytes(i, Phase::Upload, size);
+                c.progress.done(i, Phase::Upload);
+            } else {
+                let why = format!("{digest} is already in {}", c.dst.describe());
+                c.progress.skipped(i, Phase::Upload, &why);
+            }
             let _ = std::fs::remove_file(&path);
         }
         Ok(())

@@ -56,7 +56,12 @@ pub async fn unix_channel(socket: &Path) -> std::io::Result<tonic::transport::Ch
                 if let Some(io) = c.downcast_ref::<std::io::Error>() {
                     kind = io.kind();
                 }
-                msg.push_str(&format!(": {c}"));
+                let m = c.to_string();
+                // Each cause once (a wrapper often repeats the message it wraps).
+                if !msg.contains(&m) {
+                    msg.push_str(": ");
+                    msg.push_str(&m);
+                }
                 cur = c.source();
             }
             std::io::Error::new(kind, msg)

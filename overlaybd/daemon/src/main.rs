@@ -22,9 +22,10 @@ use overlaybd_daemon::daemon::Daemon;
 #[derive(Parser, Debug)]
 #[command(version, about = "Serves overlaybd images as block devices")]
 struct Cli {
-    /// The daemon's TOML config (absent file = defaults).
-    #[arg(long, default_value = "/etc/overlaybd-daemon/config.toml")]
-    config: PathBuf,
+    /// The daemon's TOML config (default /etc/overlaybd-daemon/config.toml, whose absence
+    /// means every default; a file named here must exist).
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -72,26 +73,47 @@ enum Op {
     },
 }
 
-fn load_config(path: &Path) -> anyhow::Result<DaemonConfig> {
-    if path.exists() {
-        Ok(DaemonConfig::load(path)?)
-    } else {
-        Ok(DaemonConfig::default())
+const DEFAULT_CONFIG: &str = "/etc/overlaybd-daemon/config.toml";
+
+/// The config named by `--config` (which must exist), else the default file if there is one,
+/// else every default.
+fn load_config(path: Option<&Path>) -> anyhow::Result<DaemonConfig> {
+    match path {
+        Some(p) if !p.exists() => anyhow::bail!(
+            "--config {}: no such file (leave --config out to use {DEFAULT_CONFIG} or the defaults)",
+            p.display()
+        ),
+        Some(p) => Ok(DaemonConfig::load(p)?),
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            Ok(DaemonConfig::load(Path::new(DEFAULT_CONFIG))?)
+        }
+        None => Ok(DaemonConfig::default()),
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end here: one line with every cause, exit status 1 (no backtrace).
+fn main() -> std::process::ExitCode {
+    match main_result() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-daemon: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_result() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Fdstore { socket }) => Ok(overlaybd_daemon::fdstore::serve(&socket)?),
         Some(Cmd::Ctl { socket, op }) => {
             let socket = match socket {
                 Some(s) => s,
-                None => load_config(&cli.config)?.socket,
+                None => load_config(cli.config.as_deref())?.socket,
             };
             ctl(&socket, op)
         }
-        None => run(load_config(&cli.config)?),
+        None => run(load_config(cli.config.as_deref())?),
     }
 }
 
@@ -202,6 +224,7 @@ fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let exe = std::env::current_exe()?;
     let socket = cfg.socket.clone();

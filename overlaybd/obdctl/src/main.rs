@@ -45,6 +45,8 @@ fn rpull(args: &[std::ffi::OsString]) -> anyhow::Result<std::process::ExitCode> 
         .filter(|p| p.is_file());
     let exe = beside.unwrap_or_else(|| "overlaybd-snapshotter".into());
     let err = std::process::Command::new(&exe)
+        // Usage lines then name what the user typed.
+        .arg0("obdctl")
         .arg("rpull")
         .args(args)
         .exec();

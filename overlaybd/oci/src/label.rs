@@ -24,3 +24,9 @@ pub const LOCAL_COMMIT_PATH: &str = "containerd.io/snapshot/overlaybd.localcommi
 /// Ours: the BLAKE3 integrity root of the layer's ZFile (`blake3:<hex>`), written by our
 /// convertor; it goes into the device config so that every block is checked against it.
 pub const INTEGRITY_ROOT: &str = annotation::INTEGRITY_ROOT;
+/// Ours: set by `rpull --plain-http` on a layer's pull-time Prepare (`"true"`), so the
+/// snapshotter's blob check and the device's reads use `http://` as the pull did.
+pub const PLAIN_HTTP: &str = "containerd.io/snapshot/overlaybd/plain-http";
+/// Ours: on the active snapshot of an overlaybd layer that is downloaded and unpacked instead
+/// of being read lazily, why (`rpull` prints it; `--no-fallback` fails on it).
+pub const NOT_REMOTE: &str = "containerd.io/snapshot/overlaybd/not-remote";

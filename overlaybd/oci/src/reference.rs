@@ -72,7 +72,12 @@ impl Reference {
     /// overlaybd's `repoBlobUrl`: `https://<host>/v2/<repository>/blobs`. The scheme is
     /// only the default: a `hosts.toml` `server` (e.g. `http://…`) or mirror replaces it.
     pub fn repo_blob_url(&self) -> String {
-        format!("https://{}/v2/{}/blobs", self.host, self.repository)
+        self.repo_blob_url_over("https")
+    }
+
+    /// [`Reference::repo_blob_url`] with another scheme (`http` for a plain-HTTP registry).
+    pub fn repo_blob_url_over(&self, scheme: &str) -> String {
+        format!("{scheme}://{}/v2/{}/blobs", self.host, self.repository)
     }
 }
 

@@ -5,7 +5,8 @@ use reqwest::blocking::Client;
 use crate::hosts::Host;
 use crate::{Error, Result};
 
-/// An error with its causes (reqwest's own message hides them: "error sending request").
+/// An error with its causes (reqwest's own message hides them: "error sending request"),
+/// each once.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -18,6 +19,49 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Whether a failed request met a server that answers TLS in plain HTTP.
+pub(crate) fn is_plain_http_answer(e: &reqwest::Error) -> bool {
+    let lower = chain(e).to_lowercase();
+    lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+        || lower.contains("wrong version number")
+}
+
+/// A failed request in words a user can act on: what happened to the connection (refused,
+/// timed out, a TLS handshake with a server that speaks plain HTTP, a name that does not
+/// resolve), the URL, and then every cause.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let causes = chain(e);
+    let lower = causes.to_lowercase();
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if lower.contains("connection refused") {
+        "connection refused (is the registry running, on this port?)"
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        "the host name does not resolve"
+    } else if lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+        || lower.contains("wrong version number")
+    {
+        "TLS handshake failed: the registry may speak plain HTTP (give --plain-http, or a \
+         hosts.toml whose server is http://…)"
+    } else if lower.contains("certificate") || lower.contains("unknownissuer") {
+        "the registry's TLS certificate is not trusted (add its CA to the registry's \
+         hosts.toml `ca`, or `skip_verify`)"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        ""
+    };
+    let url = e.url().map(|u| u.as_str()).unwrap_or("");
+    match (what, url) {
+        ("", "") => causes,
+        ("", u) => format!("{u}: {causes}"),
+        (w, "") => format!("{w}: {causes}"),
+        (w, u) => format!("{u}: {w}: {causes}"),
+    }
 }
 
 /// An HTTP client with a host's TLS settings (extra CAs, client certificate, skip_verify).

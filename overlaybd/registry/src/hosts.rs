@@ -28,6 +28,29 @@ pub struct Host {
     pub header: Vec<(String, String)>,
     /// A mirror (requests carry `ns=<upstream host>`), not the upstream.
     pub mirror: bool,
+    /// An HTTPS upstream that may speak plain HTTP: if its TLS handshake fails because the
+    /// server answers in plain HTTP, its requests go to `http://` instead. containerd's rule
+    /// for a loopback registry (`localhost`, `127.0.0.0/8`, `::1`) that no `hosts.toml`
+    /// describes.
+    pub tls_fallback: bool,
+}
+
+/// Whether `authority` (`host[:port]`) is a loopback address, as containerd's `IsLocalhost`.
+pub fn is_loopback(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => authority.rsplit_once(':').map_or(authority, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        }),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Host {
@@ -180,6 +203,7 @@ fn host_settings(
         client: clients(t.get("client"), dir, file)?,
         header,
         mirror,
+        tls_fallback: false,
     })
 }
 
@@ -208,6 +232,7 @@ pub fn hosts_for(hosts_dir: Option<&Path>, upstream: &str) -> Result<Vec<Host>> 
     let plain = |root: String| Host {
         root,
         capabilities: vec!["pull".into(), "resolve".into(), "push".into()],
+        tls_fallback: scheme == "https" && is_loopback(authority),
         ..Host::default()
     };
     let Some(hosts_dir) = hosts_dir else {
@@ -312,6 +337,45 @@ mod tests {
         assert!(!h[0].mirror && h[0].can_pull());
         let h = hosts_for(None, "https://docker.io").unwrap();
         assert_eq!(h[0].root, "https://registry-1.docker.io/v2");
+        assert!(!h[0].tls_fallback);
+    }
+
+    #[test]
+    fn loopback_registries_may_fall_back_to_plain_http_as_in_containerd() {
+        for a in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+            "localhost",
+        ] {
+            assert!(is_loopback(a), "{a}");
+            let h = hosts_for(None, &format!("https://{a}")).unwrap();
+            assert!(h[0].tls_fallback, "{a}");
+            // Plain HTTP asked for, or a hosts.toml, leaves nothing to guess.
+            assert!(!hosts_for(None, &format!("http://{a}")).unwrap()[0].tls_fallback);
+        }
+        for a in [
+            "reg.example:5000",
+            "10.0.0.1:5000",
+            "[2001:db8::1]:5000",
+            "localhost.example",
+        ] {
+            assert!(!is_loopback(a), "{a}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("127.0.0.1:5000");
+        std::fs::create_dir_all(&r).unwrap();
+        std::fs::write(
+            r.join("hosts.toml"),
+            "server = \"https://127.0.0.1:5000\"\n",
+        )
+        .unwrap();
+        let h = hosts_for(Some(d.path()), "https://127.0.0.1:5000").unwrap();
+        assert!(
+            !h.iter().any(|h| h.tls_fallback),
+            "a hosts.toml says what to use"
+        );
     }
 
     #[test]

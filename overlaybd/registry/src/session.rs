@@ -14,7 +14,7 @@ use reqwest::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
 use crate::auth::{parse_challenge, parse_token, Challenge, Credentials, Token};
-use crate::client::{chain, client_for};
+use crate::client::{chain, client_for, describe, is_plain_http_answer};
 use crate::credentials::DockerConfig;
 use crate::hosts::Host;
 use crate::stats::RegistryStats;
@@ -72,6 +72,10 @@ pub(crate) struct Place {
     credentials: Option<Credentials>,
     headers: Vec<(String, String)>,
     auth: Mutex<AuthState>,
+    /// An HTTPS place whose next place is the same server over plain HTTP (containerd's
+    /// loopback rule): once its TLS handshake meets a plain HTTP answer, it is skipped.
+    tls_fallback: bool,
+    plain_http_seen: std::sync::atomic::AtomicBool,
 }
 
 impl Place {
@@ -181,6 +185,8 @@ impl Session {
                 credentials: upstream_creds.clone(),
                 headers: Vec::new(),
                 auth: Mutex::default(),
+                tls_fallback: false,
+                plain_http_seen: Default::default(),
             });
         }
         for h in hosts {
@@ -193,7 +199,7 @@ impl Session {
             } else {
                 upstream_creds.clone()
             };
-            places.push(Place {
+            let place = Place {
                 kind: if h.mirror {
                     Kind::Mirror
                 } else {
@@ -206,7 +212,23 @@ impl Session {
                 credentials,
                 headers: h.header.clone(),
                 auth: Mutex::default(),
+                tls_fallback: h.tls_fallback,
+                plain_http_seen: Default::default(),
+            };
+            let plain = h.tls_fallback.then(|| Place {
+                root: place.root.replacen("https://", "http://", 1),
+                name: format!("{} (plain HTTP)", place.name),
+                client: place.client.clone(),
+                ns: place.ns.clone(),
+                credentials: place.credentials.clone(),
+                headers: place.headers.clone(),
+                auth: Mutex::default(),
+                tls_fallback: false,
+                plain_http_seen: Default::default(),
+                kind: place.kind,
             });
+            places.push(place);
+            places.extend(plain);
         }
         if places.iter().all(|p| p.kind == Kind::Agent) {
             return Err(Error::Config(format!(
@@ -238,7 +260,9 @@ impl Session {
         use_agent: bool,
         mut f: impl FnMut(&Place) -> std::result::Result<T, Attempt>,
     ) -> std::result::Result<T, Attempt> {
-        let usable = |p: &&Place| use_agent || p.kind != Kind::Agent;
+        let usable = |p: &&Place| {
+            (use_agent || p.kind != Kind::Agent) && !p.plain_http_seen.load(Ordering::Relaxed)
+        };
         let count = self.places.iter().filter(usable).count();
         let mut errors = Vec::new();
         for (i, place) in self.places.iter().filter(usable).enumerate() {
@@ -324,7 +348,7 @@ impl Session {
         self.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
         let resp = match req.timeout(timeout).send() {
             Ok(r) => r,
-            Err(e) => return transient(format!("token server {realm}: {}", chain(&e))),
+            Err(e) => return transient(format!("token server {realm}: {}", describe(&e))),
         };
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -398,7 +422,15 @@ impl Session {
             .fetch_add(1, Ordering::Relaxed);
             let resp = match req.send() {
                 Ok(r) => r,
-                Err(e) => return transient(chain(&e)),
+                Err(e) => {
+                    if place.tls_fallback && is_plain_http_answer(&e) {
+                        // containerd's loopback rule: this registry speaks plain HTTP; the
+                        // next place is the same server over http://.
+                        place.plain_http_seen.store(true, Ordering::Relaxed);
+                        tracing::info!("{}: plain HTTP, not TLS; using http://", place.name);
+                    }
+                    return transient(describe(&e));
+                }
             };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED {

@@ -16,8 +16,8 @@ struct Args {
     #[arg(long)]
     role: Option<Role>,
     /// TOML configuration (see docs/p2p.md).
-    #[arg(long, default_value = "/etc/overlaybd/p2p.toml")]
-    config: PathBuf,
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// `host:port` to listen on (overrides the config's `listen`).
     #[arg(long)]
     listen: Option<String>,
@@ -26,12 +26,31 @@ struct Args {
     advertise: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end here: one line with every cause, exit status 1 (no backtrace).
+const DEFAULT_CONFIG: &str = "/etc/overlaybd/p2p.toml";
+
+fn main() -> std::process::ExitCode {
+    match main_result() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-p2p: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_result() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cfg = if args.config.exists() {
-        Config::load(&args.config)?
-    } else {
-        Config::default()
+    let mut cfg = match &args.config {
+        Some(p) if !p.exists() => anyhow::bail!(
+            "--config {}: no such file (leave --config out to use {DEFAULT_CONFIG} or the defaults)",
+            p.display()
+        ),
+        Some(p) => Config::load(p)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG))?
+        }
+        None => Config::default(),
     };
     if let Some(r) = args.role {
         cfg.role = r;
@@ -46,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

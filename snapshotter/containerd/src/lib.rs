@@ -206,11 +206,16 @@ impl Containerd {
         let mut off = 0i64;
         let msgs = chunks.map(move |chunk| match chunk {
             Chunk::Data(data) => {
+                // `expected` from the first message on: containerd opens the writer with it,
+                // and content it already has is then added to this connection's lease
+                // (answered AlreadyExists). Without it, content left by an earlier pull whose
+                // lease ended could be collected before the image record refers to it.
                 let m = content::WriteContentRequest {
                     action: content::WriteAction::Write as i32,
                     r#ref: r.clone(),
                     total,
                     offset: off,
+                    expected: expected.clone(),
                     data,
                     ..Default::default()
                 };

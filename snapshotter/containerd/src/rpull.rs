@@ -42,6 +42,20 @@ pub struct Options {
     /// Ask the snapshotter to download overlaybd layers instead of serving them remotely
     /// (overlaybd's `--download-blobs`).
     pub download_blobs: bool,
+    /// Fail instead of letting containerd download an overlaybd layer the snapshotter could
+    /// not read lazily.
+    pub no_fallback: bool,
+}
+
+/// An overlaybd layer containerd downloaded and unpacked instead of the snapshotter reading it
+/// lazily.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotLazy {
+    /// Position in the manifest (0 = bottom).
+    pub layer: usize,
+    pub digest: String,
+    /// The snapshotter's reason (empty when it gave none: not this project's snapshotter?).
+    pub why: String,
 }
 
 /// What a pull did.
@@ -61,6 +75,8 @@ pub struct Pulled {
     pub config: Vec<u8>,
     /// The committed snapshot of the top layer: the parent of a container's rootfs.
     pub top_chain: String,
+    /// overlaybd layers that were downloaded instead of read lazily, and why.
+    pub not_lazy: Vec<NotLazy>,
 }
 
 /// containerd's name of the image a reference names (`host/repo:tag` or `host/repo@digest`).
@@ -229,9 +245,10 @@ async fn pull(
         match layer(ctd, reg, img, i, opts).await? {
             Layer::Existing => out.existing += 1,
             Layer::Remote => out.remote += 1,
-            Layer::Unpacked(n) => {
+            Layer::Unpacked(n, not_lazy) => {
                 out.unpacked += 1;
                 out.bytes_fetched += n;
+                out.not_lazy.extend(not_lazy);
             }
         }
     }
@@ -277,8 +294,9 @@ enum Layer {
     Existing,
     /// The snapshotter serves it remotely.
     Remote,
-    /// Fetched (that many bytes from the registry), applied and committed by containerd.
-    Unpacked(u64),
+    /// Fetched (that many bytes from the registry), applied and committed by containerd; an
+    /// overlaybd layer says why it was not read lazily.
+    Unpacked(u64, Option<NotLazy>),
 }
 
 fn descriptor(d: &Descriptor) -> types::Descriptor {
@@ -328,6 +346,9 @@ async fn layer(
     if opts.download_blobs {
         labels.insert(labels::DOWNLOAD_REMOTE_BLOB.into(), "download".into());
     }
+    if opts.plain_http {
+        labels.insert(labels::PLAIN_HTTP.into(), "true".into());
+    }
     let key = format!("extract-{}-{i} {chain}", crate::lease_id("layer"));
     let prep = sn
         .prepare(ctd.req(snapshots::PrepareSnapshotRequest {
@@ -343,7 +364,21 @@ async fn layer(
         Err(s) => return Err(status(&format!("prepare layer {i} ({})", layer.digest))(s)),
     };
     labels.remove(labels::TARGET_REF);
-    let unpacked = unpack(ctd, reg, layer, i, mounts, &key, chain, labels, opts).await;
+    let not_lazy = not_lazy(ctd, &mut sn, layer, i, &key, opts).await;
+    let unpacked =
+        match (&not_lazy, opts.no_fallback) {
+            (Some(n), true) => {
+                Err(Error::Image(format!(
+            "layer {}/{} ({}) cannot be read lazily, and --no-fallback forbids downloading \
+             it: {}",
+            i + 1,
+            img.m.layers.len(),
+            n.digest,
+            if n.why.is_empty() { "the snapshotter gave no reason" } else { &n.why }
+        )))
+            }
+            _ => unpack(ctd, reg, layer, i, mounts, &key, chain, labels, opts).await,
+        };
     if unpacked.is_err() {
         let _ = sn
             .remove(ctd.req(snapshots::RemoveSnapshotRequest {
@@ -352,7 +387,45 @@ async fn layer(
             }))
             .await;
     }
-    unpacked.map(Layer::Unpacked)
+    unpacked.map(|n| Layer::Unpacked(n, not_lazy))
+}
+
+/// For an overlaybd layer the snapshotter prepared for unpacking: why it is not read lazily
+/// (the snapshotter's `not-remote` label on the snapshot). `None` for other layers, and for
+/// those `--download-blobs` asked to download.
+async fn not_lazy(
+    ctd: &Containerd,
+    sn: &mut snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>,
+    layer: &Descriptor,
+    i: usize,
+    key: &str,
+    opts: &Options,
+) -> Option<NotLazy> {
+    let overlaybd = layer
+        .annotation(labels::BLOB_DIGEST)
+        .is_some_and(|d| !d.is_empty());
+    let accel = layer.annotation(labels::ACCELERATION_LAYER) == Some("yes");
+    if !overlaybd || accel || opts.download_blobs {
+        return None;
+    }
+    let info = sn
+        .stat(ctd.req(snapshots::StatSnapshotRequest {
+            snapshotter: opts.snapshotter.clone(),
+            key: key.to_string(),
+        }))
+        .await
+        .ok()?
+        .into_inner()
+        .info?;
+    Some(NotLazy {
+        layer: i,
+        digest: layer.digest.clone(),
+        why: info
+            .labels
+            .get(labels::NOT_REMOTE)
+            .cloned()
+            .unwrap_or_default(),
+    })
 }
 
 /// Fetches a layer into the content store (unless it is there), applies it to the prepared

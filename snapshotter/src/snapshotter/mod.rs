@@ -211,14 +211,21 @@ impl Snapshotter {
                 "snapshot {key} already exists"
             )));
         }
-        if kind == Kind::Active
-            && labels.contains_key(labels::TARGET_REF)
-            && self.try_remote(key, parent, &labels).await?
-        {
-            return Err(Error::AlreadyExists(format!(
-                "target snapshot {} (remote)",
-                labels[labels::TARGET_REF]
-            )));
+        let mut labels = labels;
+        if kind == Kind::Active && labels.contains_key(labels::TARGET_REF) {
+            match self.try_remote(key, parent, &labels).await? {
+                remote::Decision::Remote => {
+                    return Err(Error::AlreadyExists(format!(
+                        "target snapshot {} (remote)",
+                        labels[labels::TARGET_REF]
+                    )))
+                }
+                // Said on the snapshot, for `rpull` (and anyone who looks) to tell the user.
+                remote::Decision::Unpack(Some(why)) => {
+                    labels.insert(labels::NOT_REMOTE.into(), why);
+                }
+                remote::Decision::Unpack(None) => {}
+            }
         }
         let id = self.meta.next_id()?;
         let dir = self.dir(id);

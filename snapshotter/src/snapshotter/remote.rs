@@ -13,15 +13,26 @@ use super::{io, Snapshotter};
 use crate::error::{Error, Result};
 use crate::store::{now_ns, Kind, Snapshot, Storage};
 
+/// What a pull-time Prepare does with a layer.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Committed as a remote snapshot: containerd skips the download.
+    Remote,
+    /// Downloaded and unpacked by containerd; why, when the layer is an overlaybd layer that
+    /// could have been read lazily.
+    Unpack(Option<String>),
+}
+
 impl Snapshotter {
     /// A pull-time Prepare of an overlaybd layer: commit it as a remote snapshot when its blob
-    /// can be read. `false` means: let containerd download and unpack it.
+    /// can be read. Otherwise containerd downloads and unpacks it: [`Decision::Unpack`] says
+    /// why when the layer is one this snapshotter would have read lazily.
     pub(super) async fn try_remote(
         &self,
         key: &str,
         parent: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<bool> {
+    ) -> Result<Decision> {
         let get = |k: &str| labels.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let target = get(labels::TARGET_REF).unwrap_or_default();
         let (Some(digest), Some(size), Some(image)) = (
@@ -29,12 +40,12 @@ impl Snapshotter {
             get(labels::BLOB_SIZE),
             get(labels::CRI_IMAGE_REF).or_else(|| get(labels::IMAGE_REF)),
         ) else {
-            return Ok(false);
+            return Ok(Decision::Unpack(None));
         };
         if get(labels::ACCELERATION_LAYER) == Some("yes")
             || get(labels::DOWNLOAD_REMOTE_BLOB) == Some("download")
         {
-            return Ok(false);
+            return Ok(Decision::Unpack(None));
         }
         let why_not = |why: String| {
             warn!(
@@ -42,9 +53,10 @@ impl Snapshotter {
                 target,
                 image,
                 blob = digest,
-                "remote-snapshot-prepared=false: {why}"
+                "remote-snapshot-prepared=false: the layer is downloaded and unpacked, not read \
+                 lazily: {why}"
             );
-            Ok(false)
+            Ok(Decision::Unpack(Some(why)))
         };
         let Ok(size) = size.parse::<u64>() else {
             return why_not(format!("blob-size {size:?} is not a number"));
@@ -55,7 +67,7 @@ impl Snapshotter {
         // A layer another namespace (or an earlier pull) already committed.
         if let Some(t) = self.meta.get(target)? {
             if t.kind == Kind::Committed && t.parent == parent {
-                return Ok(true);
+                return Ok(Decision::Remote);
             }
             return why_not(format!("a different snapshot is named {target}"));
         }
@@ -63,8 +75,14 @@ impl Snapshotter {
             Ok(r) => r,
             Err(e) => return why_not(e.to_string()),
         };
-        if let Err(e) = self.check_blob(&image_ref, digest, size).await {
-            return why_not(e.to_string());
+        let scheme = if get(labels::PLAIN_HTTP) == Some("true") {
+            "http"
+        } else {
+            "https"
+        };
+        let repo_blob_url = image_ref.repo_blob_url_over(scheme);
+        if let Err(e) = self.check_blob(&repo_blob_url, digest, size).await {
+            return why_not(format!("the registry could not be read: {e}"));
         }
         let id = self.meta.next_id()?;
         let (fs, block) = (self.fs_dir(id), self.block_dir(id));
@@ -72,7 +90,7 @@ impl Snapshotter {
             std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
         }
         let mut cfg = self.parent_config(parent)?;
-        cfg.repo_blob_url = image_ref.repo_blob_url();
+        cfg.repo_blob_url = repo_blob_url;
         cfg.lowers.push(LayerConfig {
             dir: fs.display().to_string(),
             digest: digest.to_string(),
@@ -108,14 +126,19 @@ impl Snapshotter {
             blob = digest,
             "remote-snapshot-prepared=true"
         );
-        Ok(true)
+        Ok(Decision::Remote)
     }
 
     /// Reads the blob's size from the registry (HEAD), as the daemon will, within the lazy
     /// check's time limit.
-    pub(super) async fn check_blob(&self, r: &Reference, digest: &str, size: u64) -> Result<()> {
+    pub(super) async fn check_blob(
+        &self,
+        repo_blob_url: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<()> {
         use overlaybd_registry::{BlobLocation, RegistryBlob, RegistryOptions};
-        let loc = BlobLocation::from_repo_blob_url(&r.repo_blob_url(), digest)
+        let loc = BlobLocation::from_repo_blob_url(repo_blob_url, digest)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let limit = Duration::from_secs(self.cfg.lazy_check_timeout_secs);
         let opts = RegistryOptions {

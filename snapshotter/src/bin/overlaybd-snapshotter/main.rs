@@ -36,9 +36,10 @@ use snapshotter::snapshotter::Snapshotter;
 #[derive(Parser, Debug)]
 #[command(version, about = "containerd snapshotter for overlaybd images")]
 struct Cli {
-    /// The TOML config (absent file = defaults).
-    #[arg(long, default_value = "/etc/overlaybd-snapshotter/config.toml")]
-    config: PathBuf,
+    /// The TOML config (default /etc/overlaybd-snapshotter/config.toml, whose absence means
+    /// every default; a file named here must exist).
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -90,6 +91,9 @@ pub struct RpullArgs {
     /// Download overlaybd layers instead of reading them on demand.
     #[arg(long)]
     download_blobs: bool,
+    /// Fail when an overlaybd layer cannot be read lazily, instead of downloading it.
+    #[arg(long)]
+    no_fallback: bool,
     reference: String,
 }
 
@@ -110,6 +114,7 @@ fn pull_options(a: RpullArgs) -> overlaybd_containerd::rpull::Options {
         hosts_dir: Some(a.hosts_dir),
         credentials,
         download_blobs: a.download_blobs,
+        no_fallback: a.no_fallback,
     }
 }
 
@@ -129,6 +134,20 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
         p.bytes_fetched,
         t.elapsed().as_secs_f64()
     );
+    for n in &p.not_lazy {
+        eprintln!(
+            "warning: layer {}/{} ({}) was downloaded and unpacked, not read lazily: {} \
+             (`rpull --no-fallback` fails instead; docs/getting-started.md, \"When a pull is not lazy\")",
+            n.layer + 1,
+            p.layers,
+            n.digest,
+            if n.why.is_empty() {
+                "the snapshotter gave no reason (is it overlaybd-snapshotter?)"
+            } else {
+                &n.why
+            }
+        );
+    }
     Ok(())
 }
 
@@ -151,20 +170,41 @@ fn record_trace(a: RecordTraceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+const DEFAULT_CONFIG: &str = "/etc/overlaybd-snapshotter/config.toml";
+
+/// Errors end here: one line with every cause, exit status 1 (no backtrace).
+fn main() -> std::process::ExitCode {
+    match main_result() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overlaybd-snapshotter: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_result() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Rpull(a)) => return rpull(a),
         Some(Cmd::RecordTrace(a)) => return record_trace(a),
         None => {}
     }
-    let cfg = Config::load(&cli.config)?;
+    let cfg = match &cli.config {
+        Some(p) if !p.exists() => anyhow::bail!(
+            "--config {}: no such file (leave --config out to use {DEFAULT_CONFIG} or the defaults)",
+            p.display()
+        ),
+        Some(p) => Config::load(p)?,
+        None => Config::load(std::path::Path::new(DEFAULT_CONFIG))?,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cfg.log)
                 .map_err(|e| anyhow::anyhow!("log filter {:?}: {e}", cfg.log))?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let socket = cfg.socket.clone();
     let metrics_address = cfg.metrics_address.clone();

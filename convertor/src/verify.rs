@@ -387,6 +387,25 @@ pub fn verify_images(
     use crate::oci::{check_digest, layer_compression};
     let srcs = manifests(src, src_ref)?;
     let dsts = manifests(dst, dst_ref)?;
+    let is_overlaybd = |m: &crate::oci::Manifest| {
+        m.layers
+            .iter()
+            .any(|l| l.annotation(crate::oci::annotation::BLOB_DIGEST).is_some())
+    };
+    if let Some((_, d, _)) = dsts.iter().find(|(_, _, m)| !is_overlaybd(m)) {
+        let swapped = srcs.iter().all(|(_, _, m)| is_overlaybd(m));
+        return Err(Error::InvalidInput(format!(
+            "DST {} (manifest {d}) is not an overlaybd image: its layers have no {}{}",
+            dst.describe(),
+            crate::oci::annotation::BLOB_DIGEST,
+            if swapped {
+                "; SRC is one: verify takes the original image first, then the converted one \
+                 (verify SRC DST)"
+            } else {
+                ""
+            }
+        )));
+    }
     let mut out = Vec::new();
     for (platform, sdigest, sm) in &srcs {
         let Some((_, ddigest, dm)) = dsts.iter().find(|(p, _, _)| p == platform) else {

@@ -81,6 +81,14 @@ fn a_multi_platform_layout_converts_into_a_registry_index_and_verifies() {
     let (ok, stdout, stderr) = cli(&["verify", "--plain-http", &src, &dst]);
     assert!(ok, "{stdout}{stderr}");
     assert_eq!(stdout.matches(", 0 differences").count(), 2, "{stdout}");
+    // SRC and DST swapped: the message says which argument is which.
+    let (ok, _, stderr) = cli(&["verify", "--plain-http", &dst, &src]);
+    assert!(!ok);
+    assert!(stderr.contains("is not an overlaybd image"), "{stderr}");
+    assert!(
+        stderr.contains("verify takes the original image first"),
+        "{stderr}"
+    );
 
     // verify fails, naming the files, when the pair does not match.
     push_image_as(&layout, Some("right"), &small_layers("right"), false);

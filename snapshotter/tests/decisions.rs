@@ -149,7 +149,7 @@ fn layer_labels(chain: &str, digest: &str, size: usize, image: &str) -> BTreeMap
 }
 
 #[test]
-fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_device() {
+fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_lingering_device() {
     if !test_support::can_mount() || !test_support::require_tools(&["losetup", "mkfs.ext4"]) {
         return;
     }
@@ -196,6 +196,7 @@ fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_device() {
         hosts_dir: dir.path().join("certs.d"),
         lazy_check_timeout_secs: 5,
         attach_timeout_secs: 10,
+        device_linger_secs: 1,
         ..Config::default()
     };
     let sn = Snapshotter::open(cfg).unwrap();
@@ -264,6 +265,26 @@ fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_device() {
                 .unwrap();
             assert_eq!(m.len(), 1);
             assert_eq!(m[0].kind, "overlay", "{m:?}");
+            // The container's root is the image's tree: ext4's lost+found is hidden.
+            let root = dir.path().join(format!("rootfs-{}", lowers.len()));
+            std::fs::create_dir_all(&root).unwrap();
+            test_support::run(
+                "mount",
+                &[
+                    "-t",
+                    "overlay",
+                    "overlay",
+                    "-o",
+                    &m[0].options.join(","),
+                    root.to_str().unwrap(),
+                ],
+            );
+            let names: Vec<String> = std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            test_support::run("umount", &[root.to_str().unwrap()]);
+            assert_eq!(names, ["hello.txt"], "the container's root");
             let lower = m[0]
                 .options
                 .iter()
@@ -273,6 +294,10 @@ fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_device() {
             lowers.push(lower);
         }
         assert_eq!(lowers[0], lowers[1], "one mountpoint for both containers");
+        assert!(
+            Path::new(&lowers[0]).join("lost+found").is_dir(),
+            "the image's filesystem keeps it"
+        );
         assert_eq!(
             std::fs::read(Path::new(&lowers[0]).join("hello.txt")).unwrap(),
             b"hello from the image\n",
@@ -289,15 +314,41 @@ fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_device() {
         assert_eq!(attaches(&daemon), 1, "{:?}", daemon.calls.lock().unwrap());
         assert!(daemon.calls.lock().unwrap()[0].ends_with("lowers=1 block=true"));
 
-        // The device stays while a container uses it, and goes with the last one.
+        // The device stays while a container uses it, and lingers after the last one: the
+        // next container of the image finds it mounted (no attach).
+        let detaches = |d: &FakeDaemon| {
+            d.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.starts_with("detach"))
+                .count()
+        };
         sn.remove("default/3/c1").await.unwrap();
-        assert!(!daemon
-            .calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|c| c.starts_with("detach")));
         sn.remove("default/4/c2").await.unwrap();
+        assert_eq!(detaches(&daemon), 0, "the device lingers");
+        assert_eq!(
+            sn.release_idle_devices().await.unwrap(),
+            0,
+            "not for long yet"
+        );
+        let m = sn
+            .prepare("default/5/c3", &chain, BTreeMap::new(), Kind::Active)
+            .await
+            .unwrap();
+        assert!(m[0]
+            .options
+            .iter()
+            .any(|o| o == &format!("lowerdir={}", lowers[0])));
+        assert_eq!(
+            attaches(&daemon),
+            1,
+            "the lingering device served the next container"
+        );
+        sn.remove("default/5/c3").await.unwrap();
+        // After the grace period it goes.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(sn.release_idle_devices().await.unwrap(), 1);
         let calls = daemon.calls.lock().unwrap().clone();
         assert!(calls.last().unwrap().starts_with("detach"), "{calls:?}");
         assert!(daemon.devices.lock().unwrap().is_empty());

@@ -124,6 +124,8 @@ pub struct Options {
     pub snapshotter_registry_broken: bool,
     /// The daemon's `p2p_agent` (an overlaybd-p2p agent's `/<api-key>` prefix).
     pub p2p_agent: Option<String>,
+    /// The snapshotter's `device_linger_secs`.
+    pub device_linger_secs: u64,
 }
 
 impl Default for Options {
@@ -134,6 +136,7 @@ impl Default for Options {
             rate: 0,
             snapshotter_registry_broken: false,
             p2p_agent: None,
+            device_linger_secs: 60,
         }
     }
 }
@@ -265,12 +268,13 @@ impl Env {
                 format!(
                     "root = \"{0}/root\"\nsocket = \"{1}\"\ndaemon_socket = \"{2}\"\n\
                      rw_mode = \"{3}\"\nhosts_dir = \"{4}\"\nattach_timeout_secs = 30\n\
-                     log = \"info,snapshotter=debug\"\n",
+                     device_linger_secs = {5}\nlog = \"info,snapshotter=debug\"\n",
                     d.display(),
                     self.snapshotter_socket().display(),
                     self.daemon_socket().display(),
                     self.opts.rw_mode,
-                    hosts.display()
+                    hosts.display(),
+                    self.opts.device_linger_secs,
                 ),
             )
             .unwrap();

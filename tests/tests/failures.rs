@@ -115,6 +115,8 @@ fn with_the_registry_gone_unfetched_reads_fail_with_eio_and_new_containers_start
     }
     let mut env = Env::start(Options {
         read_deadline_secs: 3,
+        // Devices go as soon as their last container does (this test reattaches from the cache).
+        device_linger_secs: 0,
         ..Options::default()
     });
     let image = pulled(&env, 64);

@@ -117,6 +117,11 @@ impl Image {
                     }
                     _ => RegistryBlob::open(loc, size, r.registry.clone())?,
                 };
+                tracing::info!(
+                    "lowers[{i}] {}: read from {}",
+                    l.digest,
+                    blob.urls().join(", then ")
+                );
                 let size = blob
                     .size()
                     .map_err(|e| Error::io("size", what.clone(), e))?;

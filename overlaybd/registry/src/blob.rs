@@ -164,6 +164,16 @@ impl RegistryBlob {
         &self.session.stats
     }
 
+    /// The URLs this blob is read from, in the order they are tried (for logs: `hosts.toml`
+    /// and the loopback rule may make them differ from the image's `repoBlobUrl`).
+    pub fn urls(&self) -> Vec<String> {
+        self.session
+            .places
+            .iter()
+            .map(|p| p.url(&self.session.repository, &self.tail))
+            .collect()
+    }
+
     /// Whether `[offset, offset + len)` must skip the agent.
     fn must_go_direct(&self, offset: u64, len: u64) -> bool {
         let d = self.direct.lock().unwrap_or_else(|p| p.into_inner());

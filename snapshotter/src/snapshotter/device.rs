@@ -165,6 +165,9 @@ impl Snapshotter {
             let mp = self.mount_block(bk, b).await?;
             if creating {
                 self.maybe_record(s, b).await?;
+                if s.kind == Kind::Active {
+                    hide_lost_and_found(&mp, &lowers, &fs)?;
+                }
             }
             lowers.push(mp);
         }
@@ -270,4 +273,31 @@ impl Snapshotter {
             options: vec!["rw".into(), "rbind".into()],
         }])
     }
+}
+
+/// ext4's `lost+found` is part of the image's filesystem, not of the image: a container's
+/// root on an overlaybd image hides it (an overlayfs whiteout in its upper directory), so it
+/// sees the same tree as on an OCI image. Only when no plain layer above the image has one of
+/// its own. (`dir` and `dev` modes hand the filesystem itself to the container, which keeps it.)
+fn hide_lost_and_found(image_root: &Path, above: &[PathBuf], upper: &Path) -> Result<()> {
+    let name = "lost+found";
+    let own = above
+        .iter()
+        .any(|d| std::fs::symlink_metadata(d.join(name)).is_ok());
+    let theirs = std::fs::symlink_metadata(image_root.join(name)).is_ok_and(|m| m.is_dir());
+    let w = upper.join(name);
+    if own || !theirs || std::fs::symlink_metadata(&w).is_ok() {
+        return Ok(());
+    }
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(w.as_os_str()))
+        .map_err(|_| Error::Internal(format!("{}: NUL in path", w.display())))?;
+    // SAFETY: mknod with a valid C string; a character device 0:0 is overlayfs' whiteout.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
+    if r != 0 {
+        return Err(Error::io(
+            format!("hide lost+found ({})", w.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }

@@ -23,6 +23,7 @@ mod remote;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use overlaybd_api::{ImageConfig, LayerConfig, UpperConfig};
 use overlaybd_registry::credentials::DockerConfig;
@@ -49,6 +50,8 @@ pub struct Snapshotter {
     meta: MetaStore,
     lock: tokio::sync::Mutex<()>,
     docker_config: Option<Arc<DockerConfig>>,
+    /// Image snapshots whose device is mounted with no user, and since when.
+    idle: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// containerd's unpacker names the snapshots it extracts layers into `extract-<rand> <chainID>`
@@ -113,6 +116,7 @@ impl Snapshotter {
             meta,
             lock: tokio::sync::Mutex::new(()),
             docker_config,
+            idle: Default::default(),
         })
     }
 
@@ -402,6 +406,64 @@ impl Snapshotter {
         None
     }
 
+    /// Whether a container or view stands on image snapshot `image`.
+    fn in_use(all: &HashMap<String, Snapshot>, image: &str) -> bool {
+        all.values()
+            .any(|o| o.kind != Kind::Committed && Self::image_in(all, &o.parent) == Some(image))
+    }
+
+    fn idle_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn release_unused(&self, image: &str, id: u64) {
+        self.idle_map().remove(image);
+        match self.release_device(id).await {
+            Ok(()) => info!(
+                snapshot = image,
+                "image unmounted and detached: no users left"
+            ),
+            Err(e) => warn!(snapshot = image, "release the unused image: {e}"),
+        }
+    }
+
+    /// Detaches image devices that have had no user for `device_linger_secs`, and the
+    /// longest unused beyond `max_lingering_devices`. Devices found mounted and unused (after
+    /// a restart) start lingering now. The binary calls this every few seconds; returns how
+    /// many devices went.
+    pub async fn release_idle_devices(&self) -> Result<usize> {
+        if !self.cfg.auto_remove_dev {
+            return Ok(0);
+        }
+        let _g = self.lock.lock().await;
+        let all: HashMap<String, Snapshot> = self.meta.list()?.into_iter().collect();
+        self.idle_map().retain(|k, _| all.contains_key(k));
+        let now = std::time::Instant::now();
+        let mut idle: Vec<(String, u64, std::time::Instant)> = Vec::new();
+        for (k, s) in &all {
+            let mounted = s.storage.is_block()
+                && s.kind == Kind::Committed
+                && mount::is_mounted(&self.mountpoint(s.id))?;
+            if !mounted || Self::in_use(&all, k) {
+                self.idle_map().remove(k);
+                continue;
+            }
+            let since = *self.idle_map().entry(k.clone()).or_insert(now);
+            idle.push((k.clone(), s.id, since));
+        }
+        idle.sort_by_key(|&(_, _, since)| since);
+        let linger = Duration::from_secs(self.cfg.device_linger_secs);
+        let over = idle.len().saturating_sub(self.cfg.max_lingering_devices);
+        let mut released = 0;
+        for (i, (k, id, since)) in idle.into_iter().enumerate() {
+            if i < over || now.duration_since(since) >= linger {
+                self.release_unused(&k, id).await;
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
     pub async fn remove(&self, key: &str) -> Result<()> {
         let _g = self.lock.lock().await;
         let s = self.meta.remove(key)?;
@@ -416,15 +478,15 @@ impl Snapshotter {
             warn!(snapshot = key, "removed, but: {e}");
         }
         if let (true, Some(ik)) = (self.cfg.auto_remove_dev, image) {
-            // The image's device goes when no other container or view uses it.
-            let used = all
-                .values()
-                .any(|o| o.kind != Kind::Committed && Self::image_in(&all, &o.parent) == Some(ik));
+            // The image's device goes when no other container or view uses it: at once, or
+            // after `device_linger_secs` (`release_idle_devices`).
             let id = all[ik].id;
-            if !used && mount::is_mounted(&self.mountpoint(id))? {
-                match self.release_device(id).await {
-                    Ok(()) => info!(snapshot = ik, "image unmounted and detached: no users left"),
-                    Err(e) => warn!(snapshot = ik, "release the unused image: {e}"),
+            if !Self::in_use(&all, ik) && mount::is_mounted(&self.mountpoint(id))? {
+                if self.cfg.device_linger_secs == 0 {
+                    self.release_unused(ik, id).await;
+                } else {
+                    self.idle_map()
+                        .insert(ik.to_string(), std::time::Instant::now());
                 }
             }
         }

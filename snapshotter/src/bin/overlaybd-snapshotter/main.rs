@@ -230,6 +230,18 @@ fn main_result() -> anyhow::Result<()> {
             }
             tracing::info!("stopping; mounts and devices stay for the next start");
         };
+        // Devices whose last container went linger, then go.
+        let linger = sn.config().device_linger_secs;
+        let tick = std::time::Duration::from_secs((linger / 4).clamp(1, 5));
+        let reaper = sn.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                if let Err(e) = reaper.release_idle_devices().await {
+                    tracing::warn!("releasing unused devices: {e}");
+                }
+            }
+        });
         service::serve(Service { sn, metrics }, &socket, stop).await
     })?;
     let _ = std::fs::remove_file(&socket);

@@ -154,6 +154,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_that_install_sh_installs_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/config/overlaybd-snapshotter.toml");
+        let c = Config::load(&p).unwrap();
+        let d = Config::default();
+        assert_eq!((&c.socket, &c.daemon_socket), (&d.socket, &d.daemon_socket));
+        assert_eq!(c.device_linger_secs, 60);
+    }
+
+    #[test]
     fn config_defaults_and_refusals() {
         let c = Config::parse("", "t").unwrap();
         assert_eq!(c.rw_mode, RwMode::Overlayfs);

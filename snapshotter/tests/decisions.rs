@@ -108,13 +108,24 @@ impl pb::daemon_server::Daemon for FakeDaemon {
 }
 
 impl Drop for FakeDaemon {
+    /// Whichever copy goes first (a failed test included) detaches what is attached.
     fn drop(&mut self) {
-        if Arc::strong_count(&self.devices) == 1 {
-            for d in self.devices.lock().unwrap().values() {
-                let _ = std::process::Command::new("losetup")
-                    .args(["-d", &d.loop_device])
-                    .status();
-            }
+        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, d) in devices.drain() {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &d.loop_device])
+                .status();
+        }
+    }
+}
+
+/// Unmounts whatever is left mounted under a directory when a test ends, failed or not.
+struct UnmountUnder(PathBuf);
+
+impl Drop for UnmountUnder {
+    fn drop(&mut self) {
+        for m in snapshotter::mount::mounts_under(&self.0).unwrap_or_default() {
+            let _ = snapshotter::mount::unmount(&m);
         }
     }
 }
@@ -172,6 +183,7 @@ fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_lingering_d
         calls: Arc::default(),
         devices: Arc::default(),
     };
+    let _unmount = UnmountUnder(dir.path().to_path_buf());
     let socket = dir.path().join("daemon.sock");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

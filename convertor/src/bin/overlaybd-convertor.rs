@@ -23,6 +23,11 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// containerd's hosts directory, when this machine has one.
+fn default_hosts_dir() -> Option<PathBuf> {
+    Some(PathBuf::from("/etc/containerd/certs.d")).filter(|d| d.is_dir())
+}
+
 #[derive(clap::Args, Debug)]
 struct RegistryArgs {
     /// Talk plain HTTP to the registries.
@@ -31,7 +36,8 @@ struct RegistryArgs {
     /// Accept any TLS certificate.
     #[arg(long)]
     insecure: bool,
-    /// containerd's registry hosts directory (`certs.d` with `hosts.toml`).
+    /// containerd's registry hosts directory (`certs.d` with `hosts.toml`; default
+    /// /etc/containerd/certs.d when it exists, as containerd, the snapshotter and the daemon).
     #[arg(long, value_name = "DIR")]
     hosts_dir: Option<PathBuf>,
     /// Docker's config.json with credentials (default: $DOCKER_CONFIG or ~/.docker).
@@ -141,7 +147,7 @@ fn open_store(r: &ImageRef, reg: &RegistryArgs, push: bool) -> convertor::Result
             let opts = RemoteOptions {
                 plain_http: reg.plain_http,
                 insecure: reg.insecure,
-                hosts_dir: reg.hosts_dir.clone(),
+                hosts_dir: reg.hosts_dir.clone().or_else(default_hosts_dir),
                 docker_config: reg.docker_config.clone(),
                 credentials,
             };

@@ -144,6 +144,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_that_install_sh_installs_parses() {
+        let p =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/overlaybd-daemon.toml");
+        let c = DaemonConfig::load(&p).unwrap();
+        let d = DaemonConfig::default();
+        // It names the paths the snapshotter's example and the systemd units expect.
+        assert_eq!(c.socket, d.socket);
+        assert_eq!(c.hosts_dir, Path::new("/etc/containerd/certs.d"));
+        assert_eq!(c.metrics_address, "127.0.0.1:9863");
+    }
+
+    #[test]
     fn defaults_parse_and_bad_values_are_named() {
         assert_eq!(
             DaemonConfig::parse("", "t").unwrap(),

@@ -55,6 +55,17 @@ fn a_multi_platform_layout_converts_into_a_registry_index_and_verifies() {
     }
     let last = stdout.lines().last().unwrap();
     assert!(last.starts_with(&format!("{dst}@sha256:")), "{stdout}");
+    // Converting again into the same repository uploads nothing, and says so.
+    let (ok, _, stderr) = cli(&["convert", "--plain-http", "--concurrency", "1", &src, &dst]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("layer 2/2: upload skipped: sha256:"), "{stderr}");
+    assert!(stderr.contains("is already in"), "{stderr}");
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.contains(": upload ") && l.contains(" MB in ")),
+        "no upload rate for nothing sent: {stderr}"
+    );
 
     let r = reg.remote("cli/multi", false);
     let (b, mt) = r.get_manifest("v1").unwrap();

@@ -374,3 +374,49 @@ fn a_remote_layer_is_committed_at_pull_time_and_containers_share_its_lingering_d
     server.abort();
     r.unwrap();
 }
+
+#[test]
+fn plain_http_from_rpull_reaches_the_device_config_and_loopback_registries_need_no_hosts_toml() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let blob = test_support::random(10_000, 6);
+    let digest = reg.push("app", &blob);
+    // No hosts.toml at all: the registry is on 127.0.0.1, so its blob check tries TLS, meets
+    // plain HTTP, and goes on over http:// (containerd's loopback rule).
+    let cfg = Config {
+        root: dir.path().join("root"),
+        hosts_dir: dir.path().join("no-certs.d"),
+        lazy_check_timeout_secs: 5,
+        ..Config::default()
+    };
+    let sn = Snapshotter::open(cfg).unwrap();
+    let image = format!("{}/app:v1", reg.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (i, plain) in [(1, false), (2, true)] {
+        let chain = format!("sha256:{}", i.to_string().repeat(64));
+        let mut l = layer_labels(&chain, &digest, blob.len(), &image);
+        if plain {
+            l.insert(labels::PLAIN_HTTP.to_string(), "true".into());
+        }
+        let r = rt.block_on(sn.prepare(&format!("default/{i}/extract-{i} x"), "", l, Kind::Active));
+        assert!(matches!(r, Err(Error::AlreadyExists(_))), "{r:?}");
+        let s = sn.stat(&chain).unwrap();
+        let c = overlaybd_api::ImageConfig::load(
+            &dir.path()
+                .join(format!("root/snapshots/{}/block/config.v1.json", s.id)),
+        )
+        .unwrap();
+        let scheme = if plain { "http" } else { "https" };
+        assert_eq!(
+            c.repo_blob_url,
+            format!("{scheme}://{}/v2/app/blobs", reg.addr),
+            "rpull --plain-http labels the layer; without it the URL is overlaybd's https"
+        );
+    }
+}

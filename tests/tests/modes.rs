@@ -39,6 +39,11 @@ fn a_layer_the_snapshotter_cannot_read_lazily_is_downloaded_and_still_runs_from_
     assert!(out.contains("connection refused"), "the reason: {out}");
     let log = env.snapshotter.as_ref().unwrap().log();
     assert!(log.contains("remote-snapshot-prepared=false"), "{log}");
+    let dlog = env.daemon.as_ref().unwrap().log();
+    assert!(
+        !log.contains('\x1b') && !dlog.contains('\x1b'),
+        "no colour codes in log files"
+    );
     assert!(log.contains("an unpacked overlaybd layer"), "{log}");
     // The downloaded blobs are local block layers: the device reads them from disk.
     let out = env.ctr(

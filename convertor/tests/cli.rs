@@ -58,7 +58,10 @@ fn a_multi_platform_layout_converts_into_a_registry_index_and_verifies() {
     // Converting again into the same repository uploads nothing, and says so.
     let (ok, _, stderr) = cli(&["convert", "--plain-http", "--concurrency", "1", &src, &dst]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("layer 2/2: upload skipped: sha256:"), "{stderr}");
+    assert!(
+        stderr.contains("layer 2/2: upload skipped: sha256:"),
+        "{stderr}"
+    );
     assert!(stderr.contains("is already in"), "{stderr}");
     assert!(
         !stderr

@@ -50,8 +50,11 @@ impl Default for RepositoryOptions {
             hosts_dir: None,
             docker_config: None,
             credentials: None,
+            // Transient failures (a 5xx, a dropped connection, a registry restarting) are
+            // retried for 10 s: long enough for a blip, short enough that a command given a
+            // wrong address says so at once. One request (a large upload) may take 5 minutes.
             retry: Retry {
-                deadline: Duration::from_secs(60),
+                deadline: Duration::from_secs(10),
                 attempt_timeout: Some(Duration::from_secs(300)),
                 ..Retry::default()
             },

@@ -38,3 +38,45 @@ need_rust() {
     fi
   done
 }
+
+# need_unstable_deb PKG PREFIX: PKG's .deb from Debian's unstable suite (on the mirror the
+# system's sources name), unpacked into PREFIX with dpkg-deb -x. The system's apt state (its
+# sources, lists, cache, lock) is untouched: apt runs on a private sources list and lists
+# directory. Used for containerd 2.x and docker.io, which Debian 12 does not package.
+need_unstable_deb() {
+  local pkg=$1 prefix=$2
+  [ -e "$prefix/.complete" ] && return 0
+  echo "== fetching $pkg from Debian unstable into $prefix"
+  local mirror
+  mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/deb"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror unstable main" >"$tmp/sources.list"
+  local opts=(-qq -o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root)
+  local ok=""
+  for attempt in 1 2 3 4 5; do
+    if apt-get "${opts[@]}" update && (cd "$tmp/deb" && apt-get "${opts[@]}" download "$pkg"); then
+      ok=1
+      break
+    fi
+    echo "fetching $pkg failed (attempt $attempt), retrying in 10 s"
+    sleep 10
+  done
+  if [ -z "$ok" ]; then
+    rm -rf "$tmp"
+    echo "could not fetch $pkg from Debian unstable ($mirror)" >&2
+    return 1
+  fi
+  rm -rf "$prefix"
+  mkdir -p "$prefix"
+  dpkg-deb -x "$tmp"/deb/*.deb "$prefix"
+  basename "$tmp"/deb/*.deb >"$prefix/.complete"
+  rm -rf "$tmp"
+}
+
+# Where the tests find containerd 2.x (OBD_CONTAINERD2 in the harness).
+OBD_CONTAINERD2_DEFAULT=/opt/overlaybd-test/containerd-2

@@ -24,6 +24,9 @@ need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs \
   nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils \
   losetup:mount diff:diffutils /usr/include/google/protobuf/empty.proto:libprotobuf-dev \
   containerd:containerd runc:runc
+# The end-to-end tests run on containerd 1.6 (Debian 12's) and on containerd 2.x, which Debian
+# 12 does not package: its .deb from Debian unstable, unpacked into a private prefix.
+need_unstable_deb containerd "${OBD_CONTAINERD2:-$OBD_CONTAINERD2_DEFAULT}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

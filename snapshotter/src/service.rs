@@ -165,6 +165,7 @@ impl pb::snapshots_server::Snapshots for Service {
         r: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = r.into_inner();
+        tracing::trace!(key = r.key, "mounts");
         self.timed(2, async {
             Ok(pb::MountsResponse {
                 mounts: mounts(self.sn.mounts(&r.key).await?),
@@ -191,6 +192,7 @@ impl pb::snapshots_server::Snapshots for Service {
         r: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = r.into_inner();
+        tracing::trace!(key = r.key, "stat");
         self.timed(5, async {
             let s = self.sn.stat(&r.key)?;
             Ok(pb::StatSnapshotResponse {
@@ -210,6 +212,7 @@ impl pb::snapshots_server::Snapshots for Service {
                 .info
                 .ok_or_else(|| crate::Error::InvalidArgument("update: no info".into()))?;
             let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+            tracing::debug!(key = i.name, ?paths, labels = ?i.labels, "update");
             let s = self.sn.update(&i.name, sorted(i.labels), &paths).await?;
             Ok(pb::UpdateSnapshotResponse {
                 info: Some(info(&i.name, &s)),
@@ -225,6 +228,7 @@ impl pb::snapshots_server::Snapshots for Service {
         r: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<ListStream>, Status> {
         let r = r.into_inner();
+        tracing::debug!(filters = ?r.filters, "list");
         self.timed(7, async {
             let all = self.sn.list(&r.filters)?;
             let batches: Vec<pb::ListSnapshotsResponse> = all
@@ -243,6 +247,7 @@ impl pb::snapshots_server::Snapshots for Service {
         r: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let r = r.into_inner();
+        tracing::debug!(key = r.key, "usage");
         self.timed(8, async {
             let (size, inodes) = self.sn.usage(&r.key)?;
             Ok(pb::UsageResponse {
@@ -254,6 +259,7 @@ impl pb::snapshots_server::Snapshots for Service {
     }
 
     async fn cleanup(&self, _r: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        tracing::debug!("cleanup");
         self.timed(9, self.sn.cleanup()).await
     }
 }

@@ -4,6 +4,7 @@
 //! temporary directory, stopped by PID when the [`Env`] is dropped. Used by `tests/` and the
 //! cold-start benchmark.
 
+pub mod containerd;
 pub mod cri;
 pub mod image;
 pub mod p2p;
@@ -14,6 +15,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use containerd::Containerd;
 use relay::Relay;
 pub use test_support::proc::{self, Proc};
 pub use test_support::registry::Registry;
@@ -50,6 +52,11 @@ pub fn require() -> bool {
     assert!(!ci(), "{why}");
     eprintln!("skipped: {why}");
     false
+}
+
+/// [`require`], and `c`'s binaries (containerd 2.x is not a Debian 12 package).
+pub fn require_containerd(c: Containerd) -> bool {
+    require() && c.available()
 }
 
 /// One environment at a time in a test process: each runs containerd, a registry and two
@@ -126,6 +133,8 @@ pub struct Options {
     pub p2p_agent: Option<String>,
     /// The snapshotter's `device_linger_secs`.
     pub device_linger_secs: u64,
+    /// Which containerd runs, with which configuration.
+    pub containerd: Containerd,
 }
 
 impl Default for Options {
@@ -137,6 +146,7 @@ impl Default for Options {
             snapshotter_registry_broken: false,
             p2p_agent: None,
             device_linger_secs: 60,
+            containerd: Containerd::V1,
         }
     }
 }
@@ -268,7 +278,7 @@ impl Env {
                 format!(
                     "root = \"{0}/root\"\nsocket = \"{1}\"\ndaemon_socket = \"{2}\"\n\
                      rw_mode = \"{3}\"\nhosts_dir = \"{4}\"\nattach_timeout_secs = 30\n\
-                     device_linger_secs = {5}\nlog = \"info,snapshotter=debug\"\n",
+                     device_linger_secs = {5}\nlog = \"info,snapshotter=trace\"\n",
                     d.display(),
                     self.snapshotter_socket().display(),
                     self.daemon_socket().display(),
@@ -311,51 +321,25 @@ impl Env {
         let d = self.path("containerd");
         std::fs::create_dir_all(d.join("cni")).unwrap();
         let cfg = d.join("config.toml");
+        let c = self.opts.containerd;
         std::fs::write(
             &cfg,
-            format!(
-                r#"version = 2
-root = "{0}/root"
-state = "{0}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{1}"
-[ttrpc]
-  address = "{0}/ttrpc.sock"
-[debug]
-  address = ""
-[proxy_plugins.overlaybd]
-  type = "snapshot"
-  address = "{2}"
-  [proxy_plugins.overlaybd.exports]
-    root = "{3}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{0}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlaybd"
-    disable_snapshot_annotations = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{0}/cni"
-    conf_dir = "{0}/cni"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{4}"
-"#,
-                d.display(),
-                self.containerd_socket().display(),
-                self.snapshotter_socket().display(),
-                self.path("snapshotter/root").display(),
-                self.path("certs.d").display(),
+            containerd::config(
+                c,
+                &containerd::Paths {
+                    dir: &d,
+                    socket: &self.containerd_socket(),
+                    snapshotter_socket: &self.snapshotter_socket(),
+                    snapshotter_root: &self.path("snapshotter/root"),
+                    certs_d: &self.path("certs.d"),
+                },
             ),
         )
         .unwrap();
         let _ = std::fs::remove_file(self.containerd_socket());
         let p = Proc::serving(
             "containerd",
-            Command::new("containerd").arg("--config").arg(&cfg),
+            self.containerd_command().arg("--config").arg(&cfg),
             &d.join("containerd.log"),
             &self.containerd_socket(),
         );
@@ -367,11 +351,41 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             || self.ctr_result("default", &["version"]).status.success(),
             || self.logs(),
         );
+        let version = self.ctr("default", &["version"]);
+        let server = version.split("Server:").nth(1).unwrap_or_default();
+        let want = if c.is_v2() {
+            "Version:  2."
+        } else {
+            "Version:  1."
+        };
+        assert!(server.contains(want), "{c:?} runs {version}");
+    }
+
+    /// containerd stopped (SIGTERM) and started again with the same configuration and state;
+    /// containers keep running under their shims.
+    pub fn restart_containerd(&mut self) {
+        if let Some(mut p) = self.containerd.take() {
+            p.stop();
+        }
+        self.start_containerd();
+    }
+
+    /// A command running `c`'s containerd, its directory first on `PATH` (for the shim).
+    fn containerd_command(&self) -> Command {
+        let c = self.opts.containerd;
+        let mut cmd = Command::new(c.containerd());
+        if let Some(dir) = c.bin_dir() {
+            let mut path = std::ffi::OsString::from(dir);
+            path.push(":");
+            path.push(std::env::var_os("PATH").unwrap_or_default());
+            cmd.env("PATH", path);
+        }
+        cmd
     }
 
     /// `ctr` against this containerd in `namespace`.
     pub fn ctr_result(&self, namespace: &str, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(self.opts.containerd.ctr())
             .arg("--address")
             .arg(self.containerd_socket())
             .args(["--namespace", namespace])
@@ -450,6 +464,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             self.logs()
         );
         out
+    }
+
+    /// The devices the daemon has attached (`overlaybd-daemon ctl list`: one line each).
+    pub fn daemon_devices(&self) -> Vec<String> {
+        let o = Command::new(bin("overlaybd-daemon"))
+            .args(["ctl", "--socket"])
+            .arg(self.daemon_socket())
+            .arg("list")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// `obdctl rpull` of `image` into the `default` namespace; its output.
@@ -597,5 +626,10 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.stop_host();
         self.stop_registry();
+        // OBD_E2E_KEEP=1 leaves the directory (configs, logs, state) for a look afterwards.
+        if std::env::var_os("OBD_E2E_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("kept {}", self.dir.path().display());
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::image::GREETING;
-use e2e_tests::{cri, require, serial, Env, Options};
+use e2e_tests::{cri, require, require_containerd, serial, Containerd, Env, Options};
 
 /// A converted sample image pulled through CRI; its reference.
 fn pulled(env: &Env, big_mib: usize) -> String {
@@ -15,11 +15,26 @@ fn pulled(env: &Env, big_mib: usize) -> String {
 
 #[test]
 fn a_snapshotter_killed_under_a_running_container_comes_back_with_the_same_state() {
+    restarts(Containerd::V1);
+}
+
+#[test]
+fn containerd_2_a_snapshotter_or_containerd_restarted_under_a_running_container() {
+    restarts(Containerd::V2);
+}
+
+/// A snapshotter killed (SIGKILL) and started again, then containerd stopped and started
+/// again, under a running container: it keeps running and reading, the snapshotter's state
+/// is the same afterwards, and new containers start.
+fn restarts(c: Containerd) {
     let _s = serial();
-    if !require() {
+    if !require_containerd(c) {
         return;
     }
-    let mut env = Env::start(Options::default());
+    let mut env = Env::start(Options {
+        containerd: c,
+        ..Options::default()
+    });
     let image = pulled(&env, 16);
     let ns = "k8s.io";
     env.ctr(
@@ -105,6 +120,42 @@ fn a_snapshotter_killed_under_a_running_container_comes_back_with_the_same_state
         &["run", "--rm", "--snapshotter", "overlaybd", &image, "short"],
     );
     assert_eq!(out.trim(), GREETING);
+
+    // containerd itself stopped and started again: the container's shim keeps it running,
+    // containerd finds it, and the snapshotter's state is unchanged.
+    env.restart_containerd();
+    let tasks = env.ctr(ns, &["tasks", "list"]);
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with("long") && l.contains("RUNNING")),
+        "{tasks}\n{}",
+        env.logs()
+    );
+    let out = env.ctr(
+        ns,
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e2",
+            "long",
+            "sh",
+            "-c",
+            "cat /tmp/last",
+        ],
+    );
+    assert_eq!(out.trim(), GREETING);
+    assert_eq!(list(&env), before, "List after containerd's restart");
+    let out = env.ctr(
+        ns,
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "after"],
+    );
+    assert_eq!(out.trim(), GREETING);
+    // Nothing containerd sent was refused.
+    let slog = env.snapshotter.as_ref().unwrap().log();
+    let warnings: Vec<&str> = slog.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
 #[test]

@@ -2,15 +2,32 @@
 //! overlaybd-daemon → ext4 → runc. Each test starts its own processes (`e2e_tests::Env`).
 
 use e2e_tests::image::{push_sample, GREETING};
-use e2e_tests::{cri, require, serial, Env, Options};
+use e2e_tests::{cri, require_containerd, serial, Containerd, Env, Options};
 
 #[test]
 fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
+    cri_pull(Containerd::V1);
+}
+
+#[test]
+fn containerd_2_cri_pulls_lazily_through_the_transfer_service() {
+    cri_pull(Containerd::V2);
+}
+
+#[test]
+fn containerd_2_cri_pulls_lazily_client_side_with_snapshot_annotations() {
+    cri_pull(Containerd::V2ClientPull);
+}
+
+fn cri_pull(c: Containerd) {
     let _s = serial();
-    if !require() {
+    if !require_containerd(c) {
         return;
     }
-    let env = Env::start(Options::default());
+    let env = Env::start(Options {
+        containerd: c,
+        ..Options::default()
+    });
     let (image, source_bytes) = env.converted_sample("sample", 64);
 
     let before = env.relay.served();
@@ -24,6 +41,20 @@ fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
         "the pull fetched {pulled} bytes\n{}",
         env.logs()
     );
+    // containerd 2.1 took the path the configuration chose (its debug log says which).
+    if c.is_v2() {
+        let clog = env.containerd.as_ref().unwrap().log();
+        let how = if c == Containerd::V2 {
+            "using transfer service"
+        } else {
+            "using client.Pull()"
+        };
+        assert!(
+            clog.lines()
+                .any(|l| l.contains("PullImage") && l.contains(how)),
+            "{c:?}: containerd did not pull {how}\n{clog}"
+        );
+    }
     let sn = env.ctr("k8s.io", &["snapshots", "--snapshotter", "overlaybd", "ls"]);
     assert!(
         sn.lines().filter(|l| l.contains("Committed")).count() >= 2,
@@ -39,7 +70,7 @@ fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
     assert_eq!(out.trim(), GREETING);
     let served = env.relay.served() - before;
     eprintln!(
-        "source layers {source_bytes} B; the registry served {served} B for pull + run ({:.1}%)",
+        "{c:?}: source layers {source_bytes} B; the registry served {served} B for pull + run ({:.1}%)",
         served as f64 * 100.0 / source_bytes as f64
     );
     assert!(
@@ -72,11 +103,23 @@ fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
 
 #[test]
 fn an_unconverted_image_pulled_by_plain_ctr_runs_through_the_same_snapshotter() {
+    plain_ctr_pull(Containerd::V1);
+}
+
+#[test]
+fn containerd_2_ctr_pulls_an_unconverted_image_through_the_transfer_service() {
+    plain_ctr_pull(Containerd::V2);
+}
+
+fn plain_ctr_pull(c: Containerd) {
     let _s = serial();
-    if !require() {
+    if !require_containerd(c) {
         return;
     }
-    let env = Env::start(Options::default());
+    let env = Env::start(Options {
+        containerd: c,
+        ..Options::default()
+    });
     push_sample(&env.registry_addr, "plain", "v1", 2);
     let image = format!("{}/plain:v1", env.host());
     env.ctr(
@@ -112,11 +155,23 @@ fn an_unconverted_image_pulled_by_plain_ctr_runs_through_the_same_snapshotter() 
 
 #[test]
 fn obdctl_rpull_then_ctr_run_reads_lazily_and_unconverted_layers_are_unpacked() {
+    rpull(Containerd::V1);
+}
+
+#[test]
+fn containerd_2_obdctl_rpull_reads_lazily_and_unconverted_layers_are_unpacked() {
+    rpull(Containerd::V2);
+}
+
+fn rpull(c: Containerd) {
     let _s = serial();
-    if !require() {
+    if !require_containerd(c) {
         return;
     }
-    let env = Env::start(Options::default());
+    let env = Env::start(Options {
+        containerd: c,
+        ..Options::default()
+    });
     let (image, source_bytes) = env.converted_sample("sample", 64);
     let before = env.relay.served();
     let out = env.rpull(&image);
@@ -182,4 +237,126 @@ fn obdctl_rpull_then_ctr_run_reads_lazily_and_unconverted_layers_are_unpacked() 
     assert!(!ls.contains(&layer), "{ls}");
     let active = env.ctr("default", &["content", "active"]);
     assert!(!active.contains(&layer), "{active}");
+}
+
+/// `ctr image pull` on containerd 2.x goes through the Transfer Service, which passes the
+/// layer annotations to the snapshotter (the proxy plugin exports
+/// `enable_remote_snapshot_annotations`): lazy. `--local` pulls client-side without labels:
+/// containerd downloads every layer and the snapshotter still runs the image from them.
+#[test]
+fn containerd_2_ctr_pull_is_lazy_through_the_transfer_service_and_local_downloads() {
+    let c = Containerd::V2;
+    let _s = serial();
+    if !require_containerd(c) {
+        return;
+    }
+    let env = Env::start(Options {
+        containerd: c,
+        ..Options::default()
+    });
+    let (image, source_bytes) = env.converted_sample("sample", 32);
+    let before = env.relay.served();
+    let pull = |image: &str, extra: &[&str]| {
+        let mut args = vec![
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlaybd",
+        ];
+        args.extend_from_slice(extra);
+        args.push(image);
+        env.ctr("default", &args)
+    };
+    pull(&image, &[]);
+    let pulled = env.relay.served() - before;
+    assert!(
+        pulled < 256 << 10,
+        "the Transfer Service's pull fetched {pulled} bytes\n{}",
+        env.logs()
+    );
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "t1"],
+    );
+    assert_eq!(out.trim(), GREETING);
+    let served = env.relay.served() - before;
+    eprintln!(
+        "ctr pull (Transfer Service) + run: the registry served {served} of {source_bytes} B ({:.1}%)",
+        served as f64 * 100.0 / source_bytes as f64
+    );
+    assert!(
+        served * 10 < source_bytes,
+        "served {served}\n{}",
+        env.logs()
+    );
+
+    // The same image under another name, pulled client-side.
+    env.convert("sample:v1", "local:v1-obd");
+    let local = format!("{}/local:v1-obd", env.host());
+    let before = env.relay.served();
+    pull(&local, &["--local"]);
+    let pulled = env.relay.served() - before;
+    eprintln!("ctr pull --local: the registry served {pulled} B");
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", "overlaybd", &local, "t2"],
+    );
+    assert_eq!(out.trim(), GREETING);
+}
+
+#[test]
+fn removing_an_image_removes_its_snapshots_and_releases_its_device() {
+    removal(Containerd::V1);
+}
+
+#[test]
+fn containerd_2_removing_an_image_removes_its_snapshots_and_releases_its_device() {
+    removal(Containerd::V2);
+}
+
+/// An image removed through CRI (as the kubelet's image garbage collection does): containerd's
+/// garbage collector removes its snapshots (`List`, then `Remove` of each, then `Cleanup`);
+/// the snapshotter deletes their directories and, with no lingering, releases the device.
+fn removal(c: Containerd) {
+    let _s = serial();
+    if !require_containerd(c) {
+        return;
+    }
+    let env = Env::start(Options {
+        containerd: c,
+        device_linger_secs: 0,
+        ..Options::default()
+    });
+    let (image, _) = env.converted_sample("sample", 4);
+    let id = cri::pull_image(&env.containerd_socket(), &image)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    let out = env.ctr(
+        "k8s.io",
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "g1"],
+    );
+    assert_eq!(out.trim(), GREETING);
+    let snapshots = || env.ctr("k8s.io", &["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert!(snapshots().contains("Committed"), "{}", snapshots());
+    cri::remove_image(&env.containerd_socket(), &id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
+    let t = std::time::Instant::now();
+    while snapshots().lines().count() > 1 || !env.daemon_devices().is_empty() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "left after the image was removed: {}{:?}\n{}",
+            snapshots(),
+            env.daemon_devices(),
+            env.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let dirs = std::fs::read_dir(env.path("snapshotter/root/snapshots"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(dirs, 0, "snapshot directories left");
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
+    let slog = env.snapshotter.as_ref().unwrap().log();
+    let warnings: Vec<&str> = slog.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }

@@ -4,6 +4,7 @@
 //! attach devices. `docs/snapshotter.md` describes the behaviour and the config.
 
 pub mod config;
+pub mod containerd_config;
 pub mod error;
 pub mod filter;
 

@@ -6,6 +6,8 @@
 //! overlaybd-snapshotter rpull [--address SOCK] [-n NS] [--plain-http] [--hosts-dir DIR]
 //!                             [-u USER:PASS] [--download-blobs] REF
 //! overlaybd-snapshotter record-trace [pull flags] [--time S] [--work-dir D] --out FILE REF [CMD…]
+//! overlaybd-snapshotter install-containerd-config [--root /host] [--config-version 2|3]
+//!                                                 [--dry-run] [--restart]
 //! ```
 //!
 //! `rpull` (also `obdctl rpull`) pulls an image into containerd with the labels that let this
@@ -50,6 +52,26 @@ enum Cmd {
     Rpull(RpullArgs),
     /// Pull an overlaybd image lazily, run it with trace recording on, write the trace.
     RecordTrace(RecordTraceArgs),
+    /// Put overlaybd's settings into containerd's configuration (merged into a `version = 2`
+    /// config.toml; a drop-in plus an `imports` entry for `version = 3`).
+    InstallContainerdConfig(InstallArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    /// The host's root directory (where a container mounted it, e.g. /host).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// The config version to write when there is no config.toml (2: containerd 1.x, 3: 2.x);
+    /// default: what `containerd --version` says.
+    #[arg(long)]
+    config_version: Option<i64>,
+    /// Print what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Restart containerd (systemctl, in the host's namespaces) if anything was written.
+    #[arg(long)]
+    restart: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -170,6 +192,58 @@ fn record_trace(a: RecordTraceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn install_containerd_config(a: InstallArgs) -> anyhow::Result<()> {
+    use snapshotter::containerd_config as cc;
+    let plan = cc::plan(&a.root, a.config_version)?;
+    if plan.files.is_empty() {
+        println!(
+            "containerd's configuration (version {}) already has overlaybd's settings; nothing written",
+            plan.version
+        );
+        return Ok(());
+    }
+    for f in &plan.files {
+        let p = f.host_path.display();
+        match (a.dry_run, f.before.is_some()) {
+            (true, _) => println!("would write {p}:"),
+            (false, true) => println!("wrote {p} (its old text: {p}.bak):"),
+            (false, false) => println!("created {p}:"),
+        }
+        for c in &f.changes {
+            println!("  {c}");
+        }
+    }
+    if a.dry_run {
+        return Ok(());
+    }
+    cc::apply(&a.root, &plan)?;
+    if !a.restart {
+        println!("restart containerd to load it (systemctl restart containerd)");
+        return Ok(());
+    }
+    // From a container, systemctl runs in the host's namespaces (the pod needs hostPID).
+    let mut cmd = if a.root == std::path::Path::new("/") {
+        std::process::Command::new("systemctl")
+    } else {
+        let mut c = std::process::Command::new("nsenter");
+        c.args([
+            "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--",
+        ])
+        .arg("systemctl");
+        c
+    };
+    let st = cmd
+        .args(["restart", "containerd"])
+        .status()
+        .map_err(|e| anyhow::anyhow!("restart containerd: {e}; restart it by hand"))?;
+    anyhow::ensure!(
+        st.success(),
+        "systemctl restart containerd: {st}; restart it by hand"
+    );
+    println!("restarted containerd");
+    Ok(())
+}
+
 const DEFAULT_CONFIG: &str = "/etc/overlaybd-snapshotter/config.toml";
 
 /// Errors end here: one line with every cause, exit status 1 (no backtrace).
@@ -188,6 +262,7 @@ fn main_result() -> anyhow::Result<()> {
     match cli.cmd {
         Some(Cmd::Rpull(a)) => return rpull(a),
         Some(Cmd::RecordTrace(a)) => return record_trace(a),
+        Some(Cmd::InstallContainerdConfig(a)) => return install_containerd_config(a),
         None => {}
     }
     let cfg = match &cli.config {

@@ -27,6 +27,9 @@ need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs \
 # The end-to-end tests run on containerd 1.6 (Debian 12's) and on containerd 2.x, which Debian
 # 12 does not package: its .deb from Debian unstable, unpacked into a private prefix.
 need_unstable_deb containerd "${OBD_CONTAINERD2:-$OBD_CONTAINERD2_DEFAULT}"
+# Docker Engine 28 with its containerd image store (tests/tests/docker.rs), the same way.
+need_unstable_deb docker.io "${OBD_DOCKER:-/opt/overlaybd-test/docker}"
+need_unstable_deb docker-cli "${OBD_DOCKER_CLI:-/opt/overlaybd-test/docker-cli}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -6,6 +6,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod docker;
 pub mod image;
 pub mod p2p;
 pub mod relay;

@@ -79,7 +79,7 @@ fi
 
 install -d "$prefix/share/doc/overlaybd-rs"
 install -m 0644 README.md ARCHITECTURE.md docs/*.md "$prefix/share/doc/overlaybd-rs/"
-install -m 0644 deploy/config/containerd-1.x.toml "$prefix/share/doc/overlaybd-rs/"
+install -m 0644 deploy/config/containerd-1.x.toml deploy/config/containerd-2.x.toml "$prefix/share/doc/overlaybd-rs/"
 
 echo "== done: $(for b in $bins; do printf '%s ' "$prefix/bin/$b"; done)"
 echo "   next: the containerd config and the first lazy pull, docs/getting-started.md"

@@ -111,7 +111,7 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         for (name, p) in [
             ("root", &self.root),
             ("socket", &self.socket),

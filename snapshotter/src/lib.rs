@@ -3,6 +3,7 @@
 //! decision for overlaybd layers. It never reads blocks: it asks the `overlaybd-daemon` to
 //! attach devices. `docs/snapshotter.md` describes the behaviour and the config.
 
+pub mod compat;
 pub mod config;
 pub mod containerd_config;
 pub mod error;

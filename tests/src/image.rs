@@ -164,3 +164,50 @@ pub fn push_sample(registry: &str, repo: &str, tag: &str, big_mib: usize) -> u64
         &["/bin/sh", "-c", "cat /data/small.txt"],
     )
 }
+
+/// Pushes a one-layer overlaybd image whose layer blob is `blob` (an overlaybd layer file, e.g.
+/// one written by overlaybd's own tools) with overlaybd's annotations, and `cmd` as its
+/// command, to `registry/repo:tag`.
+pub fn push_overlaybd_layer(registry: &str, repo: &str, tag: &str, blob: &[u8], cmd: &[&str]) {
+    use convertor::oci::annotation as a;
+    let opts = RemoteOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    let r = Remote::open(registry, repo, &opts, true).unwrap();
+    let d = sha256(blob);
+    r.put_blob(&d, blob).unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [d]},
+        "history": [{"created_by": "overlaybd-apply"}],
+    }))
+    .unwrap();
+    let cd = sha256(&config);
+    r.put_blob(&cd, &config).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": d,
+            "size": blob.len(),
+            "annotations": {
+                a::VERSION: a::VERSION_VALUE,
+                a::BLOB_DIGEST: d,
+                a::BLOB_SIZE: blob.len().to_string(),
+                a::FS_TYPE: "ext4",
+            },
+        }],
+    }))
+    .unwrap();
+    r.put_manifest(
+        Some(tag),
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    )
+    .unwrap();
+}

@@ -12,6 +12,7 @@
 //! - [`api`]: the gRPC server over [`daemon::Daemon`].
 
 pub mod api;
+pub mod compat;
 pub mod config;
 pub mod daemon;
 pub mod device;

@@ -16,14 +16,16 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use overlaybd_api::pb;
 use overlaybd_daemon::api;
+use overlaybd_daemon::compat;
 use overlaybd_daemon::config::DaemonConfig;
 use overlaybd_daemon::daemon::Daemon;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Serves overlaybd images as block devices")]
 struct Cli {
-    /// The daemon's TOML config (default /etc/overlaybd-daemon/config.toml, whose absence
-    /// means every default; a file named here must exist).
+    /// The daemon's TOML config (default /etc/overlaybd-daemon/config.toml; without it,
+    /// overlaybd's /etc/overlaybd/overlaybd.json if present, else every default; a file named
+    /// here must exist; a .json file is read as overlaybd's format).
     #[arg(long)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -75,19 +77,33 @@ enum Op {
 
 const DEFAULT_CONFIG: &str = "/etc/overlaybd-daemon/config.toml";
 
-/// The config named by `--config` (which must exist), else the default file if there is one,
-/// else every default.
-fn load_config(path: Option<&Path>) -> anyhow::Result<DaemonConfig> {
+/// The overlaybd JSON config a config came from, and the settings of it not taken.
+type FromJson = Option<(PathBuf, Vec<String>)>;
+
+/// The config named by `--config` (which must exist; a `.json` file is overlaybd's own
+/// format), else the default file if there is one, else overlaybd's
+/// `/etc/overlaybd/overlaybd.json` if there is one (a node that swapped overlaybd's daemon
+/// for this one), else every default. With it, the overlaybd settings not taken, to warn about
+/// once logging is up.
+fn load_config(path: Option<&Path>) -> anyhow::Result<(DaemonConfig, FromJson)> {
+    let json = |p: &Path| -> anyhow::Result<(DaemonConfig, FromJson)> {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()))?;
+        let (c, warnings) = compat::from_overlaybd_json(&text, &p.display().to_string())?;
+        Ok((c, Some((p.to_path_buf(), warnings))))
+    };
     match path {
         Some(p) if !p.exists() => anyhow::bail!(
             "--config {}: no such file (leave --config out to use {DEFAULT_CONFIG} or the defaults)",
             p.display()
         ),
-        Some(p) => Ok(DaemonConfig::load(p)?),
+        Some(p) if p.extension().is_some_and(|e| e == "json") => json(p),
+        Some(p) => Ok((DaemonConfig::load(p)?, None)),
         None if Path::new(DEFAULT_CONFIG).exists() => {
-            Ok(DaemonConfig::load(Path::new(DEFAULT_CONFIG))?)
+            Ok((DaemonConfig::load(Path::new(DEFAULT_CONFIG))?, None))
         }
-        None => Ok(DaemonConfig::default()),
+        None if Path::new(compat::OVERLAYBD_JSON).exists() => json(Path::new(compat::OVERLAYBD_JSON)),
+        None => Ok((DaemonConfig::default(), None)),
     }
 }
 
@@ -109,11 +125,14 @@ fn main_result() -> anyhow::Result<()> {
         Some(Cmd::Ctl { socket, op }) => {
             let socket = match socket {
                 Some(s) => s,
-                None => load_config(cli.config.as_deref())?.socket,
+                None => load_config(cli.config.as_deref())?.0.socket,
             };
             ctl(&socket, op)
         }
-        None => run(load_config(cli.config.as_deref())?),
+        None => {
+            let (cfg, from_json) = load_config(cli.config.as_deref())?;
+            run(cfg, from_json)
+        }
     }
 }
 
@@ -219,13 +238,19 @@ fn fixed_mmap_threshold() {
     }
 }
 
-fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+fn run(cfg: DaemonConfig, from_json: FromJson) -> anyhow::Result<()> {
     fixed_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some((path, warnings)) = from_json {
+        tracing::info!(config = %path.display(), "overlaybd's config: the settings that mean the same here are used");
+        for w in warnings {
+            tracing::warn!("{}: {w}", path.display());
+        }
+    }
     let exe = std::env::current_exe()?;
     let socket = cfg.socket.clone();
     let metrics = cfg.metrics_address.clone();

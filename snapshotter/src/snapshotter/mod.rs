@@ -103,6 +103,7 @@ fn local_layer_file(fs: &Path) -> Option<PathBuf> {
 
 impl Snapshotter {
     pub fn open(cfg: Config) -> Result<Snapshotter> {
+        crate::compat::check_root(&cfg.root)?;
         let snaps = cfg.root.join("snapshots");
         std::fs::create_dir_all(&snaps).map_err(io(format!("create {}", snaps.display())))?;
         let meta = MetaStore::open(&cfg.root.join("metadata.redb"))?;

@@ -38,8 +38,9 @@ use snapshotter::snapshotter::Snapshotter;
 #[derive(Parser, Debug)]
 #[command(version, about = "containerd snapshotter for overlaybd images")]
 struct Cli {
-    /// The TOML config (default /etc/overlaybd-snapshotter/config.toml, whose absence means
-    /// every default; a file named here must exist).
+    /// The TOML config (default /etc/overlaybd-snapshotter/config.toml; without it, overlaybd's
+    /// snapshotter's /etc/overlaybd-snapshotter/config.json if present, else every default; a
+    /// file named here must exist; a .json file is read as that snapshotter's format).
     #[arg(long)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -246,6 +247,9 @@ fn install_containerd_config(a: InstallArgs) -> anyhow::Result<()> {
 
 const DEFAULT_CONFIG: &str = "/etc/overlaybd-snapshotter/config.toml";
 
+/// The overlaybd JSON config a config came from, and the settings of it not taken.
+type FromJson = Option<(PathBuf, Vec<String>)>;
+
 /// Errors end here: one line with every cause, exit status 1 (no backtrace).
 fn main() -> std::process::ExitCode {
     match main_result() {
@@ -265,13 +269,24 @@ fn main_result() -> anyhow::Result<()> {
         Some(Cmd::InstallContainerdConfig(a)) => return install_containerd_config(a),
         None => {}
     }
-    let cfg = match &cli.config {
+    let json = |p: &std::path::Path| -> anyhow::Result<(Config, FromJson)> {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()))?;
+        let (c, w) = snapshotter::compat::from_aci_json(&text, &p.display().to_string())?;
+        Ok((c, Some((p.to_path_buf(), w))))
+    };
+    let default = std::path::Path::new(DEFAULT_CONFIG);
+    let aci = std::path::Path::new(snapshotter::compat::ACI_JSON);
+    let (cfg, from_json) = match &cli.config {
         Some(p) if !p.exists() => anyhow::bail!(
             "--config {}: no such file (leave --config out to use {DEFAULT_CONFIG} or the defaults)",
             p.display()
         ),
-        Some(p) => Config::load(p)?,
-        None => Config::load(std::path::Path::new(DEFAULT_CONFIG))?,
+        Some(p) if p.extension().is_some_and(|e| e == "json") => json(p)?,
+        Some(p) => (Config::load(p)?, None),
+        // A node that swapped overlaybd's snapshotter for this one keeps its config.json.
+        None if !default.exists() && aci.exists() => json(aci)?,
+        None => (Config::load(default)?, None),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -281,6 +296,12 @@ fn main_result() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some((path, warnings)) = from_json {
+        tracing::info!(config = %path.display(), "overlaybd's snapshotter config: the settings that mean the same here are used");
+        for w in warnings {
+            tracing::warn!("{}: {w}", path.display());
+        }
+    }
     let socket = cfg.socket.clone();
     let metrics_address = cfg.metrics_address.clone();
     let sn = Arc::new(Snapshotter::open(cfg)?);

@@ -136,6 +136,8 @@ pub struct Options {
     pub device_linger_secs: u64,
     /// Which containerd runs, with which configuration.
     pub containerd: Containerd,
+    /// The daemon and the snapshotter serve Prometheus metrics ([`Env::scrape`]).
+    pub metrics: bool,
 }
 
 impl Default for Options {
@@ -148,6 +150,7 @@ impl Default for Options {
             p2p_agent: None,
             device_linger_secs: 60,
             containerd: Containerd::V1,
+            metrics: false,
         }
     }
 }
@@ -180,6 +183,35 @@ impl Env {
     pub fn daemon_socket(&self) -> PathBuf {
         self.path("daemon/api.sock")
     }
+    /// `127.0.0.1:<port>` where `who` ("daemon", "snapshotter") serves metrics, chosen once
+    /// (kept in `<who>/metrics-port`); "" without [`Options::metrics`].
+    pub fn metrics_address(&self, who: &str) -> String {
+        if !self.opts.metrics {
+            return String::new();
+        }
+        let f = self.path(&format!("{who}/metrics-port"));
+        let port = match std::fs::read_to_string(&f) {
+            Ok(p) => p.trim().to_string(),
+            Err(_) => {
+                let p = free_port().to_string();
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(&f, &p).unwrap();
+                p
+            }
+        };
+        format!("127.0.0.1:{port}")
+    }
+
+    /// The Prometheus text `who` ("daemon", "snapshotter") serves.
+    pub fn scrape(&self, who: &str) -> String {
+        let addr = self.metrics_address(who);
+        assert!(!addr.is_empty(), "metrics are off (Options::metrics)");
+        reqwest::blocking::get(format!("http://{addr}/metrics"))
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("scrape {who} at {addr}: {e}"))
+    }
+
     /// `127.0.0.1:<relay port>`: image references pulled by containerd use this host.
     pub fn host(&self) -> String {
         self.relay.addr()
@@ -233,12 +265,14 @@ impl Env {
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{1}\"\nrun_dir = \"{0}/run\"\n\
                  cache_dir = \"{0}/cache\"\ncache_size_mb = 2048\nhosts_dir = \"{2}\"\n\
-                 read_deadline_secs = {3}\nlog = \"info\"\np2p_agent = \"{4}\"\n",
+                 read_deadline_secs = {3}\nlog = \"info\"\np2p_agent = \"{4}\"\n\
+                 metrics_address = \"{5}\"\n",
                 d.display(),
                 self.daemon_socket().display(),
                 self.path("certs.d").display(),
                 self.opts.read_deadline_secs,
                 self.opts.p2p_agent.as_deref().unwrap_or(""),
+                self.metrics_address("daemon"),
             ),
         )
         .unwrap();
@@ -279,13 +313,15 @@ impl Env {
                 format!(
                     "root = \"{0}/root\"\nsocket = \"{1}\"\ndaemon_socket = \"{2}\"\n\
                      rw_mode = \"{3}\"\nhosts_dir = \"{4}\"\nattach_timeout_secs = 30\n\
-                     device_linger_secs = {5}\nlog = \"info,snapshotter=trace\"\n",
+                     device_linger_secs = {5}\nlog = \"info,snapshotter=trace\"\n\
+                     metrics_address = \"{6}\"\n",
                     d.display(),
                     self.snapshotter_socket().display(),
                     self.daemon_socket().display(),
                     self.opts.rw_mode,
                     hosts.display(),
                     self.opts.device_linger_secs,
+                    self.metrics_address("snapshotter"),
                 ),
             )
             .unwrap();

@@ -358,19 +358,20 @@ impl Device {
         }
         s.read_latency
             .render(out, "overlaybd_device_read_seconds", &l);
-        if let Some(r) = &self.replay {
-            for (name, v) in [
-                ("reads", &r.records),
-                ("bytes", &r.bytes),
-                ("errors", &r.errors),
-            ] {
-                counter(
-                    out,
-                    &format!("overlaybd_trace_replay_{name}_total"),
-                    &l,
-                    get(v),
-                );
-            }
+        // Zero for a device without a trace: series exist from the start, so that queries
+        // and dashboards see 0, not nothing.
+        let r = self.replay.as_ref();
+        for (name, v) in [
+            ("reads", r.map(|r| get(&r.records))),
+            ("bytes", r.map(|r| get(&r.bytes))),
+            ("errors", r.map(|r| get(&r.errors))),
+        ] {
+            counter(
+                out,
+                &format!("overlaybd_trace_replay_{name}_total"),
+                &l,
+                v.unwrap_or(0),
+            );
         }
         for (i, layer) in self.image.layers.iter().enumerate() {
             if let Some(c) = &layer.remote {

@@ -123,10 +123,20 @@ pub fn push(registry: &str, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&s
             "size": z.len(),
         }));
     }
-    let history: Vec<_> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, _)| serde_json::json!({"created_by": format!("layer {i}")}))
+    put_image(&r, tag, cmd, diff_ids, descs);
+    total
+}
+
+/// Pushes the config (running `cmd`, with these diff IDs) and a manifest of `layers` as `tag`.
+fn put_image(
+    r: &Remote,
+    tag: &str,
+    cmd: &[&str],
+    diff_ids: Vec<String>,
+    layers: Vec<serde_json::Value>,
+) {
+    let history: Vec<_> = (0..diff_ids.len())
+        .map(|i| serde_json::json!({"created_by": format!("layer {i}")}))
         .collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
@@ -142,7 +152,7 @@ pub fn push(registry: &str, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&s
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": descs,
+        "layers": layers,
     }))
     .unwrap();
     r.put_manifest(
@@ -151,7 +161,6 @@ pub fn push(registry: &str, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&s
         &manifest,
     )
     .unwrap();
-    total
 }
 
 /// The sample image (`big_mib` MiB data file), pushed as `repo:tag`; returns its layer bytes.
@@ -177,37 +186,16 @@ pub fn push_overlaybd_layer(registry: &str, repo: &str, tag: &str, blob: &[u8], 
     let r = Remote::open(registry, repo, &opts, true).unwrap();
     let d = sha256(blob);
     r.put_blob(&d, blob).unwrap();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [d]},
-        "history": [{"created_by": "overlaybd-apply"}],
-    }))
-    .unwrap();
-    let cd = sha256(&config);
-    r.put_blob(&cd, &config).unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": d,
-            "size": blob.len(),
-            "annotations": {
-                a::VERSION: a::VERSION_VALUE,
-                a::BLOB_DIGEST: d,
-                a::BLOB_SIZE: blob.len().to_string(),
-                a::FS_TYPE: "ext4",
-            },
-        }],
-    }))
-    .unwrap();
-    r.put_manifest(
-        Some(tag),
-        "application/vnd.oci.image.manifest.v1+json",
-        &manifest,
-    )
-    .unwrap();
+    let layer = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": d,
+        "size": blob.len(),
+        "annotations": {
+            a::VERSION: a::VERSION_VALUE,
+            a::BLOB_DIGEST: d,
+            a::BLOB_SIZE: blob.len().to_string(),
+            a::FS_TYPE: "ext4",
+        },
+    });
+    put_image(&r, tag, cmd, vec![d.clone()], vec![layer]);
 }

@@ -60,6 +60,22 @@ pub fn require_containerd(c: Containerd) -> bool {
     require() && c.available()
 }
 
+/// How an end-to-end test on `c` starts: the [`serial`] lock, the prerequisites (`None`: the
+/// test is skipped, saying why), and an environment with `opts` on `c`.
+pub fn start_on(c: Containerd, opts: Options) -> Option<(std::sync::MutexGuard<'static, ()>, Env)> {
+    let guard = serial();
+    if !require_containerd(c) {
+        return None;
+    }
+    Some((
+        guard,
+        Env::start(Options {
+            containerd: c,
+            ..opts
+        }),
+    ))
+}
+
 /// One environment at a time in a test process: each runs containerd, a registry and two
 /// daemons, which two cores cannot run twice over.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -501,6 +517,19 @@ impl Env {
             self.logs()
         );
         out
+    }
+
+    /// The snapshotter's WARN lines: requests it refused, failures it logged.
+    pub fn snapshotter_warnings(&self) -> Vec<String> {
+        let log = self
+            .snapshotter
+            .as_ref()
+            .map(|p| p.log())
+            .unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(" WARN "))
+            .map(str::to_string)
+            .collect()
     }
 
     /// The devices the daemon has attached (`overlaybd-daemon ctl list`: one line each).

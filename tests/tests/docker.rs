@@ -5,19 +5,16 @@
 
 use e2e_tests::docker::{self, Docker};
 use e2e_tests::image::{push_sample, GREETING};
-use e2e_tests::{require_containerd, serial, Containerd, Env, Options};
+use e2e_tests::{start_on, Containerd, Options};
 
 #[test]
 fn docker_pulls_an_overlaybd_image_lazily_and_runs_it_and_plain_images() {
-    let c = Containerd::V2;
-    let _s = serial();
-    if !require_containerd(c) || !docker::available() {
+    if !docker::available() {
         return;
     }
-    let env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    let Some((_s, env)) = start_on(Containerd::V2, Options::default()) else {
+        return;
+    };
     let (image, source_bytes) = env.converted_sample("sample", 64);
     let docker = Docker::start(&env);
 
@@ -64,6 +61,6 @@ fn docker_pulls_an_overlaybd_image_lazily_and_runs_it_and_plain_images() {
     docker.ok(&env, &["pull", "-q", &plain]);
     let out = docker.ok(&env, &["run", "--rm", "--network", "none", &plain]);
     assert_eq!(out.trim(), GREETING);
-    let warnings: Vec<&str> = slog.lines().filter(|l| l.contains(" WARN ")).collect();
+    let warnings = env.snapshotter_warnings();
     assert!(warnings.is_empty(), "{warnings:#?}");
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::image::GREETING;
-use e2e_tests::{cri, require, require_containerd, serial, Containerd, Env, Options};
+use e2e_tests::{cri, require, serial, start_on, Containerd, Env, Options};
 
 /// A converted sample image pulled through CRI; its reference.
 fn pulled(env: &Env, big_mib: usize) -> String {
@@ -27,14 +27,9 @@ fn containerd_2_a_snapshotter_or_containerd_restarted_under_a_running_container(
 /// again, under a running container: it keeps running and reading, the snapshotter's state
 /// is the same afterwards, and new containers start.
 fn restarts(c: Containerd) {
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, mut env)) = start_on(c, Options::default()) else {
         return;
-    }
-    let mut env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    };
     let image = pulled(&env, 16);
     let ns = "k8s.io";
     env.ctr(
@@ -153,8 +148,7 @@ fn restarts(c: Containerd) {
     );
     assert_eq!(out.trim(), GREETING);
     // Nothing containerd sent was refused.
-    let slog = env.snapshotter.as_ref().unwrap().log();
-    let warnings: Vec<&str> = slog.lines().filter(|l| l.contains(" WARN ")).collect();
+    let warnings = env.snapshotter_warnings();
     assert!(warnings.is_empty(), "{warnings:#?}");
 }
 

@@ -2,7 +2,7 @@
 //! overlaybd-daemon → ext4 → runc. Each test starts its own processes (`e2e_tests::Env`).
 
 use e2e_tests::image::{push_sample, GREETING};
-use e2e_tests::{cri, require_containerd, serial, Containerd, Env, Options};
+use e2e_tests::{cri, start_on, Containerd, Options};
 
 #[test]
 fn a_cri_pull_of_a_converted_image_fetches_only_what_the_container_reads() {
@@ -20,14 +20,9 @@ fn containerd_2_cri_pulls_lazily_client_side_with_snapshot_annotations() {
 }
 
 fn cri_pull(c: Containerd) {
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, env)) = start_on(c, Options::default()) else {
         return;
-    }
-    let env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    };
     let (image, source_bytes) = env.converted_sample("sample", 64);
 
     let before = env.relay.served();
@@ -112,14 +107,9 @@ fn containerd_2_ctr_pulls_an_unconverted_image_through_the_transfer_service() {
 }
 
 fn plain_ctr_pull(c: Containerd) {
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, env)) = start_on(c, Options::default()) else {
         return;
-    }
-    let env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    };
     push_sample(&env.registry_addr, "plain", "v1", 2);
     let image = format!("{}/plain:v1", env.host());
     env.ctr(
@@ -164,14 +154,9 @@ fn containerd_2_obdctl_rpull_reads_lazily_and_unconverted_layers_are_unpacked() 
 }
 
 fn rpull(c: Containerd) {
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, env)) = start_on(c, Options::default()) else {
         return;
-    }
-    let env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    };
     let (image, source_bytes) = env.converted_sample("sample", 64);
     let before = env.relay.served();
     let out = env.rpull(&image);
@@ -246,14 +231,9 @@ fn rpull(c: Containerd) {
 #[test]
 fn containerd_2_ctr_pull_is_lazy_through_the_transfer_service_and_local_downloads() {
     let c = Containerd::V2;
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, env)) = start_on(c, Options::default()) else {
         return;
-    }
-    let env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    };
     let (image, source_bytes) = env.converted_sample("sample", 32);
     let before = env.relay.served();
     let pull = |image: &str, extra: &[&str]| {
@@ -319,15 +299,15 @@ fn containerd_2_removing_an_image_removes_its_snapshots_and_releases_its_device(
 /// garbage collector removes its snapshots (`List`, then `Remove` of each, then `Cleanup`);
 /// the snapshotter deletes their directories and, with no lingering, releases the device.
 fn removal(c: Containerd) {
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, env)) = start_on(
+        c,
+        Options {
+            device_linger_secs: 0,
+            ..Options::default()
+        },
+    ) else {
         return;
-    }
-    let env = Env::start(Options {
-        containerd: c,
-        device_linger_secs: 0,
-        ..Options::default()
-    });
+    };
     let (image, _) = env.converted_sample("sample", 4);
     let id = cri::pull_image(&env.containerd_socket(), &image)
         .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
@@ -356,7 +336,6 @@ fn removal(c: Containerd) {
         .unwrap_or(0);
     assert_eq!(dirs, 0, "snapshot directories left");
     assert!(env.mounts().is_empty(), "{:?}", env.mounts());
-    let slog = env.snapshotter.as_ref().unwrap().log();
-    let warnings: Vec<&str> = slog.lines().filter(|l| l.contains(" WARN ")).collect();
+    let warnings = env.snapshotter_warnings();
     assert!(warnings.is_empty(), "{warnings:#?}");
 }

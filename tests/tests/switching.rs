@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::Command;
 
 use e2e_tests::image::push_overlaybd_layer;
-use e2e_tests::{bin, cri, proc, require, require_containerd, serial, Containerd, Env, Options};
+use e2e_tests::{bin, cri, proc, require, start_on, Containerd, Options};
 use sha2::Digest;
 
 /// A file of the vectors' `g.layer.tar` (what overlaybd-apply put into `g.ext4.*`).
@@ -37,14 +37,9 @@ fn containerd_2_an_image_made_by_overlaybds_tools_runs_lazily() {
 }
 
 fn on(c: Containerd) {
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, env)) = start_on(c, Options::default()) else {
         return;
-    }
-    let env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    };
     // The ext4 layer overlaybd-apply made from g.layer.tar and overlaybd-commit -z compressed.
     let blob = std::fs::read(test_support::vectors::path("g.ext4.lz4.bs4.zfile")).unwrap();
     push_overlaybd_layer(

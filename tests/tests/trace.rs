@@ -2,7 +2,7 @@
 //! and an image with that acceleration layer has it prefetched when a container starts.
 
 use e2e_tests::image::GREETING;
-use e2e_tests::{require_containerd, serial, Containerd, Env, Options};
+use e2e_tests::{start_on, Containerd, Options};
 
 /// The container's work: wait (its "init"), then read 16 MiB of the data file; it prints how
 /// long the read took in hundredths of a second (from /proc/uptime).
@@ -30,14 +30,9 @@ fn containerd_2_a_trace_recorded_image_has_its_start_reads_prefetched() {
 }
 
 fn trace(c: Containerd) {
-    let _s = serial();
-    if !require_containerd(c) {
+    let Some((_s, mut env)) = start_on(c, Options::default()) else {
         return;
-    }
-    let mut env = Env::start(Options {
-        containerd: c,
-        ..Options::default()
-    });
+    };
     let (plain, _) = env.converted_sample("app", 64);
     let traced = format!("{}/app:v1-trace", env.host());
     let out = env.record_trace(&plain, &traced, 30, &["sh", "-c", WORK]);

@@ -20,191 +20,213 @@ pub fn from_overlaybd_json(text: &str, what: &str) -> Result<(DaemonConfig, Vec<
     let Value::Object(top) = v else {
         return Err(Error::Invalid(format!("{what}: not a JSON object")));
     };
-    let mut c = DaemonConfig::default();
-    let mut warnings = Vec::new();
-    let bad = |key: &str, v: &Value, want: &str| {
-        Error::Invalid(format!("{what}: {key} is {v}, not {want}"))
+    let mut r = Reader {
+        what,
+        warnings: Vec::new(),
+        c: DaemonConfig::default(),
+        grouped: Shared::default(),
+        legacy: Shared::default(),
     };
-    // Legacy top-level keys and the grouped ones; a grouped one wins, as in overlaybd.
-    let (mut log_level, mut cache_type, mut cache_dir, mut cache_gb, mut credential_file) =
-        (None, None, None, None, None);
-    let (mut legacy_level, mut legacy_type, mut legacy_dir, mut legacy_gb, mut legacy_cred) =
-        (None, None, None, None, None);
     for (k, v) in &top {
-        match k.as_str() {
-            "logLevel" => legacy_level = Some(v.as_u64().ok_or_else(|| bad(k, v, "0..3"))?),
-            "logPath" => warnings.push(format!(
-                "{k}: not used; the daemon logs to stderr (the journal under systemd)"
-            )),
-            "cacheType" => legacy_type = Some(str_of(v).ok_or_else(|| bad(k, v, "a string"))?),
-            "registryCacheDir" => legacy_dir = Some(str_of(v).ok_or_else(|| bad(k, v, "a path"))?),
+        r.top_level(k, v)?;
+    }
+    r.finish()
+}
+
+/// Settings overlaybd has in two places: grouped (`cacheConfig.cacheDir`) and legacy
+/// top-level (`registryCacheDir`); a grouped one wins, as in overlaybd.
+#[derive(Default)]
+struct Shared {
+    log_level: Option<u64>,
+    cache_type: Option<String>,
+    cache_dir: Option<String>,
+    cache_gb: Option<u64>,
+    credentials: Option<String>,
+}
+
+struct Reader<'a> {
+    what: &'a str,
+    warnings: Vec<String>,
+    c: DaemonConfig,
+    grouped: Shared,
+    legacy: Shared,
+}
+
+const LOG_PATH: &str = "not used; the daemon logs to stderr (the journal under systemd)";
+
+impl Reader<'_> {
+    fn bad(&self, key: &str, v: &Value, want: &str) -> Error {
+        Error::Invalid(format!("{}: {key} is {v}, not {want}", self.what))
+    }
+    fn num(&self, key: &str, v: &Value, want: &str) -> Result<u64> {
+        v.as_u64().ok_or_else(|| self.bad(key, v, want))
+    }
+    fn string(&self, key: &str, v: &Value, want: &str) -> Result<String> {
+        str_of(v).ok_or_else(|| self.bad(key, v, want))
+    }
+    fn obj<'v>(&self, key: &str, v: &'v Value) -> Result<&'v serde_json::Map<String, Value>> {
+        v.as_object().ok_or_else(|| self.bad(key, v, "an object"))
+    }
+
+    fn top_level(&mut self, k: &str, v: &Value) -> Result<()> {
+        match k {
+            "logLevel" => self.legacy.log_level = Some(self.num(k, v, "0..3")?),
+            "logPath" => self.warnings.push(format!("{k}: {LOG_PATH}")),
+            "cacheType" => self.legacy.cache_type = Some(self.string(k, v, "a string")?),
+            "registryCacheDir" => self.legacy.cache_dir = Some(self.string(k, v, "a path")?),
             "registryCacheSizeGB" => {
-                legacy_gb = Some(v.as_u64().ok_or_else(|| bad(k, v, "a number of GiB"))?)
+                self.legacy.cache_gb = Some(self.num(k, v, "a number of GiB")?)
             }
-            "credentialFilePath" => {
-                legacy_cred = Some(str_of(v).ok_or_else(|| bad(k, v, "a path"))?)
-            }
-            "logConfig" => {
-                for (k2, v2) in obj(k, v, what)? {
-                    match k2.as_str() {
-                        "logLevel" => {
-                            log_level = Some(v2.as_u64().ok_or_else(|| bad("logConfig.logLevel", v2, "0..3"))?)
-                        }
-                        "logPath" if v2.as_str().is_some_and(|s| !s.is_empty()) => warnings.push(
-                            "logConfig.logPath: not used; the daemon logs to stderr (the journal under systemd)"
-                                .into(),
-                        ),
-                        "logPath" | "logSizeMB" | "logRotateNum" => {}
-                        _ => warnings.push(unknown(&format!("logConfig.{k2}"))),
-                    }
-                }
-            }
-            "cacheConfig" => {
-                for (k2, v2) in obj(k, v, what)? {
-                    let key = format!("cacheConfig.{k2}");
-                    match k2.as_str() {
-                        "cacheType" => {
-                            cache_type = Some(str_of(v2).ok_or_else(|| bad(&key, v2, "a string"))?)
-                        }
-                        "cacheDir" => {
-                            cache_dir = Some(str_of(v2).ok_or_else(|| bad(&key, v2, "a path"))?)
-                        }
-                        "cacheSizeGB" => {
-                            cache_gb = Some(
-                                v2.as_u64()
-                                    .ok_or_else(|| bad(&key, v2, "a number of GiB"))?,
-                            )
-                        }
-                        "refillSize" | "blockSize" => warnings.push(format!(
-                            "{key}: not used; this cache fetches and stores whole compressed blocks"
-                        )),
-                        _ => warnings.push(unknown(&key)),
-                    }
-                }
-            }
+            "credentialFilePath" => self.legacy.credentials = Some(self.string(k, v, "a path")?),
+            "logConfig" => self.log_config(self.obj(k, v)?)?,
+            "cacheConfig" => self.cache_config(self.obj(k, v)?)?,
             "credentialConfig" => {
-                let o = obj(k, v, what)?;
-                let mode = o.get("mode").and_then(Value::as_str).unwrap_or("");
-                match mode {
+                let o = self.obj(k, v)?;
+                match o.get("mode").and_then(Value::as_str).unwrap_or("") {
                     "" | "file" => {
-                        if let Some(p) = o
-                            .get("path")
-                            .and_then(Value::as_str)
-                            .filter(|p| !p.is_empty())
-                        {
-                            credential_file = Some(p.to_string());
+                        if let Some(p) = o.get("path").and_then(Value::as_str) {
+                            if !p.is_empty() {
+                                self.grouped.credentials = Some(p.to_string());
+                            }
                         }
                     }
-                    m => warnings.push(format!(
+                    m => self.warnings.push(format!(
                         "credentialConfig.mode {m:?}: not supported; credentials come from a \
                          Docker config.json (docker_config) or the registry's hosts.toml"
                     )),
                 }
             }
             "p2pConfig" => {
-                let o = obj(k, v, what)?;
+                let o = self.obj(k, v)?;
                 if o.get("enable").and_then(Value::as_bool).unwrap_or(false) {
                     let addr = o
                         .get("address")
                         .and_then(Value::as_str)
                         .unwrap_or("http://localhost:9731/accelerator");
-                    c.p2p_agent = if addr.contains("://") {
+                    self.c.p2p_agent = if addr.contains("://") {
                         addr.to_string()
                     } else {
                         format!("http://{addr}")
                     };
                 }
             }
-            "exporterConfig" => {
-                let o = obj(k, v, what)?;
-                if o.get("enable").and_then(Value::as_bool).unwrap_or(false) {
-                    let port = o.get("port").and_then(Value::as_u64).unwrap_or(9863);
-                    c.metrics_address = format!("127.0.0.1:{port}");
-                    if let Some(p) = o.get("uriPrefix").and_then(Value::as_str) {
-                        if p != "/metrics" {
-                            warnings.push(format!(
-                                "exporterConfig.uriPrefix {p:?}: metrics are served at /metrics"
-                            ));
-                        }
-                    }
-                    warnings.push(format!(
-                        "exporterConfig: metrics are served on 127.0.0.1:{port} only, with this \
-                         daemon's metric names (docs/daemon.md)"
-                    ));
-                }
-            }
+            "exporterConfig" => self.exporter_config(self.obj(k, v)?),
             "prefetchConfig" => {
-                let o = obj(k, v, what)?;
-                if let Some(n) = o.get("concurrency").and_then(Value::as_u64) {
-                    c.prefetch_concurrency = n.max(1) as usize;
+                if let Some(n) = self.obj(k, v)?.get("concurrency").and_then(Value::as_u64) {
+                    self.c.prefetch_concurrency = n.max(1) as usize;
                 }
             }
-            "gzipCacheConfig" => {
+            "gzipCacheConfig" | "download" => {
                 if v.get("enable").and_then(Value::as_bool).unwrap_or(false) {
-                    warnings.push(
-                        "gzipCacheConfig: TurboOCI (gzip) layers are not served by this daemon yet"
-                            .into(),
-                    );
-                }
-            }
-            "download" => {
-                if v.get("enable").and_then(Value::as_bool).unwrap_or(false) {
-                    warnings.push(
-                        "download: background whole-blob download is not done here; blocks are \
-                         fetched when read (and prefetched from a trace)"
-                            .into(),
-                    );
+                    self.warnings.push(if k == "download" {
+                        "download: background whole-blob download is not done here; blocks \
+                         are fetched when read (and prefetched from a trace)"
+                            .into()
+                    } else {
+                        "gzipCacheConfig: TurboOCI (gzip) layers are not served by this daemon \
+                         yet"
+                        .into()
+                    });
                 }
             }
             "ioEngine" | "enableAudit" | "auditPath" | "enableThread" | "registryFsVersion"
-            | "userAgent" => warnings.push(format!("{k}: not used by overlaybd-rs")),
-            "certConfig" | "serviceConfig" => {
-                warnings.push(format!("{k}: not supported by overlaybd-rs"))
+            | "userAgent" => self.warnings.push(format!("{k}: not used by overlaybd-rs")),
+            "certConfig" | "serviceConfig" => self
+                .warnings
+                .push(format!("{k}: not supported by overlaybd-rs")),
+            _ => self.warnings.push(unknown(k)),
+        }
+        Ok(())
+    }
+
+    fn log_config(&mut self, o: &serde_json::Map<String, Value>) -> Result<()> {
+        for (k, v) in o {
+            match k.as_str() {
+                "logLevel" => {
+                    self.grouped.log_level = Some(self.num("logConfig.logLevel", v, "0..3")?)
+                }
+                "logPath" if v.as_str().is_some_and(|s| !s.is_empty()) => {
+                    self.warnings.push(format!("logConfig.logPath: {LOG_PATH}"))
+                }
+                "logPath" | "logSizeMB" | "logRotateNum" => {}
+                _ => self.warnings.push(unknown(&format!("logConfig.{k}"))),
             }
-            _ => warnings.push(unknown(k)),
         }
+        Ok(())
     }
-    let log_level = log_level.or(legacy_level);
-    let cache_type = cache_type.or(legacy_type);
-    let cache_dir = cache_dir.or(legacy_dir);
-    let cache_gb = cache_gb.or(legacy_gb);
-    let credential_file = credential_file.or(legacy_cred);
-    if let Some(l) = log_level {
-        c.log = match l {
-            0 => "debug",
-            1 => "info",
-            2 => "warn",
-            _ => "error",
+
+    fn cache_config(&mut self, o: &serde_json::Map<String, Value>) -> Result<()> {
+        for (k, v) in o {
+            let key = format!("cacheConfig.{k}");
+            match k.as_str() {
+                "cacheType" => self.grouped.cache_type = Some(self.string(&key, v, "a string")?),
+                "cacheDir" => self.grouped.cache_dir = Some(self.string(&key, v, "a path")?),
+                "cacheSizeGB" => {
+                    self.grouped.cache_gb = Some(self.num(&key, v, "a number of GiB")?)
+                }
+                "refillSize" | "blockSize" => self.warnings.push(format!(
+                    "{key}: not used; this cache fetches and stores whole compressed blocks"
+                )),
+                _ => self.warnings.push(unknown(&key)),
+            }
         }
-        .into();
+        Ok(())
     }
-    match cache_type.as_deref() {
-        None | Some("") | Some("file") => {}
-        Some(t) => warnings.push(format!(
-            "cacheType {t:?}: this daemon's cache is a file cache in cacheDir"
-        )),
+
+    fn exporter_config(&mut self, o: &serde_json::Map<String, Value>) {
+        if !o.get("enable").and_then(Value::as_bool).unwrap_or(false) {
+            return;
+        }
+        let port = o.get("port").and_then(Value::as_u64).unwrap_or(9863);
+        self.c.metrics_address = format!("127.0.0.1:{port}");
+        if let Some(p) = o.get("uriPrefix").and_then(Value::as_str) {
+            if p != "/metrics" {
+                self.warnings.push(format!(
+                    "exporterConfig.uriPrefix {p:?}: metrics are served at /metrics"
+                ));
+            }
+        }
+        self.warnings.push(format!(
+            "exporterConfig: metrics are served on 127.0.0.1:{port} only, with this daemon's \
+             metric names (docs/daemon.md)"
+        ));
     }
-    if let Some(d) = cache_dir {
-        c.cache_dir = PathBuf::from(d);
-    } else {
-        c.cache_dir = "/opt/overlaybd/registry_cache".into();
+
+    fn finish(mut self) -> Result<(DaemonConfig, Vec<String>)> {
+        let (g, l) = (self.grouped, self.legacy);
+        let mut c = self.c;
+        if let Some(level) = g.log_level.or(l.log_level) {
+            c.log = match level {
+                0 => "debug",
+                1 => "info",
+                2 => "warn",
+                _ => "error",
+            }
+            .into();
+        }
+        match g.cache_type.or(l.cache_type).as_deref() {
+            None | Some("") | Some("file") => {}
+            Some(t) => self.warnings.push(format!(
+                "cacheType {t:?}: this daemon's cache is a file cache in cacheDir"
+            )),
+        }
+        c.cache_dir = PathBuf::from(
+            g.cache_dir
+                .or(l.cache_dir)
+                .unwrap_or_else(|| "/opt/overlaybd/registry_cache".into()),
+        );
+        c.cache_size_mb = g.cache_gb.or(l.cache_gb).unwrap_or(4).max(1) * 1024;
+        if let Some(f) = g.credentials.or(l.credentials) {
+            c.docker_config = PathBuf::from(f);
+        }
+        c.validate()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.what)))?;
+        Ok((c, self.warnings))
     }
-    c.cache_size_mb = cache_gb.unwrap_or(4).max(1) * 1024;
-    if let Some(f) = credential_file {
-        c.docker_config = PathBuf::from(f);
-    }
-    c.validate()
-        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-    Ok((c, warnings))
 }
 
 fn str_of(v: &Value) -> Option<String> {
     v.as_str().map(str::to_string)
-}
-
-fn obj<'a>(k: &str, v: &'a Value, what: &str) -> Result<&'a serde_json::Map<String, Value>> {
-    v.as_object()
-        .ok_or_else(|| Error::Invalid(format!("{what}: {k} is {v}, not an object")))
 }
 
 fn unknown(k: &str) -> String {

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_rust
-need_pkgs gcc:gcc /usr/include/ext2fs/ext2fs.h:libext2fs-dev mke2fs:e2fsprogs \
+need_pkgs gcc:gcc /usr/include/ext2fs/ext2fs.h:libext2fs-dev /usr/include/zlib.h:zlib1g-dev pkg-config:pkg-config mke2fs:e2fsprogs \
   protoc:protobuf-compiler /usr/include/google/protobuf/empty.proto:libprotobuf-dev \
   containerd:containerd runc:runc docker-registry:docker-registry /bin/busybox:busybox-static \
   fusermount3:fuse3 losetup:mount

@@ -40,7 +40,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need_rust
-need_pkgs gcc:gcc /usr/include/ext2fs/ext2fs.h:libext2fs-dev mke2fs:e2fsprogs \
+need_pkgs gcc:gcc /usr/include/ext2fs/ext2fs.h:libext2fs-dev /usr/include/zlib.h:zlib1g-dev pkg-config:pkg-config mke2fs:e2fsprogs \
   protoc:protobuf-compiler /usr/include/google/protobuf/empty.proto:libprotobuf-dev \
   fusermount3:fuse3 losetup:mount
 

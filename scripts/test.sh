@@ -16,9 +16,10 @@ need_rust
 # (libext2fs-dev) and makes layer 0's filesystem with mke2fs; its tests build images from
 # busybox-static and check conversions against skopeo + umoci unpack. The end-to-end tests
 # (tests/) run containerd and runc with the daemon and the snapshotter; containerd's API
-# protos import protobuf's well-known types (libprotobuf-dev).
+# protos import protobuf's well-known types (libprotobuf-dev). TurboOCI's gzip index uses the
+# system zlib (zlib1g-dev, found with pkg-config): its deflate makes overlaybd's exact bytes.
 need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs \
-  /usr/include/ext2fs/ext2fs.h:libext2fs-dev /bin/busybox:busybox-static skopeo:skopeo \
+  /usr/include/ext2fs/ext2fs.h:libext2fs-dev /usr/include/zlib.h:zlib1g-dev pkg-config:pkg-config /bin/busybox:busybox-static skopeo:skopeo \
   umoci:umoci tar:tar docker-registry:docker-registry \
   htpasswd:apache2-utils openssl:openssl protoc:protobuf-compiler fusermount3:fuse3 \
   nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils \

@@ -40,6 +40,24 @@ pub struct LayerConfig {
     /// Ours: the hex BLAKE3 integrity root of the layer's ZFile.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub integrity_root: String,
+    /// TurboOCI: a local copy of the original layer blob (gzip or plain tar) that this
+    /// (meta) layer's file data points into. Takes precedence over `target_digest`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target_file: String,
+    /// TurboOCI: `sha256:<hex>` of the original layer blob, fetched lazily from
+    /// `repoBlobUrl`. A lower with a target file or digest is a warp (meta) layer.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target_digest: String,
+    /// TurboOCI: the gzip index (`gzip.meta`) of a gzip target; absent for a plain tar.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gzip_index: String,
+}
+
+impl LayerConfig {
+    /// Whether this lower is a TurboOCI meta layer over an original layer.
+    pub fn is_turbo_oci(&self) -> bool {
+        !self.target_file.is_empty() || !self.target_digest.is_empty()
+    }
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -41,6 +41,8 @@ pub enum Error {
     Cache(#[from] overlaybd_cache::Error),
     #[error(transparent)]
     Export(#[from] overlaybd_export::Error),
+    #[error(transparent)]
+    TurboOci(#[from] overlaybd_turbooci::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,6 +68,7 @@ impl Error {
             Error::ImageConfig(overlaybd_api::ConfigError::Io { cause, .. }) => cause.kind(),
             Error::ImageConfig(_) => io::ErrorKind::InvalidInput,
             Error::Lsmt(e) => e.kind(),
+            Error::TurboOci(e) => e.kind(),
             Error::Zfile(e) => e.kind(),
             Error::Registry(e) => e.kind(),
             Error::Cache(e) => e.kind(),

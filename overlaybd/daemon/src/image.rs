@@ -76,6 +76,65 @@ fn zfile_options(l: &LayerConfig, i: usize) -> Result<OpenOptions> {
     Ok(o)
 }
 
+/// The blob of lower `i`: its local file, or its remote blob through the cache.
+type LayerBlob = (
+    Arc<dyn ReadAt>,
+    String,
+    Option<Arc<BlobCache<RegistryBlob>>>,
+);
+
+fn open_layer_blob(
+    cfg: &ImageConfig,
+    l: &LayerConfig,
+    i: usize,
+    remote: Option<&Remote>,
+) -> Result<LayerBlob> {
+    if let Some(p) = local_file(l) {
+        let f =
+            std::fs::File::open(&p).map_err(|e| Error::io("open", p.display().to_string(), e))?;
+        return Ok((Arc::new(f), p.display().to_string(), None));
+    }
+    if l.digest.is_empty() {
+        return Err(Error::Invalid(format!(
+            "lowers[{i}]: no local file (file {:?}, dir {:?}) and no digest",
+            l.file, l.dir
+        )));
+    }
+    let size = (l.size > 0).then_some(l.size);
+    let (cached, what) = remote_blob(cfg, &l.digest, size, &format!("lowers[{i}]"), remote)?;
+    Ok((cached.clone(), what, Some(cached)))
+}
+
+/// A remote blob through the cache. A blob the cache holds at the given size was checked
+/// against the registry when it was fetched: attaching again (a daemon restart, a new
+/// container) needs no HEAD, and works while the registry is down.
+pub(crate) fn remote_blob(
+    cfg: &ImageConfig,
+    digest: &str,
+    size: Option<u64>,
+    what: &str,
+    remote: Option<&Remote>,
+) -> Result<(Arc<BlobCache<RegistryBlob>>, String)> {
+    let r = remote.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{what} ({digest}) is remote, and this opener has no registry settings"
+        ))
+    })?;
+    let loc = BlobLocation::from_repo_blob_url(&cfg.repo_blob_url, digest)?;
+    let where_ = loc.to_string();
+    let blob = match size {
+        Some(s) if r.cache.holds(digest, s) => {
+            RegistryBlob::open_sized(loc, s, r.registry.clone())?
+        }
+        _ => RegistryBlob::open(loc, size, r.registry.clone())?,
+    };
+    tracing::info!("{what} {digest}: read from {}", blob.urls().join(", then "));
+    let size = blob
+        .size()
+        .map_err(|e| Error::io("size", where_.clone(), e))?;
+    Ok((r.cache.blob(digest, size, blob)?, where_))
+}
+
 impl Image {
     /// Opens every layer (remote ones through the cache) and stacks them.
     pub fn open(cfg: &ImageConfig, remote: Option<&Remote>) -> Result<Image> {
@@ -93,59 +152,32 @@ impl Image {
         let mut layers = Vec::with_capacity(cfg.lowers.len());
         for (i, l) in cfg.lowers.iter().enumerate() {
             let zopts = zfile_options(l, i)?;
-            let (src, origin, remote): (Arc<dyn ReadAt>, String, _) = if let Some(p) = local_file(l)
-            {
-                let f = std::fs::File::open(&p)
-                    .map_err(|e| Error::io("open", p.display().to_string(), e))?;
-                (Arc::new(f), p.display().to_string(), None)
-            } else if !l.digest.is_empty() {
-                let r = remote.ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "lowers[{i}] ({}) is remote, and this opener has no registry settings",
-                        l.digest
-                    ))
-                })?;
-                let loc = BlobLocation::from_repo_blob_url(&cfg.repo_blob_url, &l.digest)?;
-                let what = loc.to_string();
-                let size = (l.size > 0).then_some(l.size);
-                // A blob the cache holds at the config's size was checked against the
-                // registry when it was fetched: attaching again (a daemon restart, a new
-                // container) needs no HEAD, and works while the registry is down.
-                let blob = match size {
-                    Some(s) if r.cache.holds(&l.digest, s) => {
-                        RegistryBlob::open_sized(loc, s, r.registry.clone())?
-                    }
-                    _ => RegistryBlob::open(loc, size, r.registry.clone())?,
-                };
-                tracing::info!(
-                    "lowers[{i}] {}: read from {}",
-                    l.digest,
-                    blob.urls().join(", then ")
-                );
-                let size = blob
-                    .size()
-                    .map_err(|e| Error::io("size", what.clone(), e))?;
-                let cached = r.cache.blob(&l.digest, size, blob)?;
-                (cached.clone(), what, Some(cached))
+            let (src, origin, mut remote_blob) = open_layer_blob(cfg, l, i, remote)?;
+            let in_layer = |origin: &str, e: Error| Error::Layer {
+                origin: origin.to_string(),
+                cause: Box::new(e),
+            };
+            let (lsmt, _) =
+                blob::open_blob(src, &zopts).map_err(|e| in_layer(&origin, e.into()))?;
+            let (lsmt, layer, origin) = if l.is_turbo_oci() {
+                let target = crate::turbo::open_target(cfg, l, i, remote)?;
+                let origin = format!("{origin} over {}", target.origin);
+                let (warp, layer) = overlaybd_lsmt::WarpLayer::open(lsmt, target.file)
+                    .map_err(|e| in_layer(&origin, e.into()))?;
+                // The target holds the data: it is what a background download fetches.
+                remote_blob = target.remote.or(remote_blob);
+                (warp as Arc<dyn ReadAt>, layer, origin)
             } else {
-                return Err(Error::Invalid(format!(
-                    "lowers[{i}]: no local file (file {:?}, dir {:?}) and no digest",
-                    l.file, l.dir
-                )));
+                let layer = RoLayer::open(&*lsmt).map_err(|e| in_layer(&origin, e.into()))?;
+                (lsmt, layer, origin)
             };
-            let in_layer = |e: overlaybd_lsmt::Error| Error::Layer {
-                origin: origin.clone(),
-                cause: Box::new(e.into()),
-            };
-            let (lsmt, _) = blob::open_blob(src, &zopts).map_err(in_layer)?;
-            let layer = RoLayer::open(&*lsmt).map_err(in_layer)?;
             let lsmt: Arc<dyn ReadAt> = match slot {
                 Some(r) => Arc::new(crate::trace::Recording::new(lsmt, i as u32, r.clone())),
                 None => lsmt,
             };
             layers.push(OpenedLayer {
                 origin,
-                remote,
+                remote: remote_blob,
                 file: lsmt.clone(),
             });
             lowers.push((lsmt, layer));

@@ -20,5 +20,6 @@ mod error;
 pub mod fdstore;
 pub mod image;
 pub mod trace;
+pub mod turbo;
 
 pub use error::{Error, Result};

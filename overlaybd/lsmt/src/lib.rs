@@ -16,6 +16,7 @@ pub mod sparse;
 pub mod stack;
 #[cfg(feature = "test-util")]
 pub mod testutil;
+pub mod warp;
 
 pub use commit::{commit, CommitOptions, CommitSummary};
 pub use error::{Error, Result};
@@ -26,3 +27,4 @@ pub use ro::{LayerMeta, RoLayer};
 pub use rw::RwLayer;
 pub use sparse::SparseLayer;
 pub use stack::{Piece, PieceKind, Source, Stack, Upper};
+pub use warp::WarpLayer;

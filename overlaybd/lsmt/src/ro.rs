@@ -54,11 +54,11 @@ pub struct LayerMeta {
     pub data_sectors: u64,
 }
 
-/// Checks that mappings are sorted, do not overlap, and that stored extents lie inside the
-/// data area `[DATA_START_SECTOR, data_end)`.
+/// Checks that mappings are sorted, do not overlap, and that stored extents in the layer's own
+/// file (tag 0) lie inside the data area `[DATA_START_SECTOR, data_end)`.
 pub fn check_mappings(maps: &[Mapping], data_end: u64, what: &str) -> Result<()> {
     for (i, m) in maps.iter().enumerate() {
-        if !m.zeroed && (m.moffset < DATA_START_SECTOR || m.mend() > data_end) {
+        if !m.zeroed && m.tag == 0 && (m.moffset < DATA_START_SECTOR || m.mend() > data_end) {
             return Err(Error::corrupt(
                 format!("{what} entry {i}"),
                 format!(
@@ -85,6 +85,19 @@ pub fn check_mappings(maps: &[Mapping], data_end: u64, what: &str) -> Result<()>
 /// Reads the index of a committed or sealed layer. Tags are reset to 0 and padding and empty
 /// entries dropped, as overlaybd does.
 pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping>)> {
+    let (meta, mut maps, data_end) = read_layer_tagged(src)?;
+    for m in &mut maps {
+        m.tag = 0;
+    }
+    check_mappings(&maps, data_end, "layer index")?;
+    Ok((meta, maps))
+}
+
+/// Reads a layer's header, trailer and index with the tags as stored and nothing checked
+/// beyond the framing; also returns where the data area ends (in sectors).
+pub(crate) fn read_layer_tagged<S: ReadAt + ?Sized>(
+    src: &S,
+) -> Result<(LayerMeta, Vec<Mapping>, u64)> {
     let header = read_slot(src, 0, "layer header")?;
     if !header.has(flags::HEADER) {
         return Err(Error::corrupt(
@@ -155,14 +168,9 @@ pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping
     while at < end {
         let len = ((end - at) as usize).min(raw.len());
         read_exact_at(src, at, &mut raw[..len], "layer index")?;
-        maps.extend(
-            decode_all(&raw[..len])
-                .filter(|m| !m.is_invalid() && m.length > 0)
-                .map(|m| Mapping { tag: 0, ..m }),
-        );
+        maps.extend(decode_all(&raw[..len]).filter(|m| !m.is_invalid() && m.length > 0));
         at += len as u64;
     }
-    check_mappings(&maps, io / SECTOR, "layer index")?;
     let meta = LayerMeta {
         extents: maps.len() as u64,
         data_sectors: maps
@@ -174,7 +182,7 @@ pub fn read_layer<S: ReadAt + ?Sized>(src: &S) -> Result<(LayerMeta, Vec<Mapping
         trailer,
         file_size,
     };
-    Ok((meta, maps))
+    Ok((meta, maps, io / SECTOR))
 }
 
 /// A committed layer ready to be stacked: its index and the source its data is read from.

@@ -1,0 +1,106 @@
+//! TurboOCI lowers: opening the *target* (the unmodified OCI layer) that a meta layer's file
+//! data points into. A local `targetFile` is read as it is; a `targetDigest` is fetched lazily
+//! from the registry through the blob cache like any remote layer. A gzip target is read
+//! through its `gzipIndex`, and what is inflated is kept in the cache too (crash-safe units
+//! with a CRC each, under the key `<digest>.inflated`), so a block is inflated once.
+
+use std::sync::Arc;
+
+use overlaybd_api::{ImageConfig, LayerConfig};
+use overlaybd_cache::BlobCache;
+use overlaybd_registry::RegistryBlob;
+use overlaybd_turbooci::{is_gzip, GzFile, GzIndex};
+use zfile::source::read_full_at;
+use zfile::ReadAt;
+
+use crate::error::{Error, Result};
+use crate::image::{remote_blob, Remote};
+
+/// An opened target: the uncompressed tar as a source.
+pub struct Target {
+    pub file: Arc<dyn ReadAt>,
+    pub origin: String,
+    /// The compressed blob when remote (for downloads and statistics).
+    pub remote: Option<Arc<BlobCache<RegistryBlob>>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("origin", &self.origin)
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
+}
+
+/// Opens the target of lower `i` (which [`LayerConfig::is_turbo_oci`]).
+pub fn open_target(
+    cfg: &ImageConfig,
+    l: &LayerConfig,
+    i: usize,
+    remote: Option<&Remote>,
+) -> Result<Target> {
+    let what = format!("lowers[{i}] target");
+    // The index header names the blob's size: with it, a target the cache holds opens
+    // without asking the registry (a restart while the registry is down).
+    let index = match l.gzip_index.as_str() {
+        "" => None,
+        path => {
+            let f = std::fs::File::open(path)
+                .map_err(|e| Error::io("open", format!("lowers[{i}] gzipIndex {path}"), e))?;
+            let index = GzIndex::open(Box::new(f), None).map_err(|e| Error::Layer {
+                origin: path.to_string(),
+                cause: Box::new(e.into()),
+            })?;
+            Some(index)
+        }
+    };
+    let (raw, origin, blob): (Arc<dyn ReadAt>, String, _) = if !l.target_file.is_empty() {
+        let f = std::fs::File::open(&l.target_file)
+            .map_err(|e| Error::io("open", format!("{what} {}", l.target_file), e))?;
+        (Arc::new(f), l.target_file.clone(), None)
+    } else {
+        let size = index.as_ref().map(|x| x.header.gzip_file_size);
+        let (c, origin) = remote_blob(cfg, &l.target_digest, size, &what, remote)?;
+        (c.clone() as Arc<dyn ReadAt>, origin, Some(c))
+    };
+    let mut head = [0u8; 2];
+    let n = read_full_at(&*raw, 0, &mut head).map_err(|e| Error::io("read", &origin, e))?;
+    let gzip = is_gzip(&head[..n]);
+    let Some(index) = index else {
+        if gzip {
+            return Err(Error::Invalid(format!(
+                "{what} {origin} is gzip-compressed, and lowers[{i}] names no gzipIndex \
+                 (the meta layer maps offsets of the uncompressed tar)"
+            )));
+        }
+        return Ok(Target {
+            file: raw,
+            origin,
+            remote: blob,
+        });
+    };
+    if !gzip {
+        return Err(Error::Invalid(format!(
+            "lowers[{i}] names gzipIndex {}, but {what} {origin} is not gzip-compressed",
+            l.gzip_index
+        )));
+    }
+    let gz = GzFile::with_index(raw, index).map_err(|e| Error::Layer {
+        origin: format!("{origin} with index {}", l.gzip_index),
+        cause: Box::new(e.into()),
+    })?;
+    let file: Arc<dyn ReadAt> = match (remote, l.target_digest.is_empty()) {
+        (Some(r), false) => {
+            let size = gz.size().map_err(|e| Error::io("size", &origin, e))?;
+            r.cache
+                .blob(&format!("{}.inflated", l.target_digest), size, gz)?
+        }
+        _ => Arc::new(gz),
+    };
+    Ok(Target {
+        file,
+        origin,
+        remote: blob,
+    })
+}

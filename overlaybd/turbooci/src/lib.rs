@@ -1,0 +1,17 @@
+//! overlaybd's TurboOCIv1 formats: unmodified OCI layers read lazily through a small meta
+//! layer. This crate has the gzip index (`gzip.meta`: reading, checking, writing while a layer
+//! is inflated once) and random access into a gzip blob ([`GzFile`]). The meta layer itself is
+//! an LSMT layer whose mappings point into the layer's tar (`overlaybd_lsmt::warp`). Formats:
+//! `docs/format/turbooci.md`.
+
+mod error;
+pub mod fuzz;
+pub mod gzfile;
+pub mod gzindex;
+pub mod indexer;
+pub mod zlib;
+
+pub use error::{Error, Result};
+pub use gzfile::{is_gzip, GzFile};
+pub use gzindex::{DictCompression, GzIndex};
+pub use indexer::{IndexOptions, IndexSummary, Indexing};

@@ -826,3 +826,53 @@ errcode_t obd_xattrs_close(struct ext2_xattr_handle *h)
 {
 	return ext2fs_xattrs_close(&h);
 }
+
+/* TurboOCI: allocates blocks 0 .. ceil(size / blocksize) of a regular file as initialized
+ * extents without writing them (ext2fs_fallocate with FORCE_INIT: the data stays in the
+ * original layer's tar), then reports each allocated extent in logical order. */
+typedef int (*obd_extent_fn)(void *ctx, uint64_t lblk, uint64_t pblk, uint32_t len);
+
+errcode_t obd_file_allocate(ext2_filsys fs, ext2_ino_t ino, uint64_t size, obd_extent_fn fn,
+			    void *ctx)
+{
+	blk64_t nblocks = (size + fs->blocksize - 1) / fs->blocksize;
+	struct ext2_inode inode;
+	ext2_extent_handle_t h;
+	struct ext2fs_extent ex;
+	errcode_t r;
+	int op = EXT2_EXTENT_ROOT;
+
+	if (nblocks == 0)
+		return 0;
+	r = ext2fs_fallocate(fs, EXT2_FALLOCATE_FORCE_INIT, ino, NULL, ~0ULL, 0, nblocks);
+	if (r)
+		return r;
+	r = ext2fs_read_inode(fs, ino, &inode);
+	if (r)
+		return r;
+	r = ext2fs_extent_open2(fs, ino, &inode, &h);
+	if (r)
+		return r;
+	for (;;) {
+		r = ext2fs_extent_get(h, op, &ex);
+		op = EXT2_EXTENT_NEXT_LEAF;
+		if (r == EXT2_ET_EXTENT_NO_NEXT || r == EXT2_ET_NO_CURRENT_NODE) {
+			r = 0;
+			break;
+		}
+		if (r)
+			break;
+		if (!(ex.e_flags & EXT2_EXTENT_FLAGS_LEAF) || ex.e_len == 0)
+			continue;
+		if (ex.e_flags & EXT2_EXTENT_FLAGS_UNINIT) {
+			r = EXT2_ET_INVALID_ARGUMENT;
+			break;
+		}
+		if (fn(ctx, ex.e_lblk, ex.e_pblk, ex.e_len)) {
+			r = ECANCELED;
+			break;
+		}
+	}
+	ext2fs_extent_free(h);
+	return r;
+}

@@ -127,6 +127,9 @@ pub struct Applier<'f, 'a> {
     dirs: HashMap<(Ino, Vec<u8>), Ino>,
     stats: ApplyStats,
     buf: Vec<u8>,
+    /// TurboOCI: file data is not copied but declared to the disk as remote (at its offset in
+    /// the tar stream), blocks allocated and left unwritten.
+    remote_data: bool,
 }
 
 impl<'f, 'a> Applier<'f, 'a> {
@@ -138,7 +141,14 @@ impl<'f, 'a> Applier<'f, 'a> {
             dirs: HashMap::new(),
             stats: ApplyStats::default(),
             buf: vec![0; CHUNK],
+            remote_data: false,
         }
+    }
+
+    /// An applier that maps file data into the tar instead of copying it (TurboOCI).
+    pub fn remote_data(mut self) -> Self {
+        self.remote_data = true;
+        self
     }
 
     /// Applies one layer (an uncompressed tar stream).
@@ -297,7 +307,11 @@ impl<'f, 'a> Applier<'f, 'a> {
                     ));
                 }
                 let ino = self.fs.create_file(parent, base, size).map_err(fe)?;
-                self.copy_data(e, ino, size, name)?;
+                if self.remote_data {
+                    self.map_data(e, kind, ino, size, name)?;
+                } else {
+                    self.copy_data(e, ino, size, name)?;
+                }
                 ino
             }
             EntryType::Symlink => {
@@ -389,6 +403,59 @@ impl<'f, 'a> Applier<'f, 'a> {
             .hardlink(parent, base, ino)
             .map_err(Self::fs_err(name))?;
         Ok(ino)
+    }
+
+    /// TurboOCI: allocates the file's blocks and declares each to the disk as `⌈size/512⌉`
+    /// sectors of the tar from the entry's data offset on, split at ext4's extents.
+    fn map_data<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        ino: Ino,
+        size: u64,
+        name: &[u8],
+    ) -> Result<()> {
+        let pax_sparse = pax_records(e, name)?
+            .iter()
+            .any(|(k, _)| k.starts_with(b"GNU.sparse."));
+        if kind == EntryType::GNUSparse || pax_sparse {
+            return Err(Self::refuse(
+                name,
+                "a sparse tar entry: its data is not stored contiguously in the tar, so a \
+                 TurboOCI meta layer cannot point into it (convert the image natively)"
+                    .to_string(),
+            ));
+        }
+        let mut tar_sector = e.raw_file_position() / 512;
+        let mut left = size.div_ceil(512);
+        for x in self.fs.allocate(ino, size).map_err(Self::fs_err(name))? {
+            for b in 0..x.len as u64 {
+                if left == 0 {
+                    break;
+                }
+                let n = left.min(8);
+                self.fs
+                    .disk()
+                    .declare_remote(x.pblk + b, n as u32, tar_sector)
+                    .map_err(|err| ApplyError::Fs {
+                        entry: show(name),
+                        cause: extfs::FsError {
+                            what: format!("declare block {} as remote data", x.pblk + b),
+                            code: err.raw_os_error().unwrap_or(libc::EIO).into(),
+                            message: err.to_string(),
+                        },
+                    })?;
+                tar_sector += n;
+                left -= n;
+            }
+        }
+        if left > 0 {
+            return Err(Self::refuse(
+                name,
+                format!("ext4 allocated {} sectors too few", left),
+            ));
+        }
+        Ok(())
     }
 
     /// Copies a regular file's content; 4 KiB blocks of zeros stay holes.

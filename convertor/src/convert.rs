@@ -42,6 +42,12 @@ pub struct Options {
     pub work_dir: Option<PathBuf>,
     /// Layers converted before are looked up here and reused; new ones are recorded.
     pub dedup: Option<std::sync::Arc<DedupDb>>,
+    /// Make a TurboOCI meta image (the source's layers stay as they are) instead of
+    /// converting the layers (`crate::turbo`).
+    pub turbo_oci: bool,
+    /// TurboOCI: attach the meta image to the source manifest as an OCI 1.1 referrer
+    /// (`subject`, `artifactType`).
+    pub referrer: bool,
 }
 
 impl Default for Options {
@@ -53,6 +59,8 @@ impl Default for Options {
             concurrency: 4,
             work_dir: None,
             dedup: None,
+            turbo_oci: false,
+            referrer: false,
         }
     }
 }
@@ -140,12 +148,37 @@ pub fn convert(
     let (bytes, mt) = src
         .get_manifest(reference)
         .at(|| format!("read {reference} from {}", src.describe()))?;
-    match oci::parse_document(&bytes, mt.as_deref())? {
+    let doc = oci::parse_document(&bytes, mt.as_deref())?;
+    let source = descriptor(
+        mt.as_deref().unwrap_or(match &doc {
+            Document::Manifest(_) => media::OCI_MANIFEST,
+            Document::Index(_) => media::OCI_INDEX,
+        }),
+        &bytes,
+    );
+    match doc {
         Document::Manifest(m) => {
-            let c = convert_manifest(src, &m, dst, tag, opts, progress)?;
+            let c = convert_one(src, &m, &source, dst, tag, opts, progress)?;
             Ok((c.manifest.clone(), vec![c]))
         }
         Document::Index(idx) => convert_index(src, &idx, dst, tag, opts, progress),
+    }
+}
+
+/// One manifest, natively or as a TurboOCI meta image.
+fn convert_one(
+    src: &dyn Store,
+    m: &Manifest,
+    source: &Descriptor,
+    dst: &dyn Store,
+    tag: Option<&str>,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Converted> {
+    if opts.turbo_oci {
+        crate::turbo::convert_manifest(src, m, Some(source), dst, tag, opts, progress)
+    } else {
+        convert_manifest(src, m, dst, tag, opts, progress)
     }
 }
 
@@ -184,7 +217,10 @@ fn convert_index(
         if let Some(p) = &d.platform {
             progress.note(&format!("platform {}/{}", p.os, p.architecture));
         }
-        let c = convert_manifest(src, &m, dst, None, opts, progress)?;
+        let mut d_src = d.clone();
+        d_src.platform = None;
+        d_src.annotations = None;
+        let c = convert_one(src, &m, &d_src, dst, None, opts, progress)?;
         let mut desc = c.manifest.clone();
         desc.platform = d.platform.clone();
         desc.annotations = d.annotations.clone();
@@ -196,7 +232,8 @@ fn convert_index(
             "the index lists no image manifest to convert".into(),
         ));
     }
-    let oci_types = opts.oci || idx.media_type.as_deref() != Some(media::DOCKER_INDEX);
+    let referrer = opts.turbo_oci && opts.referrer;
+    let oci_types = referrer || opts.oci || idx.media_type.as_deref() != Some(media::DOCKER_INDEX);
     let index_mt = if oci_types {
         media::OCI_INDEX
     } else {
@@ -235,7 +272,7 @@ pub(crate) fn is_attestation(d: &Descriptor) -> bool {
             .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -314,7 +351,7 @@ pub(crate) fn decompressed(path: &Path, c: LayerCompression) -> Result<Box<dyn R
     })
 }
 
-fn work_dir(opts: &Options) -> Result<tempfile::TempDir> {
+pub(crate) fn work_dir(opts: &Options) -> Result<tempfile::TempDir> {
     let builder = || {
         let mut b = tempfile::Builder::new();
         b.prefix("obdconv-");
@@ -371,7 +408,10 @@ pub fn convert_manifest(
 }
 
 /// The source's image config and its diff IDs, one per layer.
-fn read_config(src: &dyn Store, m: &Manifest) -> Result<(serde_json::Value, Vec<String>)> {
+pub(crate) fn read_config(
+    src: &dyn Store,
+    m: &Manifest,
+) -> Result<(serde_json::Value, Vec<String>)> {
     let config_bytes = read_small_blob(src, &m.config, 8 << 20).at(|| "image config".into())?;
     let config: serde_json::Value = serde_json::from_slice(&config_bytes)
         .map_err(|e| Error::json("image config is not JSON", e))?;
@@ -484,8 +524,16 @@ fn write_config(
             .map(|r| serde_json::Value::String(r.blob.digest.clone()))
             .collect(),
     );
-    let config_out =
-        serde_json::to_vec(&*config).map_err(|e| Error::json("the image config", e))?;
+    put_config(config, dst, oci_types)
+}
+
+/// Uploads an image config; returns its descriptor.
+pub(crate) fn put_config(
+    config: &serde_json::Value,
+    dst: &dyn Store,
+    oci_types: bool,
+) -> Result<Descriptor> {
+    let config_out = serde_json::to_vec(config).map_err(|e| Error::json("the image config", e))?;
     let config_mt = if oci_types {
         media::OCI_CONFIG
     } else {
@@ -495,6 +543,22 @@ fn write_config(
     dst.put_blob(&desc.digest, &config_out)
         .at(|| "upload the config".into())?;
     Ok(desc)
+}
+
+/// Uploads a manifest under `tag`; returns its descriptor.
+pub(crate) fn put_manifest(
+    manifest: &Manifest,
+    dst: &dyn Store,
+    tag: Option<&str>,
+) -> Result<Descriptor> {
+    let mt = manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| media::OCI_MANIFEST.into());
+    let mb = serde_json::to_vec(manifest).map_err(|e| Error::json("the manifest", e))?;
+    dst.put_manifest(tag, &mt, &mb)
+        .at(|| "upload the manifest".into())?;
+    Ok(descriptor(&mt, &mb))
 }
 
 /// Uploads the manifest of the converted layers (the source's annotations kept) under `tag`;
@@ -524,10 +588,7 @@ fn write_manifest(
         subject: None,
         annotations: m.annotations.clone(),
     };
-    let mb = serde_json::to_vec(&manifest).map_err(|e| Error::json("the manifest", e))?;
-    dst.put_manifest(tag, manifest_mt, &mb)
-        .at(|| "upload the manifest".into())?;
-    Ok(descriptor(manifest_mt, &mb))
+    put_manifest(&manifest, dst, tag)
 }
 
 /// A converted layer's descriptor with overlaybd's annotations and ours.

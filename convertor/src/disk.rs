@@ -3,6 +3,7 @@
 //! blocks written while its tar was applied (and, for layer 0, while the filesystem was made),
 //! which is what an LSMT writable layer on top of the previous layers would have recorded.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -25,6 +26,9 @@ pub struct WorkDisk {
     path: PathBuf,
     size: u64,
     dirty: Vec<u64>,
+    /// TurboOCI: blocks declared as remote data since the last cut: block → (first sector in
+    /// the tar, sectors mapped).
+    remote: BTreeMap<u64, (u64, u32)>,
 }
 
 impl WorkDisk {
@@ -49,6 +53,7 @@ impl WorkDisk {
             path: path.to_path_buf(),
             size,
             dirty: vec![0; words],
+            remote: BTreeMap::new(),
         })
     }
 
@@ -150,7 +155,58 @@ impl WorkDisk {
     }
 }
 
+impl WorkDisk {
+    fn is_dirty(&self, b: u64) -> bool {
+        self.dirty[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+
+    /// TurboOCI's cut: the written blocks (tag 0, data at the same offset of the work file),
+    /// the remote blocks (tag 1, `moffset` = the sector in the tar) and, where a file's last
+    /// block is mapped only in part, zeroes for the rest of it (so the disk shows zeros past a
+    /// file's end, not stale bytes). A block written after it was declared remote is metadata
+    /// again: the write wins. Sorted; clears the maps.
+    pub fn take_warp(&mut self) -> Vec<Mapping> {
+        let spb = BLOCK / SECTOR;
+        let mut out = Vec::with_capacity(self.remote.len());
+        for (&b, &(tar_sector, n)) in &self.remote {
+            if self.is_dirty(b) {
+                continue;
+            }
+            out.push(Mapping {
+                tag: 1,
+                ..Mapping::data(b * spb, n, tar_sector)
+            });
+            if (n as u64) < spb {
+                out.push(Mapping::zeroes(
+                    b * spb + n as u64,
+                    (spb - n as u64) as u32,
+                    0,
+                ));
+            }
+        }
+        self.remote.clear();
+        out.extend(self.take_dirty());
+        out.sort_by_key(|m| m.offset);
+        out
+    }
+}
+
 impl DiskIo for WorkDisk {
+    fn declare_remote(&mut self, block: u64, sectors: u32, tar_sector: u64) -> io::Result<()> {
+        if block >= self.size / BLOCK || sectors == 0 || sectors as u64 > BLOCK / SECTOR {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{sectors} sectors of block {block} of a {}-byte disk",
+                    self.size
+                ),
+            ));
+        }
+        self.dirty[(block / 64) as usize] &= !(1 << (block % 64));
+        self.remote.insert(block, (tar_sector, sectors));
+        Ok(())
+    }
+
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check(offset, buf.len())?;
         self.file.read_exact_at(buf, offset)
@@ -182,5 +238,35 @@ mod tests {
         assert!(m.iter().all(|m| m.moffset == m.offset && !m.zeroed));
         assert!(d.take_dirty().is_empty());
         assert!(d.write_at((64 << 20) - 1, &[0; 2]).is_err());
+    }
+
+    #[test]
+    fn remote_blocks_unless_written_later_and_zeroed_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = WorkDisk::create(&dir.path().join("disk"), 64 << 20).unwrap();
+        d.write_at(4096 * 10, &[1; 4096]).unwrap();
+        d.declare_remote(10, 8, 100).unwrap(); // metadata block reused for data: data wins
+        d.declare_remote(11, 3, 108).unwrap(); // a last block, 3 sectors of it
+        d.declare_remote(20, 8, 500).unwrap();
+        d.write_at(4096 * 20, &[2; 10]).unwrap(); // data block reused for metadata: write wins
+        d.write_at(4096 * 30, &[3; 10]).unwrap();
+        assert!(d.declare_remote(1 << 20, 8, 0).is_err());
+        assert!(d.declare_remote(5, 9, 0).is_err());
+        let m: Vec<(u64, u32, u64, bool, u8)> = d
+            .take_warp()
+            .iter()
+            .map(|m| (m.offset, m.length, m.moffset, m.zeroed, m.tag))
+            .collect();
+        assert_eq!(
+            m,
+            vec![
+                (80, 8, 100, false, 1),
+                (88, 3, 108, false, 1),
+                (91, 5, 0, true, 0),
+                (160, 8, 160, false, 0),
+                (240, 8, 240, false, 0),
+            ]
+        );
+        assert!(d.take_warp().is_empty());
     }
 }

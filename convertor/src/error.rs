@@ -21,6 +21,9 @@ pub enum Error {
     /// Reading or committing an LSMT layer.
     #[error(transparent)]
     Lsmt(#[from] overlaybd_lsmt::Error),
+    /// Inflating a gzip layer or writing its index (TurboOCI).
+    #[error(transparent)]
+    TurboOci(#[from] overlaybd_turbooci::Error),
     /// Writing a ZFile or its tar envelope.
     #[error(transparent)]
     Zfile(#[from] zfile::Error),
@@ -105,6 +108,7 @@ impl Error {
         match self {
             Error::Registry(e) => e.kind(),
             Error::Lsmt(e) => e.kind(),
+            Error::TurboOci(e) => e.kind(),
             Error::Zfile(e) => e.kind(),
             Error::Fs(e) => e.kind(),
             Error::Apply(e) => e.kind(),

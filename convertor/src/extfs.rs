@@ -25,6 +25,24 @@ pub trait DiskIo: Send {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// TurboOCI: `sectors` sectors of 4 KiB block `block` hold file data found at sector
+    /// `tar_sector` of the original layer's tar; the block itself is not written. A later
+    /// write to the block makes it metadata again.
+    fn declare_remote(&mut self, block: u64, sectors: u32, tar_sector: u64) -> io::Result<()> {
+        let _ = (block, sectors, tar_sector);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this disk keeps no remote data",
+        ))
+    }
+}
+
+/// One allocated extent of a file: `len` blocks from logical block `lblk` at `pblk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub lblk: u64,
+    pub pblk: u64,
+    pub len: u32,
 }
 
 #[repr(C)]
@@ -125,6 +143,13 @@ extern "C" {
         got: *mut usize,
     ) -> Errcode;
     fn obd_file_close(f: RawFile) -> Errcode;
+    fn obd_file_allocate(
+        fs: RawFs,
+        ino: Ino,
+        size: u64,
+        f: extern "C" fn(*mut c_void, u64, u64, u32) -> c_int,
+        ctx: *mut c_void,
+    ) -> Errcode;
     fn obd_symlink(
         fs: RawFs,
         parent: Ino,
@@ -401,6 +426,29 @@ impl<'a> Fs<'a> {
         let what = self.io_context(format!("create file {:?} ({size} bytes)", show(name)));
         check(r, || what)?;
         Ok(ino)
+    }
+
+    /// Allocates the blocks of a `size`-byte regular file without writing them (TurboOCI: the
+    /// data stays in the original layer) and returns its extents in logical order.
+    pub fn allocate(&mut self, ino: Ino, size: u64) -> Result<Vec<Extent>> {
+        extern "C" fn one(ctx: *mut c_void, lblk: u64, pblk: u64, len: u32) -> c_int {
+            // SAFETY: ctx is the Vec passed below.
+            let v = unsafe { &mut *(ctx as *mut Vec<Extent>) };
+            v.push(Extent { lblk, pblk, len });
+            0
+        }
+        let mut v: Vec<Extent> = Vec::new();
+        // SAFETY: raw is open; the callback only touches v, which outlives the call.
+        let r =
+            unsafe { obd_file_allocate(self.raw, ino, size, one, &mut v as *mut _ as *mut c_void) };
+        let what = self.io_context(format!("allocate {size} bytes for inode {ino}"));
+        check(r, || what)?;
+        Ok(v)
+    }
+
+    /// The disk under the filesystem (for [`DiskIo::declare_remote`]).
+    pub fn disk(&mut self) -> &mut dyn DiskIo {
+        &mut *self.io.disk
     }
 
     /// Opens a regular file for writing.

@@ -94,7 +94,8 @@ pub fn snapshot(disk: &WorkDisk, maps: &[Mapping], out: &Path) -> Result<Vec<Map
     let mut dense = Vec::with_capacity(maps.len());
     for m in maps {
         let mut d = *m;
-        if !m.zeroed {
+        // Tag 1 (TurboOCI) extents point into the original layer: no data here.
+        if !m.zeroed && m.tag == 0 {
             let mut off_in = (m.moffset * 512) as libc::loff_t;
             let mut left = m.length as usize * 512;
             while left > 0 {
@@ -131,7 +132,10 @@ pub fn snapshot(disk: &WorkDisk, maps: &[Mapping], out: &Path) -> Result<Vec<Map
     Ok(dense)
 }
 
-/// Commits extents whose data is in `src` (at each extent's `moffset`) as a layer blob.
+/// Commits extents whose data is in `src` (at each extent's `moffset`) as a layer blob: in
+/// overlaybd's tar envelope, or, for a TurboOCI meta layer (`warp`: tag-1 extents point into
+/// the original layer), a bare ZFile as overlaybd's `overlaybd-commit -z --turboOCI` writes it.
+#[allow(clippy::too_many_arguments)]
 pub fn commit_extents(
     maps: &[Mapping],
     src: &File,
@@ -140,12 +144,14 @@ pub fn commit_extents(
     parent: Option<Uuid>,
     z: &Compression,
     out: &Path,
+    warp: bool,
 ) -> Result<LayerBlob> {
     let opts = CommitOptions {
         virtual_size,
         uuid: Some(uuid),
         parent_uuid: parent,
         user_tag: Vec::new(),
+        warp,
     };
     let zopts = WriterOptions {
         algorithm: z.algorithm,
@@ -157,6 +163,13 @@ pub fn commit_extents(
     let file = File::create(out).map_err(|e| Error::io("create", out, e))?;
     let write = |e: std::io::Error| Error::io("write", out, e);
     let (summary, root) = (|| -> Result<_> {
+        if warp {
+            let mut w = ZFileWriter::new(BufWriter::new(file), zopts)?;
+            let s = lsmt::commit(maps, &[src], &mut w, &opts)?;
+            let (mut f, zs) = w.finish_with_header()?;
+            f.flush().map_err(write)?;
+            return Ok((s, zs.integrity_root));
+        }
         let pax = PaxWriter::new(BufWriter::new(file)).map_err(write)?;
         let mut w = ZFileWriter::new(pax, zopts)?;
         let s = lsmt::commit(maps, &[src], &mut w, &opts)?;

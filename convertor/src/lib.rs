@@ -18,6 +18,7 @@ pub mod progress;
 pub mod record_trace;
 pub mod remote;
 pub mod store;
+pub mod turbo;
 pub mod verify;
 
 pub use error::{Error, Result};

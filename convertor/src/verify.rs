@@ -44,6 +44,29 @@ impl LayerDisk {
         Ok(LayerDisk { stack })
     }
 
+    /// Opens TurboOCI meta layers (bottom first), each over its original layer blob (`target`,
+    /// read through `index` when gzip'ed).
+    pub fn open_turbo(layers: &[TurboLayer]) -> Result<LayerDisk> {
+        let mut lowers: Vec<(Arc<dyn ReadAt>, RoLayer)> = Vec::new();
+        for l in layers {
+            let what = || l.meta.display().to_string();
+            let (lsmt, _) = blob::open_path(&l.meta).at(what)?;
+            let f = std::fs::File::open(&l.target).map_err(|e| Error::io("open", &l.target, e))?;
+            let target: Arc<dyn ReadAt> = match &l.index {
+                Some(i) => {
+                    let ix = std::fs::File::open(i).map_err(|e| Error::io("open", i, e))?;
+                    Arc::new(overlaybd_turbooci::GzFile::open(Arc::new(f), Box::new(ix))?)
+                }
+                None => Arc::new(f),
+            };
+            let (warp, layer) = overlaybd_lsmt::WarpLayer::open(lsmt, target).at(what)?;
+            lowers.push((warp, layer));
+        }
+        let stack = Stack::new(lowers, None)?;
+        stack.check_chain()?;
+        Ok(LayerDisk { stack })
+    }
+
     pub fn size(&self) -> u64 {
         self.stack.virtual_size()
     }
@@ -54,6 +77,17 @@ impl LayerDisk {
         self.stack.write_sparse(&out)?;
         Ok(())
     }
+}
+
+/// A TurboOCI layer's files, for [`LayerDisk::open_turbo`].
+#[derive(Clone, Debug)]
+pub struct TurboLayer {
+    /// The meta layer (`ext4.fs.meta`).
+    pub meta: PathBuf,
+    /// The original layer blob.
+    pub target: PathBuf,
+    /// Its gzip index (`gzip.meta`) when the blob is gzip'ed.
+    pub index: Option<PathBuf>,
 }
 
 impl DiskIo for LayerDisk {

@@ -91,6 +91,15 @@ struct ConvertArgs {
     /// the same settings, are reused instead of converted again.
     #[arg(long, value_name = "PATH")]
     dedup_db: Option<PathBuf>,
+    /// Make a TurboOCI meta image instead: SRC's layers stay as they are (copied into DST's
+    /// repository when missing), and DST holds, per layer, the ext4 metadata and a gzip index
+    /// that let overlaybd read the original layer lazily. Plain tar and gzip layers only.
+    #[arg(long)]
+    turbo_oci: bool,
+    /// With --turbo-oci: make DST an OCI 1.1 referrer of SRC (`subject`, `artifactType`), so a
+    /// registry lists it beside the original.
+    #[arg(long, requires = "turbo_oci")]
+    referrer: bool,
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
@@ -200,7 +209,12 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
             .dedup_db
             .map(|p| convertor::dedup::DedupDb::open(&p).map(std::sync::Arc::new))
             .transpose()?,
+        turbo_oci: a.turbo_oci,
+        referrer: a.referrer,
     };
+    if a.turbo_oci && opts.dedup.is_some() {
+        bail!("--dedup-db is not supported with --turbo-oci yet: meta layers are converted every time");
+    }
     let progress: Box<dyn Progress> = if a.quiet {
         Box::new(Quiet)
     } else {

@@ -213,6 +213,7 @@ fn commit(c: Ctx<'_>, job: Job, out: &Path) -> Result<LayerBlob> {
         job.parent,
         &c.opts.compression,
         out,
+        false,
     )
     .at(|| format!("layer {i}: commit"))?;
     let _ = std::fs::remove_file(&job.raw);

@@ -29,6 +29,10 @@ pub struct CommitOptions {
     pub parent_uuid: Option<Uuid>,
     /// Commit message (at most 256 bytes).
     pub user_tag: Vec<u8>,
+    /// A TurboOCI meta layer (overlaybd's `--turboOCI` commit): extents with tag 1 point into
+    /// the target and are kept as they are (no data, tag and `moffset` unchanged); the index
+    /// follows the data without padding, as overlaybd writes it.
+    pub warp: bool,
 }
 
 /// What a commit wrote.
@@ -85,6 +89,10 @@ pub fn commit(
             });
             continue;
         }
+        if opts.warp && m.tag == crate::warp::TAG_TARGET {
+            index.push(*m);
+            continue;
+        }
         let src = *sources.get(m.tag as usize).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "commit: extent {i} names source {} of {}",
@@ -116,7 +124,7 @@ pub fn commit(
     debug_assert_eq!(index_offset, pos);
     compress(&mut index);
     let real = index.len();
-    if !real.is_multiple_of(INDEX_ALIGN_ENTRIES) {
+    if !opts.warp && !real.is_multiple_of(INDEX_ALIGN_ENTRIES) {
         index.resize(
             real.next_multiple_of(INDEX_ALIGN_ENTRIES),
             Mapping::invalid(),

@@ -235,6 +235,7 @@ fn run(ops: Vec<Op>, sparse: bool) -> Result<(), TestCaseError> {
                     uuid: Some(Uuid::random()),
                     parent_uuid: Some(w.parent),
                     user_tag: b"model".to_vec(),
+                    warp: false,
                 };
                 w.files += 1;
                 let path = w.dir.join(format!("commit{}", w.files));

@@ -195,6 +195,7 @@ fn commit(args: CommitArgs) -> Result<ExitCode> {
         uuid: args.uuid,
         parent_uuid: args.parent_uuid.or(header.parent_uuid),
         user_tag: args.message.into_bytes(),
+        warp: false,
     };
     let zopts = (args.zfile || args.integrity).then_some(WriterOptions {
         algorithm: args.algorithm,

@@ -64,6 +64,19 @@ pub mod annotation {
     pub const INTEGRITY_ROOT: &str = "containerd.io/snapshot/overlaybd/integrity-root";
     pub const ACCELERATION_LAYER: &str = "containerd.io/snapshot/overlaybd/acceleration-layer";
     pub const VERSION_VALUE: &str = "0.1.0";
+    /// TurboOCI meta layers (`reference/turbooci.md` §1.2): the version value, the original
+    /// layer's digest and media type (overlaybd's current keys and the legacy FastOCI ones).
+    pub const TURBO_OCI_VERSION_VALUE: &str = "0.1.0-turbo.ociv1";
+    pub const TURBO_OCI_TARGET_DIGEST: &str =
+        "containerd.io/snapshot/overlaybd/turbo-oci/target-digest";
+    pub const TURBO_OCI_TARGET_MEDIA_TYPE: &str =
+        "containerd.io/snapshot/overlaybd/turbo-oci/target-media-type";
+    pub const FASTOCI_TARGET_DIGEST: &str =
+        "containerd.io/snapshot/overlaybd/fastoci/target-digest";
+    pub const FASTOCI_TARGET_MEDIA_TYPE: &str =
+        "containerd.io/snapshot/overlaybd/fastoci/target-media-type";
+    /// `--referrer`: the artifact type of a meta image attached to its source manifest.
+    pub const TURBO_OCI_ARTIFACT_TYPE: &str = "application/vnd.containerd.overlaybd.turbo.v1+json";
 }
 
 /// How a layer blob is compressed.

@@ -1,0 +1,446 @@
+//! TurboOCI conversion (`convert --turbo-oci`): a *meta image* beside the unmodified source
+//! image. Per source layer, its tar is applied to the work disk with file data declared, not
+//! copied (each file's blocks are allocated and mapped to the file's offset in the layer's
+//! uncompressed tar); the blocks written (ext4 metadata) and the remote mappings become a
+//! TurboOCI meta layer; for a gzip layer the gzip index is written while the layer is inflated,
+//! in the same pass. Each meta blob is a gzip'ed tar of `ext4.fs.meta`, `.turbo.ociv1` and
+//! `gzip.meta`, with overlaybd's annotations (`docs/format/turbooci.md`,
+//! `../shared/reference/turbooci.md` §1.2). The source layers are copied into the destination
+//! repository when they are not there yet, since the meta layers fetch them from it.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use overlaybd_turbooci::{IndexOptions, IndexSummary, Indexing};
+use sha2::{Digest, Sha256};
+
+use crate::apply::{Applier, ApplyStats};
+use crate::convert::{self, Converted, LayerReport, Options};
+use crate::disk::WorkDisk;
+use crate::error::{At, Error, Result};
+use crate::extfs::Fs;
+use crate::layer::{self, LayerBlob};
+use crate::oci::{self, annotation, media, Descriptor, Manifest};
+use crate::progress::{Phase, Progress};
+use crate::store::Store;
+
+/// Names inside a meta blob (overlaybd's).
+const META_NAME: &str = "ext4.fs.meta";
+const MARKER_NAME: &str = ".turbo.ociv1";
+const INDEX_NAME: &str = "gzip.meta";
+
+/// How a source layer blob is compressed, by its first bytes (as overlaybd's convertor tells).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Gzip,
+}
+
+fn kind_of(path: &Path, digest: &str) -> Result<Kind> {
+    let mut head = [0u8; 4];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| Error::io("read", path, e))?;
+    match &head[..n] {
+        [0x1f, 0x8b, ..] => Ok(Kind::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd] => Err(Error::Unsupported(format!(
+            "layer {digest} is zstd-compressed: TurboOCI reads an original layer through a \
+             gzip index, and zstd has none here (overlaybd refuses it too); convert the image \
+             natively instead"
+        ))),
+        _ => Ok(Kind::Plain),
+    }
+}
+
+/// Reads a stream while hashing it.
+struct Hashing<R> {
+    inner: R,
+    h: Sha256,
+    n: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.h.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// Applies layer `i`'s tar (file data mapped, not copied), checks its diff ID, and writes its
+/// gzip index to `index` when it is gzip'ed. Returns the stats and the index's summary.
+fn apply_layer(
+    disk: &mut WorkDisk,
+    path: &Path,
+    kind: Kind,
+    index: &Path,
+    diff_id: &str,
+    t: i64,
+) -> Result<(ApplyStats, Option<IndexSummary>)> {
+    let f = BufReader::with_capacity(
+        1 << 20,
+        File::open(path).map_err(|e| Error::io("open", path, e))?,
+    );
+    let mut indexing = match kind {
+        Kind::Gzip => {
+            let out = File::create(index).map_err(|e| Error::io("create", index, e))?;
+            Some(Indexing::new(
+                f,
+                BufWriter::new(out),
+                IndexOptions::default(),
+            )?)
+        }
+        Kind::Plain => None,
+    };
+    let mut plain;
+    let inner: &mut dyn Read = match &mut indexing {
+        Some(ix) => ix,
+        None => {
+            plain = File::open(path).map_err(|e| Error::io("open", path, e))?;
+            &mut plain
+        }
+    };
+    let mut tar = Hashing {
+        inner,
+        h: Sha256::new(),
+        n: 0,
+    };
+    let stats = {
+        let mut fs = Fs::open(disk, true, t).at(|| "open the filesystem".into())?;
+        let stats = Applier::new(&mut fs).remote_data().apply(&mut tar)?;
+        fs.close().at(|| "write the filesystem back".into())?;
+        stats
+    };
+    std::io::copy(&mut tar, &mut std::io::sink())
+        .map_err(|e| Error::io("read the rest of", path, e))?;
+    let got = format!("sha256:{}", hex::encode(tar.h.finalize()));
+    if got != diff_id {
+        return Err(Error::Invalid(format!(
+            "the uncompressed tar has digest {got}, the config says {diff_id}"
+        )));
+    }
+    let summary = match indexing {
+        Some(ix) => {
+            let (w, s) = ix.finish()?;
+            w.into_inner()
+                .map_err(|e| Error::io("write", index, e.into_error()))?
+                .sync_all()
+                .map_err(|e| Error::io("write", index, e))?;
+            if s.members > 1 {
+                return Err(Error::Unsupported(format!(
+                    "the layer is a gzip stream of {} members: overlaybd's gzip index covers only \
+                     the first, so its reader would see zeros past it; convert the image \
+                     natively instead",
+                    s.members
+                )));
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    Ok((stats, summary))
+}
+
+/// One file of a meta blob's tar: only name, mode, size and type set (as overlaybd's
+/// convertor writes them), so the same inputs give the same bytes.
+fn append(tar: &mut tar::Builder<impl Write>, name: &str, path: Option<&Path>) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    let size = match path {
+        Some(p) => std::fs::metadata(p)
+            .map_err(|e| Error::io("stat", p, e))?
+            .len(),
+        None => 0,
+    };
+    h.set_size(size);
+    let data: Box<dyn Read> = match path {
+        Some(p) => Box::new(File::open(p).map_err(|e| Error::io("open", p, e))?),
+        None => Box::new(std::io::empty()),
+    };
+    tar.append_data(&mut h, name, data)
+        .map_err(|e| Error::io("write the meta blob entry", Path::new(name), e))
+}
+
+/// The meta blob `turboOCIv1.tar.gz` at `out`: returns its digest and size and the diff ID
+/// (digest of the uncompressed tar).
+fn meta_blob(meta: &Path, index: Option<&Path>, out: &Path) -> Result<(String, u64, String)> {
+    struct Tee<W> {
+        w: W,
+        h: Sha256,
+    }
+    impl<W: Write> Write for Tee<W> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.w.write(b)?;
+            self.h.update(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.w.flush()
+        }
+    }
+    let f = File::create(out).map_err(|e| Error::io("create", out, e))?;
+    let gz = flate2::GzBuilder::new().write(BufWriter::new(f), flate2::Compression::default());
+    let mut tar = tar::Builder::new(Tee {
+        w: gz,
+        h: Sha256::new(),
+    });
+    append(&mut tar, META_NAME, Some(meta))?;
+    append(&mut tar, MARKER_NAME, None)?;
+    if let Some(i) = index {
+        append(&mut tar, INDEX_NAME, Some(i))?;
+    }
+    let tee = tar.into_inner().map_err(|e| Error::io("write", out, e))?;
+    let diff_id = format!("sha256:{}", hex::encode(tee.h.finalize()));
+    tee.w
+        .finish()
+        .and_then(|mut w| w.flush())
+        .map_err(|e| Error::io("write", out, e))?;
+    let (digest, size) = layer::sha256_file(out)?;
+    Ok((digest, size, diff_id))
+}
+
+/// The original layer's media type as overlaybd's convertor records it: the source's family
+/// (Docker or OCI), `+gzip` iff the blob is gzip'ed.
+fn target_media_type(source: &str, kind: Kind) -> &'static str {
+    let docker = source.starts_with("application/vnd.docker.");
+    match (docker, kind) {
+        (true, Kind::Gzip) => media::DOCKER_LAYER_GZIP,
+        (true, Kind::Plain) => media::DOCKER_LAYER,
+        (false, Kind::Gzip) => media::OCI_LAYER_GZIP,
+        (false, Kind::Plain) => media::OCI_LAYER,
+    }
+}
+
+fn meta_descriptor(
+    digest: &str,
+    size: u64,
+    media_type: &str,
+    source: &Descriptor,
+    kind: Kind,
+    integrity_root: &str,
+) -> Descriptor {
+    let a = [
+        (
+            annotation::VERSION,
+            annotation::TURBO_OCI_VERSION_VALUE.to_string(),
+        ),
+        (annotation::BLOB_DIGEST, digest.to_string()),
+        (annotation::BLOB_SIZE, size.to_string()),
+        (annotation::TURBO_OCI_TARGET_DIGEST, source.digest.clone()),
+        (
+            annotation::TURBO_OCI_TARGET_MEDIA_TYPE,
+            target_media_type(&source.media_type, kind).to_string(),
+        ),
+        (annotation::INTEGRITY_ROOT, integrity_root.to_string()),
+    ];
+    Descriptor {
+        media_type: media_type.into(),
+        digest: digest.into(),
+        size,
+        urls: None,
+        annotations: Some(a.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        platform: None,
+        artifact_type: None,
+    }
+}
+
+/// Makes sure the destination has the original layer (the meta layer reads it from there):
+/// already there, mounted from the source repository, or uploaded from the downloaded copy.
+fn ensure_target(src: &dyn Store, dst: &dyn Store, l: &Descriptor, raw: &Path) -> Result<bool> {
+    if dst.has_blob(&l.digest)? || dst.try_mount(&l.digest, &src.describe())? {
+        return Ok(false);
+    }
+    dst.put_blob_file(&l.digest, l.size, raw)
+        .at(|| format!("copy the original layer {} to {}", l.digest, dst.describe()))
+}
+
+/// OCI media types when asked, for a referrer (only OCI manifests have a `subject`), or when
+/// the source has them.
+fn oci_types(opts: &Options, m: &Manifest) -> bool {
+    opts.oci || opts.referrer || m.media_type.as_deref() != Some(media::DOCKER_MANIFEST)
+}
+
+/// What one converted layer gives the manifest.
+struct Done {
+    report: LayerReport,
+    desc: Descriptor,
+    diff_id: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn convert_layer(
+    src: &dyn Store,
+    dst: &dyn Store,
+    m: &Manifest,
+    i: usize,
+    disk: &mut WorkDisk,
+    work: &Path,
+    diff_ids: &[String],
+    chains: &[String],
+    parent: Option<overlaybd_lsmt::Uuid>,
+    opts: &Options,
+    progress: &dyn Progress,
+    t: i64,
+) -> Result<Done> {
+    let l = &m.layers[i];
+    let file = |what: &str| -> PathBuf { work.join(format!("{what}-{i:04}")) };
+    let raw = file("src");
+    progress.bytes(i, Phase::Download, 0);
+    convert::download(src, l, &raw, progress, i)?;
+    progress.done(i, Phase::Download);
+    let kind = kind_of(&raw, &l.digest)?;
+    let uuid = layer::uuid_from_chain_id(&chains[i])?;
+    if i == 0 {
+        let fs_uuid = uuid.to_string().to_lowercase();
+        crate::mkfs::mkfs(disk.path(), &fs_uuid, t, work)?;
+        disk.mark_file_extents()
+            .map_err(|e| Error::io("find the data of", disk.path(), e))?;
+    }
+    progress.bytes(i, Phase::Apply, 0);
+    let index = file("gzip.meta");
+    let (stats, summary) = apply_layer(disk, &raw, kind, &index, &diff_ids[i], t)
+        .at(|| format!("layer {i} ({})", l.digest))?;
+    progress.done(i, Phase::Apply);
+    progress.bytes(i, Phase::Commit, 0);
+    let snap = file("raw");
+    let maps = disk.take_warp();
+    let maps = layer::snapshot(disk, &maps, &snap)?;
+    let snap_file = File::open(&snap).map_err(|e| Error::io("open", &snap, e))?;
+    let meta = file("meta");
+    let blob = layer::commit_extents(
+        &maps,
+        &snap_file,
+        opts.vsize,
+        uuid,
+        parent,
+        &opts.compression,
+        &meta,
+        true,
+    )
+    .at(|| format!("layer {i}: commit its meta layer"))?;
+    let _ = std::fs::remove_file(&snap);
+    let tgz = file("turboOCIv1.tar.gz");
+    let (digest, size, diff_id) =
+        meta_blob(&meta, summary.as_ref().map(|_| index.as_path()), &tgz)?;
+    progress.done(i, Phase::Commit);
+    progress.bytes(i, Phase::Upload, 0);
+    let copied = ensure_target(src, dst, l, &raw)?;
+    if copied {
+        progress.note(&format!(
+            "layer {}: copied the original layer {} to the destination",
+            i + 1,
+            l.digest
+        ));
+    }
+    dst.put_blob_file(&digest, size, &tgz)
+        .at(|| format!("upload meta layer {i} ({digest})"))?;
+    progress.done(i, Phase::Upload);
+    for p in [&raw, &meta, &tgz, &index] {
+        let _ = std::fs::remove_file(p);
+    }
+    let layer_mt = if oci_types(opts, m) {
+        media::OCI_LAYER_GZIP
+    } else {
+        media::DOCKER_LAYER_GZIP
+    };
+    Ok(Done {
+        desc: meta_descriptor(&digest, size, layer_mt, l, kind, &blob.integrity_root),
+        report: LayerReport {
+            source_digest: l.digest.clone(),
+            source_size: l.size,
+            diff_id: diff_ids[i].clone(),
+            chain_id: chains[i].clone(),
+            blob: LayerBlob {
+                digest,
+                size,
+                ..blob
+            },
+            apply: stats,
+            reused: false,
+        },
+        diff_id,
+    })
+}
+
+/// Converts one manifest into its TurboOCI meta image.
+pub(crate) fn convert_manifest(
+    src: &dyn Store,
+    m: &Manifest,
+    source_desc: Option<&Descriptor>,
+    dst: &dyn Store,
+    tag: Option<&str>,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Converted> {
+    let started = Instant::now();
+    let (mut config, diff_ids) = convert::read_config(src, m)?;
+    let chains = oci::chain_ids(&diff_ids);
+    let work = convert::work_dir(opts)?;
+    progress.start(
+        m.layers.len(),
+        &m.layers.iter().map(|l| l.size).collect::<Vec<_>>(),
+    );
+    let disk_path = work.path().join("disk");
+    let mut disk = WorkDisk::create(&disk_path, opts.vsize)
+        .map_err(|e| Error::io("create the work disk", &disk_path, e))?;
+    let t = convert::now();
+    let mut done: Vec<Done> = Vec::with_capacity(m.layers.len());
+    let mut parent = None;
+    for i in 0..m.layers.len() {
+        let d = convert_layer(
+            src,
+            dst,
+            m,
+            i,
+            &mut disk,
+            work.path(),
+            &diff_ids,
+            &chains,
+            parent,
+            opts,
+            progress,
+            t,
+        )?;
+        parent = Some(layer::uuid_from_chain_id(&chains[i])?);
+        done.push(d);
+    }
+    config["rootfs"]["diff_ids"] = serde_json::Value::Array(
+        done.iter()
+            .map(|d| serde_json::Value::String(d.diff_id.clone()))
+            .collect(),
+    );
+    let oci_types = oci_types(opts, m);
+    let config = convert::put_config(&config, dst, oci_types)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(
+            if oci_types {
+                media::OCI_MANIFEST
+            } else {
+                media::DOCKER_MANIFEST
+            }
+            .into(),
+        ),
+        artifact_type: (opts.referrer && source_desc.is_some())
+            .then(|| annotation::TURBO_OCI_ARTIFACT_TYPE.to_string()),
+        config,
+        layers: done.iter().map(|d| d.desc.clone()).collect(),
+        subject: if opts.referrer {
+            source_desc.cloned()
+        } else {
+            None
+        },
+        annotations: m.annotations.clone(),
+    };
+    let desc = convert::put_manifest(&manifest, dst, tag)?;
+    progress.finish(&desc.digest, started.elapsed());
+    Ok(Converted {
+        manifest: desc,
+        layers: done.into_iter().map(|d| d.report).collect(),
+    })
+}

@@ -144,6 +144,13 @@ fn apply_layer(
     Ok((stats, summary))
 }
 
+/// Whether an index has far fewer checkpoints than one per span (zlib-ng's level 1 writes one
+/// deflate block for a whole blob, and a checkpoint can only be at a block boundary).
+fn few_checkpoints(s: &IndexSummary) -> bool {
+    let span = overlaybd_turbooci::gzindex::DEFAULT_SPAN as u64;
+    s.first_member_size > 8 * span && s.checkpoints * span * 4 < s.first_member_size
+}
+
 /// One file of a meta blob's tar: only name, mode, size and type set (as overlaybd's
 /// convertor writes them), so the same inputs give the same bytes.
 fn append(tar: &mut tar::Builder<impl Write>, name: &str, path: Option<&Path>) -> Result<()> {
@@ -306,6 +313,17 @@ fn convert_layer(
     let (stats, summary) = apply_layer(disk, &raw, kind, &index, &diff_ids[i], t)
         .at(|| format!("layer {i} ({})", l.digest))?;
     progress.done(i, Phase::Apply);
+    if let Some(s) = summary.as_ref().filter(|s| few_checkpoints(s)) {
+        progress.note(&format!(
+            "layer {}: its deflate blocks are long ({} checkpoints for {} MiB): a read inflates \
+             up to {} MiB first; recompressing the source with gzip or Go's compress/gzip \
+             gives one checkpoint per MiB",
+            i + 1,
+            s.checkpoints,
+            s.first_member_size >> 20,
+            (s.first_member_size / s.checkpoints.max(1)) >> 20
+        ));
+    }
     progress.bytes(i, Phase::Commit, 0);
     let snap = file("raw");
     let maps = disk.take_warp();

@@ -77,11 +77,17 @@ pub fn busybox_layer() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// The content of `data/big.bin`: `big_mib` MiB of seeded random bytes.
+pub fn big_bin(big_mib: usize) -> Vec<u8> {
+    let mut big = vec![0u8; big_mib << 20];
+    rand::rngs::SmallRng::seed_from_u64(7).fill_bytes(&mut big);
+    big
+}
+
 /// The data layer: `data/big.bin` (`big_mib` MiB of seeded random bytes) and
 /// `data/small.txt`.
 pub fn data_layer(big_mib: usize) -> Vec<u8> {
-    let mut big = vec![0u8; big_mib << 20];
-    rand::rngs::SmallRng::seed_from_u64(7).fill_bytes(&mut big);
+    let big = big_bin(big_mib);
     let mut b = tar::Builder::new(Vec::new());
     add_dir(&mut b, "data");
     add_file(&mut b, "data/big.bin", 0o644, &big);
@@ -94,8 +100,11 @@ pub fn data_layer(big_mib: usize) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// gzip at the default level, whose deflate blocks are a few KiB long as with the tools that
+/// build images (Go's compress/gzip, GNU gzip). zlib-ng's level 1 (`fast`) writes one static
+/// block for a whole blob, which leaves a gzip index no checkpoint to start from.
 fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(b).unwrap();
     e.finish().unwrap()
 }

@@ -480,8 +480,14 @@ impl Env {
 
     /// `overlaybd-convertor convert` from the registry into the registry (not counted).
     pub fn convert(&self, src_repo_tag: &str, dst_repo_tag: &str) {
+        self.convert_with(&[], src_repo_tag, dst_repo_tag)
+    }
+
+    /// [`Env::convert`] with more arguments (e.g. `--turbo-oci`).
+    pub fn convert_with(&self, args: &[&str], src_repo_tag: &str, dst_repo_tag: &str) {
         let o = Command::new(bin("overlaybd-convertor"))
             .args(["convert", "--plain-http", "-q"])
+            .args(args)
             .arg(format!("{}/{src_repo_tag}", self.registry_addr))
             .arg(format!("{}/{dst_repo_tag}", self.registry_addr))
             .output()

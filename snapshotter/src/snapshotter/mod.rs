@@ -19,6 +19,7 @@
 
 mod device;
 mod remote;
+mod turbo;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -346,6 +347,26 @@ impl Snapshotter {
                 });
                 cfg.acceleration_layer = true;
                 self.write_config(s.id, &cfg)?;
+            }
+            Storage::Normal if turbo::target_digest(&s.labels).is_some() => {
+                if !self.parent_is_block(&s.parent)? {
+                    return Err(Error::FailedPrecondition(format!(
+                        "TurboOCI layer {name} is above a layer that is not an overlaybd layer"
+                    )));
+                }
+                let t = turbo::lower(&s.labels, &fs)?.expect("a TurboOCI layer");
+                let mut cfg = self.parent_config(&s.parent)?;
+                cfg.repo_blob_url = t.repo_blob_url;
+                cfg.lowers.push(t.lower);
+                self.write_config(s.id, &cfg)?;
+                if let Some(fs_type) = t.fs_type {
+                    extra.insert(labels::BLOB_FS_TYPE.to_string(), fs_type.to_string());
+                }
+                storage = Storage::LocalBlock;
+                info!(
+                    snapshot = name,
+                    "a TurboOCI layer: its files are read from the original layer"
+                );
             }
             Storage::Normal => {
                 if let Some(file) = local_layer_file(&fs) {

@@ -42,8 +42,11 @@ impl Snapshotter {
         ) else {
             return Ok(Decision::Unpack(None));
         };
+        // A TurboOCI meta blob is small: containerd downloads and unpacks it (its commit makes
+        // the block layer); an acceleration layer or a download asked for, likewise.
         if get(labels::ACCELERATION_LAYER) == Some("yes")
             || get(labels::DOWNLOAD_REMOTE_BLOB) == Some("download")
+            || super::turbo::target_digest(labels).is_some()
         {
             return Ok(Decision::Unpack(None));
         }

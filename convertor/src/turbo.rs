@@ -4,7 +4,8 @@
 //! uncompressed tar); the blocks written (ext4 metadata) and the remote mappings become a
 //! TurboOCI meta layer; for a gzip layer the gzip index is written while the layer is inflated,
 //! in the same pass. Each meta blob is a gzip'ed tar of `ext4.fs.meta`, `.turbo.ociv1` and
-//! `gzip.meta`, with overlaybd's annotations (`docs/format/turbooci.md`,
+//! `gzip.meta`, and ours, `tar.blake3` (BLAKE3 digests of the tar in chunks, rooted in an
+//! annotation), with overlaybd's annotations (`docs/format/turbooci.md`,
 //! `../shared/reference/turbooci.md` §1.2). The source layers are copied into the destination
 //! repository when they are not there yet, since the meta layers fetch them from it.
 
@@ -13,7 +14,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use overlaybd_turbooci::{IndexOptions, IndexSummary, Indexing};
+use overlaybd_turbooci::{digests, ChunkHasher, IndexOptions, IndexSummary, Indexing};
 use sha2::{Digest, Sha256};
 
 use crate::apply::{Applier, ApplyStats};
@@ -22,14 +23,9 @@ use crate::disk::WorkDisk;
 use crate::error::{At, Error, Result};
 use crate::extfs::Fs;
 use crate::layer::{self, LayerBlob};
-use crate::oci::{self, annotation, media, Descriptor, Manifest};
+use crate::oci::{self, annotation, media, turbo_oci_file, Descriptor, Manifest};
 use crate::progress::{Phase, Progress};
 use crate::store::Store;
-
-/// Names inside a meta blob (overlaybd's).
-const META_NAME: &str = "ext4.fs.meta";
-const MARKER_NAME: &str = ".turbo.ociv1";
-const INDEX_NAME: &str = "gzip.meta";
 
 /// How a source layer blob is compressed, by its first bytes (as overlaybd's convertor tells).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,20 +50,27 @@ fn kind_of(path: &Path, digest: &str) -> Result<Kind> {
     }
 }
 
-/// Reads a stream while hashing it.
+/// Reads the uncompressed tar while hashing it: SHA-256 (the diff ID) and BLAKE3 in chunks.
 struct Hashing<R> {
     inner: R,
     h: Sha256,
-    n: u64,
+    chunks: ChunkHasher,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.inner.read(buf)?;
         self.h.update(&buf[..k]);
-        self.n += k as u64;
+        self.chunks.update(&buf[..k]);
         Ok(k)
     }
+}
+
+/// What applying a layer gives: its stats, its gzip index's summary, its tar's digests.
+struct Applied {
+    stats: ApplyStats,
+    index: Option<IndexSummary>,
+    digests: ChunkHasher,
 }
 
 /// Applies layer `i`'s tar (file data mapped, not copied), checks its diff ID, and writes its
@@ -79,7 +82,7 @@ fn apply_layer(
     index: &Path,
     diff_id: &str,
     t: i64,
-) -> Result<(ApplyStats, Option<IndexSummary>)> {
+) -> Result<Applied> {
     let f = BufReader::with_capacity(
         1 << 20,
         File::open(path).map_err(|e| Error::io("open", path, e))?,
@@ -106,7 +109,7 @@ fn apply_layer(
     let mut tar = Hashing {
         inner,
         h: Sha256::new(),
-        n: 0,
+        chunks: ChunkHasher::default(),
     };
     let stats = {
         let mut fs = Fs::open(disk, true, t).at(|| "open the filesystem".into())?;
@@ -116,6 +119,7 @@ fn apply_layer(
     };
     std::io::copy(&mut tar, &mut std::io::sink())
         .map_err(|e| Error::io("read the rest of", path, e))?;
+    let digests = tar.chunks;
     let got = format!("sha256:{}", hex::encode(tar.h.finalize()));
     if got != diff_id {
         return Err(Error::Invalid(format!(
@@ -141,7 +145,11 @@ fn apply_layer(
         }
         None => None,
     };
-    Ok((stats, summary))
+    Ok(Applied {
+        stats,
+        index: summary,
+        digests,
+    })
 }
 
 /// Whether an index has far fewer checkpoints than one per span (zlib-ng's level 1 writes one
@@ -175,7 +183,12 @@ fn append(tar: &mut tar::Builder<impl Write>, name: &str, path: Option<&Path>) -
 
 /// The meta blob `turboOCIv1.tar.gz` at `out`: returns its digest and size and the diff ID
 /// (digest of the uncompressed tar).
-fn meta_blob(meta: &Path, index: Option<&Path>, out: &Path) -> Result<(String, u64, String)> {
+fn meta_blob(
+    meta: &Path,
+    index: Option<&Path>,
+    digests: &Path,
+    out: &Path,
+) -> Result<(String, u64, String)> {
     struct Tee<W> {
         w: W,
         h: Sha256,
@@ -196,11 +209,12 @@ fn meta_blob(meta: &Path, index: Option<&Path>, out: &Path) -> Result<(String, u
         w: gz,
         h: Sha256::new(),
     });
-    append(&mut tar, META_NAME, Some(meta))?;
-    append(&mut tar, MARKER_NAME, None)?;
+    append(&mut tar, turbo_oci_file::EXT4_META, Some(meta))?;
+    append(&mut tar, turbo_oci_file::MARKER, None)?;
     if let Some(i) = index {
-        append(&mut tar, INDEX_NAME, Some(i))?;
+        append(&mut tar, turbo_oci_file::GZIP_INDEX, Some(i))?;
     }
+    append(&mut tar, turbo_oci_file::TAR_DIGESTS, Some(digests))?;
     let tee = tar.into_inner().map_err(|e| Error::io("write", out, e))?;
     let diff_id = format!("sha256:{}", hex::encode(tee.h.finalize()));
     tee.w
@@ -230,6 +244,7 @@ fn meta_descriptor(
     source: &Descriptor,
     kind: Kind,
     integrity_root: &str,
+    tar_digests: &str,
 ) -> Descriptor {
     let a = [
         (
@@ -244,6 +259,7 @@ fn meta_descriptor(
             target_media_type(&source.media_type, kind).to_string(),
         ),
         (annotation::INTEGRITY_ROOT, integrity_root.to_string()),
+        (annotation::TURBO_OCI_TAR_DIGESTS, tar_digests.to_string()),
     ];
     Descriptor {
         media_type: media_type.into(),
@@ -310,8 +326,17 @@ fn convert_layer(
     }
     progress.bytes(i, Phase::Apply, 0);
     let index = file("gzip.meta");
-    let (stats, summary) = apply_layer(disk, &raw, kind, &index, &diff_ids[i], t)
+    let applied = apply_layer(disk, &raw, kind, &index, &diff_ids[i], t)
         .at(|| format!("layer {i} ({})", l.digest))?;
+    let summary = applied.index;
+    let index_bytes = match &summary {
+        Some(_) => Some(std::fs::read(&index).map_err(|e| Error::io("read", &index, e))?),
+        None => None,
+    };
+    let table = applied.digests.finish(index_bytes.as_deref()).encode();
+    let tar_digests = digests::root_of(&table);
+    let table_path = file("tar.blake3");
+    std::fs::write(&table_path, &table).map_err(|e| Error::io("write", &table_path, e))?;
     progress.done(i, Phase::Apply);
     if let Some(s) = summary.as_ref().filter(|s| few_checkpoints(s)) {
         progress.note(&format!(
@@ -343,8 +368,12 @@ fn convert_layer(
     .at(|| format!("layer {i}: commit its meta layer"))?;
     let _ = std::fs::remove_file(&snap);
     let tgz = file("turboOCIv1.tar.gz");
-    let (digest, size, diff_id) =
-        meta_blob(&meta, summary.as_ref().map(|_| index.as_path()), &tgz)?;
+    let (digest, size, diff_id) = meta_blob(
+        &meta,
+        summary.as_ref().map(|_| index.as_path()),
+        &table_path,
+        &tgz,
+    )?;
     progress.done(i, Phase::Commit);
     progress.bytes(i, Phase::Upload, 0);
     let copied = ensure_target(src, dst, l, &raw)?;
@@ -358,7 +387,7 @@ fn convert_layer(
     dst.put_blob_file(&digest, size, &tgz)
         .at(|| format!("upload meta layer {i} ({digest})"))?;
     progress.done(i, Phase::Upload);
-    for p in [&raw, &meta, &tgz, &index] {
+    for p in [&raw, &meta, &tgz, &index, &table_path] {
         let _ = std::fs::remove_file(p);
     }
     let layer_mt = if oci_types(opts, m) {
@@ -367,7 +396,15 @@ fn convert_layer(
         media::DOCKER_LAYER_GZIP
     };
     Ok(Done {
-        desc: meta_descriptor(&digest, size, layer_mt, l, kind, &blob.integrity_root),
+        desc: meta_descriptor(
+            &digest,
+            size,
+            layer_mt,
+            l,
+            kind,
+            &blob.integrity_root,
+            &tar_digests,
+        ),
         report: LayerReport {
             source_digest: l.digest.clone(),
             source_size: l.size,
@@ -378,7 +415,7 @@ fn convert_layer(
                 size,
                 ..blob
             },
-            apply: stats,
+            apply: applied.stats,
             reused: false,
         },
         diff_id,

@@ -197,10 +197,24 @@ fn a_turbo_oci_meta_image_reads_as_its_source() {
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         let gz = layers[i].1;
         if gz {
-            assert_eq!(names, ["ext4.fs.meta", ".turbo.ociv1", "gzip.meta"]);
+            assert_eq!(
+                names,
+                ["ext4.fs.meta", ".turbo.ociv1", "gzip.meta", "tar.blake3"]
+            );
         } else {
-            assert_eq!(names, ["ext4.fs.meta", ".turbo.ociv1"]);
+            assert_eq!(names, ["ext4.fs.meta", ".turbo.ociv1", "tar.blake3"]);
         }
+        // Ours: the tar's digests, rooted in an annotation, naming the index they go with.
+        let table = &files.last().unwrap().1;
+        let root = l.annotation(annotation::TURBO_OCI_TAR_DIGESTS).unwrap();
+        let digests = overlaybd_turbooci::TarDigests::decode(table, root).unwrap();
+        assert_eq!(digests.tar_size, layers[i].0.len() as u64);
+        let want_index = if gz {
+            *blake3::hash(&files[2].1).as_bytes()
+        } else {
+            [0; 32]
+        };
+        assert_eq!(digests.index, want_index);
         assert!(files[1].1.is_empty());
         assert!(
             zfile::is_zfile(&files[0].1),

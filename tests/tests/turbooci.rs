@@ -17,6 +17,36 @@ fn containerd_2_ctr_pulls_a_turbo_oci_image_through_the_transfer_service() {
     turbo(Containerd::V2, false);
 }
 
+/// `obdctl rpull`: the meta layers are reported as unpacked (their blobs are the metadata),
+/// and the container still reads the original layers lazily.
+#[test]
+fn obdctl_rpull_of_a_turbo_oci_image_then_ctr_run() {
+    let Some((_s, env)) = start_on(Containerd::V1, Options::default()) else {
+        return;
+    };
+    let source_bytes = push_sample(&env.registry_addr, "rsample", "v1", 32);
+    env.convert_with(&["--turbo-oci"], "rsample:v1", "rsample:v1-turbo");
+    let image = format!("{}/rsample:v1-turbo", env.host());
+    let before = env.relay.served();
+    let (ok, out) = env.rpull_with(&image, &["--no-fallback"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("2 of them TurboOCI meta layers") && !out.contains("warning"),
+        "{out}"
+    );
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "r1"],
+    );
+    assert_eq!(out.trim(), GREETING, "{}", env.logs());
+    let served = env.relay.served() - before;
+    assert!(
+        served * 5 < source_bytes,
+        "served {served} of {source_bytes}\n{}",
+        env.logs()
+    );
+}
+
 fn turbo(c: Containerd, use_cri: bool) {
     let Some((_s, env)) = start_on(c, Options::default()) else {
         return;

@@ -51,6 +51,13 @@ pub struct LayerConfig {
     /// TurboOCI: the gzip index (`gzip.meta`) of a gzip target; absent for a plain tar.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub gzip_index: String,
+    /// Ours, TurboOCI: the BLAKE3 digests of the target's tar in chunks (`tar.blake3`) ...
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tar_digests: String,
+    /// ... and that file's BLAKE3 (`blake3:<hex>`, from the meta layer's annotation): every
+    /// chunk read from the target is checked.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tar_digests_root: String,
 }
 
 impl LayerConfig {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use overlaybd_api::{ImageConfig, LayerConfig};
 use overlaybd_cache::BlobCache;
 use overlaybd_registry::RegistryBlob;
-use overlaybd_turbooci::{is_gzip, GzFile, GzIndex};
+use overlaybd_turbooci::{is_gzip, GzFile, GzIndex, TarDigests, Verified};
 use zfile::source::read_full_at;
 use zfile::ReadAt;
 
@@ -31,6 +31,39 @@ impl std::fmt::Debug for Target {
             .field("remote", &self.remote.is_some())
             .finish()
     }
+}
+
+/// The tar digests of lower `i`, checked against their root and against the gzip index file,
+/// when the config names them (meta images made by overlaybd's convertor have none).
+fn tar_digests(l: &LayerConfig, i: usize) -> Result<Option<TarDigests>> {
+    if l.tar_digests_root.is_empty() {
+        return Ok(None);
+    }
+    let what = format!("lowers[{i}] tarDigests {}", l.tar_digests);
+    let bytes = std::fs::read(&l.tar_digests).map_err(|e| Error::io("read", &what, e))?;
+    let d = TarDigests::decode(&bytes, &l.tar_digests_root).map_err(|e| Error::Layer {
+        origin: what.clone(),
+        cause: Box::new(e.into()),
+    })?;
+    let index = match l.gzip_index.as_str() {
+        "" => [0u8; 32],
+        p => {
+            let b = std::fs::read(p)
+                .map_err(|e| Error::io("read", format!("lowers[{i}] gzipIndex {p}"), e))?;
+            *blake3::hash(&b).as_bytes()
+        }
+    };
+    if index != d.index {
+        return Err(Error::Invalid(format!(
+            "lowers[{i}] gzipIndex {:?} is not the index the meta image's digests name",
+            l.gzip_index
+        )));
+    }
+    Ok(Some(d))
+}
+
+fn verified(inner: Arc<dyn ReadAt>, d: TarDigests, origin: &str) -> Result<Arc<dyn ReadAt>> {
+    Ok(Arc::new(Verified::new(inner, d, origin.to_string())?))
 }
 
 /// Opens the target of lower `i` (which [`LayerConfig::is_turbo_oci`]).
@@ -67,6 +100,7 @@ pub fn open_target(
     let mut head = [0u8; 2];
     let n = read_full_at(&*raw, 0, &mut head).map_err(|e| Error::io("read", &origin, e))?;
     let gzip = is_gzip(&head[..n]);
+    let digests = tar_digests(l, i)?;
     let Some(index) = index else {
         if gzip {
             return Err(Error::Invalid(format!(
@@ -74,8 +108,12 @@ pub fn open_target(
                  (the meta layer maps offsets of the uncompressed tar)"
             )));
         }
+        let file = match digests {
+            Some(d) => verified(raw, d, &origin)?,
+            None => raw,
+        };
         return Ok(Target {
-            file: raw,
+            file,
             origin,
             remote: blob,
         });
@@ -90,13 +128,19 @@ pub fn open_target(
         origin: format!("{origin} with index {}", l.gzip_index),
         cause: Box::new(e.into()),
     })?;
+    // Checked below the inflated cache: a chunk is verified when a cache unit is filled (or
+    // refilled), and the cache's own CRCs keep it intact after that.
+    let gz: Arc<dyn ReadAt> = match digests {
+        Some(d) => verified(Arc::new(gz), d, &origin)?,
+        None => Arc::new(gz),
+    };
     let file: Arc<dyn ReadAt> = match (remote, l.target_digest.is_empty()) {
         (Some(r), false) => {
             let size = gz.size().map_err(|e| Error::io("size", &origin, e))?;
             r.cache
                 .blob(&format!("{}.inflated", l.target_digest), size, gz)?
         }
-        _ => Arc::new(gz),
+        _ => gz,
     };
     Ok(Target {
         file,

@@ -147,3 +147,114 @@ fn a_remote_target_is_fetched_lazily_and_inflated_once_into_the_cache() {
     assert_eq!(disk_sha256(&img.stack), L1_DISK);
     assert!(digest.starts_with("sha256:"));
 }
+
+/// Writes `tar.blake3` for `tar` (and `index`) into `dir`; returns its path and root.
+fn digests(dir: &std::path::Path, tar: &[u8], index: Option<&[u8]>) -> (String, String) {
+    let mut h = overlaybd_turbooci::ChunkHasher::default();
+    h.update(tar);
+    let bytes = h.finish(index).encode();
+    let p = dir.join("tar.blake3");
+    std::fs::write(&p, &bytes).unwrap();
+    (
+        p.display().to_string(),
+        overlaybd_turbooci::digests::root_of(&bytes),
+    )
+}
+
+fn read_all(img: &Image) -> std::io::Result<()> {
+    let size = img.stack.virtual_size();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        zfile::source::read_full_at(&img.stack, off, &mut buf)?;
+        off += buf.len() as u64;
+    }
+    Ok(())
+}
+
+#[test]
+fn tar_digests_verify_every_chunk_of_a_local_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = std::fs::read(test_support::vectors::path("g.layer.tar")).unwrap();
+    let (file, root) = digests(dir.path(), &tar, None);
+    let target = dir.path().join("layer.tar");
+    std::fs::write(&target, &tar).unwrap();
+    let c = |root: &str| {
+        cfg(&format!(
+            r#"{{"lowers":[{{"file":"{}","targetFile":"{}","tarDigests":"{file}","tarDigestsRoot":"{root}"}}]}}"#,
+            tv("meta.lsmt"),
+            target.display()
+        ))
+    };
+    assert_eq!(
+        disk_sha256(&Image::open(&c(&root), None).unwrap().stack),
+        L1_DISK
+    );
+    // Another root, or an index the digests do not name: refused at attach.
+    let e = Image::open(&c("blake3:00"), None).unwrap_err().to_string();
+    assert!(e.contains("the image says blake3:00"), "{e}");
+    let with_index = cfg(&format!(
+        r#"{{"lowers":[{{"file":"{}","targetFile":"{}","gzipIndex":"{}","tarDigests":"{file}","tarDigestsRoot":"{root}"}}]}}"#,
+        tv("meta.lsmt"),
+        tv("layer.tar.gz"),
+        tv("gzip.meta")
+    ));
+    let e = Image::open(&with_index, None).unwrap_err().to_string();
+    assert!(
+        e.contains("not the index the meta image's digests name"),
+        "{e}"
+    );
+    // A byte of a file's data changed in the original layer: the read that takes it fails.
+    let mut bad = tar.clone();
+    bad[300_000] ^= 0x10; // inside usr/lib/libdata.so.1
+    std::fs::write(&target, &bad).unwrap();
+    let img = Image::open(&c(&root), None).unwrap();
+    let e = read_all(&img).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("do not match"), "{e}");
+}
+
+#[test]
+fn a_tampered_blob_in_the_registry_is_caught() {
+    let storage = tempfile::tempdir().unwrap();
+    let Some(reg) = Registry::start_with(None, storage.path()) else {
+        return;
+    };
+    let gz = std::fs::read(tv("layer.tar.gz")).unwrap();
+    let index = std::fs::read(tv("gz.span64k.meta")).unwrap();
+    let digest = reg.push("obd/tamper", &gz);
+    let dir = tempfile::tempdir().unwrap();
+    let tar = std::fs::read(test_support::vectors::path("g.layer.tar")).unwrap();
+    let (file, root) = digests(dir.path(), &tar, Some(&index));
+    let c = cfg(&format!(
+        r#"{{"repoBlobUrl":"{}/v2/obd/tamper/blobs","lowers":[
+            {{"file":"{}","targetDigest":"{digest}","gzipIndex":"{}","tarDigests":"{file}","tarDigestsRoot":"{root}"}}]}}"#,
+        reg.url,
+        tv("ext4.fs.meta"),
+        tv("gz.span64k.meta")
+    ));
+    let remote = |d: &std::path::Path| Remote {
+        cache: CacheDir::open(d, 1 << 30, 0.9, 0.7, 64 * 1024).unwrap(),
+        registry: quick(),
+    };
+    let good = tempfile::tempdir().unwrap();
+    {
+        let img = Image::open(&c, Some(&remote(good.path()))).unwrap();
+        assert_eq!(disk_sha256(&img.stack), L1_DISK);
+    }
+    // The registry's stored copy changes under it: a byte of a stored deflate block (random
+    // file data), which inflates without complaint to different bytes.
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let data = storage.path().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut b = std::fs::read(&data).unwrap();
+    b[150_000] ^= 0x01;
+    std::fs::write(&data, &b).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let img = Image::open(&c, Some(&remote(fresh.path()))).unwrap();
+    let e = read_all(&img).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("do not match"), "{e}");
+}

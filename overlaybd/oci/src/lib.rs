@@ -75,8 +75,22 @@ pub mod annotation {
         "containerd.io/snapshot/overlaybd/fastoci/target-digest";
     pub const FASTOCI_TARGET_MEDIA_TYPE: &str =
         "containerd.io/snapshot/overlaybd/fastoci/target-media-type";
+    /// Ours: `blake3:<hex>` of the meta blob's `tar.blake3` (BLAKE3 digests of the original
+    /// layer's uncompressed tar in chunks, and of the gzip index).
+    pub const TURBO_OCI_TAR_DIGESTS: &str = "containerd.io/snapshot/overlaybd/turbo-oci/tar-blake3";
     /// `--referrer`: the artifact type of a meta image attached to its source manifest.
     pub const TURBO_OCI_ARTIFACT_TYPE: &str = "application/vnd.containerd.overlaybd.turbo.v1+json";
+}
+
+/// The files of a TurboOCI meta blob (a gzip'ed tar that containerd unpacks into the
+/// snapshot's directory): overlaybd's names, and ours for the tar digests.
+pub mod turbo_oci_file {
+    pub const EXT4_META: &str = "ext4.fs.meta";
+    pub const EROFS_META: &str = "erofs.fs.meta";
+    pub const MARKER: &str = ".turbo.ociv1";
+    pub const GZIP_INDEX: &str = "gzip.meta";
+    /// Ours: BLAKE3 digests of the original tar in chunks (`docs/format/turbooci.md`).
+    pub const TAR_DIGESTS: &str = "tar.blake3";
 }
 
 /// How a layer blob is compressed.

@@ -68,6 +68,8 @@ pub struct Pulled {
     pub remote: usize,
     /// Layers fetched and unpacked by containerd.
     pub unpacked: usize,
+    /// Of those, TurboOCI meta layers (their files are read lazily from the original layers).
+    pub turbo_oci: usize,
     /// Layers whose snapshot already existed.
     pub existing: usize,
     pub bytes_fetched: u64,
@@ -247,6 +249,9 @@ async fn pull(
             Layer::Remote => out.remote += 1,
             Layer::Unpacked(n, not_lazy) => {
                 out.unpacked += 1;
+                if is_turbo_oci(&img.m.layers[i]) {
+                    out.turbo_oci += 1;
+                }
                 out.bytes_fetched += n;
                 out.not_lazy.extend(not_lazy);
             }
@@ -405,7 +410,7 @@ async fn not_lazy(
         .annotation(labels::BLOB_DIGEST)
         .is_some_and(|d| !d.is_empty());
     let accel = layer.annotation(labels::ACCELERATION_LAYER) == Some("yes");
-    if !overlaybd || accel || opts.download_blobs {
+    if !overlaybd || accel || opts.download_blobs || is_turbo_oci(layer) {
         return None;
     }
     let info = sn
@@ -426,6 +431,17 @@ async fn not_lazy(
             .cloned()
             .unwrap_or_default(),
     })
+}
+
+/// A TurboOCI meta layer: unpacking its small blob is how it is read lazily (its files come
+/// from the original layer), so it is not a fallback.
+fn is_turbo_oci(layer: &Descriptor) -> bool {
+    [
+        overlaybd_oci::annotation::TURBO_OCI_TARGET_DIGEST,
+        overlaybd_oci::annotation::FASTOCI_TARGET_DIGEST,
+    ]
+    .iter()
+    .any(|k| layer.annotation(k).is_some_and(|v| !v.is_empty()))
 }
 
 /// Fetches a layer into the content store (unless it is there), applies it to the prepared

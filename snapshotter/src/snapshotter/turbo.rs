@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use overlaybd_api::LayerConfig;
-use overlaybd_oci::annotation;
 use overlaybd_oci::label as labels;
 use overlaybd_oci::reference::Reference;
+use overlaybd_oci::{annotation, turbo_oci_file};
 
 use crate::error::{Error, Result};
 
@@ -44,10 +44,13 @@ pub(super) fn lower(labels: &BTreeMap<String, String>, fs: &Path) -> Result<Opti
     let Some(target) = target_digest(labels) else {
         return Ok(None);
     };
-    let (meta, fs_type) = match ["ext4", "erofs"]
-        .iter()
-        .map(|t| (fs.join(format!("{t}.fs.meta")), *t))
-        .find(|(p, _)| p.is_file())
+    let (meta, fs_type) = match [
+        (turbo_oci_file::EXT4_META, "ext4"),
+        (turbo_oci_file::EROFS_META, "erofs"),
+    ]
+    .iter()
+    .map(|(name, t)| (fs.join(name), *t))
+    .find(|(p, _)| p.is_file())
     {
         Some((p, "erofs")) => (p, Some("erofs")),
         Some((p, _)) => (p, None),
@@ -77,7 +80,26 @@ pub(super) fn lower(labels: &BTreeMap<String, String>, fs: &Path) -> Result<Opti
     };
     // The index goes with a gzip'ed original; the daemon refuses a gzip blob without one and
     // an index with a plain tar, whatever the annotations say.
-    let index = fs.join("gzip.meta");
+    let index = fs.join(turbo_oci_file::GZIP_INDEX);
+    // Ours: the tar's BLAKE3 digests, checked against the annotation's root by the daemon.
+    // Without the annotation the file (if any) is not trusted and not used.
+    let (tar_digests, tar_digests_root) = match labels
+        .get(annotation::TURBO_OCI_TAR_DIGESTS)
+        .filter(|v| !v.is_empty())
+    {
+        Some(root) => {
+            let p = fs.join(turbo_oci_file::TAR_DIGESTS);
+            if !p.is_file() {
+                return Err(Error::FailedPrecondition(format!(
+                    "a TurboOCI layer (original {target}) names tar digests {root}, and its blob \
+                     has no {}",
+                    p.display()
+                )));
+            }
+            (p.display().to_string(), root.clone())
+        }
+        None => (String::new(), String::new()),
+    };
     Ok(Some(TurboLower {
         lower: LayerConfig {
             dir: fs.display().to_string(),
@@ -92,6 +114,8 @@ pub(super) fn lower(labels: &BTreeMap<String, String>, fs: &Path) -> Result<Opti
                 .get(labels::INTEGRITY_ROOT)
                 .cloned()
                 .unwrap_or_default(),
+            tar_digests,
+            tar_digests_root,
             ..LayerConfig::default()
         },
         repo_blob_url: r.repo_blob_url_over(scheme),
@@ -130,5 +154,13 @@ mod tests {
         let t = lower(&l, d.path()).unwrap().unwrap();
         assert_eq!(t.lower.target_digest, "sha256:cd", "the current key wins");
         assert!(t.lower.gzip_index.ends_with("/gzip.meta"));
+        assert!(t.lower.tar_digests.is_empty() && t.lower.tar_digests_root.is_empty());
+        l.insert(annotation::TURBO_OCI_TAR_DIGESTS.into(), "blake3:00".into());
+        let e = lower(&l, d.path()).unwrap_err().to_string();
+        assert!(e.contains("tar.blake3"), "{e}");
+        std::fs::write(d.path().join("tar.blake3"), b"x").unwrap();
+        let t = lower(&l, d.path()).unwrap().unwrap();
+        assert!(t.lower.tar_digests.ends_with("/tar.blake3"));
+        assert_eq!(t.lower.tar_digests_root, "blake3:00");
     }
 }

@@ -146,8 +146,16 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
     let opts = pull_options(a);
     let t = std::time::Instant::now();
     let p = overlaybd_containerd::rpull::rpull(&reference, &opts)?;
+    let turbo = if p.turbo_oci > 0 {
+        format!(
+            " ({} of them TurboOCI meta layers: their files are read lazily from the original layers)",
+            p.turbo_oci
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "pulled {} ({}): {} layers, {} remote, {} unpacked, {} already present; {} bytes from the registry in {:.2} s",
+        "pulled {} ({}): {} layers, {} remote, {} unpacked{turbo}, {} already present; {} bytes from the registry in {:.2} s",
         p.name,
         p.manifest_digest,
         p.layers,

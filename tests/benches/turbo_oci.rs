@@ -4,8 +4,8 @@
 //!   release binaries, interleaved; the meta image's size as a share of the source's layers;
 //! - cold start (pull command to the container's output, a start that reads one small file) at
 //!   100 MB/s and 25 MB/s through the rate-limited relay: OCI + overlayfs (`ctr images pull`),
-//!   native overlaybd (`obdctl rpull`, lazy), TurboOCI (`ctr images pull` of the meta image,
-//!   lazy); a fresh host and dropped page cache each time; bytes the registry served;
+//!   native overlaybd (`obdctl rpull`, lazy), TurboOCI (`obdctl rpull` of the meta image,
+//!   lazy; containerd 1.6's `ctr images pull` passes no layer labels); a fresh host and dropped page cache each time; bytes the registry served;
 //! - warm sequential read: `DATA_MIB` MiB read a second time with the page cache dropped (the
 //!   daemon's caches full): native (blob cache, ZFile decode) against TurboOCI (inflated-span
 //!   cache).
@@ -69,26 +69,59 @@ fn main() {
     let source = e2e_tests::image::push_sample(&e.registry_addr, "app", "v1", mib);
     println!("turbo_oci: image = busybox + {mib} MiB data ({:.1} MB of gzip layers); medians of {ROUNDS} rounds", source as f64 / 1e6);
 
-    // Build time, interleaved.
-    let (mut native, mut turbo) = (Vec::new(), Vec::new());
-    for r in 0..ROUNDS {
-        native.push(timed(|| e.convert("app:v1", &format!("app:obd{r}"))));
-        turbo.push(timed(|| {
-            e.convert_with(&["--turbo-oci"], "app:v1", &format!("app:turbo{r}"))
-        }));
+    // Build time, interleaved: the sample, and an image of real files (busybox and this
+    // machine's /usr/share in three layers, as `convert_bench` makes it).
+    let share: Vec<Vec<u8>> = [
+        &["usr/share/doc", "usr/share/locale", "usr/share/man"][..],
+        &[
+            "usr/share/perl",
+            "usr/share/perl5",
+            "usr/share/zoneinfo",
+            "usr/share/i18n",
+        ][..],
+        &[
+            "usr/share/common-licenses",
+            "usr/share/mime",
+            "usr/share/misc",
+            "usr/share/info",
+        ][..],
+    ]
+    .iter()
+    .map(|dirs| test_support::layer::host_layer(dirs))
+    .collect();
+    let mut layers = vec![e2e_tests::image::busybox_layer()];
+    layers.extend(share);
+    let files = e2e_tests::image::push(&e.registry_addr, "files", "v1", &layers, &["/bin/true"]);
+    drop(layers);
+    for (repo, bytes) in [("app", source), ("files", files)] {
+        let (mut native, mut turbo) = (Vec::new(), Vec::new());
+        for r in 0..ROUNDS {
+            native.push(timed(|| {
+                e.convert(&format!("{repo}:v1"), &format!("{repo}:obd{r}"))
+            }));
+            turbo.push(timed(|| {
+                e.convert_with(
+                    &["--turbo-oci"],
+                    &format!("{repo}:v1"),
+                    &format!("{repo}:turbo{r}"),
+                )
+            }));
+        }
+        let meta = layer_bytes(&e.registry_addr, repo, "turbo0");
+        let obd = layer_bytes(&e.registry_addr, repo, "obd0");
+        let (n, t) = (median(native), median(turbo));
+        println!(
+            "build {repo} ({:.1} MB of gzip layers): native {n:.2} s, TurboOCI {t:.2} s = {:.2}x \
+             faster; meta image {:.2} MB = {:.2} % of the source's layers (native image {:.1} MB \
+             = {:.0} %)",
+            bytes as f64 / 1e6,
+            n / t,
+            meta as f64 / 1e6,
+            meta as f64 * 100.0 / bytes as f64,
+            obd as f64 / 1e6,
+            obd as f64 * 100.0 / bytes as f64
+        );
     }
-    let meta = layer_bytes(&e.registry_addr, "app", "turbo0");
-    let obd = layer_bytes(&e.registry_addr, "app", "obd0");
-    let (n, t) = (median(native), median(turbo));
-    println!(
-        "build: native {n:.2} s, TurboOCI {t:.2} s = {:.2}x faster; meta image {:.2} MB = {:.2} % \
-         of the source's layers (native image {:.1} MB = {:.0} %)",
-        n / t,
-        meta as f64 / 1e6,
-        meta as f64 * 100.0 / source as f64,
-        obd as f64 / 1e6,
-        obd as f64 * 100.0 / source as f64
-    );
 
     let oci = format!("{}/app:v1", e.host());
     let native_img = format!("{}/app:obd0", e.host());
@@ -130,7 +163,7 @@ fn main() {
                             run(&e, "overlaybd", &native_img, &format!("c{round}"), &[])
                         }
                         _ => {
-                            pull(&e, "overlaybd", &turbo_img);
+                            e.rpull(&turbo_img);
                             run(&e, "overlaybd", &turbo_img, &format!("c{round}"), &[])
                         }
                     };
@@ -158,11 +191,7 @@ fn main() {
     for round in 0..ROUNDS {
         for (kind, image) in [("native", &native_img), ("TurboOCI", &turbo_img)] {
             e.reset_host();
-            if kind == "native" {
-                e.rpull(image);
-            } else {
-                pull(&e, "overlaybd", image);
-            }
+            e.rpull(image);
             run(&e, "overlaybd", image, &format!("f{round}"), &read);
             drop_caches();
             let secs = timed(|| {

@@ -368,6 +368,17 @@ impl Snapshotter {
                     "a TurboOCI layer: its files are read from the original layer"
                 );
             }
+            Storage::Normal if fs.join(overlaybd_oci::turbo_oci_file::MARKER).is_file() => {
+                // A TurboOCI meta blob unpacked without its layer's labels: its files are the
+                // metadata, not the layer's tree, so neither a directory nor a block layer can
+                // be made of it.
+                return Err(Error::FailedPrecondition(format!(
+                    "{name} is a TurboOCI meta layer that was unpacked without its annotations \
+                     (containerd passed no `turbo-oci/target-digest` label; `ctr images pull` on \
+                     containerd 1.x does not): pull it with `obdctl rpull`, through CRI, or with \
+                     containerd 2.x's ctr"
+                )));
+            }
             Storage::Normal => {
                 if let Some(file) = local_layer_file(&fs) {
                     if self.parent_is_block(&s.parent)? {

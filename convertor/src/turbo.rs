@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use overlaybd_turbooci::{digests, ChunkHasher, IndexOptions, IndexSummary, Indexing};
@@ -50,22 +51,6 @@ fn kind_of(path: &Path, digest: &str) -> Result<Kind> {
     }
 }
 
-/// Reads the uncompressed tar while hashing it: SHA-256 (the diff ID) and BLAKE3 in chunks.
-struct Hashing<R> {
-    inner: R,
-    h: Sha256,
-    chunks: ChunkHasher,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let k = self.inner.read(buf)?;
-        self.h.update(&buf[..k]);
-        self.chunks.update(&buf[..k]);
-        Ok(k)
-    }
-}
-
 /// What applying a layer gives: its stats, its gzip index's summary, its tar's digests.
 struct Applied {
     stats: ApplyStats,
@@ -73,8 +58,109 @@ struct Applied {
     digests: ChunkHasher,
 }
 
-/// Applies layer `i`'s tar (file data mapped, not copied), checks its diff ID, and writes its
-/// gzip index to `index` when it is gzip'ed. Returns the stats and the index's summary.
+/// Pieces the uncompressed tar travels in between the threads.
+const PIECE: usize = 1 << 20;
+
+/// Reads `r` to its end in pieces into `tx`; stops early (without error) when the receiver is
+/// gone, and then says so.
+fn pump(r: &mut dyn Read, tx: &SyncSender<Vec<u8>>, path: &Path) -> Result<bool> {
+    loop {
+        let mut buf = vec![0u8; PIECE];
+        let mut n = 0;
+        while n < PIECE {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", path, e)),
+            }
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+        buf.truncate(n);
+        if tx.send(buf).is_err() {
+            return Ok(false);
+        }
+    }
+}
+
+/// The first stage: the layer's uncompressed tar; a gzip layer is inflated and its index
+/// written as it goes.
+fn produce(
+    path: &Path,
+    kind: Kind,
+    index: &Path,
+    tx: SyncSender<Vec<u8>>,
+) -> Result<Option<IndexSummary>> {
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut f = BufReader::with_capacity(1 << 20, f);
+    if kind == Kind::Plain {
+        pump(&mut f, &tx, path)?;
+        return Ok(None);
+    }
+    let out = File::create(index).map_err(|e| Error::io("create", index, e))?;
+    let mut ix = Indexing::new(f, BufWriter::new(out), IndexOptions::default())?;
+    if !pump(&mut ix, &tx, path)? {
+        return Ok(None);
+    }
+    drop(tx);
+    let (w, s) = ix.finish()?;
+    w.into_inner()
+        .map_err(|e| Error::io("write", index, e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io("write", index, e))?;
+    if s.members > 1 {
+        return Err(Error::Unsupported(format!(
+            "the layer is a gzip stream of {} members: overlaybd's gzip index covers only the \
+             first, so its reader would see zeros past it; convert the image natively instead",
+            s.members
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// The applier's end of the pipeline.
+struct Pieces {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The second stage: SHA-256 (the diff ID) and the BLAKE3 chunk digests of the tar.
+fn hash(rx: Receiver<Vec<u8>>, tx: SyncSender<Vec<u8>>) -> Option<(String, ChunkHasher)> {
+    let (mut sha, mut chunks) = (Sha256::new(), ChunkHasher::default());
+    for piece in rx {
+        sha.update(&piece);
+        chunks.update(&piece);
+        if tx.send(piece).is_err() {
+            return None;
+        }
+    }
+    Some((format!("sha256:{}", hex::encode(sha.finalize())), chunks))
+}
+
+/// Applies a layer's tar (file data mapped, not copied), checks its diff ID, and writes its
+/// gzip index to `index` when it is gzip'ed. Three threads: inflating and indexing, hashing,
+/// applying (a layer's time is the slowest of them, not their sum).
 fn apply_layer(
     disk: &mut WorkDisk,
     path: &Path,
@@ -83,72 +169,43 @@ fn apply_layer(
     diff_id: &str,
     t: i64,
 ) -> Result<Applied> {
-    let f = BufReader::with_capacity(
-        1 << 20,
-        File::open(path).map_err(|e| Error::io("open", path, e))?,
-    );
-    let mut indexing = match kind {
-        Kind::Gzip => {
-            let out = File::create(index).map_err(|e| Error::io("create", index, e))?;
-            Some(Indexing::new(
-                f,
-                BufWriter::new(out),
-                IndexOptions::default(),
-            )?)
+    let (tx1, rx1) = sync_channel::<Vec<u8>>(4);
+    let (tx2, rx2) = sync_channel::<Vec<u8>>(4);
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || produce(path, kind, index, tx1));
+        let hasher = s.spawn(move || hash(rx1, tx2));
+        let mut tar = Pieces {
+            rx: rx2,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let applied = (|| -> Result<ApplyStats> {
+            let mut fs = Fs::open(disk, true, t).at(|| "open the filesystem".into())?;
+            let stats = Applier::new(&mut fs).remote_data().apply(&mut tar)?;
+            fs.close().at(|| "write the filesystem back".into())?;
+            std::io::copy(&mut tar, &mut std::io::sink())
+                .map_err(|e| Error::io("read the rest of", path, e))?;
+            Ok(stats)
+        })();
+        drop(tar);
+        let produced = producer
+            .join()
+            .map_err(|_| Error::Panicked("decompression"))?;
+        let hashed = hasher.join().map_err(|_| Error::Panicked("hashing"))?;
+        // The stream's own error first: the applier's "unexpected end" follows from it.
+        let index = produced?;
+        let stats = applied?;
+        let (got, digests) = hashed.ok_or(Error::Panicked("hashing"))?;
+        if got != diff_id {
+            return Err(Error::Invalid(format!(
+                "the uncompressed tar has digest {got}, the config says {diff_id}"
+            )));
         }
-        Kind::Plain => None,
-    };
-    let mut plain;
-    let inner: &mut dyn Read = match &mut indexing {
-        Some(ix) => ix,
-        None => {
-            plain = File::open(path).map_err(|e| Error::io("open", path, e))?;
-            &mut plain
-        }
-    };
-    let mut tar = Hashing {
-        inner,
-        h: Sha256::new(),
-        chunks: ChunkHasher::default(),
-    };
-    let stats = {
-        let mut fs = Fs::open(disk, true, t).at(|| "open the filesystem".into())?;
-        let stats = Applier::new(&mut fs).remote_data().apply(&mut tar)?;
-        fs.close().at(|| "write the filesystem back".into())?;
-        stats
-    };
-    std::io::copy(&mut tar, &mut std::io::sink())
-        .map_err(|e| Error::io("read the rest of", path, e))?;
-    let digests = tar.chunks;
-    let got = format!("sha256:{}", hex::encode(tar.h.finalize()));
-    if got != diff_id {
-        return Err(Error::Invalid(format!(
-            "the uncompressed tar has digest {got}, the config says {diff_id}"
-        )));
-    }
-    let summary = match indexing {
-        Some(ix) => {
-            let (w, s) = ix.finish()?;
-            w.into_inner()
-                .map_err(|e| Error::io("write", index, e.into_error()))?
-                .sync_all()
-                .map_err(|e| Error::io("write", index, e))?;
-            if s.members > 1 {
-                return Err(Error::Unsupported(format!(
-                    "the layer is a gzip stream of {} members: overlaybd's gzip index covers only \
-                     the first, so its reader would see zeros past it; convert the image \
-                     natively instead",
-                    s.members
-                )));
-            }
-            Some(s)
-        }
-        None => None,
-    };
-    Ok(Applied {
-        stats,
-        index: summary,
-        digests,
+        Ok(Applied {
+            stats,
+            index,
+            digests,
+        })
     })
 }
 

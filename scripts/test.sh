@@ -18,9 +18,10 @@ need_rust
 # (tests/) run containerd and runc with the daemon and the snapshotter; containerd's API
 # protos import protobuf's well-known types (libprotobuf-dev). TurboOCI's gzip index uses the
 # system zlib (zlib1g-dev, found with pkg-config): its deflate makes overlaybd's exact bytes.
+# A TurboOCI test runs a real Debian image, built with mmdebstrap once into /var/tmp.
 need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs \
   /usr/include/ext2fs/ext2fs.h:libext2fs-dev /usr/include/zlib.h:zlib1g-dev pkg-config:pkg-config /bin/busybox:busybox-static skopeo:skopeo \
-  umoci:umoci tar:tar docker-registry:docker-registry \
+  umoci:umoci tar:tar docker-registry:docker-registry mmdebstrap:mmdebstrap \
   htpasswd:apache2-utils openssl:openssl protoc:protobuf-compiler fusermount3:fuse3 \
   nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils \
   losetup:mount diff:diffutils /usr/include/google/protobuf/empty.proto:libprotobuf-dev \

@@ -208,3 +208,83 @@ pub fn push_overlaybd_layer(registry: &str, repo: &str, tag: &str, blob: &[u8], 
     });
     put_image(&r, tag, cmd, vec![d.clone()], vec![layer]);
 }
+
+/// A Debian bookworm minbase root filesystem as a tar, built once with `mmdebstrap` (through
+/// the Debian mirror apt uses) into `/var/tmp/overlaybd-test/` and reused; `None` when
+/// mmdebstrap is missing outside CI.
+pub fn debian_minbase_tar() -> Option<std::path::PathBuf> {
+    if !test_support::require_tool("mmdebstrap") {
+        return None;
+    }
+    let dir = std::path::Path::new("/var/tmp/overlaybd-test");
+    let tar = dir.join("bookworm-minbase.tar");
+    if tar.is_file() {
+        return Some(tar);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    // mmdebstrap picks the output format from the name: keep `.tar` at its end.
+    let tmp = dir.join(format!("bookworm-minbase.{}.tar", std::process::id()));
+    test_support::run(
+        "mmdebstrap",
+        &[
+            "--quiet",
+            "--variant=minbase",
+            "--mode=root",
+            "bookworm",
+            tmp.to_str().unwrap(),
+        ],
+    );
+    std::fs::rename(&tmp, &tar).unwrap();
+    Some(tar)
+}
+
+/// The tar of `paths` (relative to `root`, `.` for all) with `exclude` patterns left out, as
+/// GNU tar writes it (numeric owners, extended attributes kept).
+pub fn tar_of(root: &std::path::Path, paths: &[&str], exclude: &[&str]) -> Vec<u8> {
+    let mut c = std::process::Command::new("tar");
+    c.arg("-C")
+        .arg(root)
+        .args(["--numeric-owner", "--xattrs", "--format=pax", "-cf", "-"]);
+    for e in exclude {
+        c.arg(format!("--exclude={e}"));
+    }
+    let o = c.args(paths).output().unwrap();
+    assert!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// Debian minbase as three layers, the way a Dockerfile's steps would make them: the system
+/// without `usr/share`; `usr/share`; then a step that deletes (`etc/motd`), empties a
+/// directory (an opaque `usr/share/doc`) and adds files.
+pub fn debian_layers(minbase_tar: &std::path::Path) -> Vec<Vec<u8>> {
+    let root = tempfile::tempdir().unwrap();
+    test_support::run(
+        "tar",
+        &[
+            "-C",
+            root.path().to_str().unwrap(),
+            "--numeric-owner",
+            "--xattrs",
+            "-xf",
+            minbase_tar.to_str().unwrap(),
+        ],
+    );
+    let l0 = tar_of(root.path(), &["."], &["./usr/share"]);
+    let l1 = tar_of(root.path(), &["./usr/share"], &[]);
+    let mut b = tar::Builder::new(Vec::new());
+    add_file(&mut b, "etc/.wh.motd", 0o644, b"");
+    add_dir(&mut b, "usr/share/doc");
+    add_file(&mut b, "usr/share/doc/.wh..wh..opq", 0o644, b"");
+    add_file(
+        &mut b,
+        "usr/share/doc/README.turbo",
+        0o644,
+        b"only this is left\n",
+    );
+    add_file(&mut b, "etc/turbo-test", 0o600, &vec![b't'; 100_001]);
+    vec![l0, l1, b.into_inner().unwrap()]
+}

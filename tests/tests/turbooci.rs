@@ -116,3 +116,145 @@ fn turbo(c: Containerd, use_cri: bool) {
     let want = hex::encode(Sha256::digest(big_bin(mib)));
     assert_eq!(out, format!("{want}  /data/big.bin\nw\n"), "{}", env.logs());
 }
+
+/// What the comparison lists, run from a root directory: every entry's type, mode and owner
+/// (and size and link target for non-directories), and a digest of every regular file's
+/// content. Mount points and what the runtime puts in place are left out.
+const LISTING: &str = "cd \"$ROOT\" && P='-path ./proc -o -path ./sys -o -path ./dev -o -path ./run \
+    -o -path ./tmp -o -path ./etc/hosts -o -path ./etc/resolv.conf -o -path ./etc/hostname \
+    -o -path ./lost+found' && \
+    find . -xdev \\( $P \\) -prune -o -type d -printf '%p d %m %U %G\\n' | LC_ALL=C sort && \
+    find . -xdev \\( $P \\) -prune -o ! -type d -printf '%p %y %m %U %G %s %l\\n' | LC_ALL=C sort && \
+    find . -xdev \\( $P \\) -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum";
+
+/// A real image, Debian minbase in three gzip layers, converted with `--turbo-oci` and run
+/// lazily: its tree (types, modes, owners, sizes, link targets, every file's content) is the
+/// one `skopeo copy` + `umoci unpack` make of the original, and the original is unchanged.
+#[test]
+fn a_debian_image_from_its_meta_image_is_the_tree_umoci_unpacks() {
+    let Some((_s, env)) = start_on(Containerd::V1, Options::default()) else {
+        return;
+    };
+    if !test_support::require_tools(&["skopeo", "umoci"]) {
+        return;
+    }
+    let Some(minbase) = e2e_tests::image::debian_minbase_tar() else {
+        return;
+    };
+    let layers = e2e_tests::image::debian_layers(&minbase);
+    let source_bytes = e2e_tests::image::push(
+        &env.registry_addr,
+        "debian",
+        "v1",
+        &layers,
+        &["/bin/cat", "/etc/debian_version"],
+    );
+    drop(layers);
+    let digest_of = |tag: &str| {
+        test_support::run(
+            "skopeo",
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--format",
+                "{{.Digest}}",
+                &format!("docker://{}/debian:{tag}", env.registry_addr),
+            ],
+        )
+    };
+    let original = digest_of("v1");
+    env.convert_with(&["--turbo-oci"], "debian:v1", "debian:v1-turbo");
+    assert_eq!(digest_of("v1"), original, "the original image is unchanged");
+    let image = format!("{}/debian:v1-turbo", env.host());
+    let before = env.relay.served();
+    env.rpull(&image);
+    let out = env.ctr(
+        "default",
+        &["run", "--rm", "--snapshotter", "overlaybd", &image, "d1"],
+    );
+    assert!(out.starts_with("12."), "{out}");
+    let served = env.relay.served() - before;
+    eprintln!(
+        "Debian minbase, TurboOCI: source layers {source_bytes} B; pull + start served {served} B ({:.1}%)",
+        served as f64 * 100.0 / source_bytes as f64
+    );
+    assert!(
+        served * 5 < source_bytes,
+        "served {served} of {source_bytes}\n{}",
+        env.logs()
+    );
+    // The whole tree, read through the meta layers from the original layers.
+    let got = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            "--env",
+            "ROOT=/",
+            &image,
+            "d2",
+            "/bin/sh",
+            "-c",
+            LISTING,
+        ],
+    );
+    // The same listing of the original as skopeo and umoci unpack it.
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    test_support::run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/debian:v1", env.registry_addr),
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    );
+    let bundle = work.path().join("bundle");
+    test_support::run(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v1", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", LISTING])
+        .env("ROOT", bundle.join("rootfs"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        want.lines().count() > 5000,
+        "{} lines",
+        want.lines().count()
+    );
+    if got != want {
+        let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+        let diff: Vec<String> = w
+            .iter()
+            .filter(|l| !g.contains(l))
+            .map(|l| format!("- {l}"))
+            .chain(
+                g.iter()
+                    .filter(|l| !w.contains(l))
+                    .map(|l| format!("+ {l}")),
+            )
+            .take(40)
+            .collect();
+        panic!(
+            "the TurboOCI tree differs from umoci's:\n{}",
+            diff.join("\n")
+        );
+    }
+    assert!(
+        got.contains("./etc/turbo-test f 600 0 0 100001"),
+        "the top layer's file"
+    );
+    assert!(!got.contains("./etc/motd "), "the whiteout");
+}

@@ -69,8 +69,9 @@ fn main() {
     let source = e2e_tests::image::push_sample(&e.registry_addr, "app", "v1", mib);
     println!("turbo_oci: image = busybox + {mib} MiB data ({:.1} MB of gzip layers); medians of {ROUNDS} rounds", source as f64 / 1e6);
 
-    // Build time, interleaved: the sample, and an image of real files (busybox and this
-    // machine's /usr/share in three layers, as `convert_bench` makes it).
+    // Build time, interleaved: the sample, an image of real files (busybox and this machine's
+    // /usr/share in three layers, as `convert_bench` makes it), and Debian minbase in three
+    // layers (`image::debian_layers`).
     let share: Vec<Vec<u8>> = [
         &["usr/share/doc", "usr/share/locale", "usr/share/man"][..],
         &[
@@ -93,7 +94,14 @@ fn main() {
     layers.extend(share);
     let files = e2e_tests::image::push(&e.registry_addr, "files", "v1", &layers, &["/bin/true"]);
     drop(layers);
-    for (repo, bytes) in [("app", source), ("files", files)] {
+    let mut images = vec![("app", source), ("files", files)];
+    if let Some(minbase) = e2e_tests::image::debian_minbase_tar() {
+        let layers = e2e_tests::image::debian_layers(&minbase);
+        let bytes =
+            e2e_tests::image::push(&e.registry_addr, "debian", "v1", &layers, &["/bin/true"]);
+        images.push(("debian", bytes));
+    }
+    for (repo, bytes) in images {
         let (mut native, mut turbo) = (Vec::new(), Vec::new());
         for r in 0..ROUNDS {
             native.push(timed(|| {

@@ -9,10 +9,12 @@
 //! `../shared/reference/turbooci.md` §1.2). The source layers are copied into the destination
 //! repository when they are not there yet, since the meta layers fetch them from it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use overlaybd_turbooci::{digests, ChunkHasher, IndexOptions, IndexSummary, Indexing};
@@ -358,6 +360,7 @@ fn convert_layer(
     dst: &dyn Store,
     m: &Manifest,
     i: usize,
+    raw: PathBuf,
     disk: &mut WorkDisk,
     work: &Path,
     diff_ids: &[String],
@@ -369,10 +372,6 @@ fn convert_layer(
 ) -> Result<Done> {
     let l = &m.layers[i];
     let file = |what: &str| -> PathBuf { work.join(format!("{what}-{i:04}")) };
-    let raw = file("src");
-    progress.bytes(i, Phase::Download, 0);
-    convert::download(src, l, &raw, progress, i)?;
-    progress.done(i, Phase::Download);
     let kind = kind_of(&raw, &l.digest)?;
     let uuid = layer::uuid_from_chain_id(&chains[i])?;
     if i == 0 {
@@ -501,26 +500,63 @@ pub(crate) fn convert_manifest(
     let mut disk = WorkDisk::create(&disk_path, opts.vsize)
         .map_err(|e| Error::io("create the work disk", &disk_path, e))?;
     let t = convert::now();
-    let mut done: Vec<Done> = Vec::with_capacity(m.layers.len());
-    let mut parent = None;
-    for i in 0..m.layers.len() {
-        let d = convert_layer(
-            src,
-            dst,
-            m,
-            i,
-            &mut disk,
-            work.path(),
-            &diff_ids,
-            &chains,
-            parent,
-            opts,
-            progress,
-            t,
-        )?;
-        parent = Some(layer::uuid_from_chain_id(&chains[i])?);
-        done.push(d);
-    }
+    let n = m.layers.len();
+    let mut done: Vec<Done> = Vec::with_capacity(n);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| -> Result<()> {
+        // Layers download `concurrency` at a time, ahead of the one being converted.
+        let (tx, rx) = mpsc::channel::<(usize, Result<PathBuf>)>();
+        for _ in 0..opts.concurrency.clamp(1, n) {
+            let (tx, next, work) = (tx.clone(), &next, work.path());
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let raw = work.join(format!("src-{i:04}"));
+                progress.bytes(i, Phase::Download, 0);
+                let r = convert::download(src, &m.layers[i], &raw, progress, i).map(|()| raw);
+                progress.done(i, Phase::Download);
+                if tx.send((i, r)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let result = (|| -> Result<()> {
+            let mut ready: BTreeMap<usize, Result<PathBuf>> = BTreeMap::new();
+            let mut parent = None;
+            for i in 0..n {
+                while !ready.contains_key(&i) {
+                    let (k, r) = rx.recv().map_err(|_| Error::Panicked("download"))?;
+                    ready.insert(k, r);
+                }
+                let raw = ready.remove(&i).expect("present")?;
+                let d = convert_layer(
+                    src,
+                    dst,
+                    m,
+                    i,
+                    raw,
+                    &mut disk,
+                    work.path(),
+                    &diff_ids,
+                    &chains,
+                    parent,
+                    opts,
+                    progress,
+                    t,
+                )?;
+                parent = Some(layer::uuid_from_chain_id(&chains[i])?);
+                done.push(d);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            next.store(n, Ordering::Relaxed);
+        }
+        result
+    })?;
     config["rootfs"]["diff_ids"] = serde_json::Value::Array(
         done.iter()
             .map(|d| serde_json::Value::String(d.diff_id.clone()))

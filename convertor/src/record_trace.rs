@@ -204,18 +204,32 @@ pub fn push_with_trace(
     let cfg = serde_json::to_vec(&c).map_err(|e| Error::json("the config", e))?;
     let cfg_digest = oci::sha256_digest(&cfg);
 
-    // Blobs: the old layers (mounted when the store can, else copied), the trace, the config.
-    for l in &m.layers {
-        if dst.has_blob(&l.digest)? || dst.try_mount(&l.digest, &src.describe())? {
+    // Blobs: the old layers (mounted when the store can, else copied) and, for a TurboOCI
+    // image, the original layers its meta layers read from the same repository; the trace,
+    // the config.
+    let originals = m.layers.iter().filter_map(|l| {
+        let ann = l.annotations.as_ref()?;
+        let d = ann.get(annotation::TURBO_OCI_TARGET_DIGEST)?;
+        Some((d.clone(), None))
+    });
+    let blobs: Vec<(String, Option<u64>)> = m
+        .layers
+        .iter()
+        .map(|l| (l.digest.clone(), Some(l.size)))
+        .chain(originals)
+        .collect();
+    for (blob, size) in blobs {
+        oci::check_digest(&blob)?;
+        if dst.has_blob(&blob)? || dst.try_mount(&blob, &src.describe())? {
             continue;
         }
         let tmp = tempfile::NamedTempFile::new()
             .map_err(|e| Error::io("create", std::env::temp_dir(), e))?;
-        {
+        let n = {
             let mut f = std::io::BufWriter::new(tmp.as_file());
-            src.get_blob(&l.digest, &mut f)?;
-        }
-        dst.put_blob_file(&l.digest, l.size, tmp.path())?;
+            src.get_blob(&blob, &mut f)?
+        };
+        dst.put_blob_file(&blob, size.unwrap_or(n), tmp.path())?;
     }
     dst.put_blob(&digest, &layer)?;
     dst.put_blob(&cfg_digest, &cfg)?;

@@ -59,6 +59,33 @@ impl LayerDisk {
                 }
                 None => Arc::new(f),
             };
+            let target: Arc<dyn ReadAt> = match &l.digests {
+                Some((file, root)) => {
+                    let bytes = std::fs::read(file).map_err(|e| Error::io("read", file, e))?;
+                    let d = overlaybd_turbooci::TarDigests::decode(&bytes, root)?;
+                    let index = match &l.index {
+                        Some(i) => std::fs::read(i).map_err(|e| Error::io("read", i, e))?,
+                        None => Vec::new(),
+                    };
+                    let want = if l.index.is_some() {
+                        *blake3::hash(&index).as_bytes()
+                    } else {
+                        [0; 32]
+                    };
+                    if want != d.index {
+                        return Err(Error::Invalid(format!(
+                            "{}: the gzip index is not the one its tar digests name",
+                            l.meta.display()
+                        )));
+                    }
+                    Arc::new(overlaybd_turbooci::Verified::new(
+                        target,
+                        d,
+                        l.target.display().to_string(),
+                    )?)
+                }
+                None => target,
+            };
             let (warp, layer) = overlaybd_lsmt::WarpLayer::open(lsmt, target).at(what)?;
             lowers.push((warp, layer));
         }
@@ -88,6 +115,8 @@ pub struct TurboLayer {
     pub target: PathBuf,
     /// Its gzip index (`gzip.meta`) when the blob is gzip'ed.
     pub index: Option<PathBuf>,
+    /// The tar digests (`tar.blake3`) and their root, when the image has them.
+    pub digests: Option<(PathBuf, String)>,
 }
 
 impl DiskIo for LayerDisk {
@@ -377,6 +406,8 @@ pub fn diff(expected: &Tree, got: &Tree) -> Vec<String> {
 pub struct Verified {
     pub source_manifest: String,
     pub converted_manifest: String,
+    /// What the converted image is, and what reading it guarantees.
+    pub kind: String,
     pub entries: usize,
     pub differences: Vec<String>,
 }
@@ -411,6 +442,80 @@ fn manifests(
 /// Checks every file of the converted image `dst_ref` against the source `src_ref`: the source
 /// tree is computed from its layer tars ([`crate::model`]), the converted one read from its
 /// ext4 through overlaybd's reader. Platforms of an index are paired by platform.
+/// The original layer a TurboOCI meta layer reads from.
+fn turbo_target(l: &crate::oci::Descriptor) -> Option<&str> {
+    use crate::oci::annotation::{FASTOCI_TARGET_DIGEST, TURBO_OCI_TARGET_DIGEST};
+    l.annotation(TURBO_OCI_TARGET_DIGEST)
+        .or_else(|| l.annotation(FASTOCI_TARGET_DIGEST))
+        .filter(|d| !d.is_empty())
+}
+
+/// A TurboOCI meta image read as the daemon reads it: each meta blob unpacked, each original
+/// layer downloaded from the same repository and read through its gzip index, and through its
+/// tar digests when the image has them. Says which kind the image is.
+fn open_turbo_image(
+    dst: &dyn crate::store::Store,
+    m: &crate::oci::Manifest,
+    dir: &Path,
+) -> Result<(LayerDisk, String)> {
+    use crate::oci::{annotation, check_digest, turbo_oci_file as f};
+    let mut layers = Vec::new();
+    let mut with_digests = 0;
+    for (i, l) in m.layers.iter().enumerate() {
+        let target = turbo_target(l).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "layer {i} ({}) is not a TurboOCI meta layer, and others of the image are",
+                l.digest
+            ))
+        })?;
+        check_digest(target)?;
+        let meta_blob = dir.join(format!("meta-{i}.tar.gz"));
+        crate::convert::download(dst, l, &meta_blob, &crate::progress::Quiet, i)?;
+        let unpacked = dir.join(format!("meta-{i}"));
+        let file = std::fs::File::open(&meta_blob).map_err(|e| Error::io("open", &meta_blob, e))?;
+        tar::Archive::new(flate2::read::GzDecoder::new(file))
+            .unpack(&unpacked)
+            .map_err(|e| Error::io("unpack", &meta_blob, e))?;
+        // The original's size is not in the meta image: learn it from the registry's answer.
+        let original = dir.join(format!("original-{i}"));
+        let mut out =
+            std::fs::File::create(&original).map_err(|e| Error::io("create", &original, e))?;
+        dst.get_blob(target, &mut out)
+            .at(|| format!("download the original layer {target}"))?;
+        let (got, _) = crate::layer::sha256_file(&original)?;
+        if got != target {
+            return Err(Error::Invalid(format!(
+                "the original layer {target} from {} has digest {got}",
+                dst.describe()
+            )));
+        }
+        let index = unpacked.join(f::GZIP_INDEX);
+        let digests = l
+            .annotation(annotation::TURBO_OCI_TAR_DIGESTS)
+            .map(|root| (unpacked.join(f::TAR_DIGESTS), root.to_string()));
+        with_digests += digests.is_some() as usize;
+        layers.push(TurboLayer {
+            meta: unpacked.join(f::EXT4_META),
+            target: original,
+            index: index.is_file().then_some(index),
+            digests,
+        });
+    }
+    let kind = if with_digests == layers.len() {
+        "a TurboOCI meta image with tar digests: every chunk read from the original layers is \
+         checked"
+            .to_string()
+    } else {
+        format!(
+            "a TurboOCI meta image, {} of {} layers without tar digests (made by overlaybd's \
+             convertor?): bytes read from those original layers are not verified",
+            layers.len() - with_digests,
+            layers.len()
+        )
+    };
+    Ok((LayerDisk::open_turbo(&layers)?, kind))
+}
+
 pub fn verify_images(
     src: &dyn crate::store::Store,
     src_ref: &str,
@@ -464,20 +569,30 @@ pub fn verify_images(
             let _ = std::fs::remove_file(&p);
         }
         let expected = model.finish();
-        let mut blobs = Vec::new();
-        for (i, l) in dm.layers.iter().enumerate() {
-            let p = work.join(format!("verify-dst-{i}"));
-            crate::convert::download(dst, l, &p, &crate::progress::Quiet, i)?;
-            blobs.push(p);
-        }
-        let mut disk = LayerDisk::open(&blobs)?;
+        let dir = work.join(format!("verify-dst-{}", out.len()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let (mut disk, kind) = if dm.layers.iter().any(|l| turbo_target(l).is_some()) {
+            open_turbo_image(dst, dm, &dir)?
+        } else {
+            let mut blobs = Vec::new();
+            for (i, l) in dm.layers.iter().enumerate() {
+                let p = dir.join(format!("layer-{i}"));
+                crate::convert::download(dst, l, &p, &crate::progress::Quiet, i)?;
+                blobs.push(p);
+            }
+            (
+                LayerDisk::open(&blobs)?,
+                "overlaybd layers (every block checked against its integrity root when the \
+                 layer has one)"
+                    .to_string(),
+            )
+        };
         let got = tree_of_fs(&mut disk)?;
-        for b in &blobs {
-            let _ = std::fs::remove_file(b);
-        }
+        let _ = std::fs::remove_dir_all(&dir);
         out.push(Verified {
             source_manifest: sdigest.clone(),
             converted_manifest: ddigest.clone(),
+            kind,
             entries: expected.len(),
             differences: diff(&expected, &got),
         });

@@ -227,6 +227,7 @@ fn a_turbo_oci_meta_image_reads_as_its_source() {
             meta,
             target,
             index,
+            digests: None,
         });
     }
     cfg["rootfs"] = serde_json::Value::Null;
@@ -264,6 +265,31 @@ fn a_turbo_oci_meta_image_reads_as_its_source() {
             .join("\n")
     );
     assert_eq!(got[&b"etc/motd"[..]].size, 300_001);
+    // `verify` reads the meta image as the daemon does and says what kind it is.
+    let v = convertor::verify::verify_images(&src, "v1", &dst, "v1", work.path()).unwrap();
+    assert_eq!(v.len(), 1);
+    assert!(v[0].differences.is_empty(), "{:?}", v[0].differences);
+    assert_eq!(v[0].entries, expected.len());
+    assert!(v[0].kind.contains("with tar digests"), "{}", v[0].kind);
+    // The same meta image without our annotation (as overlaybd's convertor makes it): it
+    // still reads, and verify says what is not checked.
+    let mut theirs = m.clone();
+    for l in &mut theirs.layers {
+        l.annotations
+            .as_mut()
+            .unwrap()
+            .remove(annotation::TURBO_OCI_TAR_DIGESTS);
+    }
+    let mb = serde_json::to_vec(&theirs).unwrap();
+    dst.put_manifest(Some("theirs"), media::OCI_MANIFEST, &mb)
+        .unwrap();
+    let v = convertor::verify::verify_images(&src, "v1", &dst, "theirs", work.path()).unwrap();
+    assert!(v[0].differences.is_empty(), "{:?}", v[0].differences);
+    assert!(
+        v[0].kind.contains("3 of 3 layers without tar digests"),
+        "{}",
+        v[0].kind
+    );
     // The same input gives the same digests.
     let (again, _) = convert(&src, "v1", &dst, Some("v2"), &opts, &Quiet).unwrap();
     assert_eq!(again.digest, d.digest);

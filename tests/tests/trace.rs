@@ -88,3 +88,66 @@ fn trace(c: Containerd) {
         env.logs()
     );
 }
+
+/// The same for a TurboOCI meta image, recorded into another repository: the trace layer goes
+/// on top of the meta layers, and the original layers the meta layers read are copied along.
+#[test]
+fn a_turbo_oci_image_records_and_prefetches_its_trace() {
+    let Some((_s, mut env)) = start_on(Containerd::V1, Options::default()) else {
+        return;
+    };
+    e2e_tests::image::push_sample(&env.registry_addr, "tapp", "v1", 64);
+    env.convert_with(&["--turbo-oci"], "tapp:v1", "tapp:v1-turbo");
+    let plain = format!("{}/tapp:v1-turbo", env.host());
+    let traced = format!("{}/tapp-traced:v1", env.host());
+    let out = env.record_trace(&plain, &traced, 30, &["sh", "-c", WORK]);
+    assert!(out.contains("as the acceleration layer"), "{out}");
+
+    env.relay.set_rate(20_000_000);
+    env.reset_host();
+    env.rpull(&plain);
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &plain,
+            "p",
+            "sh",
+            "-c",
+            WORK,
+        ],
+    );
+    assert!(out.starts_with(GREETING), "{out}");
+    let t_plain = read_time(&out);
+
+    env.reset_host();
+    let out = env.rpull(&traced);
+    assert!(out.contains("3 layers, 0 remote, 3 unpacked"), "{out}");
+    let out = env.ctr(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &traced,
+            "t",
+            "sh",
+            "-c",
+            WORK,
+        ],
+    );
+    assert!(out.starts_with(GREETING), "{out}\n{}", env.logs());
+    let t_traced = read_time(&out);
+    eprintln!(
+        "TurboOCI, 16 MiB read at start: {t_plain:.2} s without the trace, {t_traced:.2} s with it"
+    );
+    assert!(
+        t_traced * 2.0 < t_plain,
+        "prefetch did not help: {t_traced} s vs {t_plain} s\n{}",
+        env.logs()
+    );
+}

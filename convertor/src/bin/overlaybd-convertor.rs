@@ -317,9 +317,10 @@ fn verify_cmd(a: VerifyArgs) -> Result<()> {
     let mut bad = 0;
     for r in &results {
         println!(
-            "{} -> {}: {} entries, {} differences",
+            "{} -> {} ({}): {} entries, {} differences",
             r.source_manifest,
             r.converted_manifest,
+            r.kind,
             r.entries,
             r.differences.len()
         );

@@ -430,7 +430,7 @@ pub(crate) fn read_config(
 }
 
 /// The compression of each layer; an overlaybd layer or an unknown media type is refused.
-fn layer_kinds(m: &Manifest) -> Result<Vec<LayerCompression>> {
+pub(crate) fn layer_kinds(m: &Manifest) -> Result<Vec<LayerCompression>> {
     let mut kinds = Vec::new();
     for l in &m.layers {
         if l.annotation(annotation::BLOB_DIGEST).is_some() {

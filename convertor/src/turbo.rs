@@ -26,7 +26,7 @@ use crate::disk::WorkDisk;
 use crate::error::{At, Error, Result};
 use crate::extfs::Fs;
 use crate::layer::{self, LayerBlob};
-use crate::oci::{self, annotation, media, turbo_oci_file, Descriptor, Manifest};
+use crate::oci::{self, annotation, media, turbo_oci_file, Descriptor, LayerCompression, Manifest};
 use crate::progress::{Phase, Progress};
 use crate::store::Store;
 
@@ -37,19 +37,29 @@ enum Kind {
     Gzip,
 }
 
-fn kind_of(path: &Path, digest: &str) -> Result<Kind> {
+fn kind_of(path: &Path, digest: &str, declared: LayerCompression) -> Result<Kind> {
     let mut head = [0u8; 4];
     let n = File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .map_err(|e| Error::io("read", path, e))?;
-    match &head[..n] {
-        [0x1f, 0x8b, ..] => Ok(Kind::Gzip),
-        [0x28, 0xb5, 0x2f, 0xfd] => Err(Error::Unsupported(format!(
-            "layer {digest} is zstd-compressed: TurboOCI reads an original layer through a \
-             gzip index, and zstd has none here (overlaybd refuses it too); convert the image \
+    let zstd_refused = || {
+        Error::Unsupported(format!(
+            "layer {digest} is zstd-compressed: TurboOCI reads an original layer through a gzip \
+             index, and zstd has none here (overlaybd refuses it too); convert the image \
              natively instead"
+        ))
+    };
+    let kind = match &head[..n] {
+        [0x1f, 0x8b, ..] => Kind::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => return Err(zstd_refused()),
+        _ => Kind::Plain,
+    };
+    match (declared, kind) {
+        (LayerCompression::Zstd, _) => Err(zstd_refused()),
+        (LayerCompression::Gzip, Kind::Gzip) | (LayerCompression::None, Kind::Plain) => Ok(kind),
+        (d, k) => Err(Error::Invalid(format!(
+            "layer {digest}: its media type says {d:?}, the blob is {k:?}"
         ))),
-        _ => Ok(Kind::Plain),
     }
 }
 
@@ -361,6 +371,7 @@ fn convert_layer(
     m: &Manifest,
     i: usize,
     raw: PathBuf,
+    kinds: &[LayerCompression],
     disk: &mut WorkDisk,
     work: &Path,
     diff_ids: &[String],
@@ -372,7 +383,7 @@ fn convert_layer(
 ) -> Result<Done> {
     let l = &m.layers[i];
     let file = |what: &str| -> PathBuf { work.join(format!("{what}-{i:04}")) };
-    let kind = kind_of(&raw, &l.digest)?;
+    let kind = kind_of(&raw, &l.digest, kinds[i])?;
     let uuid = layer::uuid_from_chain_id(&chains[i])?;
     if i == 0 {
         let fs_uuid = uuid.to_string().to_lowercase();
@@ -490,6 +501,8 @@ pub(crate) fn convert_manifest(
 ) -> Result<Converted> {
     let started = Instant::now();
     let (mut config, diff_ids) = convert::read_config(src, m)?;
+    // Image layers only (an overlaybd or TurboOCI image is refused), with their media types.
+    let kinds = convert::layer_kinds(m)?;
     let chains = oci::chain_ids(&diff_ids);
     let work = convert::work_dir(opts)?;
     progress.start(
@@ -538,6 +551,7 @@ pub(crate) fn convert_manifest(
                     m,
                     i,
                     raw,
+                    &kinds,
                     &mut disk,
                     work.path(),
                     &diff_ids,

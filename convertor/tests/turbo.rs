@@ -334,6 +334,24 @@ fn layers_turbo_oci_cannot_serve_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("zstd"), "{e}");
+    // A plain tar under a gzip media type.
+    push(
+        &src,
+        "mislabelled",
+        &[(l0.clone(), true)],
+        Some((0, l0.clone())),
+    );
+    let e = convert(&src, "mislabelled", &dst, Some("x"), &opts, &Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("media type says Gzip, the blob is Plain"), "{e}");
+    // An overlaybd (here: TurboOCI) image as the source.
+    push(&src, "ok", &[(l0.clone(), true)], None);
+    convert(&src, "ok", &dst, Some("meta"), &opts, &Quiet).unwrap();
+    let e = convert(&dst, "meta", &dst, Some("x"), &opts, &Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already an overlaybd layer"), "{e}");
     // A blob whose tar is not the config's diff ID.
     let mut t = TarBuilder::new();
     t.file("x", 0o644, b"x");

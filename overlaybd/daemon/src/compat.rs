@@ -123,9 +123,9 @@ impl Reader<'_> {
                          are fetched when read (and prefetched from a trace)"
                             .into()
                     } else {
-                        "gzipCacheConfig: TurboOCI (gzip) layers are not served by this daemon \
-                         yet"
-                        .into()
+                        "gzipCacheConfig: TurboOCI's inflated bytes go to the main cache \
+                         (cache_dir, cache_size_mb), not to a pool of their own"
+                            .into()
                     });
                 }
             }

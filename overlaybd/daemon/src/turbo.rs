@@ -2,7 +2,8 @@
 //! data points into. A local `targetFile` is read as it is; a `targetDigest` is fetched lazily
 //! from the registry through the blob cache like any remote layer. A gzip target is read
 //! through its `gzipIndex`, and what is inflated is kept in the cache too (crash-safe units
-//! with a CRC each, under the key `<digest>.inflated`), so a block is inflated once.
+//! with a CRC each, under a key naming the blob, the index and whether the bytes were
+//! checked), so a block is inflated once.
 
 use std::sync::Arc;
 
@@ -60,6 +61,30 @@ fn tar_digests(l: &LayerConfig, i: usize) -> Result<Option<TarDigests>> {
         )));
     }
     Ok(Some(d))
+}
+
+/// The inflated cache's key for lower `i`: what the bytes depend on (the blob, and the index
+/// that inflates them) and whether they were verified when filled. A unit filled for an image
+/// without tar digests (maybe through another index) is never served as checked to one with
+/// them.
+fn inflated_key(l: &LayerConfig, i: usize, verified: bool) -> Result<String> {
+    let index = std::fs::read(&l.gzip_index)
+        .map_err(|e| Error::io("read", format!("lowers[{i}] gzipIndex {}", l.gzip_index), e))?;
+    let index = blake3::hash(&index).to_hex();
+    let checked = if verified {
+        let root = l
+            .tar_digests_root
+            .strip_prefix("blake3:")
+            .unwrap_or(&l.tar_digests_root);
+        format!(".v{}", &root[..root.len().min(16)])
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "{}.inflated.{}{checked}",
+        l.target_digest,
+        &index[..16]
+    ))
 }
 
 fn verified(inner: Arc<dyn ReadAt>, d: TarDigests, origin: &str) -> Result<Arc<dyn ReadAt>> {
@@ -130,15 +155,15 @@ pub fn open_target(
     })?;
     // Checked below the inflated cache: a chunk is verified when a cache unit is filled (or
     // refilled), and the cache's own CRCs keep it intact after that.
+    let key = inflated_key(l, i, digests.is_some())?;
     let gz: Arc<dyn ReadAt> = match digests {
         Some(d) => verified(Arc::new(gz), d, &origin)?,
         None => Arc::new(gz),
     };
-    let file: Arc<dyn ReadAt> = match (remote, l.target_digest.is_empty()) {
-        (Some(r), false) => {
+    let file: Arc<dyn ReadAt> = match (remote, l.target_file.is_empty()) {
+        (Some(r), true) => {
             let size = gz.size().map_err(|e| Error::io("size", &origin, e))?;
-            r.cache
-                .blob(&format!("{}.inflated", l.target_digest), size, gz)?
+            r.cache.blob(&key, size, gz)?
         }
         _ => gz,
     };

@@ -71,15 +71,18 @@ pub fn read_warp_layer<S: ReadAt + ?Sized>(
                 ),
             ));
         }
-        if m.tag == TAG_TARGET && m.mend() * SECTOR > target_size {
+        // Checked: `moffset` may be up to 2^55 sectors; past the target is past it, wrapped
+        // or not (after this, offsets into the target cannot overflow).
+        let end = m.mend().checked_mul(SECTOR);
+        if m.tag == TAG_TARGET && end.is_none_or(|e| e > target_size) {
             return Err(Error::corrupt(
                 format!("warp layer index entry {i}"),
                 format!(
                     "maps target bytes [{}, {}), past the end of the {target_size}-byte target \
                      (a gzip layer of several members, which overlaybd's index covers only \
                      the first of, or a meta layer made for another layer)",
-                    m.moffset * SECTOR,
-                    m.mend() * SECTOR
+                    m.moffset.saturating_mul(SECTOR),
+                    m.mend().saturating_mul(SECTOR)
                 ),
             ));
         }

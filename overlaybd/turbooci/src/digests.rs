@@ -179,9 +179,23 @@ impl<S: ReadAt> Verified<S> {
     fn chunk(&self, i: usize, buf: &mut [u8]) -> io::Result<()> {
         let at = i as u64 * self.digests.chunk as u64;
         for attempt in 0..2 {
-            let n = read_full_at(&self.inner, at, buf)?;
-            if n == buf.len() && *blake3::hash(buf).as_bytes() == self.digests.chunks[i] {
-                return Ok(());
+            // Bad bytes in a cache more often make inflate fail than inflate to other bytes:
+            // such an error is a mismatch too (dropped and fetched again once).
+            match read_full_at(&self.inner, at, buf) {
+                Ok(n)
+                    if n == buf.len()
+                        && *blake3::hash(buf).as_bytes() == self.digests.chunks[i] =>
+                {
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e)
+                    if attempt == 0
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                        ) => {}
+                Err(e) => return Err(e),
             }
             if attempt == 0 {
                 tracing::warn!(

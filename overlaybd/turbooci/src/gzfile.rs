@@ -6,6 +6,7 @@
 //! its units) then inflate each byte once instead of once per read.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use zfile::source::read_full_at;
@@ -33,6 +34,9 @@ struct Cursor {
     in_pos: usize,
     /// Size of the next read from the blob.
     chunk: usize,
+    /// [`GzFile::generation`] when the cursor started: one from before a discard may hold
+    /// bytes of the dropped copy and is not kept.
+    generation: u64,
 }
 
 /// The uncompressed view of a gzip blob.
@@ -41,6 +45,8 @@ pub struct GzFile {
     index: GzIndex,
     size: u64,
     cursors: Mutex<Vec<Cursor>>,
+    /// Bumped by every `discard_cached`.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for GzFile {
@@ -87,6 +93,7 @@ impl GzFile {
             index,
             size,
             cursors: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -97,6 +104,7 @@ impl GzFile {
     /// The closest way to reach `offset`: a kept cursor or a fresh one at a checkpoint.
     fn start(&self, offset: u64) -> Result<Cursor> {
         let e = *self.index.checkpoint(offset);
+        let generation = self.generation.load(Ordering::Acquire);
         {
             let mut cs = self.cursors.lock().unwrap();
             let best = cs
@@ -134,6 +142,7 @@ impl GzFile {
             input: Vec::new(),
             in_pos: 0,
             chunk: FIRST_CHUNK,
+            generation,
         })
     }
 
@@ -213,6 +222,9 @@ impl GzFile {
             ));
         }
         let mut cs = self.cursors.lock().unwrap();
+        if c.generation != self.generation.load(Ordering::Acquire) {
+            return Ok(n);
+        }
         if cs.len() >= CURSORS {
             // Drop the one furthest behind.
             let (i, _) = cs
@@ -239,7 +251,11 @@ impl ReadAt for GzFile {
     /// Forgets the kept inflate states and asks the blob to drop the compressed bytes that
     /// produce `[offset, offset + len)`: from the checkpoint before it to the one after it.
     fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.cursors.lock().unwrap().clear();
+        {
+            let mut cs = self.cursors.lock().unwrap();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            cs.clear();
+        }
         let from = self.index.checkpoint(offset).en_pos.saturating_sub(1);
         let end = offset.saturating_add(len);
         let to = self

@@ -104,3 +104,42 @@ fn a_bad_cached_copy_is_fetched_again_and_a_bad_origin_fails_the_read() {
     v.read_at(0, &mut b).unwrap();
     assert_eq!(b, tar[..4096]);
 }
+
+/// A cache whose copy makes the reader fail (as damaged deflate data makes inflate fail)
+/// until it is told to drop it.
+struct FailsUntilDiscarded {
+    inner: Vec<u8>,
+    bad: std::sync::atomic::AtomicBool,
+}
+
+impl ReadAt for FailsUntilDiscarded {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.bad.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "invalid distance too far back",
+            ));
+        }
+        self.inner.read_at(offset, buf)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.inner.len() as u64)
+    }
+    fn discard_cached(&self, _: u64, _: u64) -> std::io::Result<()> {
+        self.bad.store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_copy_that_fails_to_inflate_is_fetched_again_too() {
+    let tar = vectors::read("g.layer.tar");
+    let src = FailsUntilDiscarded {
+        inner: tar.clone(),
+        bad: true.into(),
+    };
+    let v = Verified::new(src, digests_of(&tar, None), "layer").unwrap();
+    let mut b = vec![0u8; 1000];
+    v.read_at(70_000, &mut b).unwrap();
+    assert_eq!(b, tar[70_000..71_000]);
+}

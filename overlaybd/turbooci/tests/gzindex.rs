@@ -305,3 +305,24 @@ fn the_fuzz_body_survives_mutated_vectors() {
         }
     }
 }
+
+#[test]
+fn checkpoints_may_share_an_uncompressed_offset() {
+    // overlaybd's filter can emit two checkpoints at one uncompressed offset (an empty block,
+    // then one longer than the span); its reader takes the last, and so do we.
+    let mut w = overlaybd_turbooci::gzindex::IndexWriter::new(
+        Cursor::new(Vec::new()),
+        65536,
+        DictCompression::Zlib(6),
+    )
+    .unwrap();
+    let zeros = [0u8; 32768];
+    w.add(0, 10, 0, &zeros).unwrap();
+    w.add(0, 15, 3, &zeros).unwrap();
+    w.add(70_000, 900, 0, &zeros).unwrap();
+    let (c, _) = w.finish(1000, 100_000).unwrap();
+    let ix = GzIndex::open(Box::new(c.into_inner()), Some(1000)).unwrap();
+    assert_eq!(ix.checkpoint(0).en_pos, 15);
+    assert_eq!(ix.checkpoint(69_999).en_pos, 15);
+    assert_eq!(ix.checkpoint(70_000).en_pos, 900);
+}

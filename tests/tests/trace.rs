@@ -103,7 +103,7 @@ fn record_and_compare(
                 id,
                 "sh",
                 "-c",
-                WORK,
+                &work,
             ],
         );
         assert!(out.starts_with(GREETING), "{out}\n{}", env.logs());
@@ -113,6 +113,22 @@ fn record_and_compare(
     eprintln!(
         "{plain}: 16 MiB read at start: {t_plain:.2} s without the trace, {t_traced:.2} s with it"
     );
+    if init == 0 {
+        let m = env.scrape("daemon");
+        let total = |name: &str| -> u64 {
+            m.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        let bytes = total("overlaybd_trace_replay_bytes_total");
+        let errors = total("overlaybd_trace_replay_errors_total");
+        assert!(
+            bytes >= 16 << 20 && errors == 0,
+            "replayed {bytes} B with {errors} errors\n{m}"
+        );
+        return;
+    }
     assert!(
         t_traced * 2.0 < t_plain,
         "prefetch did not help: {t_traced} s vs {t_plain} s\n{}",

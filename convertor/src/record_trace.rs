@@ -208,9 +208,8 @@ pub fn push_with_trace(
     // image, the original layers its meta layers read from the same repository; the trace,
     // the config.
     let originals = m.layers.iter().filter_map(|l| {
-        let ann = l.annotations.as_ref()?;
-        let d = ann.get(annotation::TURBO_OCI_TARGET_DIGEST)?;
-        Some((d.clone(), None))
+        let d = annotation::turbo_oci_target(l.annotations.as_ref()?)?;
+        Some((d.to_string(), None))
     });
     let blobs: Vec<(String, Option<u64>)> = m
         .layers

@@ -62,22 +62,13 @@ impl LayerDisk {
             let target: Arc<dyn ReadAt> = match &l.digests {
                 Some((file, root)) => {
                     let bytes = std::fs::read(file).map_err(|e| Error::io("read", file, e))?;
-                    let d = overlaybd_turbooci::TarDigests::decode(&bytes, root)?;
                     let index = match &l.index {
-                        Some(i) => std::fs::read(i).map_err(|e| Error::io("read", i, e))?,
-                        None => Vec::new(),
+                        Some(i) => Some(std::fs::read(i).map_err(|e| Error::io("read", i, e))?),
+                        None => None,
                     };
-                    let want = if l.index.is_some() {
-                        *blake3::hash(&index).as_bytes()
-                    } else {
-                        [0; 32]
-                    };
-                    if want != d.index {
-                        return Err(Error::Invalid(format!(
-                            "{}: the gzip index is not the one its tar digests name",
-                            l.meta.display()
-                        )));
-                    }
+                    let index = overlaybd_turbooci::digests::index_digest(index.as_deref());
+                    let d = overlaybd_turbooci::TarDigests::decode_for(&bytes, root, &index)
+                        .at(|| l.meta.display().to_string())?;
                     Arc::new(overlaybd_turbooci::Verified::new(
                         target,
                         d,
@@ -444,10 +435,9 @@ fn manifests(
 /// ext4 through overlaybd's reader. Platforms of an index are paired by platform.
 /// The original layer a TurboOCI meta layer reads from.
 fn turbo_target(l: &crate::oci::Descriptor) -> Option<&str> {
-    use crate::oci::annotation::{FASTOCI_TARGET_DIGEST, TURBO_OCI_TARGET_DIGEST};
-    l.annotation(TURBO_OCI_TARGET_DIGEST)
-        .or_else(|| l.annotation(FASTOCI_TARGET_DIGEST))
-        .filter(|d| !d.is_empty())
+    l.annotations
+        .as_ref()
+        .and_then(crate::oci::annotation::turbo_oci_target)
 }
 
 /// A TurboOCI meta image read as the daemon reads it: each meta blob unpacked, each original

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use overlaybd_api::{ImageConfig, LayerConfig};
 use overlaybd_cache::BlobCache;
 use overlaybd_registry::RegistryBlob;
+use overlaybd_turbooci::digests::index_digest;
 use overlaybd_turbooci::{is_gzip, GzFile, GzIndex, TarDigests, Verified};
 use zfile::source::read_full_at;
 use zfile::ReadAt;
@@ -34,43 +35,28 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// The tar digests of lower `i`, checked against their root and against the gzip index file,
-/// when the config names them (meta images made by overlaybd's convertor have none).
-fn tar_digests(l: &LayerConfig, i: usize) -> Result<Option<TarDigests>> {
+/// The tar digests of lower `i`, checked against their root and against the gzip index (its
+/// [`index_digest`]), when the config names them (meta images made by overlaybd's convertor
+/// have none).
+fn tar_digests(l: &LayerConfig, i: usize, index: &[u8; 32]) -> Result<Option<TarDigests>> {
     if l.tar_digests_root.is_empty() {
         return Ok(None);
     }
     let what = format!("lowers[{i}] tarDigests {}", l.tar_digests);
     let bytes = std::fs::read(&l.tar_digests).map_err(|e| Error::io("read", &what, e))?;
-    let d = TarDigests::decode(&bytes, &l.tar_digests_root).map_err(|e| Error::Layer {
-        origin: what.clone(),
-        cause: Box::new(e.into()),
-    })?;
-    let index = match l.gzip_index.as_str() {
-        "" => [0u8; 32],
-        p => {
-            let b = std::fs::read(p)
-                .map_err(|e| Error::io("read", format!("lowers[{i}] gzipIndex {p}"), e))?;
-            *blake3::hash(&b).as_bytes()
-        }
-    };
-    if index != d.index {
-        return Err(Error::Invalid(format!(
-            "lowers[{i}] gzipIndex {:?} is not the index the meta image's digests name",
-            l.gzip_index
-        )));
-    }
+    let d =
+        TarDigests::decode_for(&bytes, &l.tar_digests_root, index).map_err(|e| Error::Layer {
+            origin: what,
+            cause: Box::new(e.into()),
+        })?;
     Ok(Some(d))
 }
 
-/// The inflated cache's key for lower `i`: what the bytes depend on (the blob, and the index
-/// that inflates them) and whether they were verified when filled. A unit filled for an image
-/// without tar digests (maybe through another index) is never served as checked to one with
-/// them.
-fn inflated_key(l: &LayerConfig, i: usize, verified: bool) -> Result<String> {
-    let index = std::fs::read(&l.gzip_index)
-        .map_err(|e| Error::io("read", format!("lowers[{i}] gzipIndex {}", l.gzip_index), e))?;
-    let index = blake3::hash(&index).to_hex();
+/// The inflated cache's key for a target read through the index whose digest is `index`:
+/// what the bytes depend on (the blob, and the index that inflates them) and whether they
+/// were verified when filled. A unit filled for an image without tar digests (maybe through
+/// another index) is never served as checked to one with them.
+fn inflated_key(l: &LayerConfig, index: &[u8; 32], verified: bool) -> String {
     let checked = if verified {
         let root = l
             .tar_digests_root
@@ -80,11 +66,11 @@ fn inflated_key(l: &LayerConfig, i: usize, verified: bool) -> Result<String> {
     } else {
         String::new()
     };
-    Ok(format!(
-        "{}.inflated.{}{checked}",
-        l.target_digest,
-        &index[..16]
-    ))
+    format!("{}.inflated.{}{checked}", l.target_digest, &hex16(index))
+}
+
+fn hex16(b: &[u8; 32]) -> String {
+    b[..8].iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn verified(inner: Arc<dyn ReadAt>, d: TarDigests, origin: &str) -> Result<Arc<dyn ReadAt>> {
@@ -101,16 +87,21 @@ pub fn open_target(
     let what = format!("lowers[{i}] target");
     // The index header names the blob's size: with it, a target the cache holds opens
     // without asking the registry (a restart while the registry is down).
-    let index = match l.gzip_index.as_str() {
-        "" => None,
+    // Its digest names it for the tar digests and the inflated cache's key.
+    let (index, index_hash) = match l.gzip_index.as_str() {
+        "" => (None, index_digest(None)),
         path => {
-            let f = std::fs::File::open(path)
-                .map_err(|e| Error::io("open", format!("lowers[{i}] gzipIndex {path}"), e))?;
+            let io = |e| Error::io("read", format!("lowers[{i}] gzipIndex {path}"), e);
+            // Hashed as a stream; the windows stay on disk until a read needs one.
+            let f = std::fs::File::open(path).map_err(io)?;
+            let mut h = blake3::Hasher::new();
+            h.update_reader(&f).map_err(io)?;
+            let hash = *h.finalize().as_bytes();
             let index = GzIndex::open(Box::new(f), None).map_err(|e| Error::Layer {
                 origin: path.to_string(),
                 cause: Box::new(e.into()),
             })?;
-            Some(index)
+            (Some(index), hash)
         }
     };
     let (raw, origin, blob): (Arc<dyn ReadAt>, String, _) = if !l.target_file.is_empty() {
@@ -125,7 +116,7 @@ pub fn open_target(
     let mut head = [0u8; 2];
     let n = read_full_at(&*raw, 0, &mut head).map_err(|e| Error::io("read", &origin, e))?;
     let gzip = is_gzip(&head[..n]);
-    let digests = tar_digests(l, i)?;
+    let digests = tar_digests(l, i, &index_hash)?;
     let Some(index) = index else {
         if gzip {
             return Err(Error::Invalid(format!(
@@ -155,7 +146,7 @@ pub fn open_target(
     })?;
     // Checked below the inflated cache: a chunk is verified when a cache unit is filled (or
     // refilled), and the cache's own CRCs keep it intact after that.
-    let key = inflated_key(l, i, digests.is_some())?;
+    let key = inflated_key(l, &index_hash, digests.is_some());
     let gz: Arc<dyn ReadAt> = match digests {
         Some(d) => verified(Arc::new(gz), d, &origin)?,
         None => Arc::new(gz),

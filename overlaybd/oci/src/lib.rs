@@ -80,6 +80,18 @@ pub mod annotation {
     pub const TURBO_OCI_TAR_DIGESTS: &str = "containerd.io/snapshot/overlaybd/turbo-oci/tar-blake3";
     /// `--referrer`: the artifact type of a meta image attached to its source manifest.
     pub const TURBO_OCI_ARTIFACT_TYPE: &str = "application/vnd.containerd.overlaybd.turbo.v1+json";
+
+    /// The original layer's digest when `annotations` (a layer's, or a snapshot's labels) are a
+    /// TurboOCI meta layer's: overlaybd's current key, else the legacy FastOCI one.
+    pub fn turbo_oci_target(
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Option<&str> {
+        [TURBO_OCI_TARGET_DIGEST, FASTOCI_TARGET_DIGEST]
+            .iter()
+            .find_map(|k| annotations.get(*k))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// The files of a TurboOCI meta blob (a gzip'ed tar that containerd unpacks into the

@@ -29,6 +29,11 @@ pub struct TarDigests {
     pub chunks: Vec<[u8; 32]>,
 }
 
+/// What the digests say of a gzip index file: its BLAKE3, zeros for none (a plain tar).
+pub fn index_digest(index: Option<&[u8]>) -> [u8; 32] {
+    index.map_or([0; 32], |b| *blake3::hash(b).as_bytes())
+}
+
 /// `blake3:<hex>` of some bytes.
 pub fn root_of(bytes: &[u8]) -> String {
     format!("blake3:{}", blake3::hash(bytes).to_hex())
@@ -46,6 +51,19 @@ impl TarDigests {
             b.extend_from_slice(c);
         }
         b
+    }
+
+    /// [`TarDigests::decode`], and checks that the digests name the gzip index whose
+    /// [`index_digest`] is `index`.
+    pub fn decode_for(bytes: &[u8], root: &str, index: &[u8; 32]) -> Result<TarDigests> {
+        let d = Self::decode(bytes, root)?;
+        if d.index != *index {
+            return Err(Error::corrupt(
+                "tar digests (tar.blake3)",
+                "the gzip index given is not the index the meta image's digests name",
+            ));
+        }
+        Ok(d)
     }
 
     /// Decodes the file after checking it against `root` (`blake3:<hex>`).
@@ -128,7 +146,7 @@ impl ChunkHasher {
         TarDigests {
             chunk: self.chunk,
             tar_size: self.size,
-            index: index.map_or([0; 32], |b| *blake3::hash(b).as_bytes()),
+            index: index_digest(index),
             chunks: self.chunks,
         }
     }

@@ -66,10 +66,7 @@ pub fn is_gzip(head: &[u8]) -> bool {
 impl GzFile {
     /// Opens `blob` with `index` (which is checked against the blob's size).
     pub fn open(blob: Arc<dyn ReadAt>, index: Box<dyn ReadAt>) -> Result<GzFile> {
-        let blob_size = blob
-            .size()
-            .map_err(|e| Error::io("size of", "gzip blob", 0, e))?;
-        Self::with_index(blob, GzIndex::open(index, Some(blob_size))?)
+        Self::with_index(blob, GzIndex::open(index, None)?)
     }
 
     /// Opens `blob` with an index opened already (its header names the blob's size, which a

@@ -436,12 +436,11 @@ async fn not_lazy(
 /// A TurboOCI meta layer: unpacking its small blob is how it is read lazily (its files come
 /// from the original layer), so it is not a fallback.
 fn is_turbo_oci(layer: &Descriptor) -> bool {
-    [
-        overlaybd_oci::annotation::TURBO_OCI_TARGET_DIGEST,
-        overlaybd_oci::annotation::FASTOCI_TARGET_DIGEST,
-    ]
-    .iter()
-    .any(|k| layer.annotation(k).is_some_and(|v| !v.is_empty()))
+    layer
+        .annotations
+        .as_ref()
+        .and_then(overlaybd_oci::annotation::turbo_oci_target)
+        .is_some()
 }
 
 /// Fetches a layer into the content store (unless it is there), applies it to the prepared

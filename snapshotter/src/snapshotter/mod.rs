@@ -348,7 +348,7 @@ impl Snapshotter {
                 cfg.acceleration_layer = true;
                 self.write_config(s.id, &cfg)?;
             }
-            Storage::Normal if turbo::target_digest(&s.labels).is_some() => {
+            Storage::Normal if overlaybd_oci::annotation::turbo_oci_target(&s.labels).is_some() => {
                 if !self.parent_is_block(&s.parent)? {
                     return Err(Error::FailedPrecondition(format!(
                         "TurboOCI layer {name} is above a layer that is not an overlaybd layer"

@@ -46,7 +46,7 @@ impl Snapshotter {
         // the block layer); an acceleration layer or a download asked for, likewise.
         if get(labels::ACCELERATION_LAYER) == Some("yes")
             || get(labels::DOWNLOAD_REMOTE_BLOB) == Some("download")
-            || super::turbo::target_digest(labels).is_some()
+            || overlaybd_oci::annotation::turbo_oci_target(labels).is_some()
         {
             return Ok(Decision::Unpack(None));
         }

@@ -14,19 +14,6 @@ use overlaybd_oci::{annotation, turbo_oci_file};
 
 use crate::error::{Error, Result};
 
-/// The original layer's digest, when the labels are a TurboOCI meta layer's (overlaybd's key
-/// or the legacy FastOCI one).
-pub(super) fn target_digest(labels: &BTreeMap<String, String>) -> Option<&str> {
-    [
-        annotation::TURBO_OCI_TARGET_DIGEST,
-        annotation::FASTOCI_TARGET_DIGEST,
-    ]
-    .iter()
-    .find_map(|k| labels.get(*k))
-    .map(String::as_str)
-    .filter(|v| !v.is_empty())
-}
-
 /// What a committed TurboOCI snapshot adds to its parent's device config.
 #[derive(Debug)]
 pub(super) struct TurboLower {
@@ -41,7 +28,7 @@ pub(super) struct TurboLower {
 /// digest in the image's repository, and the gzip index when the blob has one. `Ok(None)` when
 /// the labels are not a TurboOCI layer's.
 pub(super) fn lower(labels: &BTreeMap<String, String>, fs: &Path) -> Result<Option<TurboLower>> {
-    let Some(target) = target_digest(labels) else {
+    let Some(target) = annotation::turbo_oci_target(labels) else {
         return Ok(None);
     };
     let (meta, fs_type) = match [

@@ -592,7 +592,7 @@ fn write_manifest(
 }
 
 /// A converted layer's descriptor with overlaybd's annotations and ours.
-fn layer_descriptor(blob: &layer::LayerBlob, media_type: &str) -> Descriptor {
+pub(crate) fn layer_descriptor(blob: &layer::LayerBlob, media_type: &str) -> Descriptor {
     Descriptor {
         media_type: media_type.into(),
         digest: blob.digest.clone(),

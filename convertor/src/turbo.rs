@@ -7,7 +7,8 @@
 //! `gzip.meta`, and ours, `tar.blake3` (BLAKE3 digests of the tar in chunks, rooted in an
 //! annotation), with overlaybd's annotations (`docs/format/turbooci.md`,
 //! `../shared/reference/turbooci.md` §1.2). The source layers are copied into the destination
-//! repository when they are not there yet, since the meta layers fetch them from it.
+//! repository when they are not there yet, since the meta layers fetch them from it. A zstd
+//! layer, which no gzip index can read in place, is converted natively among the meta layers.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -35,6 +36,9 @@ use crate::store::Store;
 enum Kind {
     Plain,
     Gzip,
+    /// No random access into it (overlaybd refuses such layers): converted natively, so the
+    /// image mixes meta layers and native layers.
+    Zstd,
 }
 
 fn kind_of(path: &Path, digest: &str, declared: LayerCompression) -> Result<Kind> {
@@ -42,21 +46,15 @@ fn kind_of(path: &Path, digest: &str, declared: LayerCompression) -> Result<Kind
     let n = File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .map_err(|e| Error::io("read", path, e))?;
-    let zstd_refused = || {
-        Error::Unsupported(format!(
-            "layer {digest} is zstd-compressed: TurboOCI reads an original layer through a gzip \
-             index, and zstd has none here (overlaybd refuses it too); convert the image \
-             natively instead"
-        ))
-    };
     let kind = match &head[..n] {
         [0x1f, 0x8b, ..] => Kind::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd] => return Err(zstd_refused()),
+        [0x28, 0xb5, 0x2f, 0xfd] => Kind::Zstd,
         _ => Kind::Plain,
     };
     match (declared, kind) {
-        (LayerCompression::Zstd, _) => Err(zstd_refused()),
-        (LayerCompression::Gzip, Kind::Gzip) | (LayerCompression::None, Kind::Plain) => Ok(kind),
+        (LayerCompression::Gzip, Kind::Gzip)
+        | (LayerCompression::None, Kind::Plain)
+        | (LayerCompression::Zstd, Kind::Zstd) => Ok(kind),
         (d, k) => Err(Error::Invalid(format!(
             "layer {digest}: its media type says {d:?}, the blob is {k:?}"
         ))),
@@ -107,9 +105,17 @@ fn produce(
 ) -> Result<Option<IndexSummary>> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut f = BufReader::with_capacity(1 << 20, f);
-    if kind == Kind::Plain {
-        pump(&mut f, &tx, path)?;
-        return Ok(None);
+    match kind {
+        Kind::Plain => {
+            pump(&mut f, &tx, path)?;
+            return Ok(None);
+        }
+        Kind::Zstd => {
+            let mut z = convert::decompressed(path, LayerCompression::Zstd)?;
+            pump(&mut z, &tx, path)?;
+            return Ok(None);
+        }
+        Kind::Gzip => {}
     }
     let out = File::create(index).map_err(|e| Error::io("create", index, e))?;
     let mut ix = Indexing::new(f, BufWriter::new(out), IndexOptions::default())?;
@@ -170,9 +176,10 @@ fn hash(rx: Receiver<Vec<u8>>, tx: SyncSender<Vec<u8>>) -> Option<(String, Chunk
     Some((format!("sha256:{}", hex::encode(sha.finalize())), chunks))
 }
 
-/// Applies a layer's tar (file data mapped, not copied), checks its diff ID, and writes its
-/// gzip index to `index` when it is gzip'ed. Three threads: inflating and indexing, hashing,
-/// applying (a layer's time is the slowest of them, not their sum).
+/// Applies a layer's tar (file data mapped, not copied; copied for a zstd layer, which is
+/// converted natively), checks its diff ID, and writes its gzip index to `index` when it is
+/// gzip'ed. Three threads: inflating and indexing, hashing, applying (a layer's time is the
+/// slowest of them, not their sum).
 fn apply_layer(
     disk: &mut WorkDisk,
     path: &Path,
@@ -193,7 +200,11 @@ fn apply_layer(
         };
         let applied = (|| -> Result<ApplyStats> {
             let mut fs = Fs::open(disk, true, t).at(|| "open the filesystem".into())?;
-            let stats = Applier::new(&mut fs).remote_data().apply(&mut tar)?;
+            let mut applier = Applier::new(&mut fs);
+            if kind != Kind::Zstd {
+                applier = applier.remote_data();
+            }
+            let stats = applier.apply(&mut tar)?;
             fs.close().at(|| "write the filesystem back".into())?;
             std::io::copy(&mut tar, &mut std::io::sink())
                 .map_err(|e| Error::io("read the rest of", path, e))?;
@@ -303,6 +314,8 @@ fn target_media_type(source: &str, kind: Kind) -> &'static str {
         (true, Kind::Plain) => media::DOCKER_LAYER,
         (false, Kind::Gzip) => media::OCI_LAYER_GZIP,
         (false, Kind::Plain) => media::OCI_LAYER,
+        // Not a target (a zstd layer is converted natively); Docker has no zstd type.
+        (_, Kind::Zstd) => media::OCI_LAYER_ZSTD,
     }
 }
 
@@ -395,6 +408,22 @@ fn convert_layer(
     let index = file("gzip.meta");
     let applied = apply_layer(disk, &raw, kind, &index, &diff_ids[i], t)
         .at(|| format!("layer {i} ({})", l.digest))?;
+    if kind == Kind::Zstd {
+        let (blob, desc) = native_layer(dst, m, i, &raw, disk, work, uuid, parent, opts, progress)?;
+        return Ok(Done {
+            diff_id: blob.digest.clone(),
+            desc,
+            report: LayerReport {
+                source_digest: l.digest.clone(),
+                source_size: l.size,
+                diff_id: diff_ids[i].clone(),
+                chain_id: chains[i].clone(),
+                blob,
+                apply: applied.stats,
+                reused: false,
+            },
+        });
+    }
     let summary = applied.index;
     let index_bytes = match &summary {
         Some(_) => Some(std::fs::read(&index).map_err(|e| Error::io("read", &index, e))?),
@@ -487,6 +516,63 @@ fn convert_layer(
         },
         diff_id,
     })
+}
+
+/// A zstd layer of a TurboOCI image, applied to the work disk with its data: committed as a
+/// native overlaybd layer (its own data, fetched lazily like any native layer), since zstd
+/// offers no random access into the original. Returns the blob and its descriptor.
+#[allow(clippy::too_many_arguments)]
+fn native_layer(
+    dst: &dyn Store,
+    m: &Manifest,
+    i: usize,
+    raw: &Path,
+    disk: &mut WorkDisk,
+    work: &Path,
+    uuid: overlaybd_lsmt::Uuid,
+    parent: Option<overlaybd_lsmt::Uuid>,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<(LayerBlob, Descriptor)> {
+    progress.done(i, Phase::Apply);
+    progress.note(&format!(
+        "layer {}: zstd-compressed, which TurboOCI cannot read in place (no gzip index): \
+         converted natively, its data in the converted image",
+        i + 1
+    ));
+    progress.bytes(i, Phase::Commit, 0);
+    let snap = work.join(format!("raw-{i:04}"));
+    let maps = disk.take_warp();
+    let maps = layer::snapshot(disk, &maps, &snap)?;
+    let snap_file = File::open(&snap).map_err(|e| Error::io("open", &snap, e))?;
+    let out = work.join(format!("layer-{i:04}"));
+    let blob = layer::commit_extents(
+        &maps,
+        &snap_file,
+        opts.vsize,
+        uuid,
+        parent,
+        &opts.compression,
+        &out,
+        false,
+    )
+    .at(|| format!("layer {i}: commit"))?;
+    let _ = std::fs::remove_file(&snap);
+    progress.done(i, Phase::Commit);
+    progress.bytes(i, Phase::Upload, 0);
+    dst.put_blob_file(&blob.digest, blob.size, &out)
+        .at(|| format!("upload layer {i} ({})", blob.digest))?;
+    progress.done(i, Phase::Upload);
+    for p in [raw, &out] {
+        let _ = std::fs::remove_file(p);
+    }
+    let layer_mt = if oci_types(opts, m) {
+        media::OCI_LAYER
+    } else {
+        media::DOCKER_LAYER
+    };
+    let desc = convert::layer_descriptor(&blob, layer_mt);
+    Ok((blob, desc))
 }
 
 /// Converts one manifest into its TurboOCI meta image.

@@ -33,53 +33,30 @@ impl LayerDisk {
     /// Opens layer blobs as committed layers (each may be tar-wrapped and ZFile-compressed),
     /// checking that each layer's parent UUID names the one below.
     pub fn open(blobs: &[PathBuf]) -> Result<LayerDisk> {
-        let mut lowers: Vec<(Arc<dyn ReadAt>, RoLayer)> = Vec::new();
-        for p in blobs {
-            let (src, _) = blob::open_path(p).at(|| p.display().to_string())?;
-            let layer = RoLayer::open(&*src).at(|| p.display().to_string())?;
-            lowers.push((src, layer));
-        }
-        let stack = Stack::new(lowers, None)?;
-        stack.check_chain()?;
-        Ok(LayerDisk { stack })
+        Self::stack(
+            blobs
+                .iter()
+                .map(|p| native_lower(p))
+                .collect::<Result<_>>()?,
+        )
     }
 
     /// Opens TurboOCI meta layers (bottom first), each over its original layer blob (`target`,
     /// read through `index` when gzip'ed).
     pub fn open_turbo(layers: &[TurboLayer]) -> Result<LayerDisk> {
-        let mut lowers: Vec<(Arc<dyn ReadAt>, RoLayer)> = Vec::new();
-        for l in layers {
-            let what = || l.meta.display().to_string();
-            let (lsmt, _) = blob::open_path(&l.meta).at(what)?;
-            let f = std::fs::File::open(&l.target).map_err(|e| Error::io("open", &l.target, e))?;
-            let target: Arc<dyn ReadAt> = match &l.index {
-                Some(i) => {
-                    let ix = std::fs::File::open(i).map_err(|e| Error::io("open", i, e))?;
-                    Arc::new(overlaybd_turbooci::GzFile::open(Arc::new(f), Box::new(ix))?)
-                }
-                None => Arc::new(f),
-            };
-            let target: Arc<dyn ReadAt> = match &l.digests {
-                Some((file, root)) => {
-                    let bytes = std::fs::read(file).map_err(|e| Error::io("read", file, e))?;
-                    let index = match &l.index {
-                        Some(i) => Some(std::fs::read(i).map_err(|e| Error::io("read", i, e))?),
-                        None => None,
-                    };
-                    let index = overlaybd_turbooci::digests::index_digest(index.as_deref());
-                    let d = overlaybd_turbooci::TarDigests::decode_for(&bytes, root, &index)
-                        .at(|| l.meta.display().to_string())?;
-                    Arc::new(overlaybd_turbooci::Verified::new(
-                        target,
-                        d,
-                        l.target.display().to_string(),
-                    )?)
-                }
-                None => target,
-            };
-            let (warp, layer) = overlaybd_lsmt::WarpLayer::open(lsmt, target).at(what)?;
-            lowers.push((warp, layer));
-        }
+        Self::stack(layers.iter().map(turbo_lower).collect::<Result<_>>()?)
+    }
+
+    /// Opens an image's layers, native and TurboOCI mixed (bottom first).
+    pub fn open_mixed(layers: &[ImageLayer]) -> Result<LayerDisk> {
+        let lower = |l: &ImageLayer| match l {
+            ImageLayer::Native(p) => native_lower(p),
+            ImageLayer::Turbo(t) => turbo_lower(t),
+        };
+        Self::stack(layers.iter().map(lower).collect::<Result<_>>()?)
+    }
+
+    fn stack(lowers: Vec<(Arc<dyn ReadAt>, RoLayer)>) -> Result<LayerDisk> {
         let stack = Stack::new(lowers, None)?;
         stack.check_chain()?;
         Ok(LayerDisk { stack })
@@ -95,6 +72,55 @@ impl LayerDisk {
         self.stack.write_sparse(&out)?;
         Ok(())
     }
+}
+
+/// A committed layer blob (it may be tar-wrapped and ZFile-compressed) as a lower.
+fn native_lower(p: &Path) -> Result<(Arc<dyn ReadAt>, RoLayer)> {
+    let (src, _) = blob::open_path(p).at(|| p.display().to_string())?;
+    let layer = RoLayer::open(&*src).at(|| p.display().to_string())?;
+    Ok((src, layer))
+}
+
+/// A TurboOCI meta layer over its original layer (through its index and digests) as a lower.
+fn turbo_lower(l: &TurboLayer) -> Result<(Arc<dyn ReadAt>, RoLayer)> {
+    let what = || l.meta.display().to_string();
+
+    let (lsmt, _) = blob::open_path(&l.meta).at(what)?;
+    let f = std::fs::File::open(&l.target).map_err(|e| Error::io("open", &l.target, e))?;
+    let target: Arc<dyn ReadAt> = match &l.index {
+        Some(i) => {
+            let ix = std::fs::File::open(i).map_err(|e| Error::io("open", i, e))?;
+            Arc::new(overlaybd_turbooci::GzFile::open(Arc::new(f), Box::new(ix))?)
+        }
+        None => Arc::new(f),
+    };
+    let target: Arc<dyn ReadAt> = match &l.digests {
+        Some((file, root)) => {
+            let bytes = std::fs::read(file).map_err(|e| Error::io("read", file, e))?;
+            let index = match &l.index {
+                Some(i) => Some(std::fs::read(i).map_err(|e| Error::io("read", i, e))?),
+                None => None,
+            };
+            let index = overlaybd_turbooci::digests::index_digest(index.as_deref());
+            let d = overlaybd_turbooci::TarDigests::decode_for(&bytes, root, &index)
+                .at(|| l.meta.display().to_string())?;
+            Arc::new(overlaybd_turbooci::Verified::new(
+                target,
+                d,
+                l.target.display().to_string(),
+            )?)
+        }
+        None => target,
+    };
+    let (warp, layer) = overlaybd_lsmt::WarpLayer::open(lsmt, target).at(what)?;
+    Ok((warp, layer))
+}
+
+/// One layer of an image as `verify` reads it.
+#[derive(Clone, Debug)]
+pub enum ImageLayer {
+    Native(PathBuf),
+    Turbo(TurboLayer),
 }
 
 /// A TurboOCI layer's files, for [`LayerDisk::open_turbo`].
@@ -442,7 +468,8 @@ fn turbo_target(l: &crate::oci::Descriptor) -> Option<&str> {
 
 /// A TurboOCI meta image read as the daemon reads it: each meta blob unpacked, each original
 /// layer downloaded from the same repository and read through its gzip index, and through its
-/// tar digests when the image has them. Says which kind the image is.
+/// tar digests when the image has them; a native layer among them (a zstd source layer) as
+/// it is. Says which kind the image is.
 fn open_turbo_image(
     dst: &dyn crate::store::Store,
     m: &crate::oci::Manifest,
@@ -450,14 +477,15 @@ fn open_turbo_image(
 ) -> Result<(LayerDisk, String)> {
     use crate::oci::{annotation, check_digest, turbo_oci_file as f};
     let mut layers = Vec::new();
-    let mut with_digests = 0;
+    let (mut with_digests, mut turbo) = (0, 0);
     for (i, l) in m.layers.iter().enumerate() {
-        let target = turbo_target(l).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "layer {i} ({}) is not a TurboOCI meta layer, and others of the image are",
-                l.digest
-            ))
-        })?;
+        let Some(target) = turbo_target(l) else {
+            let p = dir.join(format!("layer-{i}"));
+            crate::convert::download(dst, l, &p, &crate::progress::Quiet, i)?;
+            layers.push(ImageLayer::Native(p));
+            continue;
+        };
+        turbo += 1;
         check_digest(target)?;
         let meta_blob = dir.join(format!("meta-{i}.tar.gz"));
         crate::convert::download(dst, l, &meta_blob, &crate::progress::Quiet, i)?;
@@ -484,26 +512,31 @@ fn open_turbo_image(
             .annotation(annotation::TURBO_OCI_TAR_DIGESTS)
             .map(|root| (unpacked.join(f::TAR_DIGESTS), root.to_string()));
         with_digests += digests.is_some() as usize;
-        layers.push(TurboLayer {
+        layers.push(ImageLayer::Turbo(TurboLayer {
             meta: unpacked.join(f::EXT4_META),
             target: original,
             index: index.is_file().then_some(index),
             digests,
-        });
+        }));
     }
-    let kind = if with_digests == layers.len() {
+    let mut kind = if with_digests == turbo {
         "a TurboOCI meta image with tar digests: every chunk read from the original layers is \
          checked"
             .to_string()
     } else {
         format!(
-            "a TurboOCI meta image, {} of {} layers without tar digests (made by overlaybd's \
-             convertor?): bytes read from those original layers are not verified",
-            layers.len() - with_digests,
-            layers.len()
+            "a TurboOCI meta image, {} of {turbo} meta layers without tar digests (made by \
+             overlaybd's convertor?): bytes read from those original layers are not verified",
+            turbo - with_digests,
         )
     };
-    Ok((LayerDisk::open_turbo(&layers)?, kind))
+    if turbo < layers.len() {
+        kind += &format!(
+            "; {} native layers (every block checked against its integrity root)",
+            layers.len() - turbo
+        );
+    }
+    Ok((LayerDisk::open_mixed(&layers)?, kind))
 }
 
 pub fn verify_images(

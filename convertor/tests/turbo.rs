@@ -1,7 +1,8 @@
 //! `convert --turbo-oci` through a real registry: the meta image's manifest, config and blobs
 //! are what overlaybd's convertor makes; its meta layers over the untouched source layers read
-//! as a clean filesystem equal to the source; the same input gives the same digests; layers
-//! TurboOCI cannot serve are refused with the reason.
+//! as a clean filesystem equal to the source; the same input gives the same digests; a zstd
+//! layer becomes a native layer among the meta layers; layers TurboOCI cannot serve are
+//! refused with the reason.
 
 mod common;
 
@@ -48,7 +49,7 @@ fn desc(media_type: &str, bytes: &[u8]) -> Descriptor {
 }
 
 /// Pushes an image whose layers are gzip'ed or plain as given (`blob` overrides a layer's
-/// bytes); returns the manifest's descriptor.
+/// bytes; a zstd frame gets the zstd media type); returns the manifest's descriptor.
 fn push(
     store: &dyn Store,
     tag: &str,
@@ -67,7 +68,9 @@ fn push(
         }
         store.put_blob(&oci::sha256_digest(&b), &b).unwrap();
         descs.push(desc(
-            if *z {
+            if b.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                media::OCI_LAYER_ZSTD
+            } else if *z {
                 media::OCI_LAYER_GZIP
             } else {
                 media::OCI_LAYER
@@ -286,7 +289,7 @@ fn a_turbo_oci_meta_image_reads_as_its_source() {
     let v = convertor::verify::verify_images(&src, "v1", &dst, "theirs", work.path()).unwrap();
     assert!(v[0].differences.is_empty(), "{:?}", v[0].differences);
     assert!(
-        v[0].kind.contains("3 of 3 layers without tar digests"),
+        v[0].kind.contains("3 of 3 meta layers without tar digests"),
         "{}",
         v[0].kind
     );
@@ -309,6 +312,69 @@ fn a_turbo_oci_meta_image_reads_as_its_source() {
     assert_eq!(rm.layers, m.layers);
 }
 
+/// A zstd layer has no gzip index to read it in place (overlaybd refuses such images): it
+/// becomes a native layer of the meta image, between meta layers, and the whole reads as the
+/// source.
+#[test]
+fn a_zstd_layer_becomes_a_native_layer_between_meta_layers() {
+    let Some(reg) = Registry::start() else { return };
+    let src = reg.remote("turbo/zsrc", true);
+    let dst = reg.remote("turbo/zmeta", true);
+    let layers = layers();
+    let z = zstd::encode_all(&layers[1].0[..], 3).unwrap();
+    let zdigest = oci::sha256_digest(&z);
+    push(&src, "v1", &layers, Some((1, z)));
+    let opts = Options {
+        turbo_oci: true,
+        ..Options::default()
+    };
+    let (d, _) = convert(&src, "v1", &dst, Some("v1"), &opts, &Quiet).unwrap();
+    let m = manifest(&dst, "v1");
+    let sm = manifest(&src, "v1");
+    assert_eq!(sm.layers[1].media_type, media::OCI_LAYER_ZSTD);
+    let cfg: serde_json::Value = serde_json::from_slice(&get(&dst, &m.config.digest)).unwrap();
+    let ids = oci::diff_ids(&cfg).unwrap();
+    for (i, l) in m.layers.iter().enumerate() {
+        let target = l.annotation(annotation::TURBO_OCI_TARGET_DIGEST);
+        assert_eq!(
+            l.annotation(annotation::BLOB_DIGEST),
+            Some(l.digest.as_str())
+        );
+        if i == 1 {
+            // Native: its own data, an uncompressed layer type, diff ID = digest, ext4.
+            assert_eq!(target, None);
+            assert_eq!(l.media_type, media::OCI_LAYER);
+            assert_eq!(ids[1], l.digest);
+            assert_eq!(l.annotation(annotation::FS_TYPE), Some("ext4"));
+            assert_eq!(l.annotation(annotation::VERSION), Some("0.1.0"));
+            assert!(
+                l.size > 1 << 20,
+                "the layer's data is in it: {} bytes",
+                l.size
+            );
+        } else {
+            assert_eq!(target, Some(sm.layers[i].digest.as_str()));
+            assert_eq!(l.media_type, media::OCI_LAYER_GZIP);
+        }
+    }
+    assert!(
+        !dst.has_blob(&zdigest).unwrap(),
+        "the zstd original is not needed, so not copied"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let v = convertor::verify::verify_images(&src, "v1", &dst, "v1", work.path()).unwrap();
+    assert!(v[0].differences.is_empty(), "{:?}", v[0].differences);
+    assert!(v[0].entries > 100, "{}", v[0].entries);
+    assert!(
+        v[0].kind.contains("with tar digests") && v[0].kind.contains("1 native layers"),
+        "{}",
+        v[0].kind
+    );
+    // The same input gives the same digests.
+    let (a, _) = convert(&src, "v1", &dst, Some("v2"), &opts, &Quiet).unwrap();
+    assert_eq!(a.digest, d.digest);
+}
+
 #[test]
 fn layers_turbo_oci_cannot_serve_are_refused_with_the_reason() {
     let Some(reg) = Registry::start() else { return };
@@ -327,13 +393,6 @@ fn layers_turbo_oci_cannot_serve_are_refused_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("2 members"), "{e}");
-    // zstd.
-    let z = zstd::encode_all(&l0[..], 3).unwrap();
-    push(&src, "zstd", &[(l0.clone(), true)], Some((0, z)));
-    let e = convert(&src, "zstd", &dst, Some("x"), &opts, &Quiet)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("zstd"), "{e}");
     // A plain tar under a gzip media type.
     push(
         &src,

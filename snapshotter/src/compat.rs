@@ -110,8 +110,11 @@ pub fn from_aci_json(text: &str, what: &str) -> Result<(Config, Vec<String>)> {
                     );
                 }
             }
-            "turboFsType" => warnings
-                .push("turboFsType: TurboOCI layers are not served by this snapshotter yet".into()),
+            "turboFsType" => warnings.push(
+                "turboFsType: not needed; a TurboOCI meta layer is read with the filesystem \
+                     its meta blob holds (ext4.fs.meta or erofs.fs.meta)"
+                    .into(),
+            ),
             "rootfsQuota" => {
                 if v.as_str().is_some_and(|q| !q.is_empty()) {
                     warnings.push(format!("rootfsQuota {v}: quotas are not set here"));

@@ -112,6 +112,18 @@ fn gzip(b: &[u8]) -> Vec<u8> {
 /// Pushes an OCI image of `layers` (uncompressed tars, gzipped here) whose command is `cmd`
 /// to `registry/repo:tag`; returns the bytes of its layer blobs.
 pub fn push(registry: &str, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> u64 {
+    let layers: Vec<_> = layers.iter().map(|l| (&l[..], false)).collect();
+    push_with(registry, repo, tag, &layers, cmd)
+}
+
+/// [`push`] with each layer gzipped, or zstd-compressed where its flag is set.
+pub fn push_with(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[(&[u8], bool)],
+    cmd: &[&str],
+) -> u64 {
     let opts = RemoteOptions {
         plain_http: true,
         ..Default::default()
@@ -120,17 +132,18 @@ pub fn push(registry: &str, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&s
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut total = 0;
-    for l in layers {
+    for &(l, zstd) in layers {
         diff_ids.push(sha256(l));
-        let z = gzip(l);
+        let (z, mt) = if zstd {
+            let z = zstd::encode_all(l, 3).unwrap();
+            (z, "application/vnd.oci.image.layer.v1.tar+zstd")
+        } else {
+            (gzip(l), "application/vnd.oci.image.layer.v1.tar+gzip")
+        };
         let d = sha256(&z);
         r.put_blob(&d, &z).unwrap();
         total += z.len() as u64;
-        descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": d,
-            "size": z.len(),
-        }));
+        descs.push(serde_json::json!({"mediaType": mt, "digest": d, "size": z.len()}));
     }
     put_image(&r, tag, cmd, diff_ids, descs);
     total

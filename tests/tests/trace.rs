@@ -65,7 +65,7 @@ fn a_turbo_oci_image_records_and_prefetches_its_trace() {
         &mut env,
         &plain,
         &traced,
-        ("0 remote, 2 unpacked", "3 layers, 0 remote, 3 unpacked"),
+        ("2 remote, 0 unpacked", "3 layers, 2 remote, 1 unpacked"),
         0,
     );
 }

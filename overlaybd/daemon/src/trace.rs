@@ -384,10 +384,15 @@ pub fn replay(
     let sizes: Vec<u64> = layers.iter().map(|l| l.size().unwrap_or(0)).collect();
     let (work, skipped) = plan_replay(&records, &sizes);
     stats.errors.fetch_add(skipped, Ordering::Relaxed);
+    let planned = work.len();
     let queue = Arc::new(Mutex::new(work.into_iter()));
     let layers = Arc::new(layers);
     let workers = concurrency.max(1);
     let running = Arc::new(AtomicU64::new(workers as u64));
+    let started = std::time::Instant::now();
+    tracing::info!(
+        "trace replay: {planned} reads planned ({skipped} records skipped), {workers} workers"
+    );
     for i in 0..workers {
         let (queue, layers, st, cancel, run) = (
             queue.clone(),
@@ -420,6 +425,13 @@ pub fn replay(
                 }
                 if run.fetch_sub(1, Ordering::AcqRel) == 1 {
                     st.done.store(true, Ordering::Release);
+                    tracing::info!(
+                        "trace replay done: {} B in {} reads, {} errors, {:.2} s",
+                        st.bytes.load(Ordering::Relaxed),
+                        st.records.load(Ordering::Relaxed),
+                        st.errors.load(Ordering::Relaxed),
+                        started.elapsed().as_secs_f64()
+                    );
                 }
             });
         if spawned.is_err() && running.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -68,7 +68,9 @@ pub struct Pulled {
     pub remote: usize,
     /// Layers fetched and unpacked by containerd.
     pub unpacked: usize,
-    /// Of those, TurboOCI meta layers (their files are read lazily from the original layers).
+    /// Of the remote and unpacked layers, TurboOCI meta layers (their files are read lazily
+    /// from the original layers; the snapshotter fetches their small meta blobs, or containerd
+    /// unpacks them when it could not).
     pub turbo_oci: usize,
     /// Layers whose snapshot already existed.
     pub existing: usize,
@@ -244,14 +246,15 @@ async fn pull(
         ..Default::default()
     };
     for i in 0..img.m.layers.len() {
-        match layer(ctd, reg, img, i, opts).await? {
+        let l = layer(ctd, reg, img, i, opts).await?;
+        if is_turbo_oci(&img.m.layers[i]) && !matches!(l, Layer::Existing) {
+            out.turbo_oci += 1;
+        }
+        match l {
             Layer::Existing => out.existing += 1,
             Layer::Remote => out.remote += 1,
             Layer::Unpacked(n, not_lazy) => {
                 out.unpacked += 1;
-                if is_turbo_oci(&img.m.layers[i]) {
-                    out.turbo_oci += 1;
-                }
                 out.bytes_fetched += n;
                 out.not_lazy.extend(not_lazy);
             }

@@ -42,14 +42,17 @@ impl Snapshotter {
         ) else {
             return Ok(Decision::Unpack(None));
         };
-        // A TurboOCI meta blob is small: containerd downloads and unpacks it (its commit makes
-        // the block layer); an acceleration layer or a download asked for, likewise.
+        // An acceleration layer or a download asked for: containerd downloads and unpacks it.
         if get(labels::ACCELERATION_LAYER) == Some("yes")
             || get(labels::DOWNLOAD_REMOTE_BLOB) == Some("download")
-            || overlaybd_oci::annotation::turbo_oci_target(labels).is_some()
         {
             return Ok(Decision::Unpack(None));
         }
+        // A TurboOCI meta layer: its small blob is fetched and unpacked here, so that the
+        // layer is a remote snapshot too. Left to containerd, its unpack would also make
+        // containerd fetch every layer above it, native remote layers included (its unpacker
+        // fetches the rest of the image from the first layer it must unpack).
+        let turbo = overlaybd_oci::annotation::turbo_oci_target(labels).is_some();
         let why_not = |why: String| {
             warn!(
                 snapshot = key,
@@ -84,8 +87,10 @@ impl Snapshotter {
             "https"
         };
         let repo_blob_url = image_ref.repo_blob_url_over(scheme);
-        if let Err(e) = self.check_blob(&repo_blob_url, digest, size).await {
-            return why_not(format!("the registry could not be read: {e}"));
+        if !turbo {
+            if let Err(e) = self.check_blob(&repo_blob_url, digest, size).await {
+                return why_not(format!("the registry could not be read: {e}"));
+            }
         }
         let id = self.meta.next_id()?;
         let (fs, block) = (self.fs_dir(id), self.block_dir(id));
@@ -93,19 +98,49 @@ impl Snapshotter {
             std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
         }
         let mut cfg = self.parent_config(parent)?;
-        cfg.repo_blob_url = repo_blob_url;
-        cfg.lowers.push(LayerConfig {
-            dir: fs.display().to_string(),
-            digest: digest.to_string(),
-            size,
-            integrity_root: get(labels::INTEGRITY_ROOT).unwrap_or_default().to_string(),
-            ..LayerConfig::default()
-        });
+        let mut labels = labels.clone();
+        if turbo {
+            let t = match self.fetch_meta(&repo_blob_url, digest, size, &fs).await {
+                Ok(()) => super::turbo::lower(&labels, &fs),
+                Err(e) => Err(e),
+            };
+            let t = match t {
+                Ok(Some(t)) => t,
+                other => {
+                    let _ = std::fs::remove_dir_all(self.dir(id));
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        _ => "not a TurboOCI layer".into(),
+                    };
+                    // containerd downloads and unpacks the meta blob instead: still lazy for
+                    // the file data, so not reported as a fallback.
+                    warn!(
+                        snapshot = key,
+                        blob = digest,
+                        "a TurboOCI meta blob left to containerd to unpack: {why}"
+                    );
+                    return Ok(Decision::Unpack(None));
+                }
+            };
+            cfg.repo_blob_url = t.repo_blob_url;
+            cfg.lowers.push(t.lower);
+            if let Some(fs_type) = t.fs_type {
+                labels.insert(labels::BLOB_FS_TYPE.to_string(), fs_type.to_string());
+            }
+        } else {
+            cfg.repo_blob_url = repo_blob_url;
+            cfg.lowers.push(LayerConfig {
+                dir: fs.display().to_string(),
+                digest: digest.to_string(),
+                size,
+                integrity_root: get(labels::INTEGRITY_ROOT).unwrap_or_default().to_string(),
+                ..LayerConfig::default()
+            });
+        }
         cfg.result_file = block.join("result").display().to_string();
         let done = self.write_config(id, &cfg).and_then(|_| {
             std::fs::write(self.dir(id).join("image_ref"), image).map_err(io("write image_ref"))
         });
-        let mut labels = labels.clone();
         labels.insert(labels::REMOTE.into(), labels::REMOTE_VALUE.into());
         let now = now_ns();
         let s = Snapshot {
@@ -127,9 +162,43 @@ impl Snapshotter {
             snapshot = target,
             image,
             blob = digest,
+            turbo_oci = turbo,
             "remote-snapshot-prepared=true"
         );
         Ok(Decision::Remote)
+    }
+
+    /// The registry settings the daemon will use, with the lazy check's time limit per
+    /// request.
+    fn registry_options(&self) -> overlaybd_registry::RegistryOptions {
+        overlaybd_registry::RegistryOptions {
+            deadline: Duration::from_secs(self.cfg.lazy_check_timeout_secs),
+            hosts_dir: Some(self.cfg.hosts_dir.clone()).filter(|d| d.is_dir()),
+            docker_config: self.docker_config.clone(),
+            ..overlaybd_registry::RegistryOptions::default()
+        }
+    }
+
+    /// Fetches a TurboOCI meta blob and unpacks it into `fs` ([`super::turbo::fetch_meta`]).
+    async fn fetch_meta(
+        &self,
+        repo_blob_url: &str,
+        digest: &str,
+        size: u64,
+        fs: &std::path::Path,
+    ) -> Result<()> {
+        use overlaybd_registry::{BlobLocation, RegistryBlob};
+        let loc = BlobLocation::from_repo_blob_url(repo_blob_url, digest)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let opts = self.registry_options();
+        let (digest, fs) = (digest.to_string(), fs.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let blob = RegistryBlob::open(loc, Some(size), opts)
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            super::turbo::fetch_meta(&blob, &digest, size, &fs)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("meta blob fetch: {e}")))?
     }
 
     /// Reads the blob's size from the registry (HEAD), as the daemon will, within the lazy
@@ -140,16 +209,11 @@ impl Snapshotter {
         digest: &str,
         size: u64,
     ) -> Result<()> {
-        use overlaybd_registry::{BlobLocation, RegistryBlob, RegistryOptions};
+        use overlaybd_registry::{BlobLocation, RegistryBlob};
         let loc = BlobLocation::from_repo_blob_url(repo_blob_url, digest)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let limit = Duration::from_secs(self.cfg.lazy_check_timeout_secs);
-        let opts = RegistryOptions {
-            deadline: limit,
-            hosts_dir: Some(self.cfg.hosts_dir.clone()).filter(|d| d.is_dir()),
-            docker_config: self.docker_config.clone(),
-            ..RegistryOptions::default()
-        };
+        let opts = self.registry_options();
         let job = tokio::task::spawn_blocking(move || RegistryBlob::open(loc, Some(size), opts));
         match tokio::time::timeout(limit + Duration::from_secs(1), job).await {
             Ok(Ok(Ok(_))) => Ok(()),
@@ -168,15 +232,14 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    #[test]
-    fn a_blob_the_registry_does_not_serve_falls_back_to_a_normal_prepare() {
-        let d = tempfile::tempdir().unwrap();
+    /// A snapshotter whose registry (`r.example:5000`) is a closed port.
+    fn unreachable(d: &std::path::Path) -> Snapshotter {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let hosts = d.path().join("certs.d/r.example:5000");
+        let hosts = d.join("certs.d/r.example:5000");
         std::fs::create_dir_all(&hosts).unwrap();
         std::fs::write(
             hosts.join("hosts.toml"),
@@ -184,12 +247,59 @@ mod tests {
         )
         .unwrap();
         let cfg = Config {
-            root: d.path().join("root"),
-            hosts_dir: d.path().join("certs.d"),
+            root: d.join("root"),
+            hosts_dir: d.join("certs.d"),
             lazy_check_timeout_secs: 2,
             ..Config::default()
         };
-        let sn = Snapshotter::open(cfg).unwrap();
+        Snapshotter::open(cfg).unwrap()
+    }
+
+    /// When the snapshotter cannot fetch a TurboOCI meta blob, containerd unpacks it into the
+    /// prepared directory, and the commit makes the block layer over the original.
+    #[test]
+    fn a_meta_blob_the_snapshotter_cannot_fetch_is_unpacked_by_containerd() {
+        let d = tempfile::tempdir().unwrap();
+        let sn = unreachable(d.path());
+        let mut l = BTreeMap::new();
+        for (k, v) in [
+            (labels::TARGET_REF, format!("sha256:{}", "1".repeat(64))),
+            (labels::BLOB_DIGEST, format!("sha256:{}", "2".repeat(64))),
+            (labels::BLOB_SIZE, "1000".into()),
+            (labels::IMAGE_REF, "r.example:5000/app:v1".into()),
+            (
+                overlaybd_oci::annotation::TURBO_OCI_TARGET_DIGEST,
+                format!("sha256:{}", "3".repeat(64)),
+            ),
+        ] {
+            l.insert(k.to_string(), v);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let key = "ns/1/extract-1 x";
+        let m = rt.block_on(sn.prepare(key, "", l, Kind::Active)).unwrap();
+        assert_eq!(m[0].kind, "bind");
+        std::fs::write(
+            std::path::Path::new(&m[0].source).join("ext4.fs.meta"),
+            b"meta",
+        )
+        .unwrap();
+        rt.block_on(sn.commit("ns/2/x", key, BTreeMap::new()))
+            .unwrap();
+        let s = sn.meta.need("ns/2/x").unwrap();
+        let cfg = sn.read_config(s.id).unwrap();
+        let lower = cfg.lowers.last().unwrap();
+        assert_eq!(lower.target_digest, format!("sha256:{}", "3".repeat(64)));
+        assert!(lower.file.ends_with("/ext4.fs.meta"), "{}", lower.file);
+    }
+
+    #[test]
+    fn a_blob_the_registry_does_not_serve_falls_back_to_a_normal_prepare() {
+        let d = tempfile::tempdir().unwrap();
+        let sn = unreachable(d.path());
         let mut l = BTreeMap::new();
         l.insert(
             labels::TARGET_REF.to_string(),

@@ -1,8 +1,10 @@
 //! TurboOCI layers (`docs/format/turbooci.md`): a meta image's layer carries the original
-//! layer's digest in its annotations. At pull time it is never read remotely: containerd
-//! downloads the small meta blob and unpacks it into `fs/` (`ext4.fs.meta`, `.turbo.ociv1`,
-//! `gzip.meta`). At commit, the snapshot becomes a block layer whose lower reads the meta layer
-//! from `fs/` and the file data from the original layer in the image's repository, lazily.
+//! layer's digest in its annotations. At pull time the snapshotter fetches the small meta blob
+//! and unpacks it into `fs/` ([`fetch_meta`]: `ext4.fs.meta`, `.turbo.ociv1`, `gzip.meta`,
+//! `tar.blake3`), and the layer is a remote snapshot; when that fails, containerd unpacks it and
+//! the commit does the rest. Either way the layer is a block layer whose lower reads the meta
+//! layer from `fs/` and the file data from the original layer in the image's repository,
+//! lazily.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -110,6 +112,116 @@ pub(super) fn lower(labels: &BTreeMap<String, String>, fs: &Path) -> Result<Opti
     }))
 }
 
+/// The files a meta blob may hold (overlaybd's three, and ours).
+const META_FILES: [&str; 5] = [
+    turbo_oci_file::EXT4_META,
+    turbo_oci_file::EROFS_META,
+    turbo_oci_file::MARKER,
+    turbo_oci_file::GZIP_INDEX,
+    turbo_oci_file::TAR_DIGESTS,
+];
+
+/// A meta blob larger than this is refused (it is a few percent of its original layer).
+const META_BLOB_LIMIT: u64 = 4 << 30;
+
+/// Reads a blob from its start, hashing what it reads.
+struct Hashing<'a> {
+    blob: &'a dyn zfile::ReadAt,
+    pos: u64,
+    sha: sha2::Sha256,
+}
+
+impl std::io::Read for Hashing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.blob.read_at(self.pos, buf)?;
+        self.sha.update(&buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Fetches a TurboOCI meta blob (`digest`, `size` bytes, read from `blob`) and unpacks it into
+/// `fs`, as containerd would have: only the files a meta blob holds, regular files at the top
+/// level, each written beside its final name and renamed once the whole blob has matched its
+/// digest, the meta layer last. Anything else in the blob, a wrong digest or size, or a blob
+/// that is not a gzip'ed tar is an error and leaves nothing behind.
+pub(super) fn fetch_meta(
+    blob: &dyn zfile::ReadAt,
+    digest: &str,
+    size: u64,
+    fs: &Path,
+) -> Result<()> {
+    use sha2::Digest;
+    let bad = |why: String| Error::FailedPrecondition(format!("meta blob {digest}: {why}"));
+    if size > META_BLOB_LIMIT {
+        return Err(bad(format!("{size} bytes, more than a meta blob holds")));
+    }
+    // Large reads: each is a range request.
+    let mut r = std::io::BufReader::with_capacity(
+        1 << 20,
+        Hashing {
+            blob,
+            pos: 0,
+            sha: sha2::Sha256::new(),
+        },
+    );
+    let mut written: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::new();
+    let result = (|| -> Result<()> {
+        let mut gz = flate2::read::GzDecoder::new(&mut r);
+        {
+            let mut ar = tar::Archive::new(&mut gz);
+            let entries = ar.entries().map_err(|e| bad(format!("not a tar: {e}")))?;
+            for e in entries {
+                let mut e = e.map_err(|e| bad(format!("a tar entry: {e}")))?;
+                let path = e.path().map_err(|e| bad(format!("an entry's name: {e}")))?;
+                let name = path.to_str().unwrap_or_default().trim_start_matches("./");
+                let Some(&name) = META_FILES.iter().find(|n| **n == name) else {
+                    return Err(bad(format!("unexpected entry {:?}", path.display())));
+                };
+                if !e.header().entry_type().is_file() {
+                    return Err(bad(format!("{name} is not a regular file")));
+                }
+                if written.iter().any(|(_, to)| to.ends_with(name)) {
+                    return Err(bad(format!("{name} twice")));
+                }
+                let (part, to) = (fs.join(format!(".{name}.part")), fs.join(name));
+                let mut out = std::fs::File::create(&part)
+                    .map_err(|e| Error::Internal(format!("create {}: {e}", part.display())))?;
+                written.push((part.clone(), to));
+                std::io::copy(&mut e, &mut out)
+                    .and_then(|_| out.sync_all())
+                    .map_err(|e| bad(format!("{name}: {e}")))?;
+            }
+        }
+        // The gzip trailer and anything after it count for the digest.
+        std::io::copy(&mut gz, &mut std::io::sink())
+            .map_err(|e| bad(format!("after the tar: {e}")))?;
+        drop(gz);
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| bad(format!("read: {e}")))?;
+        let h = r.get_mut();
+        let got = format!("sha256:{}", hex::encode(h.sha.finalize_reset()));
+        if got != digest || h.pos != size {
+            return Err(bad(format!("read {} bytes with digest {got}", h.pos)));
+        }
+        // The meta layer last: its presence says the rest is in place.
+        written.sort_by_key(|(_, to)| {
+            to.ends_with(turbo_oci_file::EXT4_META) || to.ends_with(turbo_oci_file::EROFS_META)
+        });
+        for (part, to) in &written {
+            std::fs::rename(part, to)
+                .map_err(|e| Error::Internal(format!("rename {}: {e}", part.display())))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (part, _) in &written {
+            let _ = std::fs::remove_file(part);
+        }
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +261,99 @@ mod tests {
         let t = lower(&l, d.path()).unwrap().unwrap();
         assert!(t.lower.tar_digests.ends_with("/tar.blake3"));
         assert_eq!(t.lower.tar_digests_root, "blake3:00");
+    }
+
+    /// A gzip'ed tar of `(name, type, content)` entries, and its digest.
+    fn meta_blob(entries: &[(&str, tar::EntryType, &[u8])]) -> (Vec<u8>, String) {
+        use sha2::Digest;
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut t = tar::Builder::new(gz);
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            if kind.is_symlink() {
+                h.set_link_name("/etc/passwd").unwrap();
+            }
+            // Written raw: `append_data` refuses names like `../x`, which a hostile blob has.
+            let mut raw = [0u8; 100];
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_old_mut().name = raw;
+            h.set_cksum();
+            t.append(&h, *data).unwrap();
+        }
+        let blob = t.into_inner().unwrap().finish().unwrap();
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&blob)));
+        (blob, digest)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_meta_blob_is_fetched_into_the_snapshot_only_when_whole_and_right() {
+        use tar::EntryType::{Regular, Symlink};
+        let good = [
+            ("ext4.fs.meta", Regular, &b"meta"[..]),
+            (".turbo.ociv1", Regular, &b""[..]),
+            ("gzip.meta", Regular, &b"index"[..]),
+            ("tar.blake3", Regular, &b"digests"[..]),
+        ];
+        let (blob, digest) = meta_blob(&good);
+        let d = tempfile::tempdir().unwrap();
+        fetch_meta(&blob, &digest, blob.len() as u64, d.path()).unwrap();
+        assert_eq!(
+            names(d.path()),
+            [".turbo.ociv1", "ext4.fs.meta", "gzip.meta", "tar.blake3"]
+        );
+        assert_eq!(std::fs::read(d.path().join("gzip.meta")).unwrap(), b"index");
+        // Refused, leaving nothing: a wrong digest, a wrong size, a blob that is not a
+        // gzip'ed tar, an entry a meta blob does not hold (or that escapes), a link, a
+        // repeated name.
+        let sha = |b: &[u8]| {
+            use sha2::Digest;
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+        };
+        let other = format!("sha256:{}", "0".repeat(64));
+        let mut cases: Vec<(Vec<u8>, String, u64, &str)> = vec![
+            (blob.clone(), other, blob.len() as u64, "digest"),
+            (blob.clone(), digest.clone(), blob.len() as u64 - 1, "bytes"),
+            (b"not gzip".to_vec(), sha(b"not gzip"), 8, "meta blob"),
+        ];
+        for (entries, why) in [
+            (
+                vec![
+                    ("ext4.fs.meta", Regular, &b"m"[..]),
+                    ("../evil", Regular, &b"x"[..]),
+                ],
+                "unexpected entry",
+            ),
+            (vec![("etc/passwd", Regular, &b"x"[..])], "unexpected entry"),
+            (vec![("gzip.meta", Symlink, &b""[..])], "not a regular file"),
+            (
+                vec![
+                    ("gzip.meta", Regular, &b"a"[..]),
+                    ("gzip.meta", Regular, &b"b"[..]),
+                ],
+                "twice",
+            ),
+        ] {
+            let (b, dg) = meta_blob(&entries);
+            let n = b.len() as u64;
+            cases.push((b, dg, n, why));
+        }
+        for (b, dg, n, why) in cases {
+            let d = tempfile::tempdir().unwrap();
+            let e = fetch_meta(&b, &dg, n, d.path()).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+            assert!(names(d.path()).is_empty(), "{why}: {:?}", names(d.path()));
+        }
     }
 }

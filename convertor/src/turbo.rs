@@ -446,23 +446,8 @@ fn convert_layer(
         ));
     }
     progress.bytes(i, Phase::Commit, 0);
-    let snap = file("raw");
-    let maps = disk.take_warp();
-    let maps = layer::snapshot(disk, &maps, &snap)?;
-    let snap_file = File::open(&snap).map_err(|e| Error::io("open", &snap, e))?;
     let meta = file("meta");
-    let blob = layer::commit_extents(
-        &maps,
-        &snap_file,
-        opts.vsize,
-        uuid,
-        parent,
-        &opts.compression,
-        &meta,
-        true,
-    )
-    .at(|| format!("layer {i}: commit its meta layer"))?;
-    let _ = std::fs::remove_file(&snap);
+    let blob = commit(disk, work, i, uuid, parent, opts, &meta, true)?;
     let tgz = file("turboOCIv1.tar.gz");
     let (digest, size, diff_id) = meta_blob(
         &meta,
@@ -518,6 +503,39 @@ fn convert_layer(
     })
 }
 
+/// The blocks layer `i` wrote on the work disk (and, for a meta layer, mapped into its tar)
+/// committed to `out`: a bare ZFile meta layer (`warp`), or a native layer in overlaybd's tar
+/// envelope.
+#[allow(clippy::too_many_arguments)]
+fn commit(
+    disk: &mut WorkDisk,
+    work: &Path,
+    i: usize,
+    uuid: overlaybd_lsmt::Uuid,
+    parent: Option<overlaybd_lsmt::Uuid>,
+    opts: &Options,
+    out: &Path,
+    warp: bool,
+) -> Result<LayerBlob> {
+    let snap = work.join(format!("raw-{i:04}"));
+    let maps = disk.take_warp();
+    let maps = layer::snapshot(disk, &maps, &snap)?;
+    let snap_file = File::open(&snap).map_err(|e| Error::io("open", &snap, e))?;
+    let blob = layer::commit_extents(
+        &maps,
+        &snap_file,
+        opts.vsize,
+        uuid,
+        parent,
+        &opts.compression,
+        out,
+        warp,
+    )
+    .at(|| format!("layer {i}: commit"));
+    let _ = std::fs::remove_file(&snap);
+    blob
+}
+
 /// A zstd layer of a TurboOCI image, applied to the work disk with its data: committed as a
 /// native overlaybd layer (its own data, fetched lazily like any native layer), since zstd
 /// offers no random access into the original. Returns the blob and its descriptor.
@@ -541,23 +559,8 @@ fn native_layer(
         i + 1
     ));
     progress.bytes(i, Phase::Commit, 0);
-    let snap = work.join(format!("raw-{i:04}"));
-    let maps = disk.take_warp();
-    let maps = layer::snapshot(disk, &maps, &snap)?;
-    let snap_file = File::open(&snap).map_err(|e| Error::io("open", &snap, e))?;
     let out = work.join(format!("layer-{i:04}"));
-    let blob = layer::commit_extents(
-        &maps,
-        &snap_file,
-        opts.vsize,
-        uuid,
-        parent,
-        &opts.compression,
-        &out,
-        false,
-    )
-    .at(|| format!("layer {i}: commit"))?;
-    let _ = std::fs::remove_file(&snap);
+    let blob = commit(disk, work, i, uuid, parent, opts, &out, false)?;
     progress.done(i, Phase::Commit);
     progress.bytes(i, Phase::Upload, 0);
     dst.put_blob_file(&blob.digest, blob.size, &out)

@@ -480,6 +480,12 @@ fn open_turbo_image(
     let (mut with_digests, mut turbo) = (0, 0);
     for (i, l) in m.layers.iter().enumerate() {
         let Some(target) = turbo_target(l) else {
+            if l.annotation(annotation::BLOB_DIGEST).is_none() {
+                return Err(Error::Unsupported(format!(
+                    "layer {i} ({}) is neither a TurboOCI meta layer nor an overlaybd layer",
+                    l.digest
+                )));
+            }
             let p = dir.join(format!("layer-{i}"));
             crate::convert::download(dst, l, &p, &crate::progress::Quiet, i)?;
             layers.push(ImageLayer::Native(p));
@@ -532,7 +538,7 @@ fn open_turbo_image(
     };
     if turbo < layers.len() {
         kind += &format!(
-            "; {} native layers (every block checked against its integrity root)",
+            "; {} native overlaybd layers (every block checked against its integrity table)",
             layers.len() - turbo
         );
     }

@@ -366,7 +366,7 @@ fn a_zstd_layer_becomes_a_native_layer_between_meta_layers() {
     assert!(v[0].differences.is_empty(), "{:?}", v[0].differences);
     assert!(v[0].entries > 100, "{}", v[0].entries);
     assert!(
-        v[0].kind.contains("with tar digests") && v[0].kind.contains("1 native layers"),
+        v[0].kind.contains("with tar digests") && v[0].kind.contains("1 native overlaybd layers"),
         "{}",
         v[0].kind
     );

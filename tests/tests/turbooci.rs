@@ -17,8 +17,9 @@ fn containerd_2_ctr_pulls_a_turbo_oci_image_through_the_transfer_service() {
     turbo(Containerd::V2, false);
 }
 
-/// `obdctl rpull`: the meta layers are reported as unpacked (their blobs are the metadata),
-/// and the container still reads the original layers lazily.
+/// `obdctl rpull`: the meta layers are remote snapshots (the snapshotter fetched their small
+/// meta blobs), reported as TurboOCI layers, and the container reads the original layers
+/// lazily.
 #[test]
 fn obdctl_rpull_of_a_turbo_oci_image_then_ctr_run() {
     let Some((_s, env)) = start_on(Containerd::V1, Options::default()) else {
@@ -31,7 +32,8 @@ fn obdctl_rpull_of_a_turbo_oci_image_then_ctr_run() {
     let (ok, out) = env.rpull_with(&image, &["--no-fallback"]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("2 remote, 0 unpacked (2 TurboOCI meta layers") && !out.contains("warning"),
+        out.contains("2 remote, 0 unpacked (of the layers, 2 TurboOCI meta layers")
+            && !out.contains("warning"),
         "{out}"
     );
     let out = env.ctr(

@@ -93,7 +93,8 @@ struct ConvertArgs {
     dedup_db: Option<PathBuf>,
     /// Make a TurboOCI meta image instead: SRC's layers stay as they are (copied into DST's
     /// repository when missing), and DST holds, per layer, the ext4 metadata and a gzip index
-    /// that let overlaybd read the original layer lazily. Plain tar and gzip layers only.
+    /// that let overlaybd read the original layer lazily. Plain tar and gzip layers are read
+    /// in place; a zstd layer becomes a native overlaybd layer of DST.
     #[arg(long)]
     turbo_oci: bool,
     /// With --turbo-oci: make DST an OCI 1.1 referrer of SRC (`subject`, `artifactType`), so a

@@ -99,27 +99,31 @@ impl Snapshotter {
         }
         let mut cfg = self.parent_config(parent)?;
         let mut labels = labels.clone();
+        let (mut used, mut inodes) = (0, 0);
         if turbo {
-            let t = match self.fetch_meta(&repo_blob_url, digest, size, &fs).await {
-                Ok(()) => super::turbo::lower(&labels, &fs),
-                Err(e) => Err(e),
-            };
-            let t = match t {
-                Ok(Some(t)) => t,
-                other => {
+            if let Err(e) = self.fetch_meta(&repo_blob_url, digest, size, &fs).await {
+                let _ = std::fs::remove_dir_all(self.dir(id));
+                // containerd downloads and unpacks the meta blob instead: still lazy for the
+                // file data, so not reported as a fallback.
+                warn!(
+                    snapshot = key,
+                    blob = digest,
+                    "a TurboOCI meta blob left to containerd to unpack: {e}"
+                );
+                return Ok(Decision::Unpack(None));
+            }
+            // A blob that unpacked but does not make a meta layer would fail containerd's
+            // unpack at Commit the same way: fail now.
+            let t = super::turbo::lower(&labels, &fs)
+                .and_then(|t| t.ok_or_else(|| Error::Internal("not a TurboOCI layer".into())));
+            let t = match t.and_then(|t| Ok((t, crate::mount::usage(&fs)?))) {
+                Ok((t, u)) => {
+                    (used, inodes) = u;
+                    t
+                }
+                Err(e) => {
                     let _ = std::fs::remove_dir_all(self.dir(id));
-                    let why = match other {
-                        Err(e) => e.to_string(),
-                        _ => "not a TurboOCI layer".into(),
-                    };
-                    // containerd downloads and unpacks the meta blob instead: still lazy for
-                    // the file data, so not reported as a fallback.
-                    warn!(
-                        snapshot = key,
-                        blob = digest,
-                        "a TurboOCI meta blob left to containerd to unpack: {why}"
-                    );
-                    return Ok(Decision::Unpack(None));
+                    return Err(e);
                 }
             };
             cfg.repo_blob_url = t.repo_blob_url;
@@ -151,8 +155,8 @@ impl Snapshotter {
             created: now,
             updated: now,
             storage: Storage::Remote,
-            size: 0,
-            inodes: 0,
+            size: used,
+            inodes,
         };
         if let Err(e) = done.and_then(|_| self.meta.create(target, &s)) {
             let _ = std::fs::remove_dir_all(self.dir(id));
@@ -191,14 +195,22 @@ impl Snapshotter {
         let loc = BlobLocation::from_repo_blob_url(repo_blob_url, digest)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let opts = self.registry_options();
+        // Prepares wait on this one: a whole budget, not only a deadline per request (at
+        // 1 MB/s a meta blob of a few MB takes a few seconds more than the check).
+        let limit = Duration::from_secs(self.cfg.lazy_check_timeout_secs + size / 1_000_000);
         let (digest, fs) = (digest.to_string(), fs.to_path_buf());
-        tokio::task::spawn_blocking(move || {
+        let job = tokio::task::spawn_blocking(move || {
             let blob = RegistryBlob::open(loc, Some(size), opts)
                 .map_err(|e| Error::Unavailable(e.to_string()))?;
             super::turbo::fetch_meta(&blob, &digest, size, &fs)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("meta blob fetch: {e}")))?
+        });
+        match tokio::time::timeout(limit, job).await {
+            Ok(r) => r.map_err(|e| Error::Internal(format!("meta blob fetch: {e}")))?,
+            Err(_) => Err(Error::Unavailable(format!(
+                "the meta blob was not fetched within {} s",
+                limit.as_secs()
+            ))),
+        }
     }
 
     /// Reads the blob's size from the registry (HEAD), as the daemon will, within the lazy
@@ -282,6 +294,11 @@ mod tests {
         let key = "ns/1/extract-1 x";
         let m = rt.block_on(sn.prepare(key, "", l, Kind::Active)).unwrap();
         assert_eq!(m[0].kind, "bind");
+        // Only the active snapshot's directory: the one the fetch had is gone.
+        let dirs = std::fs::read_dir(d.path().join("root/snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(dirs, 1);
         std::fs::write(
             std::path::Path::new(&m[0].source).join("ext4.fs.meta"),
             b"meta",

@@ -124,28 +124,40 @@ const META_FILES: [&str; 5] = [
 /// A meta blob larger than this is refused (it is a few percent of its original layer).
 const META_BLOB_LIMIT: u64 = 4 << 30;
 
-/// Reads a blob from its start, hashing what it reads.
+/// Reads a blob from its start, hashing what it reads; keeps the first read error (which
+/// the gzip and tar readers above would report as a format error).
 struct Hashing<'a> {
     blob: &'a dyn zfile::ReadAt,
     pos: u64,
     sha: sha2::Sha256,
+    error: Option<String>,
 }
 
 impl std::io::Read for Hashing<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use sha2::Digest;
-        let n = self.blob.read_at(self.pos, buf)?;
+        let n = self.blob.read_at(self.pos, buf).inspect_err(|e| {
+            self.error.get_or_insert_with(|| e.to_string());
+        })?;
         self.sha.update(&buf[..n]);
         self.pos += n as u64;
         Ok(n)
     }
 }
 
+/// The most a meta blob may unpack to, for `size` compressed bytes: its files are mostly
+/// compressed already (a ZFile, zlib'ed index windows, digests), so a blob that inflates far
+/// beyond this is refused before it fills the disk (its digest is only known at its end).
+fn unpack_limit(size: u64) -> u64 {
+    size.saturating_mul(16).saturating_add(64 << 20)
+}
+
 /// Fetches a TurboOCI meta blob (`digest`, `size` bytes, read from `blob`) and unpacks it into
 /// `fs`, as containerd would have: only the files a meta blob holds, regular files at the top
 /// level, each written beside its final name and renamed once the whole blob has matched its
-/// digest, the meta layer last. Anything else in the blob, a wrong digest or size, or a blob
-/// that is not a gzip'ed tar is an error and leaves nothing behind.
+/// digest, the meta layer last. Anything else in the blob, a wrong digest or size, a blob that
+/// is not a gzip'ed tar or unpacks to more than [`unpack_limit`] is an error and leaves
+/// nothing behind.
 pub(super) fn fetch_meta(
     blob: &dyn zfile::ReadAt,
     digest: &str,
@@ -164,8 +176,11 @@ pub(super) fn fetch_meta(
             blob,
             pos: 0,
             sha: sha2::Sha256::new(),
+            error: None,
         },
     );
+    let limit = unpack_limit(size);
+    let mut unpacked = 0u64;
     let mut written: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::new();
     let result = (|| -> Result<()> {
         let mut gz = flate2::read::GzDecoder::new(&mut r);
@@ -184,6 +199,12 @@ pub(super) fn fetch_meta(
                 }
                 if written.iter().any(|(_, to)| to.ends_with(name)) {
                     return Err(bad(format!("{name} twice")));
+                }
+                unpacked = unpacked.saturating_add(e.header().size().unwrap_or(u64::MAX));
+                if unpacked > limit {
+                    return Err(bad(format!(
+                        "unpacks to more than {limit} bytes, far more than a meta blob of {size}"
+                    )));
                 }
                 let (part, to) = (fs.join(format!(".{name}.part")), fs.join(name));
                 let mut out = std::fs::File::create(&part)
@@ -219,7 +240,12 @@ pub(super) fn fetch_meta(
             let _ = std::fs::remove_file(part);
         }
     }
-    result
+    match r.get_ref().error.clone() {
+        Some(e) if result.is_err() => Err(Error::Unavailable(format!(
+            "meta blob {digest}: read from the registry: {e}"
+        ))),
+        _ => result,
+    }
 }
 
 #[cfg(test)]
@@ -325,7 +351,7 @@ mod tests {
         let mut cases: Vec<(Vec<u8>, String, u64, &str)> = vec![
             (blob.clone(), other, blob.len() as u64, "digest"),
             (blob.clone(), digest.clone(), blob.len() as u64 - 1, "bytes"),
-            (b"not gzip".to_vec(), sha(b"not gzip"), 8, "meta blob"),
+            (b"not gzip".to_vec(), sha(b"not gzip"), 8, "a tar entry"),
         ];
         for (entries, why) in [
             (
@@ -349,11 +375,40 @@ mod tests {
             let n = b.len() as u64;
             cases.push((b, dg, n, why));
         }
+        // A blob that inflates far beyond a meta blob's size (its digest may even match).
+        let zeros = vec![0u8; 80 << 20];
+        let (b, dg) = meta_blob(&[("gzip.meta", Regular, &zeros[..])]);
+        let n = b.len() as u64;
+        assert!(n < 1 << 20);
+        cases.push((b, dg, n, "unpacks to more than"));
         for (b, dg, n, why) in cases {
             let d = tempfile::tempdir().unwrap();
             let e = fetch_meta(&b, &dg, n, d.path()).unwrap_err().to_string();
             assert!(e.contains(why), "{why}: {e}");
             assert!(names(d.path()).is_empty(), "{why}: {:?}", names(d.path()));
         }
+        // A registry that fails mid-blob: its error, not a format error.
+        struct Failing(Vec<u8>);
+        impl zfile::ReadAt for Failing {
+            fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+                // The first 64 bytes, then the failure.
+                let off = off as usize;
+                if off >= 64 {
+                    return Err(std::io::Error::other("HTTP 503 from the registry"));
+                }
+                let n = buf.len().min(64 - off);
+                buf[..n].copy_from_slice(&self.0[off..off + n]);
+                Ok(n)
+            }
+            fn size(&self) -> std::io::Result<u64> {
+                Ok(self.0.len() as u64)
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let e = fetch_meta(&Failing(blob.clone()), &digest, blob.len() as u64, d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HTTP 503"), "{e}");
+        assert!(names(d.path()).is_empty());
     }
 }

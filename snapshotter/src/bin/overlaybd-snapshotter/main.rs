@@ -148,7 +148,7 @@ fn rpull(a: RpullArgs) -> anyhow::Result<()> {
     let p = overlaybd_containerd::rpull::rpull(&reference, &opts)?;
     let turbo = if p.turbo_oci > 0 {
         format!(
-            " ({} TurboOCI meta layers: their files are read lazily from the original layers)",
+            " (of the layers, {} TurboOCI meta layers: their files are read lazily from the original layers)",
             p.turbo_oci
         )
     } else {

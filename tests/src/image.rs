@@ -30,7 +30,8 @@ const APPLETS: [&str; 14] = [
     "cut",
 ];
 
-fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+/// A tar header owned by root, with a fixed time.
+pub(crate) fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_path(path).unwrap();
     h.set_entry_type(kind);
@@ -124,6 +125,18 @@ pub fn push_with(
     layers: &[(&[u8], bool)],
     cmd: &[&str],
 ) -> u64 {
+    push_with_env(registry, repo, tag, layers, cmd, &["PATH=/bin"])
+}
+
+/// [`push_with`], the config's environment being `env`.
+pub fn push_with_env(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[(&[u8], bool)],
+    cmd: &[&str],
+    env: &[&str],
+) -> u64 {
     let opts = RemoteOptions {
         plain_http: true,
         ..Default::default()
@@ -145,7 +158,7 @@ pub fn push_with(
         total += z.len() as u64;
         descs.push(serde_json::json!({"mediaType": mt, "digest": d, "size": z.len()}));
     }
-    put_image(&r, tag, cmd, diff_ids, descs);
+    put_image(&r, tag, cmd, env, diff_ids, descs);
     total
 }
 
@@ -154,6 +167,7 @@ fn put_image(
     r: &Remote,
     tag: &str,
     cmd: &[&str],
+    env: &[&str],
     diff_ids: Vec<String>,
     layers: Vec<serde_json::Value>,
 ) {
@@ -163,7 +177,7 @@ fn put_image(
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "config": {"Cmd": cmd, "Env": env, "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history,
     }))
@@ -219,7 +233,7 @@ pub fn push_overlaybd_layer(registry: &str, repo: &str, tag: &str, blob: &[u8], 
             a::FS_TYPE: "ext4",
         },
     });
-    put_image(&r, tag, cmd, vec![d.clone()], vec![layer]);
+    put_image(&r, tag, cmd, &["PATH=/bin"], vec![d.clone()], vec![layer]);
 }
 
 /// A Debian bookworm minbase root filesystem as a tar, built once with `mmdebstrap` (through

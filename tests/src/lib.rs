@@ -5,6 +5,7 @@
 //! cold-start benchmark.
 
 pub mod containerd;
+pub mod corpus;
 pub mod cri;
 pub mod docker;
 pub mod image;

@@ -1,0 +1,191 @@
+//! Real applications (the corpus, `e2e_tests::corpus`): time from the pull command to ready
+//! (the app's HTTP answer, or its printed line), at 100 MB/s and 25 MB/s through the relay,
+//! for the OCI image with containerd's overlayfs snapshotter (`ctr images pull`), the converted
+//! image read lazily (`obdctl rpull`), the converted image with its recorded trace (record-trace
+//! of the start), and the TurboOCI meta image; a fresh host and dropped page cache each time;
+//! bytes the registry served. Then warm: the lazy image started again with its caches full
+//! and the page cache dropped. Medians of ROUNDS interleaved rounds.
+//!
+//! `cargo bench -p e2e-tests --bench corpus_start [-- ROUNDS]` (root; `OBD_CORPUS` picks the
+//! images as for the tests: default `flask,nginx`, `all` adds `pydata`; default 3 rounds).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use e2e_tests::corpus::{self, App, Ready};
+use e2e_tests::{free_port, require, Env, Options};
+
+const MODES: [&str; 4] = ["OCI", "lazy", "trace", "TurboOCI"];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn drop_caches() {
+    let _ = std::process::Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// The image of `app` a mode runs.
+fn image(e: &Env, app: &App, mode: &str) -> String {
+    let n = app.name;
+    match mode {
+        "OCI" => format!("{}/{n}:v1", e.host()),
+        "lazy" => format!("{}/{n}:obd", e.host()),
+        "trace" => format!("{}/{n}-traced:v1", e.host()),
+        _ => format!("{}/{n}:turbo", e.host()),
+    }
+}
+
+/// Starts a container of `image` (host network) and waits until it is ready.
+fn start(e: &Env, app: &App, snapshotter: &str, image: &str, id: &str) {
+    let port = free_port();
+    let cmd = corpus::command(app, port);
+    let mut args = vec!["run", "--net-host", "--snapshotter", snapshotter];
+    match app.ready {
+        Ready::Prints(want) => {
+            args.extend(["--rm", image, id]);
+            args.extend(cmd.iter().map(String::as_str));
+            let out = e.ctr("default", &args);
+            assert!(out.contains(want), "{}: {out}", app.name);
+        }
+        Ready::Http(path, want) => {
+            args.extend(["-d", image, id]);
+            args.extend(cmd.iter().map(String::as_str));
+            e.ctr("default", &args);
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let t = Instant::now();
+            loop {
+                let ok = client
+                    .get(format!("http://127.0.0.1:{port}{path}"))
+                    .send()
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .and_then(|r| r.text().ok())
+                    .is_some_and(|b| b.contains(want));
+                if ok {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "{} not ready",
+                    app.name
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Pull (for a cold start) and start; seconds to ready.
+fn cold(e: &Env, app: &App, mode: &str, id: &str) -> f64 {
+    let img = image(e, app, mode);
+    let t = Instant::now();
+    if mode == "OCI" {
+        e.ctr(
+            "default",
+            &[
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                "overlayfs",
+                &img,
+            ],
+        );
+        start(e, app, "overlayfs", &img, id);
+    } else {
+        e.rpull(&img);
+        start(e, app, "overlaybd", &img, id);
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") || !require() {
+        return;
+    }
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(3);
+    let apps = corpus::ci_subset();
+    let mut e = Env::start(Options::default());
+    let mut sizes = BTreeMap::new();
+    for app in &apps {
+        let bytes = corpus::push(&e.registry_addr, app, "v1").expect("mmdebstrap");
+        let n = app.name;
+        e.convert(&format!("{n}:v1"), &format!("{n}:obd"));
+        e.convert_with(&["--turbo-oci"], &format!("{n}:v1"), &format!("{n}:turbo"));
+        // The trace of a start: the app's command, recorded for 10 s.
+        let cmd = corpus::command(app, free_port());
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        e.record_trace(&image(&e, app, "lazy"), &image(&e, app, "trace"), 10, &cmd);
+        sizes.insert(n, bytes);
+        println!(
+            "corpus_start: {n}: {:.1} MB of gzip layers",
+            bytes as f64 / 1e6
+        );
+    }
+    for rate_mb in [100u64, 25] {
+        e.relay.set_rate(rate_mb * 1_000_000);
+        for app in &apps {
+            let mut got: BTreeMap<&str, (Vec<f64>, u64)> = BTreeMap::new();
+            for round in 0..rounds {
+                for mode in MODES {
+                    e.reset_host();
+                    drop_caches();
+                    let before = e.relay.served();
+                    let secs = cold(&e, app, mode, &format!("c{round}"));
+                    e.remove_containers("default");
+                    let m = got.entry(mode).or_default();
+                    m.0.push(secs);
+                    m.1 = e.relay.served() - before;
+                }
+            }
+            let oci = median(got["OCI"].0.clone());
+            let cells: Vec<String> = MODES
+                .iter()
+                .map(|m| {
+                    let t = median(got[m].0.clone());
+                    format!(
+                        "{m} {t:.2} s ({:.1} MB, {:.2}x OCI)",
+                        got[m].1 as f64 / 1e6,
+                        t / oci
+                    )
+                })
+                .collect();
+            println!(
+                "{} {rate_mb:>3} MB/s to ready: {}",
+                app.name,
+                cells.join(" | ")
+            );
+        }
+    }
+    // Warm: the lazy image again, its caches full (device detached in between: a new
+    // container attaches it), page cache dropped.
+    e.relay.set_rate(0);
+    for app in &apps {
+        let mut warm = Vec::new();
+        for round in 0..rounds {
+            e.reset_host();
+            cold(&e, app, "lazy", &format!("w{round}"));
+            e.remove_containers("default");
+            drop_caches();
+            let img = image(&e, app, "lazy");
+            let t = Instant::now();
+            start(&e, app, "overlaybd", &img, &format!("x{round}"));
+            warm.push(t.elapsed().as_secs_f64());
+            e.remove_containers("default");
+        }
+        println!(
+            "{} warm start (lazy image, caches full): {:.2} s",
+            app.name,
+            median(warm)
+        );
+    }
+}

@@ -50,33 +50,11 @@ fn start(e: &Env, app: &App, snapshotter: &str, image: &str, id: &str) {
             let out = e.ctr("default", &args);
             assert!(out.contains(want), "{}: {out}", app.name);
         }
-        Ready::Http(path, want) => {
+        Ready::Http(..) | Ready::Postgres => {
             args.extend(["-d", image, id]);
             args.extend(cmd.iter().map(String::as_str));
             e.ctr("default", &args);
-            let client = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .unwrap();
-            let t = Instant::now();
-            loop {
-                let ok = client
-                    .get(format!("http://127.0.0.1:{port}{path}"))
-                    .send()
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .and_then(|r| r.text().ok())
-                    .is_some_and(|b| b.contains(want));
-                if ok {
-                    break;
-                }
-                assert!(
-                    t.elapsed() < Duration::from_secs(120),
-                    "{} not ready",
-                    app.name
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            corpus::wait_ready(app, port, Duration::from_secs(120)).unwrap();
         }
     }
 }

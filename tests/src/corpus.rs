@@ -24,6 +24,8 @@ pub enum Ready {
     Http(&'static str, &'static str),
     /// The container prints the text (and exits).
     Prints(&'static str),
+    /// A PostgreSQL server on the port answers `SELECT 1` ([`postgres_answers`]).
+    Postgres,
 }
 
 /// One image of the corpus.
@@ -33,7 +35,7 @@ pub struct App {
     /// The Debian packages the runtime layer installs (with their dependencies).
     pub packages: &'static [&'static str],
     /// The application layer: path, mode, content.
-    pub files: &'static [(&'static str, u32, &'static str)],
+    pub files: &'static [(&'static str, u32, &'static [u8])],
     /// The command; `{port}` becomes the port the probe polls.
     pub cmd: &'static [&'static str],
     pub ready: Ready,
@@ -68,12 +70,13 @@ http {
 }
 ";
 
-/// The images. Two of them run in CI ([`ci_subset`]); all of them with `OBD_CORPUS=all`.
+/// The images: a Python web app, a web server, a database, a large Python stack, a JVM. Two
+/// of them run in CI ([`ci_subset`]); all of them with `OBD_CORPUS=all`.
 pub const APPS: &[App] = &[
     App {
         name: "flask",
         packages: &["python3-flask"],
-        files: &[("app/app.py", 0o644, FLASK_APP)],
+        files: &[("app/app.py", 0o644, FLASK_APP.as_bytes())],
         cmd: &["python3", "/app/app.py", "{port}"],
         ready: Ready::Http("/", "hello from flask"),
     },
@@ -81,8 +84,8 @@ pub const APPS: &[App] = &[
         name: "nginx",
         packages: &["nginx-light"],
         files: &[
-            ("srv/www/index.html", 0o644, "hello from nginx\n"),
-            ("app/nginx.conf", 0o644, NGINX_CONF),
+            ("srv/www/index.html", 0o644, b"hello from nginx\n"),
+            ("app/nginx.conf", 0o644, NGINX_CONF.as_bytes()),
         ],
         cmd: &[
             "sh",
@@ -92,17 +95,76 @@ pub const APPS: &[App] = &[
         ready: Ready::Http("/", "hello from nginx"),
     },
     App {
+        name: "postgres",
+        // The package's own configure step runs initdb: the cluster `15/main` is in the
+        // runtime layer, as an image built from Debian's package has it.
+        packages: &["postgresql"],
+        files: &[(
+            "app/pg_hba.conf",
+            0o644,
+            b"host all all 127.0.0.1/32 trust\n",
+        )],
+        cmd: &[
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "/usr/lib/postgresql/15/bin/postgres",
+            "-D",
+            "/var/lib/postgresql/15/main",
+            "-c",
+            "config_file=/etc/postgresql/15/main/postgresql.conf",
+            "-c",
+            "hba_file=/app/pg_hba.conf",
+            "-c",
+            "ssl=off",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "{port}",
+            "-k",
+            "/tmp",
+        ],
+        ready: Ready::Postgres,
+    },
+    App {
         name: "pydata",
         packages: &["python3-numpy", "python3-scipy", "python3-pandas"],
         files: &[(
             "app/ready.py",
             0o644,
-            "import numpy, scipy.linalg, pandas\nprint('ready', numpy.__version__)\n",
+            b"import numpy, scipy.linalg, pandas\nprint('ready', numpy.__version__)\n",
         )],
         cmd: &["python3", "/app/ready.py"],
         ready: Ready::Prints("ready"),
     },
+    App {
+        name: "jvm",
+        packages: &["default-jre-headless"],
+        files: &[("app/Ready.class", 0o644, READY_CLASS)],
+        cmd: &["java", "-cp", "/app", "Ready"],
+        ready: Ready::Prints("ready"),
+    },
 ];
+
+/// `public class Ready { public static void main(String[] a) { System.out.println("ready"); } }`
+/// compiled (class file version 52, so any JRE since 8 runs it), written out here because the
+/// image's JRE has no compiler. `java -cp . Ready` prints `ready`.
+const READY_CLASS: &[u8] =
+    b"\xca\xfe\xba\xbe\x00\x00\x00\x34\x00\x16\x07\x00\x02\x01\x00\x05\x52\x65\x61\x64\
+    \x79\x07\x00\x04\x01\x00\x10\x6a\x61\x76\x61\x2f\x6c\x61\x6e\x67\x2f\x4f\x62\x6a\
+    \x65\x63\x74\x01\x00\x04\x6d\x61\x69\x6e\x01\x00\x16\x28\x5b\x4c\x6a\x61\x76\x61\
+    \x2f\x6c\x61\x6e\x67\x2f\x53\x74\x72\x69\x6e\x67\x3b\x29\x56\x01\x00\x04\x43\x6f\
+    \x64\x65\x09\x00\x09\x00\x0b\x07\x00\x0a\x01\x00\x10\x6a\x61\x76\x61\x2f\x6c\x61\
+    \x6e\x67\x2f\x53\x79\x73\x74\x65\x6d\x0c\x00\x0c\x00\x0d\x01\x00\x03\x6f\x75\x74\
+    \x01\x00\x15\x4c\x6a\x61\x76\x61\x2f\x69\x6f\x2f\x50\x72\x69\x6e\x74\x53\x74\x72\
+    \x65\x61\x6d\x3b\x08\x00\x0f\x01\x00\x05\x72\x65\x61\x64\x79\x0a\x00\x11\x00\x13\
+    \x07\x00\x12\x01\x00\x13\x6a\x61\x76\x61\x2f\x69\x6f\x2f\x50\x72\x69\x6e\x74\x53\
+    \x74\x72\x65\x61\x6d\x0c\x00\x14\x00\x15\x01\x00\x07\x70\x72\x69\x6e\x74\x6c\x6e\
+    \x01\x00\x15\x28\x4c\x6a\x61\x76\x61\x2f\x6c\x61\x6e\x67\x2f\x53\x74\x72\x69\x6e\
+    \x67\x3b\x29\x56\x00\x21\x00\x01\x00\x03\x00\x00\x00\x00\x00\x01\x00\x09\x00\x05\
+    \x00\x06\x00\x01\x00\x07\x00\x00\x00\x15\x00\x02\x00\x01\x00\x00\x00\x09\xb2\x00\
+    \x08\x12\x0e\xb6\x00\x10\xb1\x00\x00\x00\x00\x00\x00";
 
 /// The images the tests run: `OBD_CORPUS` names them (comma-separated, or `all`); by default
 /// the two small ones, which a clean machine builds in about a minute.
@@ -111,6 +173,82 @@ pub fn ci_subset() -> Vec<&'static App> {
     APPS.iter()
         .filter(|a| want == "all" || want.split(',').any(|w| w.trim() == a.name))
         .collect()
+}
+
+/// Whether a PostgreSQL server on 127.0.0.1:`port` answers `SELECT 1` as user `postgres`
+/// (trust authentication): protocol 3.0, a startup message, then a simple query.
+pub fn postgres_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for kv in ["user", "postgres", "database", "postgres", ""] {
+        body.extend(kv.as_bytes());
+        body.push(0);
+    }
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend(body);
+    // Reads messages until `want` (a type byte) or an error ('E') or the end.
+    let until = |s: &mut std::net::TcpStream, want: u8| -> bool {
+        loop {
+            let mut head = [0u8; 5];
+            if s.read_exact(&mut head).is_err() {
+                return false;
+            }
+            let len = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+            let mut rest = vec![0u8; len.saturating_sub(4)];
+            if s.read_exact(&mut rest).is_err() || head[0] == b'E' {
+                return false;
+            }
+            if head[0] == want {
+                return true;
+            }
+        }
+    };
+    if s.write_all(&msg).is_err() || !until(&mut s, b'Z') {
+        return false;
+    }
+    let q = b"SELECT 1\0";
+    let mut m = vec![b'Q'];
+    m.extend(((q.len() + 4) as u32).to_be_bytes());
+    m.extend(q);
+    s.write_all(&m).is_ok() && until(&mut s, b'D') && until(&mut s, b'Z')
+}
+
+/// Waits until a server app (a detached container on the host network, `port`) is ready, up
+/// to `limit`; the last thing seen when it is not. (An app that [`Ready::Prints`] is ready
+/// when its output says so: nothing to wait for here.)
+pub fn wait_ready(app: &App, port: u16, limit: std::time::Duration) -> Result<(), String> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < limit {
+        match app.ready {
+            Ready::Prints(_) => return Ok(()),
+            Ready::Postgres if postgres_answers(port) => return Ok(()),
+            Ready::Postgres => last = "no answer to SELECT 1".into(),
+            Ready::Http(path, want) => {
+                match client.get(format!("http://127.0.0.1:{port}{path}")).send() {
+                    Ok(r) if r.status().is_success() => {
+                        let body = r.text().unwrap_or_default();
+                        if body.contains(want) {
+                            return Ok(());
+                        }
+                        last = format!("body {body:?}");
+                    }
+                    Ok(r) => last = format!("HTTP {}", r.status()),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(format!("{} not ready after {limit:?}: {last}", app.name))
 }
 
 /// The app's command with `port` in place of `{port}`.
@@ -266,7 +404,7 @@ fn app_layer(app: &App) -> Vec<u8> {
             b.append_data(&mut h, d, std::io::empty()).unwrap();
         }
         let mut h = header(path, tar::EntryType::Regular, *mode, content.len() as u64);
-        b.append_data(&mut h, path, content.as_bytes()).unwrap();
+        b.append_data(&mut h, path, *content).unwrap();
     }
     b.into_inner().unwrap()
 }
@@ -285,4 +423,50 @@ pub fn push(registry: &str, app: &App, tag: &str) -> Option<u64> {
     Some(crate::image::push_with_env(
         registry, app.name, tag, &layers, &cmd, &env,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entries of a layer tar: path and whether it is a whiteout.
+    fn entries(tar: &[u8]) -> Vec<String> {
+        let mut ar = tar::Archive::new(tar);
+        ar.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_diff_layer_holds_what_changed_and_whiteouts_for_what_went() {
+        let (lo, up) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for root in [lo.path(), up.path()] {
+            std::fs::create_dir_all(root.join("etc/keep")).unwrap();
+            std::fs::write(root.join("etc/same"), b"same").unwrap();
+            std::fs::write(root.join("etc/keep/changed"), b"old").unwrap();
+        }
+        std::fs::create_dir_all(lo.path().join("gone/deep")).unwrap();
+        std::fs::write(lo.path().join("gone/deep/f"), b"x").unwrap();
+        std::fs::write(lo.path().join("etc/removed"), b"x").unwrap();
+        std::fs::write(up.path().join("etc/keep/changed"), b"new").unwrap();
+        std::fs::create_dir_all(up.path().join("usr/new")).unwrap();
+        std::fs::write(up.path().join("usr/new/file"), b"n").unwrap();
+        std::os::unix::fs::symlink("file", up.path().join("usr/new/link")).unwrap();
+        let got = entries(&diff_layer(lo.path(), up.path()));
+        assert_eq!(
+            got,
+            [
+                "etc",
+                "etc/keep",
+                "etc/keep/changed",
+                "usr",
+                "usr/new",
+                "usr/new/file",
+                "usr/new/link",
+                "etc/.wh.removed",
+                ".wh.gone",
+            ]
+        );
+    }
 }

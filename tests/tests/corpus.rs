@@ -5,33 +5,7 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::corpus::{self, Ready};
-use e2e_tests::{bin, cri, free_port, start_on, Containerd, Env, Options};
-
-/// Waits until `GET http://127.0.0.1:{port}{path}` answers 200 with `want` in its body, up
-/// to `limit`.
-fn wait_http(env: &Env, port: u16, path: &str, want: &str, limit: Duration) -> Result<(), String> {
-    let t = Instant::now();
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let mut last = String::new();
-    while t.elapsed() < limit {
-        match client.get(format!("http://127.0.0.1:{port}{path}")).send() {
-            Ok(r) if r.status().is_success() => {
-                let body = r.text().unwrap_or_default();
-                if body.contains(want) {
-                    return Ok(());
-                }
-                last = format!("body {body:?}");
-            }
-            Ok(r) => last = format!("HTTP {}", r.status()),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("not ready after {limit:?}: {last}\n{}", env.logs()))
-}
+use e2e_tests::{bin, cri, free_port, start_on, Containerd, Options};
 
 #[test]
 fn corpus_images_convert_verify_and_start_lazily_to_ready() {
@@ -79,12 +53,12 @@ fn corpus_images_convert_verify_and_start_lazily_to_ready() {
                 let out = env.ctr("k8s.io", &args);
                 assert!(out.contains(want), "{}: {out}\n{}", app.name, env.logs());
             }
-            Ready::Http(path, want) => {
+            Ready::Http(..) | Ready::Postgres => {
                 args.extend(["-d", image.as_str(), id.as_str()]);
                 args.extend(cmd.iter().map(String::as_str));
                 env.ctr("k8s.io", &args);
-                wait_http(&env, port, path, want, Duration::from_secs(60))
-                    .unwrap_or_else(|e| panic!("{}: {e}", app.name));
+                corpus::wait_ready(app, port, Duration::from_secs(60))
+                    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
             }
         }
         let secs = t.elapsed().as_secs_f64();

@@ -7,7 +7,8 @@
 //! and the page cache dropped. Medians of ROUNDS interleaved rounds.
 //!
 //! `cargo bench -p e2e-tests --bench corpus_start [-- ROUNDS]` (root; `OBD_CORPUS` picks the
-//! images as for the tests: default `flask,nginx`, `all` adds `pydata`; default 3 rounds).
+//! images as for the tests: default `flask,nginx`, `all` for the five; default 3 rounds).
+//! Writes bar charts of the times and bytes per rate to `docs/charts/corpus-*.svg`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,6 +17,71 @@ use e2e_tests::corpus::{self, App, Ready};
 use e2e_tests::{free_port, require, Env, Options};
 
 const MODES: [&str; 4] = ["OCI", "lazy", "trace", "TurboOCI"];
+
+const COLORS: [&str; 4] = ["#9e9e9e", "#1f77b4", "#2ca02c", "#ff7f0e"];
+
+/// A grouped bar chart: per image, one bar per mode; `value` and its label per bar.
+fn bars(title: &str, unit: &str, groups: &[(&str, Vec<f64>)]) -> String {
+    let (w, h, left, top, bottom) = (720.0, 300.0, 60.0, 40.0, 50.0);
+    let max = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let plot_h = h - top - bottom;
+    let group_w = (w - left - 20.0) / groups.len().max(1) as f64;
+    let bar_w = group_w * 0.8 / MODES.len() as f64;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" \
+         fill=\"white\"/>\n<text x=\"{left}\" y=\"20\" font-size=\"14\">{title}</text>\n"
+    );
+    out += &format!(
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - bottom,
+        w - 20.0,
+        h - bottom
+    );
+    for (g, (name, values)) in groups.iter().enumerate() {
+        let x0 = left + g as f64 * group_w + group_w * 0.1;
+        for (m, v) in values.iter().enumerate() {
+            let bh = v / max * plot_h;
+            let x = x0 + m as f64 * bar_w;
+            let y = h - bottom - bh;
+            out += &format!(
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" \
+                 fill=\"{}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" \
+                 font-size=\"9\">{v:.2}</text>\n",
+                bar_w * 0.9,
+                COLORS[m],
+                x + bar_w * 0.45,
+                y - 3.0
+            );
+        }
+        out += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{name}</text>\n",
+            x0 + group_w * 0.4,
+            h - bottom + 15.0
+        );
+    }
+    for (m, mode) in MODES.iter().enumerate() {
+        let x = left + m as f64 * 110.0;
+        out += &format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/>\n\
+             <text x=\"{}\" y=\"{}\">{mode}</text>\n",
+            h - 22.0,
+            COLORS[m],
+            x + 14.0,
+            h - 13.0
+        );
+    }
+    out += &format!(
+        "<text x=\"12\" y=\"{}\" transform=\"rotate(-90 12 {})\">{unit}</text>\n</svg>\n",
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
+    out
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -109,8 +175,11 @@ fn main() {
             bytes as f64 / 1e6
         );
     }
+    let charts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/charts");
+    std::fs::create_dir_all(&charts).unwrap();
     for rate_mb in [100u64, 25] {
         e.relay.set_rate(rate_mb * 1_000_000);
+        let (mut times, mut fetched) = (Vec::new(), Vec::new());
         for app in &apps {
             let mut got: BTreeMap<&str, (Vec<f64>, u64)> = BTreeMap::new();
             for round in 0..rounds {
@@ -142,6 +211,17 @@ fn main() {
                 app.name,
                 cells.join(" | ")
             );
+            times.push((app.name, MODES.map(|m| median(got[m].0.clone())).to_vec()));
+            fetched.push((app.name, MODES.map(|m| got[m].1 as f64 / 1e6).to_vec()));
+        }
+        for (what, unit, groups) in [
+            ("time", "seconds to ready", &times),
+            ("bytes", "MB the registry served", &fetched),
+        ] {
+            let title = format!("Cold start at {rate_mb} MB/s: {unit} (medians of {rounds})");
+            let path = charts.join(format!("corpus-{what}-{rate_mb}.svg"));
+            std::fs::write(&path, bars(&title, unit, groups)).unwrap();
+            println!("wrote {}", path.display());
         }
     }
     // Warm: the lazy image again, its caches full (device detached in between: a new

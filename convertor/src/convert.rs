@@ -21,7 +21,7 @@ use crate::oci::{
 use crate::progress::{Phase, Progress};
 use crate::store::{read_small_blob, Store};
 
-mod pipeline;
+pub(crate) mod pipeline;
 
 /// The time stamped on everything the convertor makes rather than copies (superblock, implicit
 /// directories get 0): fixed so that the same input gives the same output. `SOURCE_DATE_EPOCH`

@@ -15,13 +15,14 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use overlaybd_turbooci::{digests, ChunkHasher, IndexOptions, IndexSummary, Indexing};
 use sha2::{Digest, Sha256};
 
 use crate::apply::{Applier, ApplyStats};
+use crate::convert::pipeline::{download_source, downloaded, read_chunk, spawn_downloads};
 use crate::convert::{self, Converted, LayerReport, Options};
 use crate::disk::WorkDisk;
 use crate::error::{At, Error, Result};
@@ -61,7 +62,8 @@ fn kind_of(path: &Path, digest: &str, declared: LayerCompression) -> Result<Kind
     }
 }
 
-/// What applying a layer gives: its stats, its gzip index's summary, its tar's digests.
+/// What applying a layer gives: its stats, its gzip index's summary, its tar's digests (empty
+/// for a zstd layer, converted natively).
 struct Applied {
     stats: ApplyStats,
     index: Option<IndexSummary>,
@@ -73,18 +75,10 @@ const PIECE: usize = 1 << 20;
 
 /// Reads `r` to its end in pieces into `tx`; stops early (without error) when the receiver is
 /// gone, and then says so.
-fn pump(r: &mut dyn Read, tx: &SyncSender<Vec<u8>>, path: &Path) -> Result<bool> {
+fn pump(mut r: &mut dyn Read, tx: &SyncSender<Vec<u8>>, path: &Path) -> Result<bool> {
     loop {
         let mut buf = vec![0u8; PIECE];
-        let mut n = 0;
-        while n < PIECE {
-            match r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read", path, e)),
-            }
-        }
+        let n = read_chunk(&mut r, &mut buf).map_err(|e| Error::io("read", path, e))?;
         if n == 0 {
             return Ok(true);
         }
@@ -163,12 +157,19 @@ impl Read for Pieces {
     }
 }
 
-/// The second stage: SHA-256 (the diff ID) and the BLAKE3 chunk digests of the tar.
-fn hash(rx: Receiver<Vec<u8>>, tx: SyncSender<Vec<u8>>) -> Option<(String, ChunkHasher)> {
+/// The second stage: SHA-256 (the diff ID) and, when `chunked` (a layer read in place), the
+/// BLAKE3 chunk digests of the tar.
+fn hash(
+    rx: Receiver<Vec<u8>>,
+    tx: SyncSender<Vec<u8>>,
+    chunked: bool,
+) -> Option<(String, ChunkHasher)> {
     let (mut sha, mut chunks) = (Sha256::new(), ChunkHasher::default());
     for piece in rx {
         sha.update(&piece);
-        chunks.update(&piece);
+        if chunked {
+            chunks.update(&piece);
+        }
         if tx.send(piece).is_err() {
             return None;
         }
@@ -192,7 +193,7 @@ fn apply_layer(
     let (tx2, rx2) = sync_channel::<Vec<u8>>(4);
     std::thread::scope(|s| {
         let producer = s.spawn(move || produce(path, kind, index, tx1));
-        let hasher = s.spawn(move || hash(rx1, tx2));
+        let hasher = s.spawn(move || hash(rx1, tx2, kind != Kind::Zstd));
         let mut tar = Pieces {
             rx: rx2,
             cur: Vec::new(),
@@ -607,33 +608,15 @@ pub(crate) fn convert_manifest(
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| -> Result<()> {
         // Layers download `concurrency` at a time, ahead of the one being converted.
-        let (tx, rx) = mpsc::channel::<(usize, Result<PathBuf>)>();
-        for _ in 0..opts.concurrency.clamp(1, n) {
-            let (tx, next, work) = (tx.clone(), &next, work.path());
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let raw = work.join(format!("src-{i:04}"));
-                progress.bytes(i, Phase::Download, 0);
-                let r = convert::download(src, &m.layers[i], &raw, progress, i).map(|()| raw);
-                progress.done(i, Phase::Download);
-                if tx.send((i, r)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
+        let w = work.path();
+        let rx = spawn_downloads(s, n, opts.concurrency, &next, move |i| {
+            download_source(src, &m.layers[i], w, progress, i)
+        });
         let result = (|| -> Result<()> {
-            let mut ready: BTreeMap<usize, Result<PathBuf>> = BTreeMap::new();
+            let mut ready = BTreeMap::new();
             let mut parent = None;
             for i in 0..n {
-                while !ready.contains_key(&i) {
-                    let (k, r) = rx.recv().map_err(|_| Error::Panicked("download"))?;
-                    ready.insert(k, r);
-                }
-                let raw = ready.remove(&i).expect("present")?;
+                let raw = downloaded(&rx, &mut ready, i)?;
                 let d = convert_layer(
                     src,
                     dst,

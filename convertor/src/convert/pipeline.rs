@@ -64,7 +64,7 @@ pub(super) fn run(c: Ctx<'_>) -> Result<Vec<LayerReport>> {
     let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| -> Result<()> {
-        let downloads = spawn_downloads(s, c, &next);
+        let downloads = spawn_downloads(s, n, c.opts.concurrency, &next, move |i| fetch(c, i));
         let (up_tx, uploader) = spawn_uploader(s, c);
         let (commit_tx, committer) = spawn_committer(s, c, up_tx);
         let result = apply_all(s, c, &downloads, &commit_tx, &mut reports);
@@ -83,27 +83,44 @@ pub(super) fn run(c: Ctx<'_>) -> Result<Vec<LayerReport>> {
     Ok(reports)
 }
 
-/// Downloads: a pool of `concurrency` threads taking layers in order; results by layer.
-fn spawn_downloads<'scope>(
+/// Downloads: a pool of `concurrency` threads taking layers `0..n` in order (`fetch` makes
+/// layer i's input); results by layer. Setting `next` to `n` stops new ones (on an error).
+pub(crate) fn spawn_downloads<'scope>(
     s: &'scope Scope<'scope, '_>,
-    c: Ctx<'scope>,
+    n: usize,
+    concurrency: usize,
     next: &'scope AtomicUsize,
+    fetch: impl Fn(usize) -> Result<PathBuf> + Copy + Send + 'scope,
 ) -> mpsc::Receiver<(usize, Result<PathBuf>)> {
-    let n = c.plan.len();
     let (tx, rx) = mpsc::channel::<(usize, Result<PathBuf>)>();
-    for _ in 0..c.opts.concurrency.clamp(1, n) {
+    for _ in 0..concurrency.clamp(1, n) {
         let tx = tx.clone();
         s.spawn(move || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= n {
                 break;
             }
-            if tx.send((i, fetch(c, i))).is_err() {
+            if tx.send((i, fetch(i))).is_err() {
                 break;
             }
         });
     }
     rx
+}
+
+/// Downloads source layer `i` into the work directory, with its progress.
+pub(crate) fn download_source(
+    src: &dyn Store,
+    l: &Descriptor,
+    work: &Path,
+    progress: &dyn Progress,
+    i: usize,
+) -> Result<PathBuf> {
+    let path = work.join(format!("src-{i:04}"));
+    progress.bytes(i, Phase::Download, 0);
+    let r = download(src, l, &path, progress, i).map(|()| path);
+    progress.done(i, Phase::Download);
+    r
 }
 
 /// Layer `i`'s input in the work directory: its source downloaded, or (a reused layer to
@@ -112,12 +129,7 @@ fn spawn_downloads<'scope>(
 fn fetch(c: Ctx<'_>, i: usize) -> Result<PathBuf> {
     let path = c.work.join(format!("src-{i:04}"));
     match &c.plan.reuse[i] {
-        None => {
-            c.progress.bytes(i, Phase::Download, 0);
-            let r = download(c.src, &c.plan.m.layers[i], &path, c.progress, i).map(|()| path);
-            c.progress.done(i, Phase::Download);
-            r
-        }
+        None => download_source(c.src, &c.plan.m.layers[i], c.work, c.progress, i),
         Some(rec) if c.plan.needs_load(i) => {
             let d = Descriptor {
                 media_type: media::OCI_LAYER.into(),
@@ -264,7 +276,7 @@ fn apply_all<'scope>(
 }
 
 /// Waits for layer `i`'s download; others that finish first wait in `ready`.
-fn downloaded(
+pub(crate) fn downloaded(
     downloads: &mpsc::Receiver<(usize, Result<PathBuf>)>,
     ready: &mut BTreeMap<usize, PathBuf>,
     i: usize,
@@ -439,7 +451,7 @@ fn spawn_inflater<'scope>(
 }
 
 /// Fills `buf` from `r` as far as `r` goes; the bytes read (fewer than `buf` only at the end).
-fn read_chunk(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_chunk(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {

@@ -14,13 +14,9 @@
 
 use std::time::Instant;
 
+use e2e_tests::bench::{drop_caches, median};
 use e2e_tests::image::GREETING;
 use e2e_tests::{require, Containerd, Env, Options};
-
-fn drop_caches() {
-    let _ = std::process::Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
 
 fn env(rate: u64, big_mib: usize) -> (Env, u64) {
     let linger = std::env::args()
@@ -50,11 +46,6 @@ type Samples = (Vec<f64>, u64, Vec<f64>);
 
 /// Rounds of each measurement (interleaved across containerd versions); medians printed.
 const ROUNDS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     if !require() {

@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use e2e_tests::corpus::{self, App, Ready};
+use e2e_tests::bench::{drop_caches, median};
+use e2e_tests::corpus::{self, App};
 use e2e_tests::{free_port, require, Env, Options};
 
 const MODES: [&str; 4] = ["OCI", "lazy", "trace", "TurboOCI"];
@@ -83,16 +84,6 @@ fn bars(title: &str, unit: &str, groups: &[(&str, Vec<f64>)]) -> String {
     out
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn drop_caches() {
-    let _ = std::process::Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
 /// The image of `app` a mode runs.
 fn image(e: &Env, app: &App, mode: &str) -> String {
     let n = app.name;
@@ -106,23 +97,16 @@ fn image(e: &Env, app: &App, mode: &str) -> String {
 
 /// Starts a container of `image` (host network) and waits until it is ready.
 fn start(e: &Env, app: &App, snapshotter: &str, image: &str, id: &str) {
-    let port = free_port();
-    let cmd = corpus::command(app, port);
-    let mut args = vec!["run", "--net-host", "--snapshotter", snapshotter];
-    match app.ready {
-        Ready::Prints(want) => {
-            args.extend(["--rm", image, id]);
-            args.extend(cmd.iter().map(String::as_str));
-            let out = e.ctr("default", &args);
-            assert!(out.contains(want), "{}: {out}", app.name);
-        }
-        Ready::Http(..) | Ready::Postgres => {
-            args.extend(["-d", image, id]);
-            args.extend(cmd.iter().map(String::as_str));
-            e.ctr("default", &args);
-            corpus::wait_ready(app, port, Duration::from_secs(120)).unwrap();
-        }
-    }
+    corpus::start(
+        e,
+        "default",
+        app,
+        snapshotter,
+        image,
+        id,
+        Duration::from_secs(120),
+    )
+    .unwrap();
 }
 
 /// Pull (for a cold start) and start; seconds to ready.

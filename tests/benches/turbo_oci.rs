@@ -15,20 +15,11 @@
 
 use std::time::Instant;
 
+use e2e_tests::bench::{drop_caches, median};
 use e2e_tests::image::GREETING;
 use e2e_tests::{require, Env, Options};
 
 const ROUNDS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn drop_caches() {
-    let _ = std::process::Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
 
 fn timed(f: impl FnOnce()) -> f64 {
     let t = Instant::now();

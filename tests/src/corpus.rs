@@ -217,6 +217,31 @@ pub fn postgres_answers(port: u16) -> bool {
     s.write_all(&m).is_ok() && until(&mut s, b'D') && until(&mut s, b'Z')
 }
 
+/// Runs a container `id` of `image` (an image of `app`) in containerd namespace `ns` with
+/// `snapshotter`, on the host network, and waits until it is ready (up to `limit` for a
+/// server, which keeps running detached; an app that prints is run to its end).
+pub fn start(
+    env: &crate::Env,
+    ns: &str,
+    app: &App,
+    snapshotter: &str,
+    image: &str,
+    id: &str,
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let port = crate::free_port();
+    let cmd = command(app, port);
+    let mut args = vec!["run", "--net-host", "--snapshotter", snapshotter];
+    let detached = !matches!(app.ready, Ready::Prints(_));
+    args.extend([if detached { "-d" } else { "--rm" }, image, id]);
+    args.extend(cmd.iter().map(String::as_str));
+    let out = env.ctr(ns, &args);
+    match app.ready {
+        Ready::Prints(want) if !out.contains(want) => Err(format!("{}: {out}", app.name)),
+        _ => wait_ready(app, port, limit),
+    }
+}
+
 /// Waits until a server app (a detached container on the host network, `port`) is ready, up
 /// to `limit`; the last thing seen when it is not. (An app that [`Ready::Prints`] is ready
 /// when its output says so: nothing to wait for here.)

@@ -4,6 +4,7 @@
 //! temporary directory, stopped by PID when the [`Env`] is dropped. Used by `tests/` and the
 //! cold-start benchmark.
 
+pub mod bench;
 pub mod containerd;
 pub mod corpus;
 pub mod cri;

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::corpus::{self, Ready};
-use e2e_tests::{bin, cri, free_port, start_on, Containerd, Options};
+use e2e_tests::corpus;
+use e2e_tests::{bin, cri, start_on, Containerd, Options};
 
 #[test]
 fn corpus_images_convert_verify_and_start_lazily_to_ready() {
@@ -42,25 +42,17 @@ fn corpus_images_convert_verify_and_start_lazily_to_ready() {
         let t = Instant::now();
         cri::pull_image(&env.containerd_socket(), &image)
             .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
-        let port = free_port();
-        let cmd = corpus::command(app, port);
-        let mut args = vec!["run", "--net-host", "--snapshotter", "overlaybd"];
         let id = format!("{}-1", app.name);
-        match app.ready {
-            Ready::Prints(want) => {
-                args.extend(["--rm", image.as_str(), id.as_str()]);
-                args.extend(cmd.iter().map(String::as_str));
-                let out = env.ctr("k8s.io", &args);
-                assert!(out.contains(want), "{}: {out}\n{}", app.name, env.logs());
-            }
-            Ready::Http(..) | Ready::Postgres => {
-                args.extend(["-d", image.as_str(), id.as_str()]);
-                args.extend(cmd.iter().map(String::as_str));
-                env.ctr("k8s.io", &args);
-                corpus::wait_ready(app, port, Duration::from_secs(60))
-                    .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
-            }
-        }
+        corpus::start(
+            &env,
+            "k8s.io",
+            app,
+            "overlaybd",
+            &image,
+            &id,
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
         let secs = t.elapsed().as_secs_f64();
         let served = env.relay.served() - before;
         eprintln!(

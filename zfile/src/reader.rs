@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::ops::Range;
+use std::sync::Mutex;
 
 use crate::codec;
 use crate::crc::block_crc;
@@ -79,6 +80,66 @@ pub struct Info {
 
 struct Table {
     digests: Vec<[u8; DIGEST_LEN]>,
+    checked: Mutex<Checked>,
+}
+
+/// Blocks whose digest was checked, at one source generation (see [`ReadAt::generation`]):
+/// while the source's generation stays the same, their stored bytes read the same, and the
+/// CRC alone is checked on later reads.
+#[derive(Default)]
+struct Checked {
+    generation: u64,
+    /// One bit per block; empty until the first block is marked.
+    bits: Vec<u64>,
+}
+
+impl Table {
+    pub(crate) fn new(digests: Vec<[u8; DIGEST_LEN]>) -> Self {
+        Table {
+            digests,
+            checked: Mutex::default(),
+        }
+    }
+
+    fn checked(&self) -> std::sync::MutexGuard<'_, Checked> {
+        self.checked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Into `known` (bit `i` for block `first + i`): which blocks of `first..=last` had their
+    /// digest checked at generation `gen`.
+    fn known(&self, gen: u64, first: u64, last: u64, known: &mut Vec<u64>) {
+        known.clear();
+        known.resize(((last - first) / 64 + 1) as usize, 0);
+        let c = self.checked();
+        if c.generation != gen || c.bits.is_empty() {
+            return;
+        }
+        for b in first..=last {
+            if c.bits[(b / 64) as usize] >> (b % 64) & 1 == 1 {
+                let i = b - first;
+                known[(i / 64) as usize] |= 1 << (i % 64);
+            }
+        }
+    }
+
+    /// Records that blocks `first..=last` (but `except`) passed their digest check on bytes
+    /// read at generation `gen`. A newer generation forgets every block checked before it.
+    fn mark(&self, gen: u64, first: u64, last: u64, except: &[u64]) {
+        let mut c = self.checked();
+        if gen < c.generation {
+            return;
+        }
+        if gen > c.generation || c.bits.is_empty() {
+            c.generation = gen;
+            c.bits.clear();
+            c.bits.resize(self.digests.len().div_ceil(64), 0);
+        }
+        for b in first..=last {
+            if !except.contains(&b) {
+                c.bits[(b / 64) as usize] |= 1 << (b % 64);
+            }
+        }
+    }
 }
 
 /// A ZFile opened for reading over a positional source.
@@ -141,10 +202,9 @@ impl<S: ReadAt> ZFile<S> {
     /// Memory held by the index and the digest table.
     pub fn heap_bytes(&self) -> usize {
         self.jump.heap_bytes()
-            + self
-                .table
-                .as_ref()
-                .map_or(0, |t| t.digests.capacity() * DIGEST_LEN)
+            + self.table.as_ref().map_or(0, |t| {
+                t.digests.capacity() * DIGEST_LEN + t.checked().bits.capacity() * 8
+            })
     }
 
     /// The plan for reading `[offset, offset + len)`: which blocks, and which contiguous byte
@@ -185,15 +245,16 @@ impl<S: ReadAt> ZFile<S> {
         (self.len() - block * bs).min(bs) as usize
     }
 
-    /// Checks a stored block (CRC, digest) and decompresses it into `out`, which has the
-    /// block's raw length.
+    /// Checks a stored block (CRC; its digest unless `digest_known`, i.e. these very bytes
+    /// passed it before) and decompresses it into `out`, which has the block's raw length.
     fn decode_block(
         &self,
         block: u64,
         stored: &[u8],
         out: &mut [u8],
+        digest_known: bool,
     ) -> std::result::Result<(), String> {
-        if let Some(t) = &self.table {
+        if let Some(t) = self.table.as_ref().filter(|_| !digest_known) {
             if integrity::block_digest(stored) != t.digests[block as usize] {
                 return Err("blake3 digest mismatch".into());
             }
@@ -228,17 +289,20 @@ impl<S: ReadAt> ZFile<S> {
             .map_err(|e| Error::io("discard cached block", ext.offset, e))?;
         let mut stored = vec![0u8; ext.len as usize];
         read_exact(&self.src, ext.offset, &mut stored, "zfile block")?;
-        self.decode_block(block, &stored, out).map_err(|again| {
-            corrupt(if again == first_failure {
-                again
-            } else {
-                format!("{first_failure}, then {again}")
+        self.decode_block(block, &stored, out, false)
+            .map_err(|again| {
+                corrupt(if again == first_failure {
+                    again
+                } else {
+                    format!("{first_failure}, then {again}")
+                })
             })
-        })
     }
 
     /// Reads up to `buf.len()` bytes at `offset` of the uncompressed data; returns the count,
-    /// short only at the end of the file. Every returned byte passed its block's checks.
+    /// short only at the end of the file. Every returned byte passed its block's checks: the
+    /// CRC on every read, the digest (when the file has the table) on every read unless the
+    /// source's generation says these stored bytes already passed it (`docs/format/zfile.md`).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if offset >= self.len() || buf.is_empty() {
             return Ok(0);
@@ -247,16 +311,31 @@ impl<S: ReadAt> ZFile<S> {
         let buf = &mut buf[..n];
         let plan = self.plan(offset, n as u64);
         let bs = self.info.block_size as u64;
+        // Digests are only skipped behind a CRC, which every read still checks.
+        let table = self.table.as_ref().filter(|_| self.info.block_crc);
         with_scratch(|scratch| {
-            let (stored, tmp) = scratch;
+            let (stored, tmp, known) = scratch;
             let mut block = plan.blocks.start;
             while block < plan.blocks.end {
                 let (first, last, span) = self.batch(block, plan.blocks.end, MAX_BATCH);
                 if stored.len() < span {
                     stored.resize(span, 0);
                 }
+                let before = table.and_then(|_| self.src.generation());
                 read_exact(&self.src, first.offset, &mut stored[..span], "zfile block")?;
+                // The same generation before and after the read: no fill changed these bytes
+                // in between, so what was checked at it holds for them.
+                let gen = before.filter(|&g| self.src.generation() == Some(g));
+                match (table, gen) {
+                    (Some(t), Some(g)) => t.known(g, block, last, known),
+                    _ => known.clear(),
+                }
+                let mut reloaded = Vec::new();
                 for b in block..=last {
+                    let i = b - block;
+                    let digest_known = known
+                        .get((i / 64) as usize)
+                        .is_some_and(|w| w >> (i % 64) & 1 == 1);
                     let ext = self.jump.extent(b);
                     let s = &stored
                         [(ext.offset - first.offset) as usize..(ext.end() - first.offset) as usize];
@@ -269,7 +348,8 @@ impl<S: ReadAt> ZFile<S> {
                     if want_start == raw_start && want_end == raw_end {
                         // The whole block is wanted: decompress straight into the caller's buffer.
                         let dst = &mut buf[dst_range];
-                        if let Err(why) = self.decode_block(b, s, dst) {
+                        if let Err(why) = self.decode_block(b, s, dst, digest_known) {
+                            reloaded.push(b);
                             self.reload_block(b, dst, why)?;
                         }
                     } else {
@@ -277,13 +357,18 @@ impl<S: ReadAt> ZFile<S> {
                             tmp.resize(raw_len, 0);
                         }
                         let t = &mut tmp[..raw_len];
-                        if let Err(why) = self.decode_block(b, s, t) {
+                        if let Err(why) = self.decode_block(b, s, t, digest_known) {
+                            reloaded.push(b);
                             self.reload_block(b, t, why)?;
                         }
                         buf[dst_range].copy_from_slice(
                             &t[(want_start - raw_start) as usize..(want_end - raw_start) as usize],
                         );
                     }
+                }
+                // A reloaded block was read again at another generation: left unmarked.
+                if let (Some(t), Some(g)) = (table, gen) {
+                    t.mark(g, block, last, &reloaded);
                 }
                 block = last + 1;
             }
@@ -308,7 +393,7 @@ impl<S: ReadAt> ZFile<S> {
                 let s = &stored
                     [(ext.offset - first.offset) as usize..(ext.end() - first.offset) as usize];
                 let out = &mut raw[..self.raw_len(b)];
-                if let Err(reason) = self.decode_block(b, s, out) {
+                if let Err(reason) = self.decode_block(b, s, out, false) {
                     on_bad(Error::Corrupt {
                         block: b,
                         offset: ext.offset,
@@ -329,10 +414,11 @@ pub struct ReadPlan {
     pub blob: Range<u64>,
 }
 
-type Scratch = (Vec<u8>, Vec<u8>);
+/// Stored bytes, one decoded block, and the bits of blocks whose digest is known good.
+type Scratch = (Vec<u8>, Vec<u8>, Vec<u64>);
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Runs `f` with this thread's scratch buffers (or fresh ones when re-entered, e.g. a ZFile
@@ -347,7 +433,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
             }
             r
         }
-        Err(_) => f(&mut (Vec::new(), Vec::new())),
+        Err(_) => f(&mut (Vec::new(), Vec::new(), Vec::new())),
     })
 }
 

@@ -27,6 +27,15 @@ pub trait ReadAt: Send + Sync {
         let _ = (offset, len);
         Ok(())
     }
+
+    /// A number that changes whenever a range may read differently than it did before: a
+    /// cache bumps it each time it stores bytes from its origin (before those bytes can be
+    /// read). Read after a `read_at`, an unchanged value means the bytes returned are the ones
+    /// an earlier read saw under that value, so a reader may skip checks it already made on
+    /// them. `None` (the default): the source cannot tell, and every read is new.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Fills `buf` from `offset`, looping over short reads. Returns the number of bytes read,
@@ -90,6 +99,9 @@ macro_rules! forward_read_at {
             fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
                 (**self).discard_cached(offset, len)
             }
+            fn generation(&self) -> Option<u64> {
+                (**self).generation()
+            }
         }
     )*};
 }
@@ -145,6 +157,9 @@ impl<S: ReadAt> ReadAt for Window<S> {
     fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
         let len = len.min(self.len.saturating_sub(offset));
         self.inner.discard_cached(self.start + offset, len)
+    }
+    fn generation(&self) -> Option<u64> {
+        self.inner.generation()
     }
 }
 

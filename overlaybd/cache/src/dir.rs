@@ -1,8 +1,10 @@
 //! A cache directory shared by many blobs: a capacity, and LRU eviction of whole blobs
 //! between watermarks.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 
 use zfile::ReadAt;
@@ -15,6 +17,8 @@ struct Entry {
     bytes: u64,
     last_use: u64,
     open: Option<Weak<dyn Evict>>,
+    /// The same object as `open`, for [`CacheDir::blob`] to hand out again.
+    object: Option<Weak<dyn Any + Send + Sync>>,
 }
 
 struct Inner {
@@ -29,11 +33,20 @@ pub(crate) struct Shared {
     high: u64,
     low: u64,
     inner: Mutex<Inner>,
+    /// Fill counters by blob key, handed to every cache object opened for that key (so a fill
+    /// through one shows in the generation of all), never removed (so a count never restarts).
+    fills: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fill counter of blob `key`.
+    pub(crate) fn fills(&self, key: &str) -> Arc<AtomicU64> {
+        let mut f = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        f.entry(key.to_string()).or_default().clone()
     }
 
     pub(crate) fn touch(&self, key: &str) {
@@ -151,6 +164,7 @@ impl CacheDir {
                     bytes,
                     last_use: 0,
                     open: None,
+                    object: None,
                 },
             );
         }
@@ -164,17 +178,24 @@ impl CacheDir {
                 clock: 0,
                 blobs,
             }),
+            fills: Mutex::default(),
         });
         Ok(CacheDir { shared, unit })
     }
 
-    /// The cache of blob `key` (a digest) of `size` bytes, in front of `origin`.
+    /// The cache of blob `key` (a digest) of `size` bytes, in front of `origin`. While one is
+    /// open for this key (same origin type and size, e.g. a layer two images share), that one
+    /// is returned and `origin` is dropped: one object per data file, so that its units, fills,
+    /// evictions and record are never out of step with another's.
     pub fn blob<S: ReadAt + 'static>(
         &self,
         key: &str,
         size: u64,
         origin: S,
     ) -> Result<Arc<BlobCache<S>>> {
+        if let Some(open) = self.open_blob::<S>(key, size) {
+            return Ok(open);
+        }
         let cache = BlobCache::open_in(
             &self.shared.dir,
             key,
@@ -185,7 +206,13 @@ impl CacheDir {
         )?;
         let bytes = cache.cached_bytes();
         let weak: Weak<dyn Evict> = Arc::downgrade(&(cache.clone() as Arc<dyn Evict>));
+        let object: Weak<dyn Any + Send + Sync> =
+            Arc::downgrade(&(cache.clone() as Arc<dyn Any + Send + Sync>));
         let mut g = self.shared.lock();
+        // Opened by another thread meanwhile: use that one (ours wrote nothing yet).
+        if let Some(open) = Self::live::<S>(&g, key, size) {
+            return Ok(open);
+        }
         g.clock += 1;
         let now = g.clock;
         let old = g.blobs.insert(
@@ -194,10 +221,30 @@ impl CacheDir {
                 bytes,
                 last_use: now,
                 open: Some(weak),
+                object: Some(object),
             },
         );
         g.used = g.used - old.map_or(0, |e| e.bytes) + bytes;
         Ok(cache)
+    }
+
+    fn open_blob<S: ReadAt + 'static>(&self, key: &str, size: u64) -> Option<Arc<BlobCache<S>>> {
+        let mut g = self.shared.lock();
+        let open = Self::live::<S>(&g, key, size)?;
+        g.clock += 1;
+        let now = g.clock;
+        if let Some(e) = g.blobs.get_mut(key) {
+            e.last_use = now;
+        }
+        Some(open)
+    }
+
+    fn live<S: ReadAt + 'static>(g: &Inner, key: &str, size: u64) -> Option<Arc<BlobCache<S>>> {
+        let object = g.blobs.get(key)?.object.as_ref()?.upgrade()?;
+        object
+            .downcast::<BlobCache<S>>()
+            .ok()
+            .filter(|c| c.size().ok() == Some(size))
     }
 
     /// Whether this cache holds bytes of blob `key` recorded for a size of `size`. Its units

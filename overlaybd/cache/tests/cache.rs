@@ -325,6 +325,71 @@ fn least_recently_used_blobs_are_evicted_between_watermarks() {
     assert!(!again.holds("sha256:3", size));
 }
 
+/// The generation a ZFile reader relies on to skip digests it already checked: unchanged by
+/// hits, moved by every fill, including an eviction's refill and a fill through another cache
+/// object of the same blob in the directory.
+#[test]
+fn the_generation_moves_on_every_fill_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = CacheDir::open(dir.path(), 4 * UNIT as u64, 0.9, 0.5, UNIT).unwrap();
+    let o = Origin::new(2 * UNIT as usize, 5);
+    let other = Origin::new(4 * UNIT as usize, 6);
+    let a = cd.blob("sha256:a", o.data.len() as u64, o.clone()).unwrap();
+    let b = cd.blob("sha256:a", o.data.len() as u64, o.clone()).unwrap();
+    a.set_readahead(0);
+    b.set_readahead(0);
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "one cache object per open blob in a directory"
+    );
+    let g0 = a.generation().unwrap();
+    let mut buf = [0u8; 10];
+    a.read_at(0, &mut buf).unwrap();
+    let g1 = a.generation().unwrap();
+    assert!(g1 > g0, "a fill moves it");
+    a.read_at(5, &mut buf).unwrap();
+    assert_eq!(a.generation(), Some(g1), "a hit does not");
+    // A second image's device fills unit 1 of the same blob.
+    b.read_at(UNIT as u64, &mut buf).unwrap();
+    let g2 = a.generation().unwrap();
+    assert!(g2 > g1);
+    // A discard (a failed check above) then the refill.
+    a.discard_cached(0, 1).unwrap();
+    assert_eq!(
+        a.generation(),
+        Some(g2),
+        "dropping alone changes no readable byte"
+    );
+    a.read_at(0, &mut buf).unwrap();
+    assert!(a.generation().unwrap() > g2);
+    // Eviction by another blob filling the directory, then the refill.
+    let g3 = a.generation().unwrap();
+    let c = cd
+        .blob("sha256:c", other.data.len() as u64, other.clone())
+        .unwrap();
+    check_all(&*c, &other.data);
+    assert_eq!(a.cached_bytes(), 0, "evicted");
+    assert_eq!(a.generation(), Some(g3));
+    check_all(&*a, &o.data);
+    assert!(a.generation().unwrap() > g3);
+    // Another blob's fills leave this blob's generation alone.
+    let g4 = a.generation().unwrap();
+    c.discard_cached(0, UNIT as u64).unwrap();
+    check_all(&*c, &other.data);
+    assert_eq!(a.generation(), Some(g4));
+    // Once every holder dropped it, the blob opens as a new object whose counter goes on
+    // from the old one (a reader of the old object never pairs its marks with a new count).
+    let g5 = a.generation().unwrap();
+    drop((a, b));
+    let again = cd.blob("sha256:a", o.data.len() as u64, o.clone()).unwrap();
+    assert_eq!(again.generation(), Some(g5));
+    // A cache object outside a directory has its own counter.
+    let solo = open(tempfile::tempdir().unwrap().path(), "sha256:a", &o);
+    let s0 = solo.generation().unwrap();
+    solo.read_at(0, &mut buf).unwrap();
+    assert!(solo.generation().unwrap() > s0);
+}
+
 #[test]
 fn sequential_readers_get_readahead_and_nothing_is_fetched_twice() {
     let dir = tempfile::tempdir().unwrap();

@@ -321,6 +321,9 @@ impl ReadAt for Recording {
     fn discard_cached(&self, offset: u64, len: u64) -> std::io::Result<()> {
         self.inner.discard_cached(offset, len)
     }
+    fn generation(&self) -> Option<u64> {
+        self.inner.generation()
+    }
 }
 
 /// Progress of one replay.

@@ -139,6 +139,9 @@ impl<S: ReadAt + ?Sized> ReadAt for Recording<'_, S> {
     fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
         self.inner.discard_cached(offset, len)
     }
+    fn generation(&self) -> Option<u64> {
+        self.inner.generation()
+    }
 }
 
 /// Reads `len` bytes at `offset` in pieces, growing the buffer only as data arrives.
@@ -489,7 +492,7 @@ fn load_table<S: ReadAt + ?Sized>(
             )));
         }
     }
-    Ok(Some((Table { digests }, root, table_end)))
+    Ok(Some((Table::new(digests), root, table_end)))
 }
 
 /// For a file with an integrity table: requires the header, and the trailer when it can be

@@ -64,6 +64,9 @@ pub struct BlobCache<S> {
     readahead_max: AtomicU64,
     /// The whole blob is present and matched its digest.
     complete: AtomicBool,
+    /// Bumped each time bytes from the origin are stored, before they can be read: the
+    /// source's `generation` (shared by every cache object of this blob in a directory).
+    fills: Arc<AtomicU64>,
     me: Weak<Self>,
 }
 
@@ -163,6 +166,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             inflight: HashSet::new(),
             dirty: false,
         };
+        let fills = shared.as_ref().map(|d| d.fills(key)).unwrap_or_default();
         Ok(Arc::new_cyclic(|me| BlobCache {
             origin,
             key: key.to_string(),
@@ -179,6 +183,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             readahead: Mutex::new(Readahead::default()),
             readahead_max: AtomicU64::new(DEFAULT_READAHEAD),
             complete: AtomicBool::new(false),
+            fills,
             me: me.clone(),
         }))
     }
@@ -366,6 +371,9 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             });
         }
         self.stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
+        // Counted before the write: a reader that sees these units present reads the count
+        // after it, so it never pairs new bytes with the old count.
+        self.fills.fetch_add(1, Ordering::SeqCst);
         self.data
             .write_all_at(&buf, at)
             .map_err(|e| Error::io("write", self.data_path.display().to_string(), at, e))?;
@@ -485,6 +493,9 @@ impl<S: ReadAt + 'static> ReadAt for BlobCache<S> {
     }
     fn size(&self) -> io::Result<u64> {
         Ok(self.size)
+    }
+    fn generation(&self) -> Option<u64> {
+        Some(self.fills.load(Ordering::SeqCst))
     }
     fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
         // The origin learns too: a P2P-backed source refetches this range from the registry.

@@ -25,7 +25,7 @@ need_pkgs gcc:gcc e2fsck:e2fsprogs debugfs:e2fsprogs mke2fs:e2fsprogs \
   htpasswd:apache2-utils openssl:openssl protoc:protobuf-compiler fusermount3:fuse3 \
   nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils \
   losetup:mount diff:diffutils /usr/include/google/protobuf/empty.proto:libprotobuf-dev \
-  containerd:containerd runc:runc
+  containerd:containerd runc:runc fio:fio nbdkit:nbdkit
 # The end-to-end tests run on containerd 1.6 (Debian 12's) and on containerd 2.x, which Debian
 # 12 does not package: its .deb from Debian unstable, unpacked into a private prefix.
 need_unstable_deb containerd "${OBD_CONTAINERD2:-$OBD_CONTAINERD2_DEFAULT}"

@@ -101,6 +101,33 @@ fn main() {
     assert_eq!(sha256_direct(&lo_c), want, "{lo_c}: wrong bytes");
     let nbd_sock = dir.join("daemon/nbd.sock");
 
+    // A second daemon serving the verified layer through FUSE over io_uring, where the kernel
+    // offers it (the module parameter is turned on for the run and put back after).
+    let uring = UringParam::on();
+    let ud = uring.as_ref().map(|_| {
+        let udir = dir.join("daemon-uring");
+        std::fs::create_dir_all(&udir).unwrap();
+        std::fs::write(
+            udir.join("daemon.toml"),
+            format!(
+                "state_dir = \"{0}/state\"\nsocket = \"{0}/api.sock\"\nrun_dir = \"{0}/run\"\n\
+                 cache_dir = \"{0}/cache\"\ncache_size_mb = 1024\nhosts_dir = \"\"\n\
+                 read_deadline_secs = 5\nfuse_io_uring = true\nlog = \"info\"\n",
+                udir.display()
+            ),
+        )
+        .unwrap();
+        let ud = Daemon::start(&udir);
+        ud.ctl(&["attach", "u", configs[0].to_str().unwrap()]);
+        ud
+    });
+    let lo_u = ud.as_ref().map(|ud| ud.field("u", "loop"));
+    if let Some(lo_u) = &lo_u {
+        assert_eq!(sha256_direct(lo_u), want, "{lo_u}: wrong bytes");
+    } else {
+        println!("(no FUSE over io_uring on this kernel: no io_uring row)");
+    }
+
     // Plain loop devices over the raw disk file: buffered (reads are copies from the page
     // cache, where the file is) and with direct I/O (reads go to the disk), the way ours is set up.
     let plain = LoopGuard::attach(&raw, false);
@@ -108,12 +135,15 @@ fn main() {
     assert_eq!(sha256_direct(&plain.0), want);
     assert_eq!(sha256_direct(&plain_dio.0), want);
 
-    let devices = [
+    let mut devices = vec![
         ("plain loop, buffered (page cache)", plain.0.as_str()),
         ("plain loop, direct I/O (disk)", plain_dio.0.as_str()),
         ("FUSE + loop, verified (BLAKE3)", lo_v.as_str()),
         ("FUSE + loop, CRC only (overlaybd's)", lo_c.as_str()),
     ];
+    if let Some(lo_u) = &lo_u {
+        devices.push(("FUSE io_uring + loop, verified", lo_u.as_str()));
+    }
 
     // Every figure is taken in rounds over all devices, so that the host's drift (this is a
     // shared machine) falls on all of them alike.
@@ -375,5 +405,28 @@ impl LoopGuard {
 impl Drop for LoopGuard {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// Turns on the `fuse` module's `enable_uring` parameter while it lives; puts back the value
+/// it found.
+struct UringParam(Option<String>);
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+impl UringParam {
+    /// `Some` when the kernel has the parameter.
+    fn on() -> Option<UringParam> {
+        let found = std::fs::read_to_string(ENABLE_URING).ok()?;
+        std::fs::write(ENABLE_URING, "Y").ok()?;
+        Some(UringParam(Some(found)))
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = std::fs::write(ENABLE_URING, v.trim());
+        }
     }
 }

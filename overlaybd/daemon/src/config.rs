@@ -36,6 +36,9 @@ pub struct DaemonConfig {
     pub read_deadline_secs: u64,
     /// FUSE worker threads per device.
     pub fuse_threads: usize,
+    /// Serve FUSE requests over io_uring where the kernel offers it (Linux 6.14+, the `fuse`
+    /// module's `enable_uring` on): `fuse_threads` ring entries beside the `/dev/fuse` workers.
+    pub fuse_io_uring: bool,
     /// NBD on a unix socket; "" = off.
     pub nbd_socket: PathBuf,
     /// NBD on TCP (loopback only); "" = off.
@@ -61,6 +64,7 @@ impl Default for DaemonConfig {
             prefetch_concurrency: crate::trace::DEFAULT_CONCURRENCY,
             read_deadline_secs: 60,
             fuse_threads: 8,
+            fuse_io_uring: false,
             nbd_socket: PathBuf::new(),
             nbd_address: String::new(),
             checkpoint_secs: 30,

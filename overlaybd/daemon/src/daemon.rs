@@ -249,7 +249,12 @@ impl Daemon {
 
     /// Mounts the device's FUSE file and hands its descriptor to the keeper.
     fn mount_fuse(&self, dev: &Arc<Device>, id: &str, file: &Path) -> Result<FuseExport> {
-        let fuse = FuseExport::mount(dev.clone(), file, self.cfg.fuse_threads)?;
+        let fuse = FuseExport::mount(
+            dev.clone(),
+            file,
+            self.cfg.fuse_threads,
+            self.cfg.fuse_io_uring,
+        )?;
         if let Some(fs) = &self.fdstore {
             fs.put(id, fuse.fd().as_raw_fd())?;
         }
@@ -435,6 +440,7 @@ impl Daemon {
                     file,
                     fd,
                     self.cfg.fuse_threads,
+                    self.cfg.fuse_io_uring,
                 )?);
                 tracing::info!(
                     "{}: resumed the kept FUSE connection of {}",

@@ -71,7 +71,7 @@ fn a_read_only_image_mounts_through_fuse_and_loop() {
     let tmp = tempfile::tempdir().unwrap();
     let dev = g_device(None);
     let file = tmp.path().join("g.img");
-    let fuse = FuseExport::mount(dev.clone(), &file, 4).unwrap();
+    let fuse = FuseExport::mount(dev.clone(), &file, 4, false).unwrap();
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 30);
     // Writes to the file of a read-only device are refused by the kernel or by us.
     let w = std::fs::OpenOptions::new().write(true).open(&file);
@@ -129,7 +129,7 @@ fn a_writable_upper_keeps_what_ext4_wrote() {
     for round in 0..2 {
         let dev = g_device(Some((&data, &index)));
         assert!(!dev.read_only());
-        let fuse = FuseExport::mount(dev.clone(), &file, 4).unwrap();
+        let fuse = FuseExport::mount(dev.clone(), &file, 4, false).unwrap();
         let lo = LoopDevice::attach(&file, false, true).unwrap();
         assert!(!lo.read_only());
         mount(lo.path(), &mnt, false);
@@ -167,4 +167,91 @@ fn a_writable_upper_keeps_what_ext4_wrote() {
         off += buf.len() as u64;
     }
     assert_eq!(hex::encode(h.finalize()), G_DISK);
+}
+
+/// Sets the `fuse` module's `enable_uring` parameter, and puts back the value it found.
+struct UringParam(Option<String>);
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+impl UringParam {
+    fn on() -> UringParam {
+        let found = std::fs::read_to_string(ENABLE_URING).ok();
+        if found.is_some() {
+            std::fs::write(ENABLE_URING, "Y").unwrap();
+        }
+        UringParam(found)
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = std::fs::write(ENABLE_URING, v.trim());
+        }
+    }
+}
+
+#[test]
+fn fuse_over_io_uring_serves_reads_and_writes_where_the_kernel_offers_it() {
+    if !can_mount() {
+        return;
+    }
+    let param = UringParam::on();
+    if param.0.is_none() || !overlaybd_export::fuse::io_uring_enabled() {
+        // This kernel has no FUSE over io_uring (before 6.14, or built without it).
+        test_support::require(
+            false,
+            "FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, index) = (
+        tmp.path().join("upper.data"),
+        tmp.path().join("upper.index"),
+    );
+    let lower_uuid: Uuid = "33333333-4444-5555-6666-777777777777".parse().unwrap();
+    drop(RwLayer::create(&data, &index, 1 << 30, None, lower_uuid).unwrap());
+    let dev = g_device(Some((&data, &index)));
+    let file = tmp.path().join("g.img");
+    let fuse = FuseExport::mount(dev.clone(), &file, 4, true).unwrap();
+    let r = std::panic::catch_unwind(|| {
+        // The whole device through the loop device (its reads come in parallel).
+        let lo = LoopDevice::attach(&file, true, true).unwrap();
+        let sum = sha256_of(lo.path());
+        lo.detach().unwrap();
+        assert_eq!(sum, G_DISK);
+        // A write through the ring (its data arrives in the payload buffer), read back.
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .unwrap();
+        // Page-aligned buffers: the kernel then splits a direct write at 1 MiB, in whole
+        // blocks (the device takes whole 512-byte sectors).
+        let len = 300 * 4096;
+        let (mut wbuf, mut rbuf) = (vec![0u8; len + 4096], vec![0u8; len + 4096]);
+        let w = wbuf.as_ptr().align_offset(4096);
+        let r = rbuf.as_ptr().align_offset(4096);
+        let (payload, back) = (&mut wbuf[w..w + len], &mut rbuf[r..r + len]);
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b = (i * 13 % 251) as u8;
+        }
+        f.write_all_at(payload, 700 << 20).unwrap();
+        f.read_exact_at(back, 700 << 20).unwrap();
+        assert!(back == payload, "read back other bytes than written");
+        // A read past the end is short, as for a file.
+        let mut tail = [0u8; 8192];
+        assert_eq!(f.read_at(&mut tail, (1 << 30) - 100).unwrap(), 100);
+    });
+    let through_ring = fuse.ring_requests();
+    fuse.unmount().unwrap();
+    drop(param);
+    r.unwrap();
+    assert!(
+        through_ring > 100,
+        "only {through_ring} requests went through io_uring"
+    );
 }

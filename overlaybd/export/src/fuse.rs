@@ -18,12 +18,15 @@ use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::{BlockDevice, DevError};
 use crate::{Error, Result};
+
+mod uring;
+pub use uring::kernel_enabled as io_uring_enabled;
 
 // Opcodes (include/uapi/linux/fuse.h).
 const LOOKUP: u32 = 1;
@@ -141,6 +144,12 @@ fn file_mode(dev: &dyn BlockDevice) -> u32 {
 /// Handles one request. `buf` holds the message and, for a read, receives the data after
 /// [`OUT_HEADER`] bytes (it is at least `OUT_HEADER + MAX_IO` long).
 pub fn handle(dev: &dyn BlockDevice, msg: &[u8], out: &mut [u8]) -> Reply {
+    handle_with(dev, msg, out, false)
+}
+
+/// [`handle`], answering `INIT` with FUSE over io_uring when `io_uring` is set and the kernel
+/// offers it.
+fn handle_with(dev: &dyn BlockDevice, msg: &[u8], out: &mut [u8], io_uring: bool) -> Reply {
     let Some(h) = parse_header(msg) else {
         return Reply::Error(libc::EINVAL);
     };
@@ -160,7 +169,17 @@ pub fn handle(dev: &dyn BlockDevice, msg: &[u8], out: &mut [u8]) -> Reply {
                 return Reply::Data(r[..8].to_vec());
             }
             let max_readahead = u32le(body, 8);
-            let flags = kflags & (ASYNC_READ | BIG_WRITES | ASYNC_DIO | MAX_PAGES);
+            let mut flags = kflags & (ASYNC_READ | BIG_WRITES | ASYNC_DIO | MAX_PAGES);
+            // fuse_init_in's flags2 (after major, minor, max_readahead, flags).
+            let kflags2 = if kflags & uring::INIT_EXT != 0 && need(20) {
+                u32le(body, 16)
+            } else {
+                0
+            };
+            if io_uring && kflags2 & uring::OVER_IO_URING != 0 {
+                flags |= uring::INIT_EXT;
+                r[32..36].copy_from_slice(&uring::OVER_IO_URING.to_le_bytes()); // flags2
+            }
             r[4..8].copy_from_slice(&PROTO_MINOR.min(u32le(body, 4)).to_le_bytes());
             r[8..12].copy_from_slice(&max_readahead.to_le_bytes());
             r[12..16].copy_from_slice(&flags.to_le_bytes());
@@ -303,6 +322,8 @@ pub struct FuseExport {
     fd: Arc<File>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// Requests answered through io_uring ring entries.
+    ring_requests: Arc<AtomicU64>,
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -319,8 +340,15 @@ fn os_err(op: &'static str, what: &Path) -> Error {
 }
 
 impl FuseExport {
-    /// Mounts `dev` as the file `path` (created if missing) and starts `threads` workers.
-    pub fn mount(dev: Arc<dyn BlockDevice>, path: &Path, threads: usize) -> Result<FuseExport> {
+    /// Mounts `dev` as the file `path` (created if missing) and starts `threads` workers on
+    /// `/dev/fuse`, and with `io_uring` (where the kernel offers it) `threads` ring entries
+    /// (at least one per queue), which take over the requests once registered.
+    pub fn mount(
+        dev: Arc<dyn BlockDevice>,
+        path: &Path,
+        threads: usize,
+        io_uring: bool,
+    ) -> Result<FuseExport> {
         if !path.exists() {
             std::fs::File::create(path)
                 .map_err(|e| Error::io("create", path.display().to_string(), e))?;
@@ -350,7 +378,7 @@ impl FuseExport {
         if r != 0 {
             return Err(os_err("mount fuse on", path));
         }
-        Ok(Self::serve(dev, path, Arc::new(fd), threads))
+        Ok(Self::serve(dev, path, Arc::new(fd), threads, io_uring))
     }
 
     /// Serves a connection a previous daemon mounted at `path` (its `/dev/fuse` descriptor
@@ -360,8 +388,9 @@ impl FuseExport {
         path: &Path,
         fd: OwnedFd,
         threads: usize,
+        io_uring: bool,
     ) -> Result<FuseExport> {
-        let e = Self::serve(dev, path, Arc::new(File::from(fd)), threads);
+        let e = Self::serve(dev, path, Arc::new(File::from(fd)), threads, io_uring);
         let mut msg = [0u8; OUT_HEADER];
         msg[0..4].copy_from_slice(&(OUT_HEADER as u32).to_le_bytes());
         msg[4..8].copy_from_slice(&NOTIFY_RESEND.to_le_bytes());
@@ -372,23 +401,56 @@ impl FuseExport {
         Ok(e)
     }
 
-    fn serve(dev: Arc<dyn BlockDevice>, path: &Path, fd: Arc<File>, threads: usize) -> FuseExport {
+    fn serve(
+        dev: Arc<dyn BlockDevice>,
+        path: &Path,
+        fd: Arc<File>,
+        threads: usize,
+        io_uring: bool,
+    ) -> FuseExport {
         let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..threads.max(1))
+        let io_uring = io_uring && uring::kernel_enabled();
+        let mut workers: Vec<JoinHandle<()>> = (0..threads.max(1))
             .filter_map(|i| {
                 let (dev, fd, stop) = (dev.clone(), fd.clone(), stop.clone());
                 std::thread::Builder::new()
                     .name(format!("fuse-{}-{i}", dev.name()))
-                    .spawn(move || worker(&*dev, &fd, &stop))
+                    .spawn(move || worker(&*dev, &fd, &stop, io_uring))
                     .ok()
             })
             .collect();
+        let ring_requests = Arc::new(AtomicU64::new(0));
+        if io_uring {
+            let queues = uring::queues();
+            for i in 0..threads.max(queues) {
+                let (dev, fd, stop) = (dev.clone(), fd.clone(), stop.clone());
+                let served = ring_requests.clone();
+                let qid = (i % queues) as u16;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("fuse-{}-q{qid}", dev.name()))
+                    .spawn(move || {
+                        if let Err(e) = uring::serve_entry(&*dev, &fd, qid, &stop, &served) {
+                            // ENOTCONN/ECANCELED at unmount; anything else leaves the
+                            // requests to the /dev/fuse workers.
+                            tracing::debug!("fuse {} io_uring queue {qid}: {e}", dev.name());
+                        }
+                    });
+                workers.extend(spawned.ok());
+            }
+        }
         FuseExport {
             path: path.to_path_buf(),
             fd,
             workers,
             stop,
+            ring_requests,
         }
+    }
+
+    /// Requests answered through FUSE over io_uring so far (0 when the kernel or the config
+    /// left the `/dev/fuse` loop to serve everything).
+    pub fn ring_requests(&self) -> u64 {
+        self.ring_requests.load(Ordering::Relaxed)
     }
 
     pub fn path(&self) -> &Path {
@@ -432,7 +494,7 @@ impl FuseExport {
     }
 }
 
-fn worker(dev: &dyn BlockDevice, mut fd: &File, stop: &AtomicBool) {
+fn worker(dev: &dyn BlockDevice, mut fd: &File, stop: &AtomicBool, io_uring: bool) {
     // Big enough for a 1 MiB write plus headers (the kernel wants at least 8 KiB more).
     let mut inbuf = vec![0u8; MAX_IO + 8192];
     let mut out = vec![0u8; OUT_HEADER + MAX_IO];
@@ -449,7 +511,7 @@ fn worker(dev: &dyn BlockDevice, mut fd: &File, stop: &AtomicBool) {
         let Some(h) = parse_header(msg) else {
             continue;
         };
-        let reply = handle(dev, msg, &mut out);
+        let reply = handle_with(dev, msg, &mut out, io_uring);
         let destroy = h.opcode == DESTROY;
         if let Err(e) = write_reply(fd, h.unique, reply, &mut out) {
             tracing::warn!("fuse {}: reply to op {}: {e}", dev.name(), h.opcode);

@@ -42,22 +42,10 @@ impl Source {
     }
 }
 
-/// Incompressible data: an lz4 block of it ends in literals, so its last stored byte can be
-/// changed and the block still decodes.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn open(generation: Option<u64>, bump_on_read: bool) -> (Vec<u8>, ZFile<Source>) {
-    let data = noise(4 * 4096);
+    // Incompressible data: an lz4 block of it ends in literals, so its last stored byte can be
+    // changed and the block still decodes.
+    let data = test_support::random(4 * 4096, 0x9E37_79B9_7F4A_7C15);
     let (file, summary) = common::compress(
         &data,
         WriterOptions {

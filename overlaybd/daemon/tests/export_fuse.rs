@@ -43,6 +43,14 @@ fn g_device(upper: Option<(&Path, &Path)>) -> Arc<Device> {
     Arc::new(Device::open("g", &cfg, None, &DeviceOptions::default()).unwrap())
 }
 
+/// A new writable upper layer (data, index) in `dir` over vector g.
+fn new_upper(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (data, index) = (dir.join("upper.data"), dir.join("upper.index"));
+    let lower_uuid: Uuid = "33333333-4444-5555-6666-777777777777".parse().unwrap();
+    drop(RwLayer::create(&data, &index, 1 << 30, None, lower_uuid).unwrap());
+    (data, index)
+}
+
 fn mount(dev: &Path, at: &Path, ro: bool) {
     std::fs::create_dir_all(at).unwrap();
     let opts = if ro { "ro" } else { "rw" };
@@ -117,12 +125,7 @@ fn a_writable_upper_keeps_what_ext4_wrote() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (data, index) = (
-        tmp.path().join("upper.data"),
-        tmp.path().join("upper.index"),
-    );
-    let lower_uuid: Uuid = "33333333-4444-5555-6666-777777777777".parse().unwrap();
-    drop(RwLayer::create(&data, &index, 1 << 30, None, lower_uuid).unwrap());
+    let (data, index) = new_upper(tmp.path());
     let file = tmp.path().join("g.img");
     let mnt = tmp.path().join("mnt");
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -207,12 +210,7 @@ fn fuse_over_io_uring_serves_reads_and_writes_where_the_kernel_offers_it() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (data, index) = (
-        tmp.path().join("upper.data"),
-        tmp.path().join("upper.index"),
-    );
-    let lower_uuid: Uuid = "33333333-4444-5555-6666-777777777777".parse().unwrap();
-    drop(RwLayer::create(&data, &index, 1 << 30, None, lower_uuid).unwrap());
+    let (data, index) = new_upper(tmp.path());
     let dev = g_device(Some((&data, &index)));
     let file = tmp.path().join("g.img");
     let fuse = FuseExport::mount(dev.clone(), &file, 4, true).unwrap();

@@ -103,7 +103,7 @@ fn main() {
 
     // A second daemon serving the verified layer through FUSE over io_uring, where the kernel
     // offers it (the module parameter is turned on for the run and put back after).
-    let uring = UringParam::on();
+    let uring = common::UringParam::on();
     let ud = uring.as_ref().map(|_| {
         let udir = dir.join("daemon-uring");
         std::fs::create_dir_all(&udir).unwrap();
@@ -405,28 +405,5 @@ impl LoopGuard {
 impl Drop for LoopGuard {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
-/// Turns on the `fuse` module's `enable_uring` parameter while it lives; puts back the value
-/// it found.
-struct UringParam(Option<String>);
-
-const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
-
-impl UringParam {
-    /// `Some` when the kernel has the parameter.
-    fn on() -> Option<UringParam> {
-        let found = std::fs::read_to_string(ENABLE_URING).ok()?;
-        std::fs::write(ENABLE_URING, "Y").ok()?;
-        Some(UringParam(Some(found)))
-    }
-}
-
-impl Drop for UringParam {
-    fn drop(&mut self) {
-        if let Some(v) = &self.0 {
-            let _ = std::fs::write(ENABLE_URING, v.trim());
-        }
     }
 }

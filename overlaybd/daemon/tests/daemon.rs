@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{quit_keeper, Daemon};
 use common::Registry;
-use common::{can_mount, run, vector, AlignedBuf};
+use common::{can_mount, run, vector, AlignedBuf, G_DISK};
 
 /// Sum of a Prometheus counter's samples.
 fn metric(text: &str, name: &str) -> u64 {
@@ -464,6 +464,66 @@ fn the_daemon_killed_under_a_mounted_filesystem_comes_back_without_errors() {
     assert!(metric(&d2.stats("g"), "overlaybd_device_reads_total") > 0);
     drop(d2);
     drop(d);
+}
+
+/// FUSE over io_uring across a restart: the new daemon registers new ring entries on the kept
+/// connection and serves again. Only an idle device: a request the killed daemon had taken
+/// from a ring entry is not resent by `FUSE_NOTIFY_RESEND` on this kernel (6.18) and waits
+/// until the connection is aborted (tried: `docs/daemon.md`), which is why `fuse_io_uring` is
+/// off by default.
+#[test]
+fn an_idle_device_served_over_io_uring_survives_a_daemon_restart() {
+    if !can_mount() {
+        return;
+    }
+    let Some(_param) = common::UringParam::on() else {
+        test_support::require(
+            false,
+            "FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)",
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = local_g(tmp.path(), "");
+    let mut d = Daemon::start_with(tmp.path(), "fuse_io_uring = true\n");
+    d.ctl(&["attach", "g", cfg.to_str().unwrap()]);
+    let lo = d.field("g", "loop");
+    assert_eq!(read_device_within(&lo, Duration::from_secs(60)), G_DISK);
+    d.kill9();
+    let d2 = Daemon::start(tmp.path());
+    assert_eq!(d2.field("g", "state"), "restored");
+    assert!(d2.log().contains("resumed the kept FUSE connection"));
+    assert_eq!(read_device_within(&lo, Duration::from_secs(60)), G_DISK);
+    drop(d2);
+    drop(d);
+}
+
+/// The SHA-256 of a whole device read with O_DIRECT, or a panic if that takes longer than
+/// `limit` (a lost FUSE request would block the read for good: the panic says so).
+fn read_device_within(dev: &str, limit: Duration) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dev.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
+        let mut buf = AlignedBuf::new(1 << 20);
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        let mut off = 0u64;
+        loop {
+            let n = f.read_at(buf.as_mut(), off).unwrap();
+            if n == 0 {
+                break;
+            }
+            sha2::Digest::update(&mut h, &buf.as_mut()[..n]);
+            off += n as u64;
+        }
+        let _ = tx.send(hex::encode(sha2::Digest::finalize(h)));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("reading {dev} took over {limit:?}: a lost FUSE request?"))
 }
 
 #[test]

@@ -172,43 +172,19 @@ fn a_writable_upper_keeps_what_ext4_wrote() {
     assert_eq!(hex::encode(h.finalize()), G_DISK);
 }
 
-/// Sets the `fuse` module's `enable_uring` parameter, and puts back the value it found.
-struct UringParam(Option<String>);
-
-const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
-
-impl UringParam {
-    fn on() -> UringParam {
-        let found = std::fs::read_to_string(ENABLE_URING).ok();
-        if found.is_some() {
-            std::fs::write(ENABLE_URING, "Y").unwrap();
-        }
-        UringParam(found)
-    }
-}
-
-impl Drop for UringParam {
-    fn drop(&mut self) {
-        if let Some(v) = &self.0 {
-            let _ = std::fs::write(ENABLE_URING, v.trim());
-        }
-    }
-}
-
 #[test]
 fn fuse_over_io_uring_serves_reads_and_writes_where_the_kernel_offers_it() {
     if !can_mount() {
         return;
     }
-    let param = UringParam::on();
-    if param.0.is_none() || !overlaybd_export::fuse::io_uring_enabled() {
-        // This kernel has no FUSE over io_uring (before 6.14, or built without it).
+    let Some(param) = common::UringParam::on() else {
         test_support::require(
             false,
             "FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)",
         );
         return;
-    }
+    };
+    assert!(overlaybd_export::fuse::io_uring_enabled());
     let tmp = tempfile::tempdir().unwrap();
     let (data, index) = new_upper(tmp.path());
     let dev = g_device(Some((&data, &index)));

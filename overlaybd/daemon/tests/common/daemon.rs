@@ -16,6 +16,12 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
+        Self::start_with(dir, "")
+    }
+
+    /// [`Daemon::start`], with `extra` lines in the config the first time (a restart in the
+    /// same directory keeps the config).
+    pub fn start_with(dir: &Path, extra: &str) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("daemon.toml");
         let socket = dir.join("api.sock");
@@ -26,7 +32,7 @@ impl Daemon {
                     "state_dir = \"{0}/state\"\nsocket = \"{1}\"\nrun_dir = \"{0}/run\"\n\
                      cache_dir = \"{0}/cache\"\ncache_size_mb = 1024\nhosts_dir = \"\"\n\
                      read_deadline_secs = 5\nnbd_socket = \"{0}/nbd.sock\"\n\
-                     metrics_address = \"127.0.0.1:{2}\"\nlog = \"info\"\n",
+                     metrics_address = \"127.0.0.1:{2}\"\nlog = \"info\"\n{extra}",
                     dir.display(),
                     socket.display(),
                     test_support::free_port()

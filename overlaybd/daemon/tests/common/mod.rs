@@ -78,3 +78,24 @@ pub fn assert_same_tree(expected: &Path, mounted: &Path) {
     let b = std::fs::metadata(mounted.join("usr/bin/tool-hardlink")).unwrap();
     assert_eq!(a.ino(), b.ino(), "the hard link shares the inode");
 }
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// The `fuse` module's `enable_uring` parameter turned on while this lives; the value found is
+/// put back on drop.
+pub struct UringParam(String);
+
+impl UringParam {
+    /// `None` when the kernel has no FUSE over io_uring (before 6.14, or built without it).
+    pub fn on() -> Option<UringParam> {
+        let found = std::fs::read_to_string(ENABLE_URING).ok()?;
+        std::fs::write(ENABLE_URING, "Y").ok()?;
+        Some(UringParam(found))
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        let _ = std::fs::write(ENABLE_URING, self.0.trim());
+    }
+}

@@ -50,7 +50,11 @@ pub fn record_trace(image: &str, opts: &RecordOptions) -> Result<Vec<u8>> {
     std::fs::write(&trace, b"").map_err(|e| Error::io("create", trace.display().to_string(), e))?;
     crate::runtime()?.block_on(async {
         let pulled = rpull::pull_image(image, &opts.pull).await?;
-        let ctd = Containerd::connect(&opts.pull.address, &opts.pull.namespace).await?;
+        let mut ctd = Containerd::connect(&opts.pull.address, &opts.pull.namespace).await?;
+        // Under a lease, as `ctr run` does: between the snapshot's Prepare and the container
+        // that refers to it, containerd's garbage collector would otherwise remove the
+        // snapshot (seen once: the task's overlay mount then failed on a missing workdir).
+        ctd.start_lease("record-trace").await?;
         let id = format!("record-trace-{}", std::process::id());
         let run = Run {
             ctd: &ctd,
@@ -59,6 +63,7 @@ pub fn record_trace(image: &str, opts: &RecordOptions) -> Result<Vec<u8>> {
         };
         let ran = run.run(&pulled, &trace, opts).await;
         run.clean_up().await;
+        ctd.end_lease().await;
         ran
     })?;
     collect(&trace)

@@ -1,7 +1,6 @@
 //! Reading a ZFile: [`ZFile`] and what it learned at open, then reads of any offset and length
 //! from many threads at once. Opening (header, trailer, index, integrity table) is in `open`.
 
-use std::cell::RefCell;
 use std::io;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -417,24 +416,28 @@ pub struct ReadPlan {
 /// Stored bytes, one decoded block, and the bits of blocks whose digest is known good.
 type Scratch = (Vec<u8>, Vec<u8>, Vec<u64>);
 
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-}
+/// Scratch buffers shared by every reader in the process: a read takes one set and gives it
+/// back, so their memory follows the reads in flight, not the threads that ever read (a
+/// daemon has `fuse_threads` per device). The most recently returned set is reused first; at
+/// most [`IDLE_SCRATCH`] idle sets are kept.
+static SCRATCH: std::sync::Mutex<Vec<Scratch>> = std::sync::Mutex::new(Vec::new());
+const IDLE_SCRATCH: usize = 16;
 
-/// Runs `f` with this thread's scratch buffers (or fresh ones when re-entered, e.g. a ZFile
-/// whose source is another ZFile).
+/// Runs `f` with a scratch set from the pool (a nested reader, e.g. a ZFile whose source is
+/// another ZFile, takes another).
 fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => {
-            let r = f(&mut s);
-            // Do not keep an unusually large buffer around for every thread.
-            if s.0.capacity() > 4 * MAX_BATCH as usize {
-                s.0 = Vec::new();
-            }
-            r
-        }
-        Err(_) => f(&mut (Vec::new(), Vec::new(), Vec::new())),
-    })
+    let pooled = SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut s = pooled.unwrap_or_default();
+    let r = f(&mut s);
+    // Do not keep an unusually large buffer around.
+    if s.0.capacity() > 4 * MAX_BATCH as usize {
+        s.0 = Vec::new();
+    }
+    let mut pool = SCRATCH.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < IDLE_SCRATCH {
+        pool.push(s);
+    }
+    r
 }
 
 impl<S: ReadAt> ReadAt for ZFile<S> {

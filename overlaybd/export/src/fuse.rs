@@ -494,10 +494,33 @@ impl FuseExport {
     }
 }
 
+/// Reply buffers shared by the `/dev/fuse` workers of every device in the process: a worker
+/// takes one for a request and gives it back after replying, so the memory large replies
+/// touch follows the requests in flight, not devices × `fuse_threads`. The most recently
+/// returned buffer is reused first (its pages are resident); at most [`IDLE_REPLY_BUFFERS`]
+/// idle ones are kept, the others are freed.
+static REPLY_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+const IDLE_REPLY_BUFFERS: usize = 16;
+
+fn take_reply_buffer() -> Vec<u8> {
+    let pooled = REPLY_BUFFERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop();
+    pooled.unwrap_or_else(|| vec![0u8; OUT_HEADER + MAX_IO])
+}
+
+fn give_reply_buffer(b: Vec<u8>) {
+    let mut pool = REPLY_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < IDLE_REPLY_BUFFERS {
+        pool.push(b);
+    }
+}
+
 fn worker(dev: &dyn BlockDevice, mut fd: &File, stop: &AtomicBool, io_uring: bool) {
-    // Big enough for a 1 MiB write plus headers (the kernel wants at least 8 KiB more).
+    // Big enough for a 1 MiB write plus headers (the kernel wants at least 8 KiB more); only
+    // the pages a request fills become resident.
     let mut inbuf = vec![0u8; MAX_IO + 8192];
-    let mut out = vec![0u8; OUT_HEADER + MAX_IO];
     while !stop.load(Ordering::Relaxed) {
         let n = match fd.read(&mut inbuf) {
             Ok(n) => n,
@@ -511,11 +534,13 @@ fn worker(dev: &dyn BlockDevice, mut fd: &File, stop: &AtomicBool, io_uring: boo
         let Some(h) = parse_header(msg) else {
             continue;
         };
+        let mut out = take_reply_buffer();
         let reply = handle_with(dev, msg, &mut out, io_uring);
         let destroy = h.opcode == DESTROY;
         if let Err(e) = write_reply(fd, h.unique, reply, &mut out) {
             tracing::warn!("fuse {}: reply to op {}: {e}", dev.name(), h.opcode);
         }
+        give_reply_buffer(out);
         if destroy {
             return;
         }

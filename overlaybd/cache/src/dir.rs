@@ -36,6 +36,34 @@ pub(crate) struct Shared {
     /// Fill counters by blob key, handed to every cache object opened for that key (so a fill
     /// through one shows in the generation of all), never removed (so a count never restarts).
     fills: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// The directory's lock, held while any handle or blob of it lives.
+    _lock: std::fs::File,
+}
+
+/// Takes `dir/.lock` exclusively: one writer per cache directory, since the units' states,
+/// the records and the generations (which let readers skip digests) live in that writer.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let p = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io("open", p.display().to_string(), 0, e))?;
+    // SAFETY: flock on a descriptor `f` owns; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Error::InvalidArgument(format!(
+                "cache directory {} is in use (by another process, or another CacheDir here)",
+                dir.display()
+            ))
+        } else {
+            Error::io("lock", p.display().to_string(), 0, e)
+        });
+    }
+    Ok(f)
 }
 
 impl Shared {
@@ -143,6 +171,7 @@ impl CacheDir {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("create", dir.display().to_string(), 0, e))?;
+        let lock = lock_dir(dir)?;
         let mut blobs = HashMap::new();
         let mut used = 0;
         let entries = std::fs::read_dir(dir)
@@ -179,6 +208,7 @@ impl CacheDir {
                 blobs,
             }),
             fills: Mutex::default(),
+            _lock: lock,
         });
         Ok(CacheDir { shared, unit })
     }
@@ -193,7 +223,7 @@ impl CacheDir {
         size: u64,
         origin: S,
     ) -> Result<Arc<BlobCache<S>>> {
-        if let Some(open) = self.open_blob::<S>(key, size) {
+        if let Some(open) = self.open_blob::<S>(key, size)? {
             return Ok(open);
         }
         let cache = BlobCache::open_in(
@@ -210,7 +240,7 @@ impl CacheDir {
             Arc::downgrade(&(cache.clone() as Arc<dyn Any + Send + Sync>));
         let mut g = self.shared.lock();
         // Opened by another thread meanwhile: use that one (ours wrote nothing yet).
-        if let Some(open) = Self::live::<S>(&g, key, size) {
+        if let Some(open) = Self::live::<S>(&g, key, size)? {
             return Ok(open);
         }
         g.clock += 1;
@@ -228,23 +258,48 @@ impl CacheDir {
         Ok(cache)
     }
 
-    fn open_blob<S: ReadAt + 'static>(&self, key: &str, size: u64) -> Option<Arc<BlobCache<S>>> {
+    fn open_blob<S: ReadAt + 'static>(
+        &self,
+        key: &str,
+        size: u64,
+    ) -> Result<Option<Arc<BlobCache<S>>>> {
         let mut g = self.shared.lock();
-        let open = Self::live::<S>(&g, key, size)?;
+        let Some(open) = Self::live::<S>(&g, key, size)? else {
+            return Ok(None);
+        };
         g.clock += 1;
         let now = g.clock;
         if let Some(e) = g.blobs.get_mut(key) {
             e.last_use = now;
         }
-        Some(open)
+        Ok(Some(open))
     }
 
-    fn live<S: ReadAt + 'static>(g: &Inner, key: &str, size: u64) -> Option<Arc<BlobCache<S>>> {
-        let object = g.blobs.get(key)?.object.as_ref()?.upgrade()?;
-        object
-            .downcast::<BlobCache<S>>()
-            .ok()
-            .filter(|c| c.size().ok() == Some(size))
+    /// The open cache object of `key`, if any. One open with another size (or origin type)
+    /// is an error: a second object would resize the data file under the first.
+    fn live<S: ReadAt + 'static>(
+        g: &Inner,
+        key: &str,
+        size: u64,
+    ) -> Result<Option<Arc<BlobCache<S>>>> {
+        let Some(object) = g
+            .blobs
+            .get(key)
+            .and_then(|e| e.object.as_ref())
+            .and_then(Weak::upgrade)
+        else {
+            return Ok(None);
+        };
+        match object.downcast::<BlobCache<S>>() {
+            Ok(c) if c.size().ok() == Some(size) => Ok(Some(c)),
+            Ok(c) => Err(Error::InvalidArgument(format!(
+                "blob {key} is open at {} bytes; asked for {size}",
+                c.size().unwrap_or(0)
+            ))),
+            Err(_) => Err(Error::InvalidArgument(format!(
+                "blob {key} is open over another kind of origin"
+            ))),
+        }
     }
 
     /// Whether this cache holds bytes of blob `key` recorded for a size of `size`. Its units

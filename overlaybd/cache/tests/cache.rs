@@ -310,6 +310,10 @@ fn least_recently_used_blobs_are_evicted_between_watermarks() {
     }
     let used = cd.used();
     drop(blobs);
+    // One writer per directory: a second handle is refused while the first lives.
+    let busy = CacheDir::open(dir.path(), cap, 0.9, 0.75, UNIT).unwrap_err();
+    assert!(busy.to_string().contains("is in use"), "{busy}");
+    drop(cd);
     let again = CacheDir::open(dir.path(), cap, 0.9, 0.75, UNIT).unwrap();
     assert_eq!(again.used(), used);
     // It holds a blob only at the size its record was written for (what lets an attach skip
@@ -326,8 +330,8 @@ fn least_recently_used_blobs_are_evicted_between_watermarks() {
 }
 
 /// The generation a ZFile reader relies on to skip digests it already checked: unchanged by
-/// hits, moved by every fill, including an eviction's refill and a fill through another cache
-/// object of the same blob in the directory.
+/// hits, moved by every fill, including an eviction's refill and a fill for another device
+/// opening the same blob (one cache object per open blob in a directory).
 #[test]
 fn the_generation_moves_on_every_fill_and_only_then() {
     let dir = tempfile::tempdir().unwrap();
@@ -342,6 +346,9 @@ fn the_generation_moves_on_every_fill_and_only_then() {
         Arc::ptr_eq(&a, &b),
         "one cache object per open blob in a directory"
     );
+    // Not a second one over the same files at another size: it would resize them under `a`.
+    let e = cd.blob("sha256:a", 3 * UNIT as u64, o.clone()).unwrap_err();
+    assert!(e.to_string().contains("is open at"), "{e}");
     let g0 = a.generation().unwrap();
     let mut buf = [0u8; 10];
     a.read_at(0, &mut buf).unwrap();
@@ -553,8 +560,8 @@ fn checkpoint_all_writes_the_records_of_open_blobs() {
     let record = dir.path().join("sha256_ck.record");
     assert!(!record.exists());
     cd.checkpoint_all().unwrap();
-    // The blob is still open; its record on disk already says one unit is present.
-    let again = CacheDir::open(dir.path(), 1 << 30, 0.9, 0.7, UNIT).unwrap();
-    assert_eq!(again.used(), UNIT as u64);
+    // The blob is still open; its record on disk already says a unit is present.
+    assert!(record.exists());
+    assert!(cd.holds("sha256:ck", o.data.len() as u64));
     drop(b);
 }

@@ -49,6 +49,10 @@ pub struct DeviceRecord {
     pub exports: Exports,
     pub fuse_file: Option<PathBuf>,
     pub loop_device: Option<PathBuf>,
+    /// The FUSE connection agreed to io_uring at INIT: a restarted daemon must serve its
+    /// rings whatever its own settings say.
+    #[serde(default)]
+    pub fuse_io_uring: bool,
 }
 
 /// A device as the API lists it.
@@ -215,6 +219,7 @@ impl Daemon {
                 exports: exports.clone(),
                 fuse_file: None,
                 loop_device: None,
+                fuse_io_uring: false,
             },
             state: "attached",
         };
@@ -242,6 +247,8 @@ impl Daemon {
         a.fuse = Some(self.mount_fuse(&a.dev, &a.record.id, &file)?);
         a.record.fuse_file = Some(file.clone());
         let lo = LoopDevice::attach(&file, a.dev.read_only(), true)?;
+        // The loop device opened the file, so INIT has been answered.
+        a.record.fuse_io_uring = a.fuse.as_ref().is_some_and(|f| f.ring_agreed());
         a.record.loop_device = Some(lo.path().to_path_buf());
         a.loopdev = Some(lo);
         Ok(())
@@ -440,7 +447,7 @@ impl Daemon {
                     file,
                     fd,
                     self.cfg.fuse_threads,
-                    self.cfg.fuse_io_uring,
+                    rec.fuse_io_uring,
                 )?);
                 tracing::info!(
                     "{}: resumed the kept FUSE connection of {}",
@@ -466,8 +473,10 @@ impl Daemon {
                     let lo = LoopDevice::attach(file, dev.read_only(), true)?;
                     a.record.loop_device = Some(lo.path().to_path_buf());
                     a.loopdev = Some(lo);
-                    self.persist(&a.record)?;
                 }
+                // The new connection's INIT has been answered (the loop device opened it).
+                a.record.fuse_io_uring = a.fuse.as_ref().is_some_and(|f| f.ring_agreed());
+                self.persist(&a.record)?;
             }
         }
         if rec.exports.nbd {

@@ -489,11 +489,35 @@ fn an_idle_device_served_over_io_uring_survives_a_daemon_restart() {
     d.ctl(&["attach", "g", cfg.to_str().unwrap()]);
     let lo = d.field("g", "loop");
     assert_eq!(read_device_within(&lo, Duration::from_secs(60)), G_DISK);
+    // Ring entries registered: their threads stop at once when the kernel refuses the ring.
+    let ring_threads = |d: &Daemon| {
+        d.thread_names()
+            .iter()
+            .filter(|n| n.starts_with("fuse-g-q"))
+            .count()
+    };
+    assert!(
+        ring_threads(&d) > 0,
+        "no io_uring entries: {:?}",
+        d.thread_names()
+    );
+    let record = std::fs::read_to_string(tmp.path().join("state/devices/g.json")).unwrap();
+    assert!(record.contains("\"fuse_io_uring\": true"), "{record}");
     d.kill9();
+    // Restarted without the setting: the kept connection agreed to rings, so they are
+    // served anyway (else every read would wait for good).
+    std::fs::write(
+        &d.config,
+        std::fs::read_to_string(&d.config)
+            .unwrap()
+            .replace("fuse_io_uring = true\n", ""),
+    )
+    .unwrap();
     let d2 = Daemon::start(tmp.path());
     assert_eq!(d2.field("g", "state"), "restored");
     assert!(d2.log().contains("resumed the kept FUSE connection"));
     assert_eq!(read_device_within(&lo, Duration::from_secs(60)), G_DISK);
+    assert!(ring_threads(&d2) > 0, "{:?}", d2.thread_names());
     drop(d2);
     drop(d);
 }

@@ -293,6 +293,13 @@ fn handle_with(dev: &dyn BlockDevice, msg: &[u8], out: &mut [u8], io_uring: bool
     }
 }
 
+/// Whether an INIT reply agrees to FUSE over io_uring.
+fn agreed_io_uring(init_out: &[u8]) -> bool {
+    init_out.len() >= 36
+        && u32le(init_out, 12) & uring::INIT_EXT != 0
+        && u32le(init_out, 32) & uring::OVER_IO_URING != 0
+}
+
 fn write_reply(mut fd: &File, unique: u64, reply: Reply, out: &mut [u8]) -> std::io::Result<()> {
     let (error, body_len) = match &reply {
         Reply::None => return Ok(()),
@@ -324,6 +331,16 @@ pub struct FuseExport {
     stop: Arc<AtomicBool>,
     /// Requests answered through io_uring ring entries.
     ring_requests: Arc<AtomicU64>,
+    /// The INIT of this connection: answered, and agreed to FUSE over io_uring.
+    init: Arc<InitState>,
+}
+
+/// What INIT settled, for the ring entries (which register only on a connection that
+/// agreed: registering on one that did not would switch it to rings unannounced).
+#[derive(Debug, Default)]
+struct InitState {
+    answered: AtomicBool,
+    ring_agreed: AtomicBool,
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -378,19 +395,38 @@ impl FuseExport {
         if r != 0 {
             return Err(os_err("mount fuse on", path));
         }
-        Ok(Self::serve(dev, path, Arc::new(fd), threads, io_uring))
+        let io_uring = io_uring && uring::kernel_enabled();
+        Ok(Self::serve(
+            dev,
+            path,
+            Arc::new(fd),
+            threads,
+            io_uring,
+            false,
+        ))
     }
 
     /// Serves a connection a previous daemon mounted at `path` (its `/dev/fuse` descriptor
     /// kept alive meanwhile), and has the kernel resend what that daemon left unanswered.
+    /// `ring_agreed`: what that connection agreed at INIT ([`FuseExport::ring_agreed`]): its
+    /// requests then go to ring entries only, which are registered again here whatever this
+    /// daemon's settings or the module parameter say now (the kernel allows that for a
+    /// connection that agreed).
     pub fn resume(
         dev: Arc<dyn BlockDevice>,
         path: &Path,
         fd: OwnedFd,
         threads: usize,
-        io_uring: bool,
+        ring_agreed: bool,
     ) -> Result<FuseExport> {
-        let e = Self::serve(dev, path, Arc::new(File::from(fd)), threads, io_uring);
+        let e = Self::serve(
+            dev,
+            path,
+            Arc::new(File::from(fd)),
+            threads,
+            ring_agreed,
+            ring_agreed,
+        );
         let mut msg = [0u8; OUT_HEADER];
         msg[0..4].copy_from_slice(&(OUT_HEADER as u32).to_le_bytes());
         msg[4..8].copy_from_slice(&NOTIFY_RESEND.to_le_bytes());
@@ -401,37 +437,60 @@ impl FuseExport {
         Ok(e)
     }
 
+    /// Starts the `/dev/fuse` workers and, with `io_uring`, the ring entries. `agreed`: the
+    /// connection is known to use rings already (a resumed one).
     fn serve(
         dev: Arc<dyn BlockDevice>,
         path: &Path,
         fd: Arc<File>,
         threads: usize,
         io_uring: bool,
+        agreed: bool,
     ) -> FuseExport {
         let stop = Arc::new(AtomicBool::new(false));
-        let io_uring = io_uring && uring::kernel_enabled();
+        let init = Arc::new(InitState {
+            answered: AtomicBool::new(agreed),
+            ring_agreed: AtomicBool::new(agreed),
+        });
         let mut workers: Vec<JoinHandle<()>> = (0..threads.max(1))
             .filter_map(|i| {
-                let (dev, fd, stop) = (dev.clone(), fd.clone(), stop.clone());
+                let (dev, fd, stop, init) = (dev.clone(), fd.clone(), stop.clone(), init.clone());
                 std::thread::Builder::new()
                     .name(format!("fuse-{}-{i}", dev.name()))
-                    .spawn(move || worker(&*dev, &fd, &stop, io_uring))
+                    .spawn(move || worker(&*dev, &fd, &stop, io_uring, &init))
                     .ok()
             })
             .collect();
         let ring_requests = Arc::new(AtomicU64::new(0));
         if io_uring {
             let queues = uring::queues();
-            for i in 0..threads.max(queues) {
-                let (dev, fd, stop) = (dev.clone(), fd.clone(), stop.clone());
+            let entries = threads.max(queues);
+            // The kernel has a queue per possible CPU, and uses the rings once each has an
+            // entry: on a machine that reports many possible CPUs, that is many threads.
+            tracing::info!(
+                "fuse {}: {entries} io_uring entries on {queues} queues",
+                dev.name()
+            );
+            for i in 0..entries {
+                let (dev, fd, stop, init) = (dev.clone(), fd.clone(), stop.clone(), init.clone());
                 let served = ring_requests.clone();
                 let qid = (i % queues) as u16;
                 let spawned = std::thread::Builder::new()
                     .name(format!("fuse-{}-q{qid}", dev.name()))
                     .spawn(move || {
+                        // Register only once INIT agreed (a resumed connection had).
+                        while !init.answered.load(Ordering::SeqCst) {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                        if !init.ring_agreed.load(Ordering::SeqCst) {
+                            return;
+                        }
                         if let Err(e) = uring::serve_entry(&*dev, &fd, qid, &stop, &served) {
-                            // ENOTCONN/ECANCELED at unmount; anything else leaves the
-                            // requests to the /dev/fuse workers.
+                            // The connection ended (unmount), or the kernel refused the
+                            // ring before it was ready: the /dev/fuse workers serve.
                             tracing::debug!("fuse {} io_uring queue {qid}: {e}", dev.name());
                         }
                     });
@@ -444,7 +503,15 @@ impl FuseExport {
             workers,
             stop,
             ring_requests,
+            init,
         }
+    }
+
+    /// Whether this connection agreed to FUSE over io_uring at INIT (known once the INIT
+    /// reply is sent, i.e. once the file could be opened): a daemon that resumes the
+    /// connection must serve its rings ([`FuseExport::resume`]).
+    pub fn ring_agreed(&self) -> bool {
+        self.init.ring_agreed.load(Ordering::SeqCst)
     }
 
     /// Requests answered through FUSE over io_uring so far (0 when the kernel or the config
@@ -517,7 +584,13 @@ fn give_reply_buffer(b: Vec<u8>) {
     }
 }
 
-fn worker(dev: &dyn BlockDevice, mut fd: &File, stop: &AtomicBool, io_uring: bool) {
+fn worker(
+    dev: &dyn BlockDevice,
+    mut fd: &File,
+    stop: &AtomicBool,
+    io_uring: bool,
+    init: &InitState,
+) {
     // Big enough for a 1 MiB write plus headers (the kernel wants at least 8 KiB more); only
     // the pages a request fills become resident.
     let mut inbuf = vec![0u8; MAX_IO + 8192];
@@ -536,9 +609,14 @@ fn worker(dev: &dyn BlockDevice, mut fd: &File, stop: &AtomicBool, io_uring: boo
         };
         let mut out = take_reply_buffer();
         let reply = handle_with(dev, msg, &mut out, io_uring);
+        let agreed = h.opcode == INIT && matches!(&reply, Reply::Data(r) if agreed_io_uring(r));
         let destroy = h.opcode == DESTROY;
         if let Err(e) = write_reply(fd, h.unique, reply, &mut out) {
             tracing::warn!("fuse {}: reply to op {}: {e}", dev.name(), h.opcode);
+        }
+        if h.opcode == INIT {
+            init.ring_agreed.store(agreed, Ordering::SeqCst);
+            init.answered.store(true, Ordering::SeqCst);
         }
         give_reply_buffer(out);
         if destroy {

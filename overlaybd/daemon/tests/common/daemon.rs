@@ -107,6 +107,19 @@ impl Daemon {
     }
 
     /// The daemon's resident memory (`VmRSS`), in KiB.
+    /// Names of the daemon's threads.
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.as_ref().expect("running").id();
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

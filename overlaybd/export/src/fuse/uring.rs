@@ -93,8 +93,59 @@ fn fuse_cmd(
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
+/// An entry's buffers: the header and the payload (`out[OUT_HEADER..]`, so that `handle`
+/// writes a read's data in place). Once registered, the kernel holds their addresses for as
+/// long as the entry lives, so buffers whose entry may still be alive are leaked, never freed.
+struct Buffers {
+    header: Box<Header>,
+    out: Vec<u8>,
+    iov: [libc::iovec; 2],
+}
+
+impl Buffers {
+    fn new() -> Box<Buffers> {
+        let mut b = Box::new(Buffers {
+            header: Box::new(Header {
+                in_out: [0; IN_OUT],
+                op_in: [0; OP_IN],
+                ent_in_out: [0; ENT_IN_OUT],
+            }),
+            out: vec![0u8; OUT_HEADER + MAX_IO],
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 2],
+        });
+        b.iov = [
+            libc::iovec {
+                iov_base: (&mut *b.header as *mut Header).cast(),
+                iov_len: std::mem::size_of::<Header>(),
+            },
+            libc::iovec {
+                iov_base: b.out[OUT_HEADER..].as_mut_ptr().cast(),
+                iov_len: MAX_IO,
+            },
+        ];
+        b
+    }
+}
+
+/// Errors that mean the connection is over (unmounted, aborted) or this ring is cancelled.
+fn connection_over(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV
+    )
+}
+
+/// How many times one thread registers a fresh entry after a failed commit before it gives
+/// up (each time, the old entry's buffers are leaked).
+const MAX_REREGISTER: u32 = 16;
+
 /// Serves one ring entry on queue `qid` until the connection ends (or the kernel refuses the
-/// ring: then the `/dev/fuse` loop goes on serving everything). Returns why it stopped.
+/// ring before it is ready: then the `/dev/fuse` workers serve). A commit the kernel refuses
+/// (the request was interrupted, say) registers a fresh entry, so that the queue is never
+/// left without one. Returns why it stopped.
 pub(super) fn serve_entry(
     dev: &dyn BlockDevice,
     fd: &File,
@@ -103,35 +154,25 @@ pub(super) fn serve_entry(
     served: &AtomicU64,
 ) -> io::Result<()> {
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder().build(2)?;
-    let mut header = Box::new(Header {
-        in_out: [0; IN_OUT],
-        op_in: [0; OP_IN],
-        ent_in_out: [0; ENT_IN_OUT],
-    });
-    // The payload buffer is `out[OUT_HEADER..]`, so `handle` writes a read's data in place.
-    let mut out = vec![0u8; OUT_HEADER + MAX_IO];
-    let iov = [
-        libc::iovec {
-            iov_base: (&mut *header as *mut Header).cast(),
-            iov_len: std::mem::size_of::<Header>(),
-        },
-        libc::iovec {
-            iov_base: out[OUT_HEADER..].as_mut_ptr().cast(),
-            iov_len: MAX_IO,
-        },
-    ];
+    let mut b = Buffers::new();
     let mut msg = Vec::with_capacity(IN_HEADER + OP_IN);
     let (mut op, mut commit_id) = (CMD_REGISTER, 0u64);
+    let mut reregistered = 0;
     loop {
-        let sqe = fuse_cmd(fd.as_raw_fd(), op, commit_id, qid, &iov);
-        // SAFETY: the iovecs, the header and the payload buffer outlive the command: they are
-        // dropped only after the loop, when no command is in flight.
-        unsafe { ring.submission().push(&sqe) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        let sqe = fuse_cmd(fd.as_raw_fd(), op, commit_id, qid, &b.iov);
+        // SAFETY: the iovecs and the buffers they point to are only freed when no command
+        // of this entry can be alive (else leaked, below).
+        if unsafe { ring.submission().push(&sqe) }.is_err() {
+            return Err(io::Error::other("io_uring submission queue full"));
+        }
         let res = loop {
             match ring.submit_and_wait(1) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The command may be in flight: its buffers must outlive this thread.
+                    Box::leak(b);
+                    return Err(e);
+                }
                 Ok(_) => {}
             }
             if let Some(cqe) = ring.completion().next() {
@@ -140,19 +181,37 @@ pub(super) fn serve_entry(
         };
         if res < 0 {
             let e = io::Error::from_raw_os_error(-res);
-            // Not initialised yet (the INIT reply is on its way): register again shortly.
-            if op == CMD_REGISTER && res == -libc::EAGAIN && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
+            if connection_over(-res) || stop.load(Ordering::Relaxed) {
+                return Err(e);
             }
-            return Err(e);
+            if op == CMD_REGISTER {
+                // Not initialised yet: register again shortly. Refused: give up.
+                if res == -libc::EAGAIN {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                return Err(e);
+            }
+            // A refused commit: the entry may still exist in the kernel with our buffers.
+            reregistered += 1;
+            if reregistered > MAX_REREGISTER {
+                Box::leak(b);
+                return Err(e);
+            }
+            tracing::warn!(
+                "fuse {} io_uring queue {qid}: commit: {e}; new entry",
+                dev.name()
+            );
+            Box::leak(std::mem::replace(&mut b, Buffers::new()));
+            (op, commit_id) = (CMD_REGISTER, 0);
+            continue;
         }
         // A request: the header, the opcode's argument, then the payload.
-        let ent = &header.ent_in_out;
+        let ent = &b.header.ent_in_out;
         commit_id = u64::from_le_bytes(ent[8..16].try_into().expect("8 bytes"));
         let payload = u32::from_le_bytes(ent[16..20].try_into().expect("4 bytes")) as usize;
-        let len = u32::from_le_bytes(header.in_out[0..4].try_into().expect("4 bytes")) as usize;
-        let unique = u64::from_le_bytes(header.in_out[8..16].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(b.header.in_out[0..4].try_into().expect("4 bytes")) as usize;
+        let unique = u64::from_le_bytes(b.header.in_out[8..16].try_into().expect("8 bytes"));
         op = CMD_COMMIT_AND_FETCH;
         let reply = match len
             .checked_sub(IN_HEADER + payload)
@@ -160,11 +219,11 @@ pub(super) fn serve_entry(
         {
             Some(arg) => {
                 msg.clear();
-                msg.extend_from_slice(&header.in_out[..IN_HEADER]);
-                msg.extend_from_slice(&header.op_in[..arg]);
-                msg.extend_from_slice(&out[OUT_HEADER..OUT_HEADER + payload]);
+                msg.extend_from_slice(&b.header.in_out[..IN_HEADER]);
+                msg.extend_from_slice(&b.header.op_in[..arg]);
+                msg.extend_from_slice(&b.out[OUT_HEADER..OUT_HEADER + payload]);
                 match parse_header(&msg) {
-                    Some(_) => handle(dev, &msg, &mut out),
+                    Some(_) => handle(dev, &msg, &mut b.out),
                     None => Reply::Error(libc::EINVAL),
                 }
             }
@@ -176,14 +235,15 @@ pub(super) fn serve_entry(
             Reply::Error(e) => (-e, 0),
             Reply::Read(n) => (0, n),
             Reply::Data(d) => {
-                out[OUT_HEADER..OUT_HEADER + d.len()].copy_from_slice(&d);
+                b.out[OUT_HEADER..OUT_HEADER + d.len()].copy_from_slice(&d);
                 (0, d.len())
             }
         };
-        header.in_out[0..4].copy_from_slice(&((OUT_HEADER + body) as u32).to_le_bytes());
-        header.in_out[4..8].copy_from_slice(&error.to_le_bytes());
-        header.in_out[8..16].copy_from_slice(&unique.to_le_bytes());
-        header.ent_in_out[16..20].copy_from_slice(&(body as u32).to_le_bytes());
+        let h = &mut b.header;
+        h.in_out[0..4].copy_from_slice(&((OUT_HEADER + body) as u32).to_le_bytes());
+        h.in_out[4..8].copy_from_slice(&error.to_le_bytes());
+        h.in_out[8..16].copy_from_slice(&unique.to_le_bytes());
+        h.ent_in_out[16..20].copy_from_slice(&(body as u32).to_le_bytes());
         served.fetch_add(1, Ordering::Relaxed);
     }
 }

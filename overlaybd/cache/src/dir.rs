@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Fill counters by blob key, handed to every cache object opened for that key (so a fill
     /// through one shows in the generation of all), never removed (so a count never restarts).
     fills: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// The fetch granule of blobs opened here ([`BlobCache::set_fetch_granule`]).
+    granule: AtomicU64,
     /// The directory's lock, held while any handle or blob of it lives.
     _lock: std::fs::File,
 }
@@ -69,6 +71,10 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn granule(&self) -> u64 {
+        self.granule.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The fill counter of blob `key`.
@@ -208,6 +214,7 @@ impl CacheDir {
                 blobs,
             }),
             fills: Mutex::default(),
+            granule: AtomicU64::new(0),
             _lock: lock,
         });
         Ok(CacheDir { shared, unit })
@@ -300,6 +307,13 @@ impl CacheDir {
                 "blob {key} is open over another kind of origin"
             ))),
         }
+    }
+
+    /// The fetch granule of the blobs opened from now on ([`BlobCache::set_fetch_granule`]).
+    pub fn set_fetch_granule(&self, bytes: u64) {
+        self.shared
+            .granule
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether this cache holds bytes of blob `key` recorded for a size of `size`. Its units

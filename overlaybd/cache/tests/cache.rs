@@ -397,6 +397,66 @@ fn the_generation_moves_on_every_fill_and_only_then() {
     assert!(solo.generation().unwrap() > s0);
 }
 
+/// A miss fetches the aligned granule around it (absent units only); a reader that knows
+/// what it reads (`without_readahead`, the trace replay) fetches its own units only.
+#[test]
+fn a_miss_fetches_its_granule_and_an_exact_reader_its_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(16 * UNIT as usize, 8);
+    let c = open(dir.path(), "sha256:g", &o);
+    c.set_fetch_granule(4 * UNIT as u64);
+    let mut buf = [0u8; 10];
+    // A miss in unit 5: units 4..8 come in one fetch.
+    c.read_at(5 * UNIT as u64 + 7, &mut buf).unwrap();
+    assert_eq!(buf[..], o.data[5 * UNIT as usize + 7..][..10]);
+    assert_eq!(o.reads.load(Ordering::Relaxed), 1);
+    assert_eq!(o.bytes.load(Ordering::Relaxed), 4 * UNIT as u64);
+    // A hit anywhere in that granule fetches nothing.
+    c.read_at(7 * UNIT as u64, &mut buf).unwrap();
+    assert_eq!(o.reads.load(Ordering::Relaxed), 1);
+    // An exact reader's miss in unit 9: that unit only.
+    overlaybd_cache::without_readahead(|| c.read_at(9 * UNIT as u64, &mut buf)).unwrap();
+    assert_eq!(o.bytes.load(Ordering::Relaxed), 5 * UNIT as u64);
+    // A later miss in unit 10 fetches the rest of its granule (8, 10, 11: two runs).
+    c.read_at(10 * UNIT as u64, &mut buf).unwrap();
+    assert_eq!(o.bytes.load(Ordering::Relaxed), 8 * UNIT as u64);
+    check_all(&*c, &o.data);
+}
+
+/// A record written with larger units (the older 256 KiB default) is split into the new
+/// units when the blob opens: what was cached stays cached, checked against the old CRCs.
+#[test]
+fn a_record_of_larger_units_is_split_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Origin::new(10 * UNIT as usize + 123, 9);
+    let size = o.data.len() as u64;
+    {
+        let big = BlobCache::open(dir.path(), "sha256:m", size, 4 * UNIT, o.clone()).unwrap();
+        big.set_readahead(0);
+        // Old units 0 and 2 (the last, short one) present; then damage old unit 0's bytes.
+        big.read_at(0, &mut [0u8; 10]).unwrap();
+        big.read_at(size - 5, &mut [0u8; 5]).unwrap();
+        big.checkpoint().unwrap();
+    }
+    let fetched = o.bytes.load(Ordering::Relaxed);
+    assert_eq!(fetched, 4 * UNIT as u64 + (2 * UNIT as u64 + 123));
+    let data = dir.path().join("sha256_m.data");
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"X", 100).unwrap();
+    let small = open(dir.path(), "sha256:m", &o);
+    // Old unit 2 is now new units 8, 9 and 10; old unit 0 failed its CRC and is absent.
+    assert_eq!(small.cached_bytes(), 2 * UNIT as u64 + 123);
+    let mut tail = vec![0u8; 2 * UNIT as usize + 123];
+    small.read_at(8 * UNIT as u64, &mut tail).unwrap();
+    assert!(tail[..] == o.data[8 * UNIT as usize..]);
+    assert_eq!(
+        o.bytes.load(Ordering::Relaxed),
+        fetched,
+        "kept units were not fetched"
+    );
+    check_all(&*small, &o.data);
+}
+
 #[test]
 fn sequential_readers_get_readahead_and_nothing_is_fetched_twice() {
     let dir = tempfile::tempdir().unwrap();

@@ -122,6 +122,7 @@ impl Daemon {
             0.7,
             overlaybd_cache::DEFAULT_UNIT,
         )?;
+        cache.set_fetch_granule(overlaybd_cache::FETCH_GRANULE);
         let configured = (!cfg.docker_config.as_os_str().is_empty()).then_some(&*cfg.docker_config);
         let docker_config = DockerConfig::load_configured(configured)?.map(Arc::new);
         let registry = RegistryOptions {

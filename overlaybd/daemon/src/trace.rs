@@ -415,7 +415,11 @@ pub fn replay(
                     let Some((layer, off, n)) = queue.lock().unwrap().next() else {
                         break;
                     };
-                    match layers[layer].read_at(off, &mut buf[..n as usize]) {
+                    // What the trace names, not a readahead window beyond it.
+                    let read = overlaybd_cache::without_readahead(|| {
+                        layers[layer].read_at(off, &mut buf[..n as usize])
+                    });
+                    match read {
                         Ok(got) => {
                             st.records.fetch_add(1, Ordering::Relaxed);
                             st.bytes.fetch_add(got as u64, Ordering::Relaxed);

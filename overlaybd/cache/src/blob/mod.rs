@@ -62,6 +62,9 @@ pub struct BlobCache<S> {
     dir: Option<Arc<Shared>>,
     readahead: Mutex<Readahead>,
     readahead_max: AtomicU64,
+    /// What a miss fetches around itself, aligned (bytes; a unit or less: the units it
+    /// touches only).
+    granule: AtomicU64,
     /// The whole blob is present and matched its digest.
     complete: AtomicBool,
     /// Bumped each time bytes from the origin are stored, before they can be read: the
@@ -150,10 +153,18 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         data.set_len(size)
             .map_err(|e| Error::io("size", data_path.display().to_string(), 0, e))?;
         let n = size.div_ceil(unit as u64) as usize;
-        // A missing or damaged record means an empty cache: never a reason to fail.
-        let units = std::fs::read(&record_path)
-            .ok()
-            .and_then(|raw| record::decode(&raw, size, unit).ok())
+        // A missing or damaged record means an empty cache: never a reason to fail. A record
+        // of larger units (an older default) is split into this size's units.
+        let raw = std::fs::read(&record_path).ok();
+        let mut migrated = false;
+        let units = raw
+            .as_deref()
+            .and_then(|raw| record::decode(raw, size, unit).ok())
+            .or_else(|| {
+                let split = split_units(raw.as_deref()?, &data, size, unit)?;
+                migrated = true;
+                Some(split)
+            })
             .unwrap_or_else(|| vec![Unit::default(); n]);
         let state = State {
             units: units
@@ -164,9 +175,10 @@ impl<S: ReadAt + 'static> BlobCache<S> {
                 })
                 .collect(),
             inflight: HashSet::new(),
-            dirty: false,
+            dirty: migrated,
         };
         let fills = shared.as_ref().map(|d| d.fills(key)).unwrap_or_default();
+        let granule = shared.as_ref().map_or(0, |d| d.granule());
         Ok(Arc::new_cyclic(|me| BlobCache {
             origin,
             key: key.to_string(),
@@ -182,6 +194,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             dir: shared,
             readahead: Mutex::new(Readahead::default()),
             readahead_max: AtomicU64::new(DEFAULT_READAHEAD),
+            granule: AtomicU64::new(granule),
             complete: AtomicBool::new(false),
             fills,
             me: me.clone(),
@@ -190,6 +203,14 @@ impl<S: ReadAt + 'static> BlobCache<S> {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// What a read that misses fetches around itself: the aligned `bytes` (a multiple of the
+    /// unit) holding it, absent units only. 0 (the default outside a [`CacheDir`]): the units
+    /// the read touches. Larger granules fetch more per round trip; readers that know what
+    /// they read ([`crate::without_readahead`]) always fetch their own units only.
+    pub fn set_fetch_granule(&self, bytes: u64) {
+        self.granule.store(bytes, Ordering::Relaxed);
     }
 
     pub fn key(&self) -> &str {
@@ -385,7 +406,11 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(self.size - offset) as usize;
-        let (end, ahead) = self.plan_readahead(offset, n as u64);
+        let (end, ahead) = if crate::readahead_off_here() {
+            (offset + n as u64, None)
+        } else {
+            self.plan_readahead(offset, n as u64)
+        };
         let added = match self.read_through(offset, &mut buf[..n], end) {
             Ok(a) => a,
             Err(e) => {
@@ -411,7 +436,16 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         let n = buf.len();
         let _pin = self.epoch.read().unwrap_or_else(|p| p.into_inner());
         let (first, last) = (offset / self.unit, (offset + n as u64 - 1) / self.unit);
-        let added = self.ensure_range(first, (end - 1) / self.unit)?;
+        let (mut lo, mut hi) = (first, (end - 1) / self.unit);
+        // A miss fetches the aligned granule around it (what one round trip is worth), unless
+        // this reader knows exactly what it reads.
+        let g = (self.granule.load(Ordering::Relaxed) / self.unit).max(1);
+        if g > 1 && !crate::readahead_off_here() && self.any_missing(first, last) {
+            let units = self.size.div_ceil(self.unit);
+            lo = lo / g * g;
+            hi = ((hi / g + 1) * g - 1).min(units - 1);
+        }
+        let added = self.ensure_range(lo, hi)?;
         // What the read itself needed is at most its own units; the rest was read ahead.
         let own = (last + 1 - first) * self.unit;
         self.stats
@@ -427,6 +461,11 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             });
         }
         Ok(added)
+    }
+
+    fn any_missing(&self, first: u64, last: u64) -> bool {
+        let st = self.lock();
+        (first..=last).any(|u| !st.units[u as usize].unit.present)
     }
 
     fn account(&self, added: u64) {
@@ -527,6 +566,35 @@ impl<S> Drop for BlobCache<S> {
             let _ = write_record(&self.record_path, &encode_state(self.size, self.unit, st));
         }
     }
+}
+
+/// A record written with units that are a multiple of `unit` (for the same blob size), as
+/// units of `unit`: each present old unit whose bytes still match its CRC becomes present
+/// units with their own CRCs; the rest are absent. `None` when the record cannot be split.
+fn split_units(raw: &[u8], data: &File, size: u64, unit: u32) -> Option<Vec<Unit>> {
+    let (old_size, old_unit, old) = record::decode_any(raw)?;
+    if old_size != size || old_unit <= unit || old_unit % unit != 0 {
+        return None;
+    }
+    let (unit, old_unit) = (unit as u64, old_unit as u64);
+    let mut units = vec![Unit::default(); size.div_ceil(unit) as usize];
+    let mut buf = Vec::new();
+    for (i, u) in old.iter().enumerate().filter(|(_, u)| u.present) {
+        let at = i as u64 * old_unit;
+        buf.resize((size - at).min(old_unit) as usize, 0);
+        let ok = read_full_at(data, at, &mut buf).is_ok_and(|n| n == buf.len())
+            && crc32c::crc32c(&buf) == u.crc;
+        if !ok {
+            continue;
+        }
+        for (k, chunk) in buf.chunks(unit as usize).enumerate() {
+            units[(at / unit) as usize + k] = Unit {
+                present: true,
+                crc: crc32c::crc32c(chunk),
+            };
+        }
+    }
+    Some(units)
 }
 
 fn encode_state(size: u64, unit: u64, st: &State) -> Vec<u8> {

@@ -573,7 +573,8 @@ impl<S> Drop for BlobCache<S> {
 /// units with their own CRCs; the rest are absent. `None` when the record cannot be split.
 fn split_units(raw: &[u8], data: &File, size: u64, unit: u32) -> Option<Vec<Unit>> {
     let (old_size, old_unit, old) = record::decode_any(raw)?;
-    if old_size != size || old_unit <= unit || old_unit % unit != 0 {
+    // (A unit over 64 MiB was never written here: not a record to trust with a buffer.)
+    if old_size != size || old_unit <= unit || old_unit % unit != 0 || old_unit > 64 << 20 {
         return None;
     }
     let (unit, old_unit) = (unit as u64, old_unit as u64);

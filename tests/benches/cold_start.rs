@@ -51,10 +51,7 @@ fn main() {
     if !require() {
         return;
     }
-    let big_mib: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(256);
+    let big_mib = e2e_tests::bench::number_arg(256);
     // containerd 2.x too when it is there (scripts/test.sh fetches it).
     let versions: Vec<Containerd> = [Containerd::V1, Containerd::V2]
         .into_iter()
@@ -82,17 +79,7 @@ fn main() {
                     let before = e.relay.served();
                     let start = Instant::now();
                     let image = if kind == "overlayfs" {
-                        e.ctr(
-                            "default",
-                            &[
-                                "images",
-                                "pull",
-                                "--plain-http",
-                                "--snapshotter",
-                                kind,
-                                &oci,
-                            ],
-                        );
+                        e.ctr_pull("default", kind, &[], &oci);
                         &oci
                     } else {
                         e.rpull(&obd);

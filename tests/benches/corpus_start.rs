@@ -114,17 +114,7 @@ fn cold(e: &Env, app: &App, mode: &str, id: &str) -> f64 {
     let img = image(e, app, mode);
     let t = Instant::now();
     if mode == "OCI" {
-        e.ctr(
-            "default",
-            &[
-                "images",
-                "pull",
-                "--plain-http",
-                "--snapshotter",
-                "overlayfs",
-                &img,
-            ],
-        );
+        e.ctr_pull("default", "overlayfs", &[], &img);
         start(e, app, "overlayfs", &img, id);
     } else {
         e.rpull(&img);
@@ -137,10 +127,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") || !require() {
         return;
     }
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(3);
+    let rounds = e2e_tests::bench::number_arg(3);
     let apps = corpus::ci_subset();
     let mut e = Env::start(Options::default());
     let mut sizes = BTreeMap::new();

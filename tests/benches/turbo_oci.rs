@@ -52,10 +52,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") || !require() {
         return;
     }
-    let mib: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(256);
+    let mib = e2e_tests::bench::number_arg(256);
     let mut e = Env::start(Options::default());
     let source = e2e_tests::image::push_sample(&e.registry_addr, "app", "v1", mib);
     println!("turbo_oci: image = busybox + {mib} MiB data ({:.1} MB of gzip layers); medians of {ROUNDS} rounds", source as f64 / 1e6);
@@ -130,17 +127,7 @@ fn main() {
         e.ctr("default", &args)
     };
     let pull = |e: &Env, snapshotter: &str, image: &str| {
-        e.ctr(
-            "default",
-            &[
-                "images",
-                "pull",
-                "--plain-http",
-                "--snapshotter",
-                snapshotter,
-                image,
-            ],
-        );
+        e.ctr_pull("default", snapshotter, &[], image);
     };
     // Cold starts of the sample (its start reads one small file) and of Debian minbase (`cat
     // /etc/debian_version`): the random data's gzip index is the worst case for TurboOCI's meta

@@ -11,3 +11,12 @@ pub fn drop_caches() {
     let _ = std::process::Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
+
+/// The first number among the bench's arguments (`cargo bench … -- N`; cargo's own `--bench`
+/// is not a number), else `default`.
+pub fn number_arg(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}

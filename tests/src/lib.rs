@@ -462,6 +462,27 @@ impl Env {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `ctr images pull --plain-http --snapshotter <snapshotter> [extra…] <image>` in
+    /// `namespace` (the test registry speaks plain HTTP).
+    pub fn ctr_pull(
+        &self,
+        namespace: &str,
+        snapshotter: &str,
+        extra: &[&str],
+        image: &str,
+    ) -> String {
+        let mut args = vec![
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+        ];
+        args.extend_from_slice(extra);
+        args.push(image);
+        self.ctr(namespace, &args)
+    }
+
     /// The last lines of every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -112,17 +112,7 @@ fn plain_ctr_pull(c: Containerd) {
     };
     push_sample(&env.registry_addr, "plain", "v1", 2);
     let image = format!("{}/plain:v1", env.host());
-    env.ctr(
-        "default",
-        &[
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlaybd",
-            &image,
-        ],
-    );
+    env.ctr_pull("default", "overlaybd", &[], &image);
     let out = env.ctr(
         "default",
         &[
@@ -236,18 +226,7 @@ fn containerd_2_ctr_pull_is_lazy_through_the_transfer_service_and_local_download
     };
     let (image, source_bytes) = env.converted_sample("sample", 32);
     let before = env.relay.served();
-    let pull = |image: &str, extra: &[&str]| {
-        let mut args = vec![
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlaybd",
-        ];
-        args.extend_from_slice(extra);
-        args.push(image);
-        env.ctr("default", &args)
-    };
+    let pull = |image: &str, extra: &[&str]| env.ctr_pull("default", "overlaybd", extra, image);
     pull(&image, &[]);
     let pulled = env.relay.served() - before;
     assert!(

@@ -63,17 +63,7 @@ fn turbo(c: Containerd, use_cri: bool) {
         cri::pull_image(&env.containerd_socket(), &image)
             .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
     } else {
-        env.ctr(
-            ns,
-            &[
-                "images",
-                "pull",
-                "--plain-http",
-                "--snapshotter",
-                "overlaybd",
-                &image,
-            ],
-        );
+        env.ctr_pull(ns, "overlaybd", &[], &image);
     }
     let pulled = env.relay.served() - before;
     // The pull downloads the manifest, the config and the meta blobs: metadata only.

@@ -330,11 +330,13 @@ impl<S: ReadAt> ZFile<S> {
                     _ => known.clear(),
                 }
                 let mut reloaded = Vec::new();
+                let mut digests_checked = false;
                 for b in block..=last {
                     let i = b - block;
                     let digest_known = known
                         .get((i / 64) as usize)
                         .is_some_and(|w| w >> (i % 64) & 1 == 1);
+                    digests_checked |= !digest_known;
                     let ext = self.jump.extent(b);
                     let s = &stored
                         [(ext.offset - first.offset) as usize..(ext.end() - first.offset) as usize];
@@ -365,8 +367,9 @@ impl<S: ReadAt> ZFile<S> {
                         );
                     }
                 }
-                // A reloaded block was read again at another generation: left unmarked.
-                if let (Some(t), Some(g)) = (table, gen) {
+                // A reloaded block was read again at another generation: left unmarked. When
+                // every block was known already, there is nothing to mark.
+                if let (Some(t), Some(g), true) = (table, gen, digests_checked) {
                     t.mark(g, block, last, &reloaded);
                 }
                 block = last + 1;

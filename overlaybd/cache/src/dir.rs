@@ -1,7 +1,6 @@
 //! A cache directory shared by many blobs: a capacity, and LRU eviction of whole blobs
 //! between watermarks.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -17,8 +16,6 @@ struct Entry {
     bytes: u64,
     last_use: u64,
     open: Option<Weak<dyn Evict>>,
-    /// The same object as `open`, for [`CacheDir::blob`] to hand out again.
-    object: Option<Weak<dyn Any + Send + Sync>>,
 }
 
 struct Inner {
@@ -199,7 +196,6 @@ impl CacheDir {
                     bytes,
                     last_use: 0,
                     open: None,
-                    object: None,
                 },
             );
         }
@@ -243,8 +239,6 @@ impl CacheDir {
         )?;
         let bytes = cache.cached_bytes();
         let weak: Weak<dyn Evict> = Arc::downgrade(&(cache.clone() as Arc<dyn Evict>));
-        let object: Weak<dyn Any + Send + Sync> =
-            Arc::downgrade(&(cache.clone() as Arc<dyn Any + Send + Sync>));
         let mut g = self.shared.lock();
         // Opened by another thread meanwhile: use that one (ours wrote nothing yet).
         if let Some(open) = Self::live::<S>(&g, key, size)? {
@@ -258,7 +252,6 @@ impl CacheDir {
                 bytes,
                 last_use: now,
                 open: Some(weak),
-                object: Some(object),
             },
         );
         g.used = g.used - old.map_or(0, |e| e.bytes) + bytes;
@@ -292,12 +285,12 @@ impl CacheDir {
         let Some(object) = g
             .blobs
             .get(key)
-            .and_then(|e| e.object.as_ref())
+            .and_then(|e| e.open.as_ref())
             .and_then(Weak::upgrade)
         else {
             return Ok(None);
         };
-        match object.downcast::<BlobCache<S>>() {
+        match object.into_any().downcast::<BlobCache<S>>() {
             Ok(c) if c.size().ok() == Some(size) => Ok(Some(c)),
             Ok(c) => Err(Error::InvalidArgument(format!(
                 "blob {key} is open at {} bytes; asked for {size}",

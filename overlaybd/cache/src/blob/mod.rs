@@ -42,6 +42,8 @@ struct State {
 pub(crate) trait Evict: Send + Sync {
     fn evict(&self) -> Result<u64>;
     fn save(&self) -> Result<()>;
+    /// The object itself, for [`crate::CacheDir::blob`] to hand out again as its own type.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// A blob's cache, in front of its origin.
@@ -555,6 +557,9 @@ impl<S: ReadAt + 'static> Evict for BlobCache<S> {
     }
     fn save(&self) -> Result<()> {
         self.checkpoint()
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 

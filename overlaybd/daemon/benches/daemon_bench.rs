@@ -21,8 +21,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -295,25 +293,9 @@ fn commit_layer(dir: &Path, data: &[u8], integrity: bool) -> (PathBuf, Option<St
 
 /// sha256 of a whole block device read with O_DIRECT in 1 MiB reads.
 fn sha256_direct(dev: &str) -> String {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(dev)
-        .unwrap();
-    let mut b = common::AlignedBuf::new(1 << 20);
-    let buf = b.as_mut();
-    let mut h = Sha256::new();
-    let mut total = 0;
-    loop {
-        let n = f.read(buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        total += n;
-    }
-    assert_eq!(total, SIZE, "{dev}: size");
-    hex::encode(h.finalize())
+    let (sum, total) = common::sha256_direct(dev);
+    assert_eq!(total, SIZE as u64, "{dev}: size");
+    sum
 }
 
 /// `n` rounds of `f` over every device; per device, its `n` results.

@@ -476,11 +476,7 @@ fn an_idle_device_served_over_io_uring_survives_a_daemon_restart() {
     if !can_mount() {
         return;
     }
-    let Some(_param) = common::UringParam::on() else {
-        test_support::require(
-            false,
-            "FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)",
-        );
+    let Some(_param) = common::UringParam::required() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -528,23 +524,7 @@ fn read_device_within(dev: &str, limit: Duration) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     let path = dev.to_string();
     std::thread::spawn(move || {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
-        let mut buf = AlignedBuf::new(1 << 20);
-        let mut h = <sha2::Sha256 as sha2::Digest>::new();
-        let mut off = 0u64;
-        loop {
-            let n = f.read_at(buf.as_mut(), off).unwrap();
-            if n == 0 {
-                break;
-            }
-            sha2::Digest::update(&mut h, &buf.as_mut()[..n]);
-            off += n as u64;
-        }
-        let _ = tx.send(hex::encode(sha2::Digest::finalize(h)));
+        let _ = tx.send(common::sha256_direct(&path).0);
     });
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("reading {dev} took over {limit:?}: a lost FUSE request?"))

@@ -177,11 +177,7 @@ fn fuse_over_io_uring_serves_reads_and_writes_where_the_kernel_offers_it() {
     if !can_mount() {
         return;
     }
-    let Some(param) = common::UringParam::on() else {
-        test_support::require(
-            false,
-            "FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)",
-        );
+    let Some(param) = common::UringParam::required() else {
         return;
     };
     assert!(overlaybd_export::fuse::io_uring_enabled());

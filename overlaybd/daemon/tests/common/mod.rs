@@ -92,10 +92,44 @@ impl UringParam {
         std::fs::write(ENABLE_URING, "Y").ok()?;
         Some(UringParam(found))
     }
+
+    /// [`UringParam::on`] for a test: without it, a failure under CI and a skip elsewhere.
+    pub fn required() -> Option<UringParam> {
+        let p = Self::on();
+        test_support::require(
+            p.is_some(),
+            "FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)",
+        );
+        p
+    }
 }
 
 impl Drop for UringParam {
     fn drop(&mut self) {
         let _ = std::fs::write(ENABLE_URING, self.0.trim());
     }
+}
+
+/// The SHA-256 (hex) of a whole block device read with O_DIRECT in 1 MiB reads, and the bytes
+/// read.
+pub fn sha256_direct(dev: &str) -> (String, u64) {
+    use sha2::Digest;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .unwrap();
+    let mut b = AlignedBuf::new(1 << 20);
+    let mut h = sha2::Sha256::new();
+    let mut off = 0u64;
+    loop {
+        let n = f.read_at(b.as_mut(), off).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&b.as_mut()[..n]);
+        off += n as u64;
+    }
+    (hex::encode(h.finalize()), off)
 }

@@ -338,37 +338,69 @@ pub struct ReplayStats {
 /// One read of a replay: layer, offset, length (at most [`MAX_IO`]).
 pub type ReplayRead = (usize, u64, u64);
 
+/// Records closer than this in one layer are read as one (the gap read too): a start reads
+/// many small pieces of a file or a directory near each other, and one request for them costs
+/// the registry and the network far less than many.
+pub const MERGE_GAP: u64 = 64 << 10;
+
 /// The reads that replaying `records` against layers of `sizes` bytes makes, and how many
 /// records were skipped. A trace comes from the image, so it is untrusted: a record that is not
 /// a read, names a layer the image does not have, has a negative offset, or lies wholly past
-/// its layer's end is skipped; a record is cut at its layer's end; and once the reads add up
-/// to twice the image (more than any real start reads), the rest is skipped, so a trace cannot
-/// make the daemon plan or read without bound.
+/// its layer's end is skipped, and a record is cut at its layer's end.
+///
+/// Records of one layer that overlap or lie within [`MERGE_GAP`] of each other become one read
+/// of at most [`MAX_IO`], so the reads of a layer never overlap: a trace cannot make the daemon
+/// read more than the image once, however often it names a range. The reads come in the order
+/// of their first record, so what the start needs first is fetched first.
 pub fn plan_replay(records: &[Record], sizes: &[u64]) -> (Vec<ReplayRead>, u64) {
-    let budget = sizes
-        .iter()
-        .fold(0u64, |a, &s| a.saturating_add(s))
-        .saturating_mul(2);
-    let (mut work, mut planned, mut skipped) = (Vec::new(), 0u64, 0u64);
-    for r in records {
+    // (layer, start, end, first record) of each valid record.
+    let mut pieces = Vec::new();
+    let mut skipped = 0u64;
+    for (i, r) in records.iter().enumerate() {
         let size = sizes.get(r.layer as usize).copied();
         let (Some(size), true, Ok(start)) = (size, r.op == b'R', u64::try_from(r.offset)) else {
             skipped += 1;
             continue;
         };
         let end = start.saturating_add(r.count).min(size);
-        if start >= end || planned >= budget {
+        if start >= end {
             skipped += 1;
             continue;
         }
+        pieces.push((r.layer as usize, start, end, i));
+    }
+    pieces.sort_unstable();
+    // Merged per layer: (first record, layer, start, end), end - start <= MAX_IO.
+    let mut reads: Vec<(usize, usize, u64, u64)> = Vec::new();
+    for (layer, start, end, first) in pieces {
         let mut off = start;
-        while off < end && planned < budget {
-            let n = (end - off).min(MAX_IO).min(budget - planned);
-            work.push((r.layer as usize, off, n));
-            planned += n;
+        if let Some(last) = reads.last_mut() {
+            if last.1 == layer && off <= last.3.saturating_add(MERGE_GAP) {
+                if end <= last.3 {
+                    last.0 = last.0.min(first);
+                    continue;
+                }
+                // Join the previous read up to its limit; what is left starts a new one.
+                off = off.max(last.3);
+                let room = last.2 + MAX_IO;
+                if off < room {
+                    last.0 = last.0.min(first);
+                    last.3 = end.min(room);
+                    off = last.3;
+                }
+            }
+        }
+        while off < end {
+            let n = (end - off).min(MAX_IO);
+            reads.push((first, layer, off, off + n));
             off += n;
         }
     }
+    reads.sort_by_key(|r| (r.0, r.1, r.2));
+    let work = reads
+        .into_iter()
+        .map(|(_, layer, start, end)| (layer, start, end - start))
+        .collect();
     (work, skipped)
 }
 
@@ -473,13 +505,34 @@ fn check_plan(records: &[Record]) {
     let sizes = [1 << 20, 0, 3 << 30];
     let (work, skipped) = plan_replay(records, &sizes);
     assert!(skipped <= records.len() as u64);
-    let mut total = 0u64;
+    let mut by_layer = vec![Vec::new(); sizes.len()];
     for &(layer, off, n) in &work {
         assert!(n > 0 && n <= MAX_IO);
         assert!(off + n <= sizes[layer], "a read past layer {layer}'s end");
-        total += n;
+        by_layer[layer].push((off, off + n));
     }
-    assert!(total <= 2 * sizes.iter().sum::<u64>());
+    for reads in &mut by_layer {
+        reads.sort_unstable();
+        assert!(reads.windows(2).all(|w| w[0].1 <= w[1].0), "reads overlap");
+    }
+    // Every byte a valid record names is read.
+    for r in records {
+        let (Some(&size), Ok(start)) = (sizes.get(r.layer as usize), u64::try_from(r.offset))
+        else {
+            continue;
+        };
+        let end = start.saturating_add(r.count).min(size);
+        if r.op != b'R' || start >= end {
+            continue;
+        }
+        let mut at = start;
+        for &(s, e) in &by_layer[r.layer as usize] {
+            if s <= at && at < e {
+                at = e;
+            }
+        }
+        assert!(at >= end, "bytes {at}..{end} of layer {} not read", r.layer);
+    }
 }
 
 #[cfg(test)]
@@ -584,12 +637,43 @@ mod tests {
                 (1, 0, 4096)
             ]
         );
-        // A hostile trace asking for the whole image again and again plans at most twice it.
+        // A hostile trace asking for the whole image again and again plans it once.
         let many = vec![read(0, 0, u64::MAX); 1000];
         let (work, skipped) = plan_replay(&many, &sizes);
         let total: u64 = work.iter().map(|w| w.2).sum();
-        assert_eq!(total, 2 * (10 << 20) + 2 * 4096);
-        assert!(skipped > 990);
+        assert_eq!(total, 10 << 20);
+        assert_eq!(work.len(), 10);
+        assert_eq!(skipped, 0);
+    }
+
+    #[test]
+    fn nearby_records_are_read_as_one_in_the_order_of_their_first_record() {
+        let sizes = [64 << 20, 64 << 20];
+        let (far, gap, max) = (32u64 << 20, MERGE_GAP, MAX_IO);
+        let at = |l, off: u64, n| read(l, off as i64, n);
+        let recs = [
+            at(1, far, 4096),                   // 0
+            at(0, 8192, 4096),                  // 1
+            at(0, 0, 4096),                     // 2: joins 1 (4 KiB apart)
+            at(0, 0, 4096),                     // 3: the same again
+            at(0, far, 4096),                   // 4: far from 1
+            at(1, far + 4096 + gap, 4096),      // 5: joins 0 (just within the gap)
+            at(1, far + 12288 + 2 * gap, 4096), // 6: beyond it
+            at(0, 12288, max),                  // 7: fills 1's read to MAX_IO, then its own
+        ];
+        let (work, skipped) = plan_replay(&recs, &sizes);
+        assert_eq!(skipped, 0);
+        assert_eq!(
+            work,
+            [
+                (1, far, 8192 + gap),
+                (0, 0, max),
+                (0, far, 4096),
+                (1, far + 12288 + 2 * gap, 4096),
+                (0, max, 12288),
+            ]
+        );
+        check_plan(&recs);
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub(crate) fn remote_blob(
     Ok((r.cache.blob(digest, size, blob)?, where_))
 }
 
+/// Layers of one image opened at once (each a few requests to the registry).
+const OPEN_AT_ONCE: usize = 8;
+
 impl Image {
     /// Opens every layer (remote ones through the cache) and stacks them.
     pub fn open(cfg: &ImageConfig, remote: Option<&Remote>) -> Result<Image> {
@@ -148,9 +151,7 @@ impl Image {
         remote: Option<&Remote>,
         slot: Option<&Arc<crate::trace::TraceSlot>>,
     ) -> Result<Image> {
-        let mut lowers = Vec::with_capacity(cfg.lowers.len());
-        let mut layers = Vec::with_capacity(cfg.lowers.len());
-        for (i, l) in cfg.lowers.iter().enumerate() {
+        let open_one = |i: usize, l: &LayerConfig| -> Result<_> {
             let zopts = zfile_options(l, i)?;
             let (src, origin, mut remote_blob) = open_layer_blob(cfg, l, i, remote)?;
             let in_layer = |origin: &str, e: Error| Error::Layer {
@@ -175,12 +176,36 @@ impl Image {
                 Some(r) => Arc::new(crate::trace::Recording::new(lsmt, i as u32, r.clone())),
                 None => lsmt,
             };
-            layers.push(OpenedLayer {
+            let opened = OpenedLayer {
                 origin,
                 remote: remote_blob,
                 file: lsmt.clone(),
-            });
-            lowers.push((lsmt, layer));
+            };
+            Ok((opened, (lsmt, layer)))
+        };
+        // Each layer's open reads its header, trailer and index: from a registry, a round trip
+        // or more each, so up to OPEN_AT_ONCE layers open at once.
+        let n = cfg.lowers.len();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<_>>());
+        std::thread::scope(|s| {
+            for _ in 0..n.min(OPEN_AT_ONCE) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(l) = cfg.lowers.get(i) else { break };
+                    let r = open_one(i, l);
+                    done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+                });
+            }
+        });
+        let opened = done.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut lowers = Vec::with_capacity(cfg.lowers.len());
+        let mut layers = Vec::with_capacity(cfg.lowers.len());
+        for r in opened {
+            // Every slot is filled: a worker that panicked took the scope down with it.
+            let (opened, lower) = r.expect("every layer was opened")?;
+            layers.push(opened);
+            lowers.push(lower);
         }
         let upper = match (cfg.upper.index.is_empty(), cfg.upper.data.is_empty()) {
             (true, true) => None,

@@ -34,6 +34,11 @@ pub struct DaemonConfig {
     pub prefetch_concurrency: usize,
     /// How long one read may take, registry retries included, before it fails with EIO.
     pub read_deadline_secs: u64,
+    /// Once a read of a registry has failed at `read_deadline_secs`, reads of it wait at most
+    /// this long (retries included) until one is answered again: an outage costs one full
+    /// deadline, not one per block. Each of those reads still tries, so the first after the
+    /// registry comes back succeeds.
+    pub outage_deadline_secs: u64,
     /// FUSE worker threads per device.
     pub fuse_threads: usize,
     /// Serve FUSE requests over io_uring where the kernel offers it (Linux 6.14+, the `fuse`
@@ -63,6 +68,7 @@ impl Default for DaemonConfig {
             metrics_address: String::new(),
             prefetch_concurrency: crate::trace::DEFAULT_CONCURRENCY,
             read_deadline_secs: 60,
+            outage_deadline_secs: 2,
             fuse_threads: 8,
             fuse_io_uring: false,
             nbd_socket: PathBuf::new(),
@@ -111,6 +117,9 @@ impl DaemonConfig {
         if self.read_deadline_secs == 0 {
             return Err("read_deadline_secs must be at least 1".into());
         }
+        if self.outage_deadline_secs == 0 {
+            return Err("outage_deadline_secs must be at least 1".into());
+        }
         if self.checkpoint_secs == 0 {
             return Err("checkpoint_secs must be at least 1".into());
         }
@@ -140,6 +149,11 @@ impl DaemonConfig {
 
     pub fn read_deadline(&self) -> Duration {
         Duration::from_secs(self.read_deadline_secs)
+    }
+
+    /// The deadline of a read of a registry that is down (at most the full one).
+    pub fn outage_deadline(&self) -> Duration {
+        Duration::from_secs(self.outage_deadline_secs.min(self.read_deadline_secs))
     }
 }
 
@@ -171,12 +185,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.state_dir.to_str(), c.cache_size_mb), (Some("/s"), 10));
+        // The outage deadline is never longer than the full one.
+        let short = DaemonConfig::parse("read_deadline_secs = 1\noutage_deadline_secs = 5", "t");
+        assert_eq!(short.unwrap().outage_deadline(), Duration::from_secs(1));
         for (bad, word) in [
             ("cache_size_mb = 0", "cache_size_mb"),
             ("state_dir = \"rel\"", "state_dir"),
             ("nbd_address = \"0.0.0.0:10809\"", "loopback"),
             ("metrics_address = \"nope\"", "metrics_address"),
             ("fuse_threads = 0", "fuse_threads"),
+            ("outage_deadline_secs = 0", "outage_deadline_secs"),
             ("no_such_key = 1", "no_such_key"),
             ("p2p_agent = \"ftp://x\"", "p2p_agent"),
         ] {

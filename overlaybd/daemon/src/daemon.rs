@@ -24,7 +24,7 @@ use overlaybd_cache::CacheDir;
 use overlaybd_export::fuse::FuseExport;
 use overlaybd_export::loopdev::LoopDevice;
 use overlaybd_export::nbd::NbdServer;
-use overlaybd_registry::{DockerConfig, RegistryOptions};
+use overlaybd_registry::{DockerConfig, Outages, RegistryOptions};
 
 use crate::config::DaemonConfig;
 use crate::device::{Device, DeviceOptions};
@@ -130,6 +130,7 @@ impl Daemon {
             docker_config,
             hosts_dir: (!cfg.hosts_dir.as_os_str().is_empty()).then(|| cfg.hosts_dir.clone()),
             agent: (!cfg.p2p_agent.is_empty()).then(|| cfg.p2p_agent.clone()),
+            outages: Some(Arc::new(Outages::new(cfg.outage_deadline()))),
             ..Default::default()
         };
         let nbd = NbdServer::new();
@@ -390,6 +391,9 @@ impl Daemon {
             get(&s.requests),
         );
         overlaybd_metrics::counter(&mut out, "overlaybd_nbd_errors_total", "", get(&s.errors));
+        if let Some(o) = &self.remote.registry.outages {
+            o.render(&mut out);
+        }
         out
     }
 

@@ -399,6 +399,87 @@ fn a_read_the_registry_cannot_serve_is_eio_for_that_request_only() {
     assert!(d.ctl(&["list"]).contains("state=attached"));
 }
 
+/// Reads one 4 KiB block of `lo` at `off` with O_DIRECT: the bytes, or the errno, and the time.
+fn read_block(lo: &str, off: u64) -> (Result<Vec<u8>, Option<i32>>, Duration) {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(lo)
+        .unwrap();
+    let mut b = AlignedBuf::new(4096);
+    let t = Instant::now();
+    let r = dev.read_exact_at(b.as_mut(), off);
+    (
+        r.map(|_| b.as_mut().to_vec()).map_err(|e| e.raw_os_error()),
+        t.elapsed(),
+    )
+}
+
+#[test]
+fn a_registry_outage_costs_one_deadline_and_its_end_is_seen_at_once() {
+    if !can_mount() || !common::require_tool("docker-registry") {
+        return;
+    }
+    let storage = tempfile::tempdir().unwrap();
+    let port = test_support::free_port();
+    let reg = Registry::start_on(None, storage.path(), port).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, want) = remote_random(&reg, tmp.path(), "lib/o", "");
+    // read_deadline_secs = 5 (the test daemon's), 1 s once the registry is down.
+    let d = Daemon::start_with(&tmp.path().join("d"), "outage_deadline_secs = 1\n");
+    d.ctl(&["attach", "o", cfg.to_str().unwrap()]);
+    let lo = d.field("o", "loop");
+    workload(&lo, &[(0, 4096)], &want);
+    drop(reg);
+
+    // Four readers at once, each reading four ranges never fetched, one after the other.
+    // Without the breaker each read would wait the 5 s deadline: 20 s per reader.
+    let t = Instant::now();
+    let took: Vec<Vec<Duration>> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..4u64)
+            .map(|k| {
+                let lo = &lo;
+                s.spawn(move || {
+                    (0..4u64)
+                        .map(|j| {
+                            let (r, took) = read_block(lo, (8 + k * 4 + j) << 20);
+                            assert_eq!(r.map(|_| ()), Err(Some(libc::EIO)), "after {took:?}");
+                            took
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let all = t.elapsed();
+    for reader in &took {
+        // The first read may have started before the registry was marked down: the full
+        // deadline; every later one the short deadline (1 s, plus the FUSE and loop hops).
+        assert!(reader[0] < Duration::from_secs(8), "{took:?}");
+        for later in &reader[1..] {
+            assert!(*later < Duration::from_millis(2500), "{took:?}");
+        }
+    }
+    assert!(all < Duration::from_secs(14), "{all:?}: {took:?}");
+    let log = d.log();
+    // Said once, when it went down (each EIO's message says so too).
+    assert_eq!(log.matches("until it answers,").count(), 1, "{log}");
+
+    // The registry is back on its port: the next read succeeds, right away, with the right
+    // bytes, and the daemon says so.
+    let _reg = Registry::start_on(None, storage.path(), port).unwrap();
+    let off = 9 << 20;
+    let (r, took) = read_block(&lo, off);
+    assert!(
+        r.unwrap() == want[off as usize..off as usize + 4096],
+        "bytes at {off}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(d.log().contains("answers again"), "{}", d.log());
+    workload(&lo, &[(16 << 20, 65536), (0, 4096)], &want);
+}
+
 #[test]
 fn the_daemon_killed_under_a_mounted_filesystem_comes_back_without_errors() {
     if !can_mount() {

@@ -23,6 +23,7 @@ use crate::client::chain;
 use crate::credentials::DockerConfig;
 use crate::hosts;
 use crate::location::BlobLocation;
+use crate::outage::Outages;
 use crate::session::{transient, Attempt, CredentialSource, Kind, Retry, Session};
 use crate::stats::RegistryStats;
 use crate::{Error, Result};
@@ -44,6 +45,10 @@ pub struct RegistryOptions {
     /// A P2P agent's URL prefix, e.g. `http://127.0.0.1:19145/dadip2p`: range reads go to
     /// `<agent>/<blob URL>` first.
     pub agent: Option<String>,
+    /// The registries that are down, shared by the blobs of a process: a read of one gets
+    /// their short deadline instead of `deadline` (`crate::outage`). `None`: every read gets
+    /// `deadline`.
+    pub outages: Option<Arc<Outages>>,
 }
 
 impl Default for RegistryOptions {
@@ -57,6 +62,7 @@ impl Default for RegistryOptions {
             docker_config: None,
             hosts_dir: None,
             agent: None,
+            outages: None,
         }
     }
 }
@@ -71,6 +77,7 @@ pub struct RegistryBlob {
     tail: String,
     /// Ranges to read from the registry, not the agent (they failed verification).
     direct: Mutex<Vec<(u64, u64)>>,
+    outages: Option<Arc<Outages>>,
 }
 
 impl RegistryBlob {
@@ -84,7 +91,7 @@ impl RegistryBlob {
     ) -> Result<Self> {
         let mut blob = Self::without_size(loc, opts)?;
         let what = format!("HEAD {}", blob.loc);
-        let size = blob.session.with_retries(&what, |deadline| {
+        let size = blob.with_retries(&what, |deadline| {
             // The size comes from the registry (agents answer range reads only).
             blob.session.across(false, |p| {
                 let url = p.url(&blob.session.repository, &blob.tail);
@@ -153,7 +160,38 @@ impl RegistryBlob {
             session,
             size: 0,
             direct: Mutex::default(),
+            outages: opts.outages,
         })
+    }
+
+    /// Runs `attempt` with retries until the deadline: the session's, or the short one while
+    /// the registry is down. A read that fails at the full deadline marks the registry down;
+    /// any answer marks it up.
+    fn with_retries<T>(
+        &self,
+        what: &str,
+        attempt: impl FnMut(Instant) -> std::result::Result<T, Attempt>,
+    ) -> Result<T> {
+        let s = &self.session;
+        let Some(o) = &self.outages else {
+            return s.with_retries(what, attempt);
+        };
+        let registry = &self.loc.registry;
+        let (within, down) = o.deadline(registry, s.retry.deadline);
+        let r = s.with_retries_within(what, within, attempt);
+        match r {
+            Ok(_) => o.answered(registry),
+            Err(Error::TimedOut(why)) if down => {
+                return Err(Error::TimedOut(format!(
+                    "{why} (registry {registry} is down: an earlier read failed at the full \
+                     deadline, so reads wait {:.1} s until it answers again)",
+                    within.as_secs_f64()
+                )))
+            }
+            Err(Error::TimedOut(ref why)) => o.failed(registry, why),
+            Err(_) => {}
+        }
+        r
     }
 
     pub fn location(&self) -> &BlobLocation {
@@ -193,7 +231,7 @@ impl RegistryBlob {
         let direct = self.must_go_direct(offset, n as u64);
         let what = format!("GET {} bytes {offset}-{last}", self.loc);
         let s = &self.session;
-        let kind = s.with_retries(&what, |deadline| {
+        let kind = self.with_retries(&what, |deadline| {
             s.across(!direct, |p| {
                 let url = p.url(&s.repository, &self.tail);
                 let range = format!("bytes={offset}-{last}");

@@ -488,10 +488,20 @@ impl Session {
     pub(crate) fn with_retries<T>(
         &self,
         what: &str,
+        attempt: impl FnMut(Instant) -> std::result::Result<T, Attempt>,
+    ) -> Result<T> {
+        self.with_retries_within(what, self.retry.deadline, attempt)
+    }
+
+    /// [`Session::with_retries`] with another deadline than the session's.
+    pub(crate) fn with_retries_within<T>(
+        &self,
+        what: &str,
+        within: Duration,
         mut attempt: impl FnMut(Instant) -> std::result::Result<T, Attempt>,
     ) -> Result<T> {
         let start = Instant::now();
-        let deadline = start + self.retry.deadline;
+        let deadline = start + within;
         let mut backoff = self.retry.initial_backoff;
         loop {
             let this = match self.retry.attempt_timeout {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlaybd_registry::auth::Credentials;
-use overlaybd_registry::{BlobLocation, RegistryBlob, RegistryOptions};
+use overlaybd_registry::{BlobLocation, Outages, RegistryBlob, RegistryOptions};
 use zfile::ReadAt;
 
 #[test]
@@ -643,4 +643,87 @@ fn eight_cold_readers_make_the_registry_serve_the_blob_once() {
         "the registry served {served} bytes for a {} byte blob",
         data.len()
     );
+}
+
+/// A registry that stops: a blip shorter than the deadline is ridden out; a real outage makes
+/// the first read wait its full deadline and later reads of that registry (any blob) only the
+/// short one; once it is back, the next read succeeds at once and marks it up.
+#[test]
+fn a_registry_outage_costs_one_deadline_and_its_end_is_seen_at_once() {
+    let storage = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(mut reg) = Registry::start_on(None, storage.path(), port) else {
+        return;
+    };
+    let (data_a, data_b) = (random(1 << 20, 21), random(1 << 20, 22));
+    let (a, b) = (
+        reg.push("test/outage", &data_a),
+        reg.push("test/outage", &data_b),
+    );
+    let outages = Arc::new(Outages::new(Duration::from_millis(500)));
+    let full = Duration::from_secs(5);
+    let opts = RegistryOptions {
+        deadline: full,
+        outages: Some(outages.clone()),
+        ..quick()
+    };
+    let open = |d: &str| RegistryBlob::open(reg.location("test/outage", d), None, opts.clone());
+    let (blob_a, blob_b) = (open(&a).unwrap(), open(&b).unwrap());
+    let key = reg.url.clone();
+    let mut buf = vec![0u8; 4096];
+
+    // A blip: the registry stops and is back a second later, within the read's deadline.
+    reg.stop();
+    let path = storage.path().to_path_buf();
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        Registry::start_on(None, &path, port).unwrap()
+    });
+    blob_a.read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf[..], &data_a[..4096]);
+    let mut reg = back.join().unwrap();
+    assert!(!outages.is_down(&key));
+    assert_eq!(outages.outages.load(Ordering::Relaxed), 0);
+
+    // An outage: the first read fails at its full deadline...
+    reg.stop();
+    let t = Instant::now();
+    let e = blob_a.read_at(8192, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(t.elapsed() > full / 2, "gave up after {:?}", t.elapsed());
+    assert!(outages.is_down(&key));
+    assert_eq!(outages.outages.load(Ordering::Relaxed), 1);
+    // ...and the reads after it, of this blob or another blob of the registry, within the
+    // short deadline, saying why.
+    for blob in [&blob_a, &blob_b, &blob_a] {
+        let t = Instant::now();
+        let e = blob.read_at(65536, &mut buf).unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(e.to_string().contains("is down"), "{e}");
+    }
+    assert_eq!(outages.short_reads.load(Ordering::Relaxed), 3);
+    let mut m = String::new();
+    outages.render(&mut m);
+    assert!(
+        m.contains(&format!("overlaybd_registry_down{{registry=\"{key}\"}} 1")),
+        "{m}"
+    );
+
+    // Back: the next read succeeds and the registry is up again, for every blob.
+    let _reg = Registry::start_on(None, storage.path(), port).unwrap();
+    blob_b.read_at(65536, &mut buf).unwrap();
+    assert_eq!(&buf[..], &data_b[65536..65536 + 4096]);
+    assert!(!outages.is_down(&key));
+    let t = Instant::now();
+    blob_a.read_at(65536, &mut buf).unwrap();
+    assert_eq!(&buf[..], &data_a[65536..65536 + 4096]);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let mut m = String::new();
+    outages.render(&mut m);
+    assert!(m.contains("overlaybd_registry_outages_total 1"), "{m}");
+    assert!(!m.contains("overlaybd_registry_down{"), "{m}");
 }

@@ -4,7 +4,8 @@
 //! image read lazily (`obdctl rpull`), the converted image with its recorded trace (record-trace
 //! of the start), and the TurboOCI meta image; a fresh host and dropped page cache each time;
 //! bytes the registry served. Then warm: the lazy image started again with its caches full
-//! and the page cache dropped. Medians of ROUNDS interleaved rounds.
+//! and the page cache dropped, alone and after a pull (as the cold times include one).
+//! Medians of ROUNDS interleaved rounds.
 //!
 //! `cargo bench -p e2e-tests --bench corpus_start [-- ROUNDS]` (root; `OBD_CORPUS` picks the
 //! images as for the tests: default `flask,nginx`, `all` for the five; default 3 rounds).
@@ -220,10 +221,12 @@ fn main() {
         }
     }
     // Warm: the lazy image again, its caches full (device detached in between: a new
-    // container attaches it), page cache dropped.
+    // container attaches it), page cache dropped: the start alone, and the pull (the image
+    // removed from containerd first, its blocks still in the daemon's cache) then the start,
+    // which is what a cold time includes.
     e.relay.set_rate(0);
     for app in &apps {
-        let mut warm = Vec::new();
+        let (mut warm, mut warm_pull) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             e.reset_host();
             cold(&e, app, "lazy", &format!("w{round}"));
@@ -234,11 +237,16 @@ fn main() {
             start(&e, app, "overlaybd", &img, &format!("x{round}"));
             warm.push(t.elapsed().as_secs_f64());
             e.remove_containers("default");
+            e.ctr("default", &["images", "rm", &img]);
+            drop_caches();
+            warm_pull.push(cold(&e, app, "lazy", &format!("y{round}")));
+            e.remove_containers("default");
         }
         println!(
-            "{} warm start (lazy image, caches full): {:.2} s",
+            "{} warm start (lazy image, caches full): {:.2} s; pull and start: {:.2} s",
             app.name,
-            median(warm)
+            median(warm),
+            median(warm_pull)
         );
     }
 }

@@ -69,10 +69,10 @@ for c in overlaybd-daemon overlaybd-snapshotter; do
 done
 
 install -d /etc/systemd/system
-for u in deploy/systemd/*.service; do
+for u in deploy/systemd/*.service deploy/systemd/*.socket; do
   sed "s|/usr/local/bin/|$prefix/bin/|" "$u" > "/etc/systemd/system/$(basename "$u")"
 done
-echo "== systemd units installed (not enabled): overlaybd-daemon.service overlaybd-snapshotter.service"
+echo "== systemd units installed (not enabled): overlaybd-daemon.service overlaybd-snapshotter.service (with its .socket)"
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
 fi

@@ -264,26 +264,44 @@ impl pb::snapshots_server::Snapshots for Service {
     }
 }
 
-/// Serves on `socket` (replaced if it exists, mode 0600) until `shutdown` resolves.
+/// Serves on the socket systemd passed (socket activation), else on `socket` (replaced if it
+/// exists, mode 0600, and removed at the end), until `shutdown` resolves. A passed socket is
+/// left as it is: systemd holds it for the next start.
 pub async fn serve(
     svc: Service,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> crate::Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| crate::Error::io(format!("create {}", dir.display()), e))?;
-    }
-    let l = overlaybd_api::bind_private_unix(socket)
-        .map_err(|e| crate::Error::Internal(e.to_string()))?;
+    let inherited =
+        overlaybd_api::inherited_listener().map_err(|e| crate::Error::Internal(e.to_string()))?;
+    let bound = inherited.is_none();
+    let l = match inherited {
+        Some(l) => {
+            // Connections made while this process restarts wait in the socket's backlog.
+            tracing::info!("serving the socket passed by systemd (socket activation)");
+            l
+        }
+        None => {
+            if let Some(dir) = socket.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| crate::Error::io(format!("create {}", dir.display()), e))?;
+            }
+            overlaybd_api::bind_private_unix(socket)
+                .map_err(|e| crate::Error::Internal(e.to_string()))?
+        }
+    };
     l.set_nonblocking(true)
         .map_err(|e| crate::Error::io("listen", e))?;
     let l = tokio::net::UnixListener::from_std(l).map_err(|e| crate::Error::io("listen", e))?;
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(pb::snapshots_server::SnapshotsServer::new(svc))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(l), shutdown)
         .await
-        .map_err(|e| crate::Error::Internal(format!("gRPC server: {e}")))
+        .map_err(|e| crate::Error::Internal(format!("gRPC server: {e}")));
+    if bound {
+        let _ = std::fs::remove_file(socket);
+    }
+    served
 }
 
 /// A client of a Snapshots service on a unix socket (containerd's own, or ours).

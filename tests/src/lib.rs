@@ -156,6 +156,9 @@ pub struct Options {
     pub containerd: Containerd,
     /// The daemon and the snapshotter serve Prometheus metrics ([`Env::scrape`]).
     pub metrics: bool,
+    /// The harness holds the snapshotter's listening socket and passes it to each snapshotter
+    /// it starts, as systemd's socket activation does (`deploy/systemd/*.socket`).
+    pub snapshotter_socket_held: bool,
 }
 
 impl Default for Options {
@@ -169,6 +172,7 @@ impl Default for Options {
             device_linger_secs: 60,
             containerd: Containerd::V1,
             metrics: false,
+            snapshotter_socket_held: false,
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct Env {
     pub snapshotter: Option<Proc>,
     pub containerd: Option<Proc>,
     pub opts: Options,
+    /// The snapshotter's socket, when the harness holds it (`Options::snapshotter_socket_held`).
+    held_socket: Option<std::os::unix::net::UnixListener>,
 }
 
 impl Env {
@@ -265,6 +271,7 @@ impl Env {
             relay,
             daemon: None,
             snapshotter: None,
+            held_socket: None,
             containerd: None,
             opts,
         };
@@ -310,7 +317,17 @@ impl Env {
         self.path("snapshotter/config.toml")
     }
 
+    /// Starts the snapshotter and waits until its socket accepts and (with containerd
+    /// running) containerd reaches it.
     pub fn start_snapshotter(&mut self) {
+        self.spawn_snapshotter();
+        if self.containerd.is_some() {
+            self.wait_for_snapshotter_connection();
+        }
+    }
+
+    /// Starts the snapshotter and waits until its socket accepts, not for containerd.
+    pub fn spawn_snapshotter(&mut self) {
         let d = self.path("snapshotter");
         std::fs::create_dir_all(&d).unwrap();
         let cfg = self.snapshotter_config();
@@ -344,32 +361,65 @@ impl Env {
             )
             .unwrap();
         }
-        let _ = std::fs::remove_file(self.snapshotter_socket());
+        let mut cmd = Command::new(bin("overlaybd-snapshotter"));
+        cmd.arg("--config").arg(&cfg);
+        if self.opts.snapshotter_socket_held {
+            let sock = self.snapshotter_socket();
+            let l = self.held_socket.get_or_insert_with(|| {
+                overlaybd_api::bind_private_unix(&sock).expect("bind the snapshotter's socket")
+            });
+            let fd = std::os::fd::AsRawFd::as_raw_fd(l);
+            // As systemd does: the socket at descriptor 3, LISTEN_PID the server's own PID
+            // (the shell's, which exec keeps).
+            cmd = Command::new("sh");
+            cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+                .arg(bin("overlaybd-snapshotter"))
+                .arg("--config")
+                .arg(&cfg);
+            // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        } else {
+            let _ = std::fs::remove_file(self.snapshotter_socket());
+        }
         let p = Proc::serving(
             "overlaybd-snapshotter",
-            Command::new(bin("overlaybd-snapshotter"))
-                .arg("--config")
-                .arg(&cfg),
+            &mut cmd,
             &d.join("snapshotter.log"),
             &self.snapshotter_socket(),
         );
         self.snapshotter = Some(p);
-        // A running containerd reconnects to the plugin with gRPC's backoff.
-        if self.containerd.is_some() {
-            wait_for(
-                "containerd's connection to the snapshotter",
-                Duration::from_secs(60),
-                || {
-                    self.ctr_result(
-                        "default",
-                        &["snapshots", "--snapshotter", "overlaybd", "ls"],
-                    )
+    }
+
+    /// Waits until containerd reaches the snapshotter again: a snapshot prepared (then
+    /// removed) through it. A List would not do: containerd answers it from its own metadata
+    /// when the namespace holds no snapshot of the plugin, without asking the plugin.
+    pub fn wait_for_snapshotter_connection(&self) {
+        static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let sn = ["snapshots", "--snapshotter", "overlaybd"];
+        wait_for(
+            "containerd's connection to the snapshotter",
+            Duration::from_secs(60),
+            || {
+                let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let key = format!("probe-{}-{n}", std::process::id());
+                let ok = self
+                    .ctr_result("default", &[&sn[..], &["prepare", &key]].concat())
                     .status
-                    .success()
-                },
-                || self.logs(),
-            );
-        }
+                    .success();
+                if ok {
+                    self.ctr("default", &[&sn[..], &["rm", &key]].concat());
+                }
+                ok
+            },
+            || self.logs(),
+        );
     }
 
     pub fn start_containerd(&mut self) {

@@ -449,5 +449,19 @@ mod manifests {
         }
         let s = unit("deploy/systemd/overlaybd-snapshotter.service");
         assert!(s["After"][0].contains("overlaybd-daemon.service"));
+        // The socket unit holds the socket containerd dials across restarts of the service
+        // (socket activation), at the address the example configs give.
+        assert_eq!(s["Requires"], ["overlaybd-snapshotter.socket"]);
+        assert!(install.contains("deploy/systemd/*.socket"), "install.sh");
+        let sock = unit("deploy/systemd/overlaybd-snapshotter.socket");
+        let listen = &sock["ListenStream"][0];
+        for c in [
+            "deploy/config/overlaybd-snapshotter.toml",
+            "deploy/config/containerd-1.x.toml",
+            "deploy/config/containerd-2.x.toml",
+        ] {
+            assert!(read(c).contains(&format!("\"{listen}\"")), "{c}: {listen}");
+        }
+        assert_eq!(sock["SocketMode"], ["0600"]);
     }
 }

@@ -152,6 +152,70 @@ fn restarts(c: Containerd) {
     assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
+/// The restart flake, in a loop: the snapshotter killed (SIGKILL or SIGTERM, in turn) and
+/// started again, then a container started at once, its Prepare the first call containerd
+/// sends the new process. With the socket re-created by each snapshotter, containerd's gRPC
+/// connection to the plugin fails over a restart and, while it backs off before dialling again,
+/// fails every call at once with "connection refused" (gRPC's fail-fast; up to a few seconds).
+/// With the socket held across restarts, as systemd's socket activation holds it, the call
+/// waits in the socket's backlog and every start succeeds. `OBD_RESTART_LOOPS` rounds each
+/// (default 4).
+#[test]
+fn a_container_starts_right_after_each_snapshotter_restart() {
+    let rounds: usize = std::env::var("OBD_RESTART_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    for held in [true, false] {
+        let opts = Options {
+            snapshotter_socket_held: held,
+            ..Options::default()
+        };
+        let Some((_s, mut env)) = start_on(Containerd::V1, opts) else {
+            return;
+        };
+        let image = pulled(&env, 1);
+        let ns = "k8s.io";
+        let mut failed = Vec::new();
+        for i in 0..rounds {
+            let s = env.snapshotter.as_mut().unwrap();
+            if i % 2 == 0 {
+                s.kill9();
+            } else {
+                s.stop();
+            }
+            env.spawn_snapshotter();
+            let id = format!("c{i}");
+            let o = env.ctr_result(
+                ns,
+                &["run", "--rm", "--snapshotter", "overlaybd", &image, &id],
+            );
+            if o.status.success() {
+                assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), GREETING);
+            } else {
+                failed.push(format!(
+                    "round {i}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            if !held {
+                // Only a call that reaches the plugin shows containerd is connected again (a
+                // List in an empty namespace is answered from containerd's own metadata).
+                env.wait_for_snapshotter_connection();
+            }
+        }
+        eprintln!(
+            "socket held: {held}: {} of {rounds} starts right after a restart failed: {failed:#?}",
+            failed.len()
+        );
+        if held {
+            assert!(failed.is_empty(), "{failed:#?}\n{}", env.logs());
+        }
+        let warnings = env.snapshotter_warnings();
+        assert!(warnings.is_empty(), "{warnings:#?}");
+    }
+}
+
 #[test]
 fn with_the_registry_gone_unfetched_reads_fail_with_eio_and_new_containers_start_from_the_cache() {
     let _s = serial();

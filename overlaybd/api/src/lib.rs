@@ -32,6 +32,56 @@ pub fn bind_private_unix(path: &Path) -> std::io::Result<std::os::unix::net::Uni
     Ok(l)
 }
 
+/// The listening unix socket systemd passed (socket activation: `LISTEN_PID` is this process,
+/// `LISTEN_FDS` at least 1, the socket at descriptor 3), or `None` when none was passed. The
+/// descriptor is made close-on-exec, so children do not inherit it (and `LISTEN_PID` names
+/// this process, not them). A socket held by
+/// systemd (or any parent) outlives a restart of the server: connections made meanwhile wait
+/// in its backlog instead of being refused.
+pub fn inherited_listener() -> std::io::Result<Option<std::os::unix::net::UnixListener>> {
+    use std::os::fd::{FromRawFd, RawFd};
+    const FIRST: RawFd = 3;
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    if pid.as_deref() != Some(&std::process::id().to_string()) {
+        return Ok(None);
+    }
+    if fds.and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) == 0 {
+        return Ok(None);
+    }
+    let bad = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("socket activation: descriptor {FIRST} {why}"),
+        )
+    };
+    // SAFETY: plain syscalls on descriptor 3 with buffers of the sizes given.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(FIRST, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) != 0 {
+            return Err(bad("is not a socket"));
+        }
+        if i32::from(addr.ss_family) != libc::AF_UNIX {
+            return Err(bad("is not a unix socket"));
+        }
+        let (mut listening, mut l) = (0i32, std::mem::size_of::<i32>() as libc::socklen_t);
+        if libc::getsockopt(
+            FIRST,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            &mut listening as *mut i32 as *mut libc::c_void,
+            &mut l,
+        ) != 0
+            || listening == 0
+        {
+            return Err(bad("is not listening"));
+        }
+        libc::fcntl(FIRST, libc::F_SETFD, libc::FD_CLOEXEC);
+        Ok(Some(std::os::unix::net::UnixListener::from_raw_fd(FIRST)))
+    }
+}
+
 /// A gRPC channel over the unix socket `socket` (the daemon's API, the snapshotter's,
 /// containerd's): tonic's endpoints are URIs, so the socket is reached through a connector.
 /// The error names the socket and the cause ("No such file or directory", "Connection

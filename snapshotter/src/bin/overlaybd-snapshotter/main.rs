@@ -348,6 +348,5 @@ fn main_result() -> anyhow::Result<()> {
         });
         service::serve(Service { sn, metrics }, &socket, stop).await
     })?;
-    let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -66,6 +66,14 @@ pub struct Config {
     pub registries: Vec<String>,
     /// A CA certificate (PEM) trusted for registries, beside the system's.
     pub registry_ca: Option<PathBuf>,
+    /// A file holding the deployment's secret (at least 16 bytes; surrounding whitespace
+    /// ignored), the same on every node, e.g. a Kubernetes Secret mounted as a file. With it,
+    /// nodes sign what they send each other and refuse what is not signed with it (see
+    /// `node::peer`); without it, a peer is known by its address only.
+    pub peer_secret_file: Option<PathBuf>,
+    /// The secret read from `peer_secret_file` by [`Config::finish`].
+    #[serde(skip)]
+    pub peer_secret: Option<Vec<u8>>,
     pub cache: CacheConfig,
     pub upload: UploadConfig,
     /// Fault injection for tests.
@@ -126,6 +134,8 @@ impl Default for Config {
             stall_timeout_ms: 5000,
             registries: Vec::new(),
             registry_ca: None,
+            peer_secret_file: None,
+            peer_secret: None,
             cache: CacheConfig::default(),
             upload: UploadConfig::default(),
             debug: DebugConfig::default(),
@@ -225,6 +235,24 @@ impl Config {
                 "tree_ttl_secs, connect_timeout_ms and stall_timeout_ms must be > 0",
             ));
         }
+        if let Some(f) = &self.peer_secret_file {
+            // At most 4 KiB: a secret, not whatever file the path names.
+            let mut raw = Vec::new();
+            std::fs::File::open(f)
+                .and_then(|h| {
+                    std::io::Read::read_to_end(&mut std::io::Read::take(h, 4096), &mut raw)
+                })
+                .map_err(|e| Error::io("read peer_secret_file", f, e))?;
+            let secret = raw.trim_ascii().to_vec();
+            if secret.len() < 16 {
+                return Err(invalid(format!(
+                    "peer_secret_file {}: {} bytes; a secret needs at least 16",
+                    f.display(),
+                    secret.len()
+                )));
+            }
+            self.peer_secret = Some(secret);
+        }
         Ok(self)
     }
 }
@@ -292,9 +320,18 @@ mod deploy_tests {
                 .take_while(|l| l.starts_with("    ") || l.is_empty())
                 .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
                 .collect();
-            let c = Config::parse(&toml)
-                .and_then(Config::finish)
-                .unwrap_or_else(|e| panic!("{f}: {e}\n{toml}"));
+            let mut c = Config::parse(&toml).unwrap_or_else(|e| panic!("{f}: {e}\n{toml}"));
+            // The Secret the manifest mounts, here a file of this test's.
+            assert_eq!(
+                c.peer_secret_file.as_deref(),
+                Some(Path::new("/etc/overlaybd-p2p-secret/secret")),
+                "{f}"
+            );
+            let secret = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef").unwrap();
+            c.peer_secret_file = Some(secret.path().to_path_buf());
+            let c = c.finish().unwrap_or_else(|e| panic!("{f}: {e}\n{toml}"));
+            assert_eq!(c.peer_secret.as_deref().map(<[u8]>::len), Some(32));
             assert_eq!(c.roots.len(), 3, "{f}");
             assert!(c.cache.dir.is_some(), "{f}");
             seen += 1;

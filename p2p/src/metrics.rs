@@ -23,6 +23,8 @@ pub struct Metrics {
     pub digest_failures: AtomicU64,
     pub loops: AtomicU64,
     pub peer_credentials: AtomicU64,
+    /// Peer requests refused for a missing, bad, stale or replayed signature.
+    pub peer_refused: AtomicU64,
 }
 
 /// Gauges computed at scrape time.
@@ -102,6 +104,11 @@ impl Metrics {
             "p2p_access_denied_total",
             "Requests refused because the registry refused their credentials.",
             &[("", get(&self.access_denied))],
+        );
+        c(
+            "p2p_peer_refused_total",
+            "Peer requests refused for a missing, bad, stale or replayed signature.",
+            &[("", get(&self.peer_refused))],
         );
         c(
             "p2p_cache_lookups_total",

@@ -378,3 +378,119 @@ fn refusals_without_an_upstream() {
     assert_eq!(status(c.get(format!("{}/healthz", a.url))), 200);
     assert_eq!(root.count(|m| &m.fetched_registry), 0);
 }
+
+/// With a deployment secret, nodes sign what they send each other: agents of the deployment
+/// read through the tree as before, while a forged join (unsigned, another secret, or signed
+/// by one node for another), a replayed one, a stale one, and a peer read without the
+/// secret are refused; a node with another secret gets nothing from the tree.
+#[test]
+fn with_a_deployment_secret_peers_sign_and_forged_or_replayed_requests_are_refused() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = |name: &str, secret: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, secret).unwrap();
+        p
+    };
+    let good = secret_file("secret", "  the deployment's secret, 32 bytes\n");
+    let other = secret_file("other", "another deployment's secret....");
+    let with = |f: &std::path::PathBuf| {
+        let f = f.clone();
+        move |c: &mut Config| c.peer_secret_file = Some(f)
+    };
+    let blob = test_support::random(3 * PIECE as usize + 77, 21);
+    let origin = push(&reg, "p2p/signed", &blob);
+    let root = TestNode::start(Role::Root, &[], with(&good));
+    let (a, b) = (
+        TestNode::start(Role::Agent, &[&root], with(&good)),
+        TestNode::start(Role::Agent, &[&root], with(&good)),
+    );
+    let c = client();
+    for agent in [&a, &b] {
+        let r = c.get(agent.blob(&origin)).send().unwrap();
+        assert!(ok_body(r, 200) == blob, "{} served other bytes", agent.url);
+        assert_eq!(agent.count(|m| &m.fetched_registry), 0, "{}", agent.url);
+    }
+    for n in [&root, &a, &b] {
+        assert_eq!(n.count(|m| &m.peer_refused), 0, "{}", n.url);
+    }
+
+    // Joins sent by hand: the JSON body, and the headers a node would send.
+    let join = |node: &str| serde_json::json!({"url": origin, "node": node}).to_string();
+    let send = |body: &str, from: Option<&str>, sig: Option<String>| {
+        let mut r = c
+            .post(format!("{}/_p2p/v1/join", root.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(f) = from {
+            r = r.header("x-p2p-node", f);
+        }
+        if let Some(s) = sig {
+            r = r.header("x-p2p-signature", s);
+        }
+        let r = r.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let signer = p2p::node::peer::Signer::new(b"the deployment's secret, 32 bytes".to_vec());
+    let forger = p2p::node::peer::Signer::new(b"another deployment's secret....".to_vec());
+    let me = "http://127.0.0.1:9";
+    let body = join(me);
+    // Unsigned, or signed with another secret.
+    let (st, msg) = send(&body, Some(me), None);
+    assert_eq!(st, 403, "{msg}");
+    let sig = forger.sign("POST", "/_p2p/v1/join", me, body.as_bytes());
+    let (st, msg) = send(&body, Some(me), Some(sig));
+    assert_eq!(st, 403, "{msg}");
+    assert!(msg.contains("bad signature"), "{msg}");
+    // Signed by one node for another.
+    let sig = signer.sign("POST", "/_p2p/v1/join", &a.url, body.as_bytes());
+    let (st, msg) = send(&body, Some(&a.url), Some(sig));
+    assert_eq!(st, 403, "{msg}");
+    // Signed right: answered; the same request again is refused.
+    let sig = signer.sign("POST", "/_p2p/v1/join", me, body.as_bytes());
+    let (st, msg) = send(&body, Some(me), Some(sig.clone()));
+    assert_eq!(st, 200, "{msg}");
+    let (st, msg) = send(&body, Some(me), Some(sig));
+    assert_eq!(st, 403, "{msg}");
+    assert!(msg.contains("replayed"), "{msg}");
+    // Signed a minute ago.
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 60_000;
+    let sig = signer.sign_at(then, "POST", "/_p2p/v1/join", me, body.as_bytes());
+    let (st, msg) = send(&body, Some(me), Some(sig));
+    assert_eq!(st, 403, "{msg}");
+    // Counted: unsigned, another secret, replayed, stale (the join for another node is refused
+    // after its signature passed).
+    assert_eq!(root.count(|m| &m.peer_refused), 4);
+
+    // A peer read naming a node, unsigned: refused by the agent that holds the blob.
+    let r = c
+        .get(a.blob(&origin))
+        .header("x-p2p-node", b.url.as_str())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(a.count(|m| &m.peer_refused) >= 1);
+
+    // A node with another secret: the root refuses its join, and it refuses its reader,
+    // saying why (our daemon then reads the registry: the agent is only its first place).
+    let stranger = TestNode::start(Role::Agent, &[&root], with(&other));
+    let r = c.get(stranger.blob(&origin)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let msg = r.text().unwrap();
+    assert!(msg.contains("peer_secret_file"), "{msg}");
+    assert_eq!(
+        stranger.count(|m| &m.fetched_root) + stranger.count(|m| &m.fetched_parent),
+        0
+    );
+    assert!(
+        root.metrics().contains("p2p_peer_refused_total 5"),
+        "{}",
+        root.metrics()
+    );
+}

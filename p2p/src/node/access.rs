@@ -12,7 +12,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICAT
 use hyper::{Request, Response};
 use sha2::{Digest, Sha256};
 
-use super::http::{json, read_json, Body};
+use super::http::{json, read_peer_json, Body};
 use super::{lock, BlobState, JoinReply, Node, Origin, ReportRequest, Upstream, MAX_BLOB};
 use crate::config::Role;
 use crate::error::{Error, Result};
@@ -158,7 +158,7 @@ impl Node {
         req: Request<Incoming>,
     ) -> Result<Response<Body>> {
         self.root_only("/_p2p/v1/vouch")?;
-        let (v, _): (ReportRequest, _) = read_json(req).await?;
+        let (v, _, _): (ReportRequest, _, _) = read_peer_json(self, req).await?;
         let o = Origin::parse(&v.url)?;
         let size = lock(&self.blobs).get(&o.key()).map(|b| b.size);
         match size {
@@ -236,11 +236,16 @@ impl Node {
                 continue;
             }
             let resp = self
-                .http
-                .post(format!("{root}/_p2p/v1/vouch"))
-                .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone())
+                .as_peer(
+                    self.http
+                        .post(format!("{root}/_p2p/v1/vouch"))
+                        .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone()),
+                    "POST",
+                    "/_p2p/v1/vouch",
+                    &body,
+                )
                 .send()
                 .await;
             let Ok(resp) = resp else { continue };

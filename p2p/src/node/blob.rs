@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tracing::info;
 
 use super::http::{header, text, Body};
+use super::peer::SIGNATURE_HEADER;
 use super::{lock, Node, Origin, Upstream, NODE_HEADER, PATH_HEADER, SOURCE_HEADER};
 use crate::error::{Error, Result};
 use crate::limit::Bucket;
@@ -53,6 +54,10 @@ impl Node {
         // from another host. Limits are per child: its address, or on a shared loopback (tests,
         // several nodes on one host) the node it names.
         let named = header(req, NODE_HEADER);
+        if named.is_some() {
+            // A child of ours: signed with the deployment's secret, when it has one.
+            self.check_peer(header(req, SIGNATURE_HEADER), "GET", &o.url, named, b"")?;
+        }
         let peer = match (named, remote.ip().is_loopback()) {
             (Some(n), true) => Some(n.chars().take(256).collect::<String>()),
             (_, false) => Some(remote.ip().to_string()),

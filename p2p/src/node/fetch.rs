@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hyper::header::{AUTHORIZATION, CONTENT_RANGE, RANGE};
 use tracing::warn;
 
-use super::{lock, Node, Origin, Upstream, NODE_HEADER, PATH_HEADER};
+use super::{lock, Node, Origin, Upstream, PATH_HEADER};
 use crate::config::Role;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -189,8 +189,9 @@ impl Node {
             } else {
                 format!("{path},{}", self.cfg.advertise)
             };
-            req = req
-                .header(NODE_HEADER, &self.cfg.advertise)
+            // Signed over the origin URL (what the parent parses from its path).
+            req = self
+                .as_peer(req, "GET", &o.url, b"")
                 .header(PATH_HEADER, path);
         }
         let mut resp = tokio::time::timeout(stall, req.send())

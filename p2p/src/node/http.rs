@@ -17,7 +17,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use super::{lock, Node, TreeView};
+use super::peer::SIGNATURE_HEADER;
+use super::{lock, Node, TreeView, NODE_HEADER};
 use crate::error::{Error, Result};
 
 pub(super) type Body = BoxBody<Bytes, std::io::Error>;
@@ -188,18 +189,25 @@ pub(super) fn header(req: &Request<Incoming>, name: impl AsHeaderName) -> Option
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// A tree protocol request's JSON body (at most 64 KiB) and its `Authorization`.
-pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+/// A tree protocol request from another node: its JSON body (at most 64 KiB), its
+/// `Authorization`, and the node it says it comes from (`X-P2P-Node`). With a deployment
+/// secret, the request's signature is checked first.
+pub(super) async fn read_peer_json<T: serde::de::DeserializeOwned>(
+    node: &Node,
     req: Request<Incoming>,
-) -> Result<(T, Option<String>)> {
+) -> Result<(T, Option<String>, Option<String>)> {
     let auth = header(&req, AUTHORIZATION).map(str::to_string);
+    let from = header(&req, NODE_HEADER).map(str::to_string);
+    let signature = header(&req, SIGNATURE_HEADER).map(str::to_string);
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
     let body = Limited::new(req.into_body(), 64 << 10)
         .collect()
         .await
         .map_err(|e| Error::bad_request("body", e))?
         .to_bytes();
+    node.check_peer(signature.as_deref(), &method, &path, from.as_deref(), &body)?;
     let v = serde_json::from_slice(&body).map_err(|e| Error::bad_request("body", e))?;
-    Ok((v, auth))
+    Ok((v, auth, from))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod digest;
 mod fetch;
 mod http;
 mod origin;
+pub mod peer;
 mod tree;
 
 use std::collections::HashMap;
@@ -99,6 +100,8 @@ pub struct Node {
     fills_waiting: AtomicU64,
     global: Option<Bucket>,
     per_child: Mutex<HashMap<String, Arc<Bucket>>>,
+    /// Signs and checks peer requests when the deployment has a secret.
+    signer: Option<peer::Signer>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,6 +144,7 @@ impl Node {
             fills_waiting: Default::default(),
             global,
             per_child: Mutex::default(),
+            signer: cfg.peer_secret.clone().map(peer::Signer::new),
             cfg,
         }))
     }
@@ -168,6 +172,45 @@ impl Node {
             .max()
             .unwrap_or(0);
         g
+    }
+
+    /// A request to another node, as this node: `X-P2P-Node`, and the signature when the
+    /// deployment has a secret. `path` is the request's path (no host), `body` its body.
+    fn as_peer(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> reqwest::RequestBuilder {
+        let req = req.header(NODE_HEADER, &self.cfg.advertise);
+        match &self.signer {
+            Some(s) => req.header(
+                peer::SIGNATURE_HEADER,
+                s.sign(method, path, &self.cfg.advertise, body),
+            ),
+            None => req,
+        }
+    }
+
+    /// Checks a request from another node against the deployment's secret (nothing to check
+    /// without one); a refusal is counted.
+    fn check_peer(
+        &self,
+        signature: Option<&str>,
+        method: &str,
+        path: &str,
+        node: Option<&str>,
+        body: &[u8],
+    ) -> Result<()> {
+        let Some(s) = &self.signer else {
+            return Ok(());
+        };
+        s.verify(signature, method, path, node, body)
+            .inspect_err(|e| {
+                Metrics::add(&self.metrics.peer_refused, 1);
+                tracing::warn!("{e}");
+            })
     }
 
     pub fn render_metrics(&self) -> String {

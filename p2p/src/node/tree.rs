@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use super::access::challenge;
-use super::http::{json, read_json, text, Body};
+use super::http::{json, read_peer_json, text, Body};
 use super::{lock, BlobState, Node, Origin, Upstream, MAX_BLOB};
 use crate::config::Role;
 use crate::error::{Error, Result};
@@ -112,12 +112,16 @@ impl Node {
             if root == self.cfg.advertise {
                 continue;
             }
-            let mut req = self
-                .http
-                .post(format!("{root}/_p2p/v1/join"))
-                .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
+            let mut req = self.as_peer(
+                self.http
+                    .post(format!("{root}/_p2p/v1/join"))
+                    .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone()),
+                "POST",
+                "/_p2p/v1/join",
+                &body,
+            );
             if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
@@ -207,12 +211,16 @@ impl Node {
             if root == node {
                 continue;
             }
-            let mut r = self
-                .http
-                .post(format!("{root}/_p2p/v1/report"))
-                .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
+            let mut r = self.as_peer(
+                self.http
+                    .post(format!("{root}/_p2p/v1/report"))
+                    .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone()),
+                "POST",
+                "/_p2p/v1/report",
+                &body,
+            );
             if let Some(a) = auth {
                 r = r.header(AUTHORIZATION, a);
             }
@@ -228,9 +236,17 @@ impl Node {
         req: Request<Incoming>,
     ) -> Result<Response<Body>> {
         self.root_only("/_p2p/v1/join")?;
-        let (j, auth): (JoinRequest, _) = read_json(req).await?;
+        let (j, auth, from): (JoinRequest, _, _) = read_peer_json(self, req).await?;
         let o = Origin::parse(&j.url)?;
         check_node_url("node", &j.node)?;
+        // A signed join speaks for the node that signed it only.
+        if self.signer.is_some() && from.as_deref() != Some(j.node.as_str()) {
+            return Err(Error::Forbidden(format!(
+                "a join for {} signed by {}",
+                j.node,
+                from.as_deref().unwrap_or("nobody")
+            )));
+        }
         if let Some(f) = &j.failed {
             check_node_url("failed", f)?;
         }
@@ -271,7 +287,7 @@ impl Node {
         req: Request<Incoming>,
     ) -> Result<Response<Body>> {
         self.root_only("/_p2p/v1/report")?;
-        let (r, auth): (ReportRequest, _) = read_json(req).await?;
+        let (r, auth, _): (ReportRequest, _, _) = read_peer_json(self, req).await?;
         let o = Origin::parse(&r.url)?;
         check_node_url("node", &r.node)?;
         // Only a reader that may read the blob may report its servers.

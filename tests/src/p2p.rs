@@ -174,15 +174,22 @@ impl Cluster {
         std::fs::create_dir_all(&d).unwrap();
         let o = &self.opts;
         let roots: Vec<String> = roots.iter().map(|r| format!("{r:?}")).collect();
+        // One secret for the cluster, as a deployment has: every peer request is signed.
+        let secret = self.dir.path().join("peer-secret");
+        if !secret.exists() {
+            std::fs::write(&secret, "e2e cluster secret, the same on every node\n").unwrap();
+        }
         let cfg = format!(
             "role = \"{role}\"\nlisten = \"{}\"\nroots = [{}]\nfanout = {}\npiece_size = {}\n\
              connect_timeout_ms = 500\nstall_timeout_ms = 3000\nlog = \"info\"\n\
+             peer_secret_file = \"{}\"\n\
              [cache]\nmax_bytes = {}\n{}[upload]\nglobal_bytes_per_sec = {}\n\
              [debug]\ncorrupt_uploads = {corrupt}\n",
             url.trim_start_matches("http://"),
             roots.join(", "),
             o.fanout,
             o.piece_size,
+            secret.display(),
             if role == "root" {
                 o.cache_bytes
             } else {

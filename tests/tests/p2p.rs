@@ -105,6 +105,18 @@ fn sixteen_agents_read_one_blob_and_the_registry_serves_it_once() {
         .map(|a| metric(&a.url, "p2p_fetched_bytes_total{from=\"parent\"}"))
         .sum();
     assert!(from_parents >= 12 * b.size * 9 / 10, "{from_parents}");
+    // Every peer request was signed with the cluster's secret (`peer_secret_file`), and none
+    // was refused.
+    for n in c.roots.iter().chain(&c.agents) {
+        let text = reqwest::blocking::get(format!("{}/metrics", n.url))
+            .and_then(|r| r.text())
+            .unwrap();
+        assert!(
+            text.contains("\np2p_peer_refused_total 0\n"),
+            "{}: {text}",
+            n.url
+        );
+    }
     // Each agent checks the whole blob against its digest in the background.
     let t = Instant::now();
     let digest_ok = || -> u64 {

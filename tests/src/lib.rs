@@ -12,6 +12,7 @@ pub mod docker;
 pub mod image;
 pub mod p2p;
 pub mod relay;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -156,6 +157,8 @@ pub struct Options {
     pub containerd: Containerd,
     /// The daemon and the snapshotter serve Prometheus metrics ([`Env::scrape`]).
     pub metrics: bool,
+    /// The daemon's `cache_size_mb`.
+    pub cache_size_mb: u64,
     /// The harness holds the snapshotter's listening socket and passes it to each snapshotter
     /// it starts, as systemd's socket activation does (`deploy/systemd/*.socket`).
     pub snapshotter_socket_held: bool,
@@ -173,6 +176,7 @@ impl Default for Options {
             containerd: Containerd::V1,
             metrics: false,
             snapshotter_socket_held: false,
+            cache_size_mb: 2048,
         }
     }
 }
@@ -289,7 +293,7 @@ impl Env {
             &cfg,
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{1}\"\nrun_dir = \"{0}/run\"\n\
-                 cache_dir = \"{0}/cache\"\ncache_size_mb = 2048\nhosts_dir = \"{2}\"\n\
+                 cache_dir = \"{0}/cache\"\ncache_size_mb = {6}\nhosts_dir = \"{2}\"\n\
                  read_deadline_secs = {3}\nlog = \"info\"\np2p_agent = \"{4}\"\n\
                  metrics_address = \"{5}\"\n",
                 d.display(),
@@ -298,6 +302,7 @@ impl Env {
                 self.opts.read_deadline_secs,
                 self.opts.p2p_agent.as_deref().unwrap_or(""),
                 self.metrics_address("daemon"),
+                self.opts.cache_size_mb,
             ),
         )
         .unwrap();
@@ -684,23 +689,28 @@ impl Env {
     pub fn remove_containers(&self, namespace: &str) {
         let list = self.ctr_result(namespace, &["containers", "list", "-q"]);
         for id in String::from_utf8_lossy(&list.stdout).lines() {
-            let _ = self.ctr_result(namespace, &["tasks", "kill", "-s", "SIGKILL", id]);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10)
-                && !self
-                    .ctr_result(namespace, &["tasks", "delete", id])
-                    .status
-                    .success()
-                && self
-                    .ctr_result(namespace, &["tasks", "list", "-q"])
-                    .stdout
-                    .windows(id.len())
-                    .any(|w| w == id.as_bytes())
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.ctr_result(namespace, &["containers", "delete", id]);
+            self.remove_container(namespace, id);
         }
+    }
+
+    /// Removes container `id` of `namespace` and its task, if they exist (kill, delete).
+    pub fn remove_container(&self, namespace: &str, id: &str) {
+        let _ = self.ctr_result(namespace, &["tasks", "kill", "-s", "SIGKILL", id]);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10)
+            && !self
+                .ctr_result(namespace, &["tasks", "delete", id])
+                .status
+                .success()
+            && self
+                .ctr_result(namespace, &["tasks", "list", "-q"])
+                .stdout
+                .windows(id.len())
+                .any(|w| w == id.as_bytes())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.ctr_result(namespace, &["containers", "delete", id]);
     }
 }
 

@@ -136,6 +136,11 @@ impl Relay {
         self.shared.rate.store(rate, Ordering::Relaxed);
     }
 
+    /// Accepts connections again after [`Relay::stop`] (the registry is back).
+    pub fn resume(&self) {
+        self.shared.stopped.store(false, Ordering::Relaxed);
+    }
+
     /// Cuts every connection and refuses new ones.
     pub fn stop(&self) {
         self.shared.stopped.store(true, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! The soak (`e2e_tests::soak`): `cargo bench -p e2e-tests --bench soak -- [SECONDS]` (root;
 //! default 3600). `OBD_SOAK_IMAGES` (default 50) images attached at once, 4 workers starting
-//! containers, a fault every 20 s, a 64 MiB cache (the images hold about 370 MiB). Prints the report; exits non-zero if a container read a
-//! wrong byte or something leaked.
+//! containers, a fault every 20 s, a 64 MiB cache (the images hold about 370 MiB). Prints the
+//! report; exits non-zero if a container read a wrong byte or something leaked.
 
 use std::time::Duration;
 

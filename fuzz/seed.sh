@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seeds every fuzz target's corpus (corpus/<target>/, which git ignores) from the test vectors
-# and fuzz/seeds/, the same way each time: run from anywhere, as often as you like (files are
-# named by content, so a second run adds nothing). Needs python3 and gzip.
+# and fuzz/seeds/, the same way each time: run from anywhere, as often as you like (each seed
+# has a fixed name, `seed-…`, so a second run rewrites the same files). Needs python3 and gzip.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 vec="$here/../tests/support/vectors"

@@ -28,6 +28,16 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// A secret, which `Debug` does not show.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -73,7 +83,7 @@ pub struct Config {
     pub peer_secret_file: Option<PathBuf>,
     /// The secret read from `peer_secret_file` by [`Config::finish`].
     #[serde(skip)]
-    pub peer_secret: Option<Vec<u8>>,
+    pub peer_secret: Option<Secret>,
     pub cache: CacheConfig,
     pub upload: UploadConfig,
     /// Fault injection for tests.
@@ -251,7 +261,7 @@ impl Config {
                     secret.len()
                 )));
             }
-            self.peer_secret = Some(secret);
+            self.peer_secret = Some(Secret(secret));
         }
         Ok(self)
     }
@@ -331,7 +341,8 @@ mod deploy_tests {
             std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef").unwrap();
             c.peer_secret_file = Some(secret.path().to_path_buf());
             let c = c.finish().unwrap_or_else(|e| panic!("{f}: {e}\n{toml}"));
-            assert_eq!(c.peer_secret.as_deref().map(<[u8]>::len), Some(32));
+            assert_eq!(c.peer_secret.as_ref().map(|s| s.0.len()), Some(32));
+            assert_eq!(format!("{:?}", c.peer_secret.unwrap()), "Secret(32 bytes)");
             assert_eq!(c.roots.len(), 3, "{f}");
             assert!(c.cache.dir.is_some(), "{f}");
             seen += 1;

@@ -489,7 +489,7 @@ fn with_a_deployment_secret_peers_sign_and_forged_or_replayed_requests_are_refus
         0
     );
     assert!(
-        root.metrics().contains("p2p_peer_refused_total 5"),
+        root.metrics().contains("\np2p_peer_refused_total 5\n"),
         "{}",
         root.metrics()
     );

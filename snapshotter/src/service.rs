@@ -278,7 +278,17 @@ pub async fn serve(
     let l = match inherited {
         Some(l) => {
             // Connections made while this process restarts wait in the socket's backlog.
-            tracing::info!("serving the socket passed by systemd (socket activation)");
+            let at = l.local_addr().ok();
+            let at = at.as_ref().and_then(|a| a.as_pathname());
+            tracing::info!(socket = ?at, "serving the socket passed by systemd (socket activation)");
+            if at != Some(socket) {
+                tracing::warn!(
+                    passed = ?at,
+                    configured = %socket.display(),
+                    "the passed socket is not the configured `socket`: containerd's \
+                     proxy_plugins address must name the passed one"
+                );
+            }
             l
         }
         None => {

@@ -101,6 +101,14 @@ pub fn data_layer(big_mib: usize) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// A layer of one file, `/id`, holding `id`: on top of shared layers, it makes an image of
+/// its own (a chain, a snapshot and a device of its own).
+pub fn id_layer(id: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    add_file(&mut b, "id", 0o644, format!("{id}\n").as_bytes());
+    b.into_inner().unwrap()
+}
+
 /// gzip at the default level, whose deflate blocks are a few KiB long as with the tools that
 /// build images (Go's compress/gzip, GNU gzip). zlib-ng's level 1 (`fast`) writes one static
 /// block for a whole blob, which leaves a gzip index no checkpoint to start from.

@@ -331,7 +331,9 @@ impl Env {
         }
     }
 
-    /// Starts the snapshotter and waits until its socket accepts, not for containerd.
+    /// Starts the snapshotter and waits until its socket accepts, not for containerd. (When the
+    /// harness holds the socket, it accepts at once: calls wait in its backlog until the new
+    /// process serves them.)
     pub fn spawn_snapshotter(&mut self) {
         let d = self.path("snapshotter");
         std::fs::create_dir_all(&d).unwrap();
@@ -384,7 +386,13 @@ impl Env {
             // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    if libc::dup2(fd, 3) < 0 {
+                    // dup2 onto itself would keep close-on-exec: clear it instead.
+                    let r = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if r < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

@@ -208,11 +208,20 @@ pub fn run(o: &SoakOptions) -> Report {
         ..Options::default()
     });
     let ns = "k8s.io";
-    // Images: the busybox layer shared, a data layer of its own size each.
+    // Images: the busybox layer shared by all, a data layer of 1–14 MiB shared by a few, and
+    // a layer of their own: every image is a device of its own.
     let mut images = Vec::new();
     for i in 0..o.images {
         let mib = 1 + i % 7 + i / 7;
-        let (image, _) = env.converted_sample(&format!("soak{i}"), mib);
+        let repo = format!("soak{i}");
+        let layers = [
+            image::busybox_layer(),
+            image::data_layer(mib),
+            image::id_layer(&repo),
+        ];
+        image::push(&env.registry_addr, &repo, "v1", &layers, &["/bin/sh"]);
+        env.convert(&format!("{repo}:v1"), &format!("{repo}:v1-obd"));
+        let image = format!("{}/{repo}:v1-obd", env.host());
         cri::pull_image(&env.containerd_socket(), &image)
             .unwrap_or_else(|e| panic!("{e}\n{}", env.logs()));
         let want = format!(

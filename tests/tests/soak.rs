@@ -1,7 +1,8 @@
 //! The soak, short (`e2e_tests::soak`; the hour-long run is the bench `soak`): 6 images
 //! attached at once, 2 workers starting containers, a registry outage longer than the read
-//! deadline, a daemon kill and a snapshotter kill within 75 s. No container may read a wrong byte, a container may fail
-//! only with an I/O error during an outage, and nothing may leak.
+//! deadline, a daemon kill and a snapshotter kill within 75 s. No container may read a wrong
+//! byte, a container may fail only while a fault is on (or within `soak::SETTLE` after it),
+//! and nothing may leak.
 
 use std::time::Duration;
 

@@ -188,15 +188,20 @@ impl Image {
         let n = cfg.lowers.len();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let done = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<_>>());
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(l) = cfg.lowers.get(i) else { break };
+            let r = open_one(i, l);
+            done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+        };
         std::thread::scope(|s| {
-            for _ in 0..n.min(OPEN_AT_ONCE) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(l) = cfg.lowers.get(i) else { break };
-                    let r = open_one(i, l);
-                    done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
-                });
+            // A thread that cannot be made is no error: this one opens what is left.
+            for _ in 1..n.min(OPEN_AT_ONCE) {
+                let _ = std::thread::Builder::new()
+                    .name("open-layer".into())
+                    .spawn_scoped(s, work);
             }
+            work();
         });
         let opened = done.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut lowers = Vec::with_capacity(cfg.lowers.len());

@@ -91,22 +91,26 @@ impl RegistryBlob {
     ) -> Result<Self> {
         let mut blob = Self::without_size(loc, opts)?;
         let what = format!("HEAD {}", blob.loc);
-        let size = blob.with_retries(&what, |deadline| {
-            // The size comes from the registry (agents answer range reads only).
-            blob.session.across(false, |p| {
-                let url = p.url(&blob.session.repository, &blob.tail);
-                let resp = blob.session.send(p, &what, |c| c.head(&url), deadline)?;
-                match resp
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    Some(n) => Ok(n),
-                    None => transient("HEAD without Content-Length"),
-                }
-            })
-        })?;
+        let size = blob.with_retries(
+            &what,
+            |_| true,
+            |deadline| {
+                // The size comes from the registry (agents answer range reads only).
+                blob.session.across(false, |p| {
+                    let url = p.url(&blob.session.repository, &blob.tail);
+                    let resp = blob.session.send(p, &what, |c| c.head(&url), deadline)?;
+                    match resp
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        Some(n) => Ok(n),
+                        None => transient("HEAD without Content-Length"),
+                    }
+                })
+            },
+        )?;
         if let Some(want) = expected_size {
             if want != size {
                 return Err(Error::Mismatch {
@@ -165,11 +169,14 @@ impl RegistryBlob {
     }
 
     /// Runs `attempt` with retries until the deadline: the session's, or the short one while
-    /// the registry is down. A read that fails at the full deadline marks the registry down;
-    /// any answer marks it up.
+    /// the registry is down. A read that fails having waited at least half its full deadline
+    /// marks the registry down (not one a long `Retry-After` ended at once); an answer from the
+    /// registry or a mirror (`from_registry` of the result: not the P2P agent's cache, which
+    /// answers while the registry is gone) marks it up.
     fn with_retries<T>(
         &self,
         what: &str,
+        from_registry: impl Fn(&T) -> bool,
         attempt: impl FnMut(Instant) -> std::result::Result<T, Attempt>,
     ) -> Result<T> {
         let s = &self.session;
@@ -178,9 +185,11 @@ impl RegistryBlob {
         };
         let registry = &self.loc.registry;
         let (within, down) = o.deadline(registry, s.retry.deadline);
+        let started = Instant::now();
         let r = s.with_retries_within(what, within, attempt);
         match r {
-            Ok(_) => o.answered(registry),
+            Ok(ref v) if from_registry(v) => o.answered(registry),
+            Ok(_) => {}
             Err(Error::TimedOut(why)) if down => {
                 return Err(Error::TimedOut(format!(
                     "{why} (registry {registry} is down: an earlier read failed at the full \
@@ -188,7 +197,9 @@ impl RegistryBlob {
                     within.as_secs_f64()
                 )))
             }
-            Err(Error::TimedOut(ref why)) => o.failed(registry, why),
+            Err(Error::TimedOut(ref why)) if started.elapsed() >= within / 2 => {
+                o.failed(registry, why)
+            }
             Err(_) => {}
         }
         r
@@ -231,30 +242,37 @@ impl RegistryBlob {
         let direct = self.must_go_direct(offset, n as u64);
         let what = format!("GET {} bytes {offset}-{last}", self.loc);
         let s = &self.session;
-        let kind = self.with_retries(&what, |deadline| {
-            s.across(!direct, |p| {
-                let url = p.url(&s.repository, &self.tail);
-                let range = format!("bytes={offset}-{last}");
-                let mut resp = s.send(p, &what, |c| c.get(&url).header(RANGE, &range), deadline)?;
-                let skip = self.check_range(&resp, p.name.as_str(), offset, last)?;
-                if skip > 0
-                    && std::io::copy(&mut (&mut resp).take(skip), &mut std::io::sink())
-                        .map_or(true, |c| c < skip)
-                {
-                    return transient("short body");
-                }
-                let mut filled = 0;
-                while filled < n {
-                    match resp.read(&mut out[filled..]) {
-                        Ok(0) => return transient(format!("short body: {filled} of {n} bytes")),
-                        Ok(k) => filled += k,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return transient(format!("body: {e}")),
+        let kind = self.with_retries(
+            &what,
+            |k| *k != Kind::Agent,
+            |deadline| {
+                s.across(!direct, |p| {
+                    let url = p.url(&s.repository, &self.tail);
+                    let range = format!("bytes={offset}-{last}");
+                    let mut resp =
+                        s.send(p, &what, |c| c.get(&url).header(RANGE, &range), deadline)?;
+                    let skip = self.check_range(&resp, p.name.as_str(), offset, last)?;
+                    if skip > 0
+                        && std::io::copy(&mut (&mut resp).take(skip), &mut std::io::sink())
+                            .map_or(true, |c| c < skip)
+                    {
+                        return transient("short body");
                     }
-                }
-                Ok(p.kind)
-            })
-        })?;
+                    let mut filled = 0;
+                    while filled < n {
+                        match resp.read(&mut out[filled..]) {
+                            Ok(0) => {
+                                return transient(format!("short body: {filled} of {n} bytes"))
+                            }
+                            Ok(k) => filled += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return transient(format!("body: {e}")),
+                        }
+                    }
+                    Ok(p.kind)
+                })
+            },
+        )?;
         let stats = &self.session.stats;
         match kind {
             Kind::Agent => &stats.agent_bytes,

@@ -5,11 +5,14 @@
 //! out a short blip. But when a registry is really gone, every read of data not yet in the
 //! cache would wait that long again, one after the other: `tar` of `/usr` under a stopped
 //! registry took 11 minutes for 11 I/O errors, with the process in D state meanwhile. So once
-//! a read of a registry has failed at its full deadline, the registry is marked down, and
-//! reads of it get a short deadline (`outage_deadline_secs`) until one of them is answered.
-//! Each of those reads still tries, so they are the probes: the first read after the registry
-//! comes back succeeds at once and marks it up again. Reads already running keep the deadline
-//! they started with.
+//! a read of a registry has failed after waiting (at least half) its full deadline, the
+//! registry is marked down, and reads of it get a short deadline (`outage_deadline_secs`)
+//! until one of them is answered by the registry or a mirror (the P2P agent's cache answers
+//! while the registry is gone: that does not count). Each of those reads still tries, so they
+//! are the probes: the first read after the registry comes back succeeds and marks it up
+//! again. Reads already running keep the deadline they started with. A read that needs longer
+//! than the short deadline (a large range over a slow link) cannot succeed while the registry
+//! is marked down; a smaller read's success lifts that.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -110,6 +110,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Node {
     pub fn new(cfg: Config) -> Result<Arc<Node>> {
+        if cfg.peer_secret_file.is_some() && cfg.peer_secret.is_none() {
+            return Err(Error::Config(
+                "peer_secret_file is set but not read (Config::finish reads it)".into(),
+            ));
+        }
         let store = Store::new(cfg.cache.max_bytes, cfg.cache.dir.clone())?;
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("overlaybd-p2p/", env!("CARGO_PKG_VERSION")))
@@ -144,7 +149,7 @@ impl Node {
             fills_waiting: Default::default(),
             global,
             per_child: Mutex::default(),
-            signer: cfg.peer_secret.clone().map(peer::Signer::new),
+            signer: cfg.peer_secret.clone().map(|s| peer::Signer::new(s.0)),
             cfg,
         }))
     }
@@ -209,7 +214,8 @@ impl Node {
         s.verify(signature, method, path, node, body)
             .inspect_err(|e| {
                 Metrics::add(&self.metrics.peer_refused, 1);
-                tracing::warn!("{e}");
+                // Anyone who reaches the port can cause this: counted, logged at debug level.
+                tracing::debug!("{e}");
             })
     }
 

@@ -4,9 +4,9 @@
 //! SHA-256: HMAC-SHA256 with the secret. A receiver refuses a request without a valid
 //! signature, one older or newer than [`WINDOW`], and one whose nonce it has seen, so neither a
 //! process without the secret (another local process, a host outside the deployment) can speak
-//! for a node, nor can a captured request be sent again.
+//! for a node, nor can a captured request be sent again to the node it went to (the signature
+//! does not name the receiver: another node would take it within the window).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,9 +19,21 @@ pub const SIGNATURE_HEADER: &str = "x-p2p-signature";
 /// How far a signature's time may be from the receiver's clock.
 pub const WINDOW: Duration = Duration::from_secs(30);
 
-/// Most nonces remembered (a bound on memory; older ones go first, and a nonce older than
-/// [`WINDOW`] is refused by its time anyway).
+/// Most nonces remembered (a bound on memory: past it the oldest go first; a signature older
+/// than [`WINDOW`] is refused by its time anyway).
 const MAX_NONCES: usize = 1 << 20;
+
+/// How long a nonce is remembered: a signature is accepted up to [`WINDOW`] either side of
+/// this node's clock, so up to twice that after it first arrives, plus a margin for a wall
+/// clock that steps.
+const REMEMBER: Duration = Duration::from_secs(2 * WINDOW.as_secs() + 30);
+
+/// The nonces seen, oldest first, and as a set.
+#[derive(Default)]
+struct Seen {
+    order: std::collections::VecDeque<(Instant, [u8; 16])>,
+    set: std::collections::HashSet<[u8; 16]>,
+}
 
 /// HMAC-SHA256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], msg: &[&[u8]]) -> [u8; 32] {
@@ -45,8 +57,7 @@ pub fn hmac_sha256(key: &[u8], msg: &[&[u8]]) -> [u8; 32] {
 /// Signs and checks peer requests with the deployment's secret.
 pub struct Signer {
     secret: Vec<u8>,
-    /// Nonces seen, with when they may be forgotten.
-    seen: Mutex<HashMap<[u8; 16], Instant>>,
+    seen: Mutex<Seen>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -148,13 +159,18 @@ impl Signer {
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if seen.len() >= MAX_NONCES {
-            seen.retain(|_, until| *until > now);
+        // Forget what is old enough, and past the bound the oldest: O(1) per request.
+        while let Some(&(at, n)) = seen.order.front() {
+            if now.duration_since(at) < REMEMBER && seen.order.len() < MAX_NONCES {
+                break;
+            }
+            seen.order.pop_front();
+            seen.set.remove(&n);
         }
-        if seen.get(&raw_nonce).is_some_and(|until| *until > now) {
+        if !seen.set.insert(raw_nonce) {
             return refuse("a replayed request (its nonce was seen)");
         }
-        seen.insert(raw_nonce, now + 2 * WINDOW);
+        seen.order.push_back((now, raw_nonce));
         Ok(())
     }
 }

@@ -231,24 +231,17 @@ pub fn run(o: &SoakOptions) -> Report {
         );
         images.push((image, want, (mib as u64) << 20));
     }
-    // A container per image that stays: every image attached at once.
-    for (i, (image, _, _)) in images.iter().enumerate() {
-        env.ctr(
-            ns,
-            &[
-                "run",
-                "-d",
-                "--snapshotter",
-                "overlaybd",
-                image,
-                &format!("hold{i}"),
-                "sleep",
-                "1000000",
-            ],
-        );
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let start_counts = resources(&env);
+    // A container per image that stays: every image attached at once; then what is open.
+    let attach_all = |env: &Env, prefix: &str| {
+        for (i, (image, _, _)) in images.iter().enumerate() {
+            let id = format!("{prefix}{i}");
+            let run = ["run", "-d", "--snapshotter", "overlaybd", image, &id];
+            env.ctr(ns, &[&run[..], &["sleep", "1000000"]].concat());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        resources(env)
+    };
+    let start_counts = attach_all(&env, "hold");
     let served_before = env.relay.served();
 
     let env = Arc::new(Mutex::new(env));
@@ -403,23 +396,7 @@ pub fn run(o: &SoakOptions) -> Report {
     let served = env.relay.served() - served_before;
     env.remove_containers(ns);
     // Then the holders again, to count what is left with every image attached as at the start.
-    for (i, (image, _, _)) in images.iter().enumerate() {
-        env.ctr(
-            ns,
-            &[
-                "run",
-                "-d",
-                "--snapshotter",
-                "overlaybd",
-                image,
-                &format!("again{i}"),
-                "sleep",
-                "1000000",
-            ],
-        );
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let end_counts = resources(&env);
+    let end_counts = attach_all(&env, "again");
     let mut r = Arc::try_unwrap(report).unwrap().into_inner().unwrap();
     r.seconds = started.elapsed().as_secs_f64();
     r.containers_ok = ok.load(Ordering::Relaxed);

@@ -169,8 +169,8 @@ impl RegistryBlob {
     }
 
     /// Runs `attempt` with retries until the deadline: the session's, or the short one while
-    /// the registry is down. A read that fails having waited at least half its full deadline
-    /// marks the registry down (not one a long `Retry-After` ended at once); an answer from the
+    /// the registry is down. A read that fails having waited a quarter or more of its full
+    /// deadline marks the registry down (not one a long `Retry-After` ended at once); an answer from the
     /// registry or a mirror (`from_registry` of the result: not the P2P agent's cache, which
     /// answers while the registry is gone) marks it up.
     fn with_retries<T>(
@@ -197,7 +197,9 @@ impl RegistryBlob {
                     within.as_secs_f64()
                 )))
             }
-            Err(Error::TimedOut(ref why)) if started.elapsed() >= within / 2 => {
+            // Retries stop when the next back-off would pass the deadline: after half to all
+            // of it. A `Retry-After` longer than the deadline stops them at once.
+            Err(Error::TimedOut(ref why)) if started.elapsed() >= within / 4 => {
                 o.failed(registry, why)
             }
             Err(_) => {}

@@ -5,7 +5,8 @@
 //! out a short blip. But when a registry is really gone, every read of data not yet in the
 //! cache would wait that long again, one after the other: `tar` of `/usr` under a stopped
 //! registry took 11 minutes for 11 I/O errors, with the process in D state meanwhile. So once
-//! a read of a registry has failed after waiting (at least half) its full deadline, the
+//! a read of a registry has failed at its full deadline (retrying until the next back-off
+//! would pass it; not a `Retry-After` longer than the deadline, which ends a read at once), the
 //! registry is marked down, and reads of it get a short deadline (`outage_deadline_secs`)
 //! until one of them is answered by the registry or a mirror (the P2P agent's cache answers
 //! while the registry is gone: that does not count). Each of those reads still tries, so they

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
 use hyper::{Request, Response};
 use sha2::{Digest, Sha256};
 
@@ -236,16 +236,7 @@ impl Node {
                 continue;
             }
             let resp = self
-                .as_peer(
-                    self.http
-                        .post(format!("{root}/_p2p/v1/vouch"))
-                        .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body.clone()),
-                    "POST",
-                    "/_p2p/v1/vouch",
-                    &body,
-                )
+                .post_to_root(&root, "/_p2p/v1/vouch", &body)
                 .send()
                 .await;
             let Ok(resp) = resp else { continue };

@@ -198,6 +198,18 @@ impl Node {
         }
     }
 
+    /// A tree protocol POST of the JSON `body` to `path` (`/_p2p/v1/…`) at `root`, as this
+    /// node ([`Node::as_peer`]), bounded by `stall_timeout_ms`.
+    fn post_to_root(&self, root: &str, path: &str, body: &[u8]) -> reqwest::RequestBuilder {
+        let req = self
+            .http
+            .post(format!("{root}{path}"))
+            .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        self.as_peer(req, "POST", path, body)
+    }
+
     /// Checks a request from another node against the deployment's secret (nothing to check
     /// without one); a refusal is counted.
     fn check_peer(

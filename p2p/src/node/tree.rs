@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::AUTHORIZATION;
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -112,16 +112,7 @@ impl Node {
             if root == self.cfg.advertise {
                 continue;
             }
-            let mut req = self.as_peer(
-                self.http
-                    .post(format!("{root}/_p2p/v1/join"))
-                    .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone()),
-                "POST",
-                "/_p2p/v1/join",
-                &body,
-            );
+            let mut req = self.post_to_root(&root, "/_p2p/v1/join", &body);
             if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
@@ -211,16 +202,7 @@ impl Node {
             if root == node {
                 continue;
             }
-            let mut r = self.as_peer(
-                self.http
-                    .post(format!("{root}/_p2p/v1/report"))
-                    .timeout(Duration::from_millis(self.cfg.stall_timeout_ms))
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone()),
-                "POST",
-                "/_p2p/v1/report",
-                &body,
-            );
+            let mut r = self.post_to_root(&root, "/_p2p/v1/report", &body);
             if let Some(a) = auth {
                 r = r.header(AUTHORIZATION, a);
             }

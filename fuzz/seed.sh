@@ -87,6 +87,20 @@ for name in ["gz.span64k.meta", "gz.span256k.raw.meta"]:
 put("turbooci", "layer.tar.gz", b"\1" + blob)
 for name in ["ext4.fs.meta", "erofs.meta.lsmt", "erofs.fs.meta"]:
     put("turbooci", name, b"\2" + read(f"{vec}/turbooci/{name}"))
+
+# snapshotter_input: the first byte picks the parser (see the target): 0 our config, 1
+# overlaybd's JSON config, 2 filters NUL labels, 3 a reference and labels, 4 `containerd
+# --version`, 5 a store record.
+conf = read(os.path.join(vec, "..", "..", "..", "deploy", "config", "overlaybd-snapshotter.toml"))
+for i, data in enumerate([
+    b"\0" + conf,
+    b'\1{"root":"/var/lib/containerd/io.containerd.snapshotter.v1.overlaybd","address":"/run/overlaybd-snapshotter/overlaybd.sock","rwMode":"overlayfs","logLevel":"info","autoRemoveDev":false,"exporterConfig":{"enable":false}}',
+    b'\2labels."containerd.io/snapshot.ref",kind==committed\nname~=^sha256:[0-9a-f]+$\nparent!=""\0containerd.io/snapshot.ref=sha256:ab\nx=y',
+    b"\3127.0.0.1:5000/library/app@sha256:" + b"0f" * 32 + b"\ncontainerd.io/snapshot/overlaybd/fastoci/target-digest=sha256:" + b"1e" * 32,
+    b"\4containerd github.com/containerd/containerd/v2 v2.1.4 75cb2b7",
+    b'\5{"id":3,"kind":"committed","parent":"p","labels":{"a":"b"},"created":1,"updated":2,"storage":"remote","size":4096,"inodes":1}',
+]):
+    put("snapshotter_input", str(i), data)
 EOF
 for t in corpus/*/; do
     printf '%-18s %3d files, largest %d bytes\n' "$(basename "$t")" "$(ls "$t" | wc -l)" \

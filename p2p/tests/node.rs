@@ -26,14 +26,33 @@ struct TestNode {
 
 impl TestNode {
     fn start(role: Role, roots: &[&TestNode], tweak: impl FnOnce(&mut Config)) -> TestNode {
+        Self::start_at("127.0.0.1:0", role, roots, tweak)
+    }
+
+    /// A node on `addr` (`127.0.0.1:0`: a new port; a killed node's: its restart).
+    fn start_at(
+        addr: &str,
+        role: Role,
+        roots: &[&TestNode],
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestNode {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        // A killed node's runtime lets go of its port in the background: wait for it.
+        let t = Instant::now();
+        let listener = loop {
+            match rt.block_on(tokio::net::TcpListener::bind(addr)) {
+                Ok(l) => break l,
+                Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let mut cfg = Config {
             role,
@@ -287,6 +306,124 @@ fn an_agent_whose_parent_dies_finishes_from_the_root() {
     assert_eq!(from_a + from_root, len, "a piece was fetched twice");
     assert!(b.count(|m| &m.upstream_failures) >= 1);
     assert_eq!(b.count(|m| &m.fetched_registry), 0);
+}
+
+/// `bytes=<first piece>-<last piece>` of a blob, inclusive.
+fn pieces(first: u64, last: u64) -> String {
+    format!("bytes={}-{}", first * PIECE, (last + 1) * PIECE - 1)
+}
+
+/// root → a → b (fan-out 1). The root restarts: its trees and vouches are gone. Each node its
+/// upstream now refuses (403) joins again, which rebuilds the tree and the vouches from the
+/// children: nobody reads the registry but the new root (for pieces nobody had), and nobody
+/// is blamed (b stays under a, not under the root).
+#[test]
+fn a_root_restart_is_rebuilt_from_its_children() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let blob = test_support::random(8 * PIECE as usize, 6);
+    let origin = push(&reg, "p2p/restart", &blob);
+    let mut root = TestNode::start(Role::Root, &[], |c| c.fanout = 1);
+    let (a, b) = (TestNode::agent(&root), TestNode::agent(&root));
+    let c = client();
+    let get = |n: &TestNode, first: u64, last: u64| {
+        let r = c
+            .get(n.blob(&origin))
+            .header("range", pieces(first, last))
+            .send()
+            .unwrap();
+        let got = ok_body(r, 206);
+        let want = &blob[(first * PIECE) as usize..((last + 1) * PIECE) as usize];
+        assert!(got == want, "{} served other bytes", n.url);
+    };
+    get(&a, 0, 3);
+    wait_until("a's fills", || {
+        a.metrics().contains("p2p_fills{state=\"running\"} 0\n")
+    });
+    // b joins (under a) and proves its access, without reading: a has not asked about b yet.
+    assert_eq!(c.head(b.blob(&origin)).send().unwrap().status(), 200);
+
+    let addr = root.url.trim_start_matches("http://").to_string();
+    root.kill();
+    let root = TestNode::start_at(&addr, Role::Root, &[], |c| c.fanout = 1);
+    // a asks the new root, which does not know a: refused, a joins again.
+    get(&a, 4, 5);
+    // b asks a, which asks the new root to vouch for b: refused, b joins again, under a.
+    get(&b, 0, 3);
+
+    for n in [&a, &b] {
+        assert_eq!(
+            n.count(|m| &m.fetched_registry),
+            0,
+            "{} read the registry",
+            n.url
+        );
+    }
+    assert_eq!(b.count(|m| &m.fetched_root), 0, "b left a for the root");
+    assert!(b.count(|m| &m.fetched_parent) >= 4 * PIECE);
+    assert!(
+        b.count(|m| &m.upstream_failures) >= 1,
+        "b was never refused"
+    );
+    // The new root read from the registry only what a asked for and did not hold (piece 5,
+    // piece 4 if a's read-ahead had not fetched it, and what it reads ahead).
+    let fetched = root.count(|m| &m.fetched_registry);
+    assert!((PIECE..=4 * PIECE).contains(&fetched), "{fetched}");
+    assert!(root.count(|m| &m.joins) >= 2);
+    let trees = c.get(format!("{}/_p2p/v1/trees", root.url)).send().unwrap();
+    let trees = trees.text().unwrap();
+    assert!(
+        trees.contains(&format!("[\"{}\",\"{}\",2]", b.url, a.url)),
+        "b is not under a: {trees}"
+    );
+}
+
+/// The root is down for a while: its agent reads the registry meanwhile, and goes back to
+/// the root once it answers again (asked every 10 s), rather than staying on the registry.
+#[test]
+fn an_agent_returns_to_a_restarted_root() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let blob = test_support::random(8 * PIECE as usize, 7);
+    let origin = push(&reg, "p2p/back", &blob);
+    let mut root = TestNode::root();
+    let a = TestNode::agent(&root);
+    let c = client();
+    let get = |first: u64, last: u64| {
+        let r = c
+            .get(a.blob(&origin))
+            .header("range", pieces(first, last))
+            .send()
+            .unwrap();
+        let want = &blob[(first * PIECE) as usize..((last + 1) * PIECE) as usize];
+        assert!(ok_body(r, 206) == want, "a served other bytes");
+    };
+    get(0, 0);
+    let addr = root.url.trim_start_matches("http://").to_string();
+    root.kill();
+    get(2, 2);
+    // What a reads ahead is done before counting.
+    wait_until("a's fills", || {
+        a.metrics().contains("p2p_fills{state=\"running\"} 0\n")
+    });
+    let from_registry = a.count(|m| &m.fetched_registry);
+    assert!(
+        from_registry > 0,
+        "no root, yet a did not read the registry"
+    );
+    let root = TestNode::start_at(&addr, Role::Root, &[], |_| {});
+    std::thread::sleep(Duration::from_secs(11));
+    let from_root = a.count(|m| &m.fetched_root);
+    get(5, 6);
+    assert_eq!(
+        a.count(|m| &m.fetched_registry),
+        from_registry,
+        "a stayed on the registry"
+    );
+    assert!(a.count(|m| &m.fetched_root) >= from_root + 2 * PIECE);
+    assert_eq!(root.count(|m| &m.joins), 1);
 }
 
 /// A private repository: a request without (or with wrong) credentials gets the registry's

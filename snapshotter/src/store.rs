@@ -98,7 +98,8 @@ fn db_err(e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("metadata store: {e}"))
 }
 
-fn decode(key: &str, raw: &[u8]) -> Result<Snapshot> {
+/// A record as the store keeps it (JSON); a damaged one is an error naming `key`.
+pub fn decode(key: &str, raw: &[u8]) -> Result<Snapshot> {
     serde_json::from_slice(raw)
         .map_err(|e| Error::Internal(format!("metadata of snapshot {key:?} is damaged: {e}")))
 }

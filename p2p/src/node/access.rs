@@ -80,6 +80,7 @@ impl Node {
                     size,
                     upstream: Upstream::Registry,
                     depth: 0,
+                    rejoin_at: None,
                 });
             }),
             Role::Agent => self.join(o, auth, None).await,
@@ -219,6 +220,7 @@ impl Node {
             size,
             upstream: Upstream::Registry,
             depth: 0,
+            rejoin_at: None,
         });
         Ok(size)
     }

@@ -1,6 +1,12 @@
 //! Pieces fetched from upstream: each piece once (single flight through the store), at most
 //! `max_fills` at a time, resumed at its first missing byte from the next upstream when one
 //! fails (parent → root → next root → registry), never left half-filled for readers.
+//!
+//! A root's restart: its trees and vouches are gone, and they are rebuilt from the children.
+//! A node its upstream refuses (403: no root vouches for it any more) joins again, which
+//! proves its access anew, without blaming that upstream (a second refusal from the same one
+//! does blame it). An agent that read the registry while no root answered asks the roots
+//! again every 10 s (`tree::ROOT_DOWN_FOR`) and goes back to the tree once one answers.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -88,7 +94,10 @@ impl Node {
         let start = idx * self.cfg.piece_size;
         let end = start + piece.len as u64;
         let mut failures = 0u32;
+        // The upstream that refused this node once (403): not blamed for it the first time.
+        let mut refused_by: Option<String> = None;
         while (piece.filled() as u64) < piece.len as u64 {
+            self.back_to_tree(&o, auth.as_deref()).await;
             let up = self.upstream(&key);
             let from = start + piece.filled() as u64;
             let fetched = self
@@ -101,6 +110,15 @@ impl Node {
                 guard.cause = e.to_string();
                 if failures >= MAX_FAILURES {
                     break;
+                }
+                if let (Upstream::Node { url, .. }, Error::Refused { status: 403, .. }) = (&up, &e)
+                {
+                    if refused_by.as_ref() != Some(url) {
+                        // Most likely a restarted root that no longer knows this node.
+                        refused_by = Some(url.clone());
+                        let _ = self.join(&o, auth.as_deref(), None).await;
+                        continue;
+                    }
                 }
                 self.failover(&o, &up, auth.as_deref()).await;
                 if up == Upstream::Registry {
@@ -119,6 +137,25 @@ impl Node {
             warn!("keeping piece {idx} of {key} on disk: {e}");
         }
         self.check_whole(&o, size);
+    }
+
+    /// An agent reading the registry for want of a root asks the roots again once it is
+    /// time to. One fill asks; the others wait for its answer rather than read the registry
+    /// meanwhile (the blob's state changes only when the join is done).
+    async fn back_to_tree(&self, o: &Origin, auth: Option<&str>) {
+        let key = o.key();
+        let due = || {
+            lock(&self.blobs).get(&key).is_some_and(|b| {
+                b.upstream == Upstream::Registry && b.rejoin_at.is_some_and(|t| t <= Instant::now())
+            })
+        };
+        if !due() {
+            return;
+        }
+        let _one = self.rejoining.lock().await;
+        if due() {
+            let _ = self.join(o, auth, None).await;
+        }
     }
 
     /// The upstream failed: a parent is reported to the root (which gives another), a root
@@ -198,8 +235,16 @@ impl Node {
             .await
             .map_err(|_| failed(format!("no answer in {stall:?}")))?
             .map_err(|e| failed(e.to_string()))?;
-        if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-            return Err(failed(resp.status().to_string()));
+        let st = resp.status();
+        if st == reqwest::StatusCode::FORBIDDEN && *up != Upstream::Registry {
+            return Err(Error::Refused {
+                status: 403,
+                challenge: None,
+                message: format!("{source} refused this node: {st}"),
+            });
+        }
+        if st != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Err(failed(st.to_string()));
         }
         let want = format!("bytes {from}-{}/{size}", end - 1);
         let cr = resp

@@ -73,6 +73,9 @@ struct BlobState {
     size: u64,
     upstream: Upstream,
     depth: u32,
+    /// An agent reading the registry because no root answered: when to ask the roots again
+    /// (a root back from a restart takes its readers back).
+    rejoin_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -102,6 +105,8 @@ pub struct Node {
     per_child: Mutex<HashMap<String, Arc<Bucket>>>,
     /// Signs and checks peer requests when the deployment has a secret.
     signer: Option<peer::Signer>,
+    /// Held by the fill that asks the roots again for a blob read from the registry.
+    rejoining: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,6 +155,7 @@ impl Node {
             global,
             per_child: Mutex::default(),
             signer: cfg.peer_secret.clone().map(|s| peer::Signer::new(s.0)),
+            rejoining: tokio::sync::Mutex::new(()),
             cfg,
         }))
     }

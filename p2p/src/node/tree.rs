@@ -57,6 +57,10 @@ fn node_url_ok(u: &str) -> bool {
         && !u.contains([',', ' ', '\n', '\r'])
 }
 
+/// How long a root that did not answer is asked last, and an agent that read the registry for
+/// want of a root waits before asking the roots again.
+pub(super) const ROOT_DOWN_FOR: Duration = Duration::from_secs(10);
+
 fn check_node_url(what: &'static str, u: &str) -> Result<()> {
     if node_url_ok(u) {
         Ok(())
@@ -82,7 +86,7 @@ impl Node {
     }
 
     pub(super) fn mark_down(&self, root: &str) {
-        lock(&self.down).insert(root.to_string(), Instant::now() + Duration::from_secs(10));
+        lock(&self.down).insert(root.to_string(), Instant::now() + ROOT_DOWN_FOR);
     }
 
     pub(super) fn root_only(&self, endpoint: &str) -> Result<()> {
@@ -138,6 +142,7 @@ impl Node {
                     size: reply.size,
                     upstream,
                     depth: reply.depth,
+                    rejoin_at: None,
                 };
                 lock(&self.blobs).insert(key, state);
                 return Ok(reply.size);
@@ -166,6 +171,7 @@ impl Node {
             size,
             upstream: Upstream::Registry,
             depth: 0,
+            rejoin_at: (!self.cfg.roots.is_empty()).then(|| Instant::now() + ROOT_DOWN_FOR),
         };
         lock(&self.blobs).insert(key, state);
         Ok(size)

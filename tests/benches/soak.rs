@@ -1,7 +1,10 @@
 //! The soak (`e2e_tests::soak`): `cargo bench -p e2e-tests --bench soak -- [SECONDS]` (root;
 //! default 3600). `OBD_SOAK_IMAGES` (default 50) images attached at once, 4 workers starting
-//! containers, a fault every 20 s, a 64 MiB cache (the images hold about 370 MiB). Prints the
-//! report; exits non-zero if a container read a wrong byte or something leaked.
+//! containers, a 64 MiB cache (the images hold about 370 MiB), and a fault every 20 s: the
+//! registry's (an outage of 5 or 15 s, 5 s of 503s, a 5 s stall) in turn, and every 20
+//! minutes the daemon killed, 10 minutes later the snapshotter (so that each process runs
+//! 20 minutes between kills and its memory growth can be read). Prints the report; exits
+//! non-zero if a container read a wrong byte or something leaked.
 
 use std::time::Duration;
 
@@ -21,7 +24,15 @@ fn main() {
         images,
         workers: 4,
         fault_every: Duration::from_secs(20),
+        schedule: (0..60)
+            .map(|i| match i {
+                29 => "daemon killed",
+                59 => "snapshotter killed",
+                _ => ["registry outage", "registry 503s", "registry stall"][i % 3],
+            })
+            .collect(),
         outages: [Duration::from_secs(5), Duration::from_secs(15)],
+        blip: Duration::from_secs(5),
         cache_mb: 64,
     });
     e2e_tests::soak::print(&r);

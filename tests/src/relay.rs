@@ -1,6 +1,9 @@
 //! A TCP relay in front of the registry: counts the bytes the registry sent, can hold them to
-//! a rate (a token bucket, for the cold-start benchmark), and can be stopped (connections
-//! cut, new ones refused), standing for a registry that went away.
+//! a rate (a token bucket, for the cold-start benchmark), and has faults: stopped
+//! (connections cut, new ones refused: a registry that went away), answering 503 (connections
+//! cut, every new request answered `503 Service Unavailable`: a registry overloaded or behind
+//! a restarting load balancer) and stalled (connections open, the registry's bytes held back).
+//! [`Relay::resume`] ends any of them.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -13,6 +16,8 @@ struct Shared {
     served: AtomicU64,
     requests: AtomicU64,
     stopped: AtomicBool,
+    unavailable: AtomicBool,
+    stalled: AtomicBool,
     /// Bytes per second (0 = unlimited) and the bucket: (tokens, last refill).
     rate: AtomicU64,
     bucket: Mutex<(f64, Instant)>,
@@ -58,6 +63,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Option<Arc<Shared>>) {
             Ok(n) => n,
         };
         if let Some(s) = &shared {
+            while s.stalled.load(Ordering::Relaxed) && !s.stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             if s.stopped.load(Ordering::Relaxed) {
                 break;
             }
@@ -86,6 +94,8 @@ impl Relay {
             served: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            unavailable: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             rate: AtomicU64::new(rate),
             bucket: Mutex::new((0.0, Instant::now())),
             conns: Mutex::new(Vec::new()),
@@ -97,6 +107,10 @@ impl Relay {
                 let Ok(c) = c else { continue };
                 if s.stopped.load(Ordering::Relaxed) {
                     let _ = c.shutdown(Shutdown::Both);
+                    continue;
+                }
+                if s.unavailable.load(Ordering::Relaxed) {
+                    std::thread::spawn(move || answer_503(c));
                     continue;
                 }
                 let Ok(u) = TcpStream::connect(&upstream) else {
@@ -136,16 +150,53 @@ impl Relay {
         self.shared.rate.store(rate, Ordering::Relaxed);
     }
 
-    /// Accepts connections again after [`Relay::stop`] (the registry is back).
+    /// Ends [`Relay::stop`], [`Relay::unavailable`] and [`Relay::stall`]: the registry is
+    /// back (held bytes flow again).
     pub fn resume(&self) {
         self.shared.stopped.store(false, Ordering::Relaxed);
+        self.shared.unavailable.store(false, Ordering::Relaxed);
+        self.shared.stalled.store(false, Ordering::Relaxed);
     }
 
     /// Cuts every connection and refuses new ones.
     pub fn stop(&self) {
         self.shared.stopped.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+
+    /// Cuts every connection and answers every request on a new one with `503 Service
+    /// Unavailable`.
+    pub fn unavailable(&self) {
+        self.shared.unavailable.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+
+    /// Holds back what the registry sends, on every connection, new ones included.
+    pub fn stall(&self) {
+        self.shared.stalled.store(true, Ordering::Relaxed);
+    }
+
+    fn cut(&self) {
         for c in self.shared.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
+}
+
+/// Reads one request's head from `c` and answers 503, then closes.
+fn answer_503(mut c: TcpStream) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = c.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\
+          Connection: close\r\n\r\nunavailable\n",
+    );
+    let _ = c.shutdown(Shutdown::Both);
 }

@@ -1,7 +1,8 @@
 //! The soak: real containerd, the daemon, the snapshotter and the registry (through the relay)
 //! for a given time, with many images attached at once, containers starting, reading files
 //! they check, writing and stopping all the time, and faults on a schedule: the registry gone
-//! for a while, the daemon and the snapshotter killed (SIGKILL) and started again. Every
+//! for a while, answering 503, or stalled (connections open, nothing sent), the daemon and
+//! the snapshotter killed (SIGKILL) and started again. Every
 //! container's reads must give the right bytes or a clean I/O error; at the end nothing may
 //! have leaked (mounts, loop devices, FUSE connections, descriptors, threads), and the
 //! daemon's and the snapshotter's memory over time is reported.
@@ -64,15 +65,31 @@ pub struct SoakOptions {
     pub images: usize,
     /// Threads starting short containers, one after the other.
     pub workers: usize,
-    /// A fault every this often, in turn: registry outage, daemon killed, snapshotter killed.
+    /// A fault every this often, the next of `schedule` (which repeats).
     pub fault_every: Duration,
+    /// The faults in order, from [`FAULTS`].
+    pub schedule: Vec<&'static str>,
     /// How long registry outages last, in turn: one shorter than the daemon's read deadline
     /// (10 s; reads wait and succeed), one longer (reads fail with EIO, then fast while the
     /// daemon has the registry down).
     pub outages: [Duration; 2],
+    /// How long the registry answers 503, or stalls: shorter than the daemon's read deadline
+    /// (reads retry and succeed).
+    pub blip: Duration,
     /// The daemon's cache, smaller than the images so that it evicts under load.
     pub cache_mb: u64,
 }
+
+/// The faults a schedule names: the registry gone (connections cut and refused, for
+/// [`SoakOptions::outages`]), answering 503 or stalled (for [`SoakOptions::blip`]), a process
+/// SIGKILLed and started again.
+pub const FAULTS: [&str; 5] = [
+    "registry outage",
+    "registry 503s",
+    "registry stall",
+    "daemon killed",
+    "snapshotter killed",
+];
 
 /// What a soak saw.
 #[derive(Debug, Default)]
@@ -329,7 +346,12 @@ pub fn run(o: &SoakOptions) -> Report {
         }));
     }
     // Faults, in turn, and memory samples.
-    let kinds = ["registry outage", "daemon killed", "snapshotter killed"];
+    assert!(
+        !o.schedule.is_empty() && o.schedule.iter().all(|k| FAULTS.contains(k)),
+        "{:?}",
+        o.schedule
+    );
+    let kinds = &o.schedule;
     let mut next_fault = started + o.fault_every;
     let mut k = 0;
     let mut dropped = Instant::now();
@@ -363,6 +385,18 @@ pub fn run(o: &SoakOptions) -> Report {
                 let n = report.lock().unwrap().faults[kind] as usize;
                 env.lock().unwrap().relay.stop();
                 std::thread::sleep(o.outages[(n - 1) % 2]);
+                env.lock().unwrap().relay.resume();
+            }
+            "registry 503s" | "registry stall" => {
+                {
+                    let e = env.lock().unwrap();
+                    if kind == "registry stall" {
+                        e.relay.stall();
+                    } else {
+                        e.relay.unavailable();
+                    }
+                }
+                std::thread::sleep(o.blip);
                 env.lock().unwrap().relay.resume();
             }
             "daemon killed" => {

@@ -496,6 +496,20 @@ pub fn print(r: &Report) {
             a.secs, z.secs, a.kib[p], z.kib[p]
         );
     }
+    // Over a long run, memory every five minutes (a new PID: restarted since the last line).
+    if r.seconds >= 600.0 {
+        println!("RSS every 5 minutes (KiB): seconds, daemon (pid), snapshotter (pid)");
+        let mut mark = 0.0;
+        for s in &r.rss {
+            if s.secs >= mark {
+                println!(
+                    "  {:5.0} {:7} ({}) {:7} ({})",
+                    s.secs, s.kib[0], s.pid[0], s.kib[1], s.pid[1]
+                );
+                mark += 300.0;
+            }
+        }
+    }
     for (what, a, b) in &r.counts {
         println!("  {what}: {a} at the start, {b} at the end");
     }

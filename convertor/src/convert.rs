@@ -12,7 +12,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::apply::ApplyStats;
-use crate::dedup::{self, DedupDb};
+use crate::dedup::{self, DedupCache};
 use crate::error::{At, Error, Result};
 use crate::layer::{self, Compression};
 use crate::oci::{
@@ -41,7 +41,7 @@ pub struct Options {
     /// Where the work disk and blobs go (a fresh temporary directory under it).
     pub work_dir: Option<PathBuf>,
     /// Layers converted before are looked up here and reused; new ones are recorded.
-    pub dedup: Option<std::sync::Arc<DedupDb>>,
+    pub dedup: Option<std::sync::Arc<dyn DedupCache>>,
     /// Make a TurboOCI meta image (the source's layers stay as they are) instead of
     /// converting the layers (`crate::turbo`).
     pub turbo_oci: bool,

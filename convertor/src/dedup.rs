@@ -3,17 +3,37 @@
 //! transactional store (redb): a crash leaves either the old or the new record, never half.
 //!
 //! overlaybd's convertor keeps the same facts in MySQL (`overlaybd_layers(host, repo,
-//! chain_id, data_digest, data_size)`); here one file on the CI runner's cache volume is
-//! enough, and the record says in which repositories the blob was pushed, so a layer converted
+//! chain_id, data_digest, data_size)`). Here there are two places, behind [`DedupCache`]:
+//! - [`DedupDb`], one file on a runner's cache volume (`--dedup-db`);
+//! - [`RegistryCache`], a repository of the destination registry (`--dedup-registry`), which
+//!   every CI runner that pushes there already reaches: one small OCI artifact per record
+//!   (tagged by the key's SHA-256), whose one layer is the converted blob itself, mounted into
+//!   that repository. Any runner reuses what another converted, and the registry keeps the
+//!   blob while the record exists.
+//!
+//! Either way the record says in which repositories the blob was pushed, so a layer converted
 //! for one repository is mounted into another of the same registry instead of re-uploaded.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::layer::Compression;
+use crate::oci::{self, annotation, media, Descriptor, Manifest};
+use crate::store::Store;
+
+/// Where converted layers are looked up and recorded.
+pub trait DedupCache: Send + Sync + std::fmt::Debug {
+    /// The record for `key`; `None` when there is none (or it is damaged).
+    fn get(&self, key: &str) -> Result<Option<Record>>;
+    /// Records that the layer for `key` is `digest` and was pushed to `location` (a
+    /// [`Store::describe`]).
+    fn put(&self, key: &str, digest: &str, size: u64, root: &str, location: &str) -> Result<()>;
+}
 
 const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
 
@@ -113,6 +133,151 @@ impl DedupDb {
         }
         w.commit().map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+impl DedupCache for DedupDb {
+    fn get(&self, key: &str) -> Result<Option<Record>> {
+        DedupDb::get(self, key)
+    }
+
+    fn put(&self, key: &str, digest: &str, size: u64, root: &str, location: &str) -> Result<()> {
+        DedupDb::put(self, key, digest, size, root, location)
+    }
+}
+
+/// The artifact type of a record in a [`RegistryCache`].
+pub const RECORD_ARTIFACT_TYPE: &str = "application/vnd.overlaybd.convertor.dedup.v1+json";
+/// A record's annotations: its key (checked on reading), and the `,`-separated places the
+/// blob was pushed to besides the cache repository.
+pub const KEY_ANNOTATION: &str = "vnd.overlaybd.dedup.key";
+pub const LOCATIONS_ANNOTATION: &str = "vnd.overlaybd.dedup.locations";
+/// The OCI empty descriptor's blob (`{}`), the config of every record.
+const EMPTY: &[u8] = b"{}";
+
+/// The dedup records in a registry repository (see the module's text).
+pub struct RegistryCache {
+    repo: Box<dyn Store>,
+    place: String,
+}
+
+impl std::fmt::Debug for RegistryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryCache({})", self.place)
+    }
+}
+
+impl RegistryCache {
+    /// Records in `repo` (opened for push).
+    pub fn new(repo: Box<dyn Store>) -> RegistryCache {
+        let place = repo.describe();
+        RegistryCache { repo, place }
+    }
+
+    /// A record's tag: `obd-` and the key's SHA-256 (tags are limited to 128 characters of
+    /// `[A-Za-z0-9_.-]`; keys hold `:` and `|`).
+    pub fn tag(key: &str) -> String {
+        format!("obd-{}", hex::encode(Sha256::digest(key.as_bytes())))
+    }
+
+    fn parse(&self, key: &str, bytes: &[u8]) -> Option<Record> {
+        let m: Manifest = serde_json::from_slice(bytes).ok()?;
+        let ann = m.annotations.as_ref()?;
+        if m.artifact_type.as_deref() != Some(RECORD_ARTIFACT_TYPE)
+            || ann.get(KEY_ANNOTATION).map(String::as_str) != Some(key)
+            || m.layers.len() != 1
+            || oci::check_digest(&m.layers[0].digest).is_err()
+        {
+            return None;
+        }
+        let l = &m.layers[0];
+        let mut locations = vec![self.place.clone()];
+        for p in ann
+            .get(LOCATIONS_ANNOTATION)
+            .map_or("", String::as_str)
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            if !locations.iter().any(|l| l == p) {
+                locations.push(p.to_string());
+            }
+        }
+        Some(Record {
+            digest: l.digest.clone(),
+            size: l.size,
+            integrity_root: l
+                .annotation(annotation::INTEGRITY_ROOT)
+                .unwrap_or_default()
+                .to_string(),
+            locations,
+        })
+    }
+}
+
+impl DedupCache for RegistryCache {
+    fn get(&self, key: &str) -> Result<Option<Record>> {
+        match self.repo.get_manifest(&Self::tag(key)) {
+            // A record that does not parse, or is another key's, is treated as absent (and
+            // replaced on the next put).
+            Ok((bytes, _)) => Ok(self.parse(key, &bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put(&self, key: &str, digest: &str, size: u64, root: &str, location: &str) -> Result<()> {
+        // The blob goes into the cache repository by a mount from where it was pushed: the
+        // record's layer must be there, and other runners mount it from there.
+        if !self.repo.has_blob(digest)? && !self.repo.try_mount(digest, location)? {
+            return Err(Error::InvalidInput(format!(
+                "dedup cache {}: cannot mount {digest} from {location}: the cache repository \
+                 must be on the destination's registry",
+                self.place
+            )));
+        }
+        let mut locations: Vec<String> = match self.get(key)? {
+            Some(r) if r.digest == digest => r.locations.into_iter().skip(1).collect(),
+            _ => Vec::new(),
+        };
+        if location != self.place && !locations.iter().any(|l| l == location) {
+            locations.push(location.to_string());
+        }
+        let empty = Descriptor {
+            media_type: "application/vnd.oci.empty.v1+json".into(),
+            digest: oci::sha256_digest(EMPTY),
+            size: EMPTY.len() as u64,
+            urls: None,
+            annotations: None,
+            platform: None,
+            artifact_type: None,
+        };
+        self.repo.put_blob(&empty.digest, EMPTY)?;
+        let m = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            artifact_type: Some(RECORD_ARTIFACT_TYPE.into()),
+            config: empty,
+            layers: vec![Descriptor {
+                media_type: media::OCI_LAYER.into(),
+                digest: digest.to_string(),
+                size,
+                urls: None,
+                annotations: Some(BTreeMap::from([(
+                    annotation::INTEGRITY_ROOT.to_string(),
+                    root.to_string(),
+                )])),
+                platform: None,
+                artifact_type: None,
+            }],
+            subject: None,
+            annotations: Some(BTreeMap::from([
+                (KEY_ANNOTATION.to_string(), key.to_string()),
+                (LOCATIONS_ANNOTATION.to_string(), locations.join(",")),
+            ])),
+        };
+        let bytes = serde_json::to_vec(&m).map_err(|e| Error::json("a dedup record", e))?;
+        self.repo
+            .put_manifest(Some(&Self::tag(key)), media::OCI_MANIFEST, &bytes)
     }
 }
 

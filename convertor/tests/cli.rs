@@ -329,3 +329,64 @@ fn zstd_and_larger_blocks_convert_and_verify_and_no_root_is_needed() {
     assert_eq!(z.info().algorithm, zfile::Algorithm::Zstd);
     assert_eq!(z.info().block_size, 16384);
 }
+
+/// `--dedup-registry`: a second runner's conversion into another repository reuses every
+/// layer through the registry; the flag wants a repository and does not go with `--dedup-db`.
+#[test]
+fn the_dedup_registry_flag_shares_converted_layers() {
+    let Some(reg) = Registry::start() else { return };
+    let src = reg.remote("flag/src", true);
+    push_image(&src, "v1", &small_layers("d"));
+    let at = |repo: &str| format!("{}/{repo}", reg.addr);
+    let cache = at("flag/cache");
+    let conv = |dst: &str| {
+        cli(&[
+            "convert",
+            "-q",
+            "--plain-http",
+            "--dedup-registry",
+            &cache,
+            &format!("{}:v1", at("flag/src")),
+            &format!("{}:v1", at(dst)),
+        ])
+    };
+    let (ok, first, err) = conv("flag/one");
+    assert!(ok, "{err}");
+    assert!(!first.contains("reused"), "{first}");
+    let (ok, second, err) = conv("flag/two");
+    assert!(ok, "{err}");
+    let layers: Vec<&str> = second.lines().filter(|l| l.starts_with("layer ")).collect();
+    assert_eq!(layers.len(), 2, "{second}");
+    assert!(layers.iter().all(|l| l.ends_with(", reused")), "{second}");
+    // Same manifest digest in both.
+    let digest = |out: &str| {
+        out.lines()
+            .last()
+            .unwrap()
+            .rsplit_once('@')
+            .unwrap()
+            .1
+            .to_string()
+    };
+    assert_eq!(digest(&first), digest(&second));
+
+    let (ok, _, err) = cli(&[
+        "convert",
+        "--plain-http",
+        "--dedup-registry",
+        &format!("{cache}:tag"),
+        &format!("{}:v1", at("flag/src")),
+        &format!("{}:v1", at("flag/three")),
+    ]);
+    assert!(!ok && err.contains("expected a repository"), "{err}");
+    let (ok, _, err) = cli(&[
+        "convert",
+        "--dedup-db",
+        "/tmp/x.redb",
+        "--dedup-registry",
+        &cache,
+        &format!("{}:v1", at("flag/src")),
+        &format!("{}:v1", at("flag/three")),
+    ]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}

@@ -255,7 +255,7 @@ fn the_dedup_database_reuses_converted_layers_and_builds_on_them_exactly() {
     let work = tempfile::tempdir().unwrap();
     let db = std::sync::Arc::new(convertor::dedup::DedupDb::open(&work.path().join("db")).unwrap());
     let with_db = Options {
-        dedup: Some(db.clone()),
+        dedup: Some(db.clone() as std::sync::Arc<dyn convertor::dedup::DedupCache>),
         ..Options::default()
     };
     // First conversion: nothing to reuse.
@@ -308,4 +308,164 @@ fn the_dedup_database_reuses_converted_layers_and_builds_on_them_exactly() {
         d.iter().any(|l| l.starts_with("/srv/three: not expected")),
         "{d:?}"
     );
+}
+
+/// A source store that counts the blobs read from it.
+struct Counting<'a> {
+    inner: &'a dyn Store,
+    blobs: std::sync::atomic::AtomicU64,
+}
+
+impl Store for Counting<'_> {
+    fn get_manifest(&self, r: &str) -> convertor::Result<(Vec<u8>, Option<String>)> {
+        self.inner.get_manifest(r)
+    }
+    fn get_blob(&self, d: &str, out: &mut dyn std::io::Write) -> convertor::Result<u64> {
+        self.blobs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get_blob(d, out)
+    }
+    fn has_blob(&self, d: &str) -> convertor::Result<bool> {
+        self.inner.has_blob(d)
+    }
+    fn put_blob_file(&self, d: &str, n: u64, p: &Path) -> convertor::Result<bool> {
+        self.inner.put_blob_file(d, n, p)
+    }
+    fn put_blob(&self, d: &str, b: &[u8]) -> convertor::Result<()> {
+        self.inner.put_blob(d, b)
+    }
+    fn put_manifest(&self, t: Option<&str>, mt: &str, b: &[u8]) -> convertor::Result<()> {
+        self.inner.put_manifest(t, mt, b)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The dedup cache shared through a repository of the registry, as CI runners share it: each
+/// "runner" opens its own cache on the same repository. A second runner converting the same
+/// image reads only the source's manifest and config (no layer), and gets the same digest;
+/// a shared lower is reused and built on exactly; two runners converting one image at once
+/// both succeed with the same digest; a record that is not the key's is ignored.
+#[test]
+fn the_registry_dedup_cache_is_shared_between_runners() {
+    use convertor::dedup::{DedupCache, RegistryCache};
+    use std::sync::Arc;
+    let Some(reg) = Registry::start() else { return };
+    let l0 = busybox_layer();
+    let mut t = TarBuilder::new();
+    t.dir("srv", 0o755)
+        .file("srv/one", 0o644, &vec![1u8; 200_000]);
+    let l1 = t.finish();
+    let mut t = TarBuilder::new();
+    t.file("srv/two", 0o644, b"two");
+    let l2a = t.finish();
+    let mut t = TarBuilder::new();
+    t.file("srv/three", 0o644, b"three");
+    let l2b = t.finish();
+    let src = reg.remote("ci/src", true);
+    push_image(&src, "a", &[l0.clone(), l1.clone(), l2a]);
+    push_image(&src, "b", &[l0, l1, l2b]);
+    let runner = || Options {
+        dedup: Some(Arc::new(RegistryCache::new(Box::new(
+            reg.remote("ci/dedup-cache", true),
+        ))) as Arc<dyn DedupCache>),
+        ..Options::default()
+    };
+
+    // Runner 1 converts a: nothing to reuse, every layer recorded.
+    let (a, conv) = convert(
+        &src,
+        "a",
+        &reg.remote("ci/a", true),
+        Some("v1"),
+        &runner(),
+        &Quiet,
+    )
+    .unwrap();
+    assert!(conv[0].layers.iter().all(|l| !l.reused));
+    // Runner 2, the same image into another repository: no source layer read, every layer
+    // mounted from the cache, the same manifest.
+    let counting = Counting {
+        inner: &src,
+        blobs: Default::default(),
+    };
+    let dst2 = reg.remote("ci/a2", true);
+    let (a2, conv) = convert(&counting, "a", &dst2, Some("v1"), &runner(), &Quiet).unwrap();
+    assert!(conv[0].layers.iter().all(|l| l.reused));
+    assert_eq!(a2.digest, a.digest);
+    // The config only (the manifest is not a blob read).
+    assert_eq!(counting.blobs.load(std::sync::atomic::Ordering::Relaxed), 1);
+    for l in &manifest(&dst2, "v1").layers {
+        assert!(dst2.has_blob(&l.digest).unwrap());
+    }
+    // Runner 3, image b: two layers reused (loaded to build the third), byte for byte what a
+    // conversion without any cache gives.
+    let (b, conv) = convert(
+        &src,
+        "b",
+        &reg.remote("ci/b", true),
+        Some("v1"),
+        &runner(),
+        &Quiet,
+    )
+    .unwrap();
+    let reused: Vec<bool> = conv[0].layers.iter().map(|l| l.reused).collect();
+    assert_eq!(reused, [true, true, false]);
+    let (fresh, _) = convert(
+        &src,
+        "b",
+        &reg.remote("ci/b-fresh", true),
+        Some("v1"),
+        &Options::default(),
+        &Quiet,
+    )
+    .unwrap();
+    assert_eq!(b.digest, fresh.digest);
+
+    // Two runners convert a new image at once (a cache miss for both): both succeed, alike.
+    let mut t = TarBuilder::new();
+    t.file("srv/four", 0o644, &vec![4u8; 100_000]);
+    push_image(&src, "c", &[busybox_layer(), t.finish()]);
+    let results: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = ["ci/c1", "ci/c2"]
+            .iter()
+            .map(|repo| {
+                let (src, o, dst) = (&src, runner(), reg.remote(repo, true));
+                s.spawn(move || {
+                    convert(src, "c", &dst, Some("v1"), &o, &Quiet)
+                        .unwrap()
+                        .0
+                        .digest
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results[0], results[1]);
+
+    // A record under a key's tag that names another key is not trusted.
+    let cache = RegistryCache::new(Box::new(reg.remote("ci/dedup-cache", true)));
+    let chain = &conv[0].layers[2].chain_id;
+    let key = convertor::dedup::key(chain, &Default::default(), 64 << 30);
+    assert!(cache.get(&key).unwrap().is_some());
+    let other = RegistryCache::new(Box::new(reg.remote("ci/other-cache", true)));
+    let l2 = &conv[0].layers[2].blob;
+    other
+        .put(
+            "another key",
+            &l2.digest,
+            l2.size,
+            "",
+            &reg.remote("ci/b", true).describe(),
+        )
+        .unwrap();
+    let (bytes, _) = reg
+        .remote("ci/other-cache", false)
+        .get_manifest(&RegistryCache::tag("another key"))
+        .unwrap();
+    reg.remote("ci/dedup-cache", true)
+        .put_manifest(Some(&RegistryCache::tag(&key)), media::OCI_MANIFEST, &bytes)
+        .unwrap();
+    assert_eq!(cache.get(&key).unwrap(), None);
 }

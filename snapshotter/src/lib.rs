@@ -8,6 +8,7 @@ pub mod config;
 pub mod containerd_config;
 pub mod error;
 pub mod filter;
+pub mod fuzz;
 
 pub mod mount;
 pub mod service;

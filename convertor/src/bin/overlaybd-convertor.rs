@@ -89,8 +89,13 @@ struct ConvertArgs {
     work_dir: Option<PathBuf>,
     /// Database of converted layers (created if missing): layers converted before, for
     /// the same settings, are reused instead of converted again.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "dedup_registry")]
     dedup_db: Option<PathBuf>,
+    /// The same, shared through a repository of DST's registry (`host/repository`): every
+    /// runner that pushes there reuses what another converted. One small OCI artifact per
+    /// converted layer, whose layer is the converted blob (mounted there).
+    #[arg(long, value_name = "REPOSITORY")]
+    dedup_registry: Option<String>,
     /// Make a TurboOCI meta image instead: SRC's layers stay as they are (copied into DST's
     /// repository when missing), and DST holds, per layer, the ext4 metadata and a gzip index
     /// that let overlaybd read the original layer lazily. Plain tar and gzip layers are read
@@ -206,15 +211,29 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
         oci: a.oci,
         concurrency: a.concurrency,
         work_dir: a.work_dir,
-        dedup: a
-            .dedup_db
-            .map(|p| convertor::dedup::DedupDb::open(&p).map(std::sync::Arc::new))
-            .transpose()?,
+        dedup: match (&a.dedup_db, &a.dedup_registry) {
+            (Some(p), _) => Some(std::sync::Arc::new(convertor::dedup::DedupDb::open(p)?) as _),
+            (None, Some(r)) => {
+                let cache = ImageRef::parse(r)?;
+                if !matches!(cache.location, Location::Registry { .. })
+                    || cache.tag.is_some()
+                    || cache.digest.is_some()
+                {
+                    bail!("--dedup-registry {r:?}: expected a repository (host/name), no tag");
+                }
+                let store = open(r, &cache, &a.registry, true)?;
+                Some(std::sync::Arc::new(convertor::dedup::RegistryCache::new(store)) as _)
+            }
+            (None, None) => None,
+        },
         turbo_oci: a.turbo_oci,
         referrer: a.referrer,
     };
     if a.turbo_oci && opts.dedup.is_some() {
-        bail!("--dedup-db is not supported with --turbo-oci yet: meta layers are converted every time");
+        bail!(
+            "--dedup-db and --dedup-registry are not supported with --turbo-oci yet: meta \
+             layers are converted every time"
+        );
     }
     let progress: Box<dyn Progress> = if a.quiet {
         Box::new(Quiet)

@@ -5,7 +5,9 @@
 //! `docker-registry` on 127.0.0.1, and runs the release `overlaybd-convertor convert` against
 //! it as a child process, measuring wall time and peak RSS (`wait4`). Runs: a cold conversion
 //! (twice), the same into another repository with a fresh dedup database, and again with that
-//! database (every layer reused). Prints source MB/s over compressed and uncompressed bytes.
+//! database (every layer reused); the same two with the dedup records in a repository of the
+//! registry (`--dedup-registry`: a second CI runner). Prints source MB/s over compressed and
+//! uncompressed bytes.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -148,14 +150,39 @@ fn main() {
                 db.display().to_string(),
             ],
         ),
+        (
+            "cold, recording into the registry's dedup repository",
+            vec![
+                format!("{}/bench/obd5:v1", reg.addr),
+                "--dedup-registry".into(),
+                format!("{}/bench/dedup", reg.addr),
+            ],
+        ),
+        (
+            "another runner: all layers from the registry's dedup repository",
+            vec![
+                format!("{}/bench/obd6:v1", reg.addr),
+                "--dedup-registry".into(),
+                format!("{}/bench/dedup", reg.addr),
+            ],
+        ),
     ];
     println!("| run | wall time | source MB/s (gzip) | source MB/s (tar) | peak RSS |");
     println!("|---|---:|---:|---:|---:|");
     let mut digests = Vec::new();
+    let mut size = String::new();
     for (name, extra) in runs {
         let mut args: Vec<&str> = vec!["convert", "--plain-http", &srcref];
         args.extend(extra.iter().map(String::as_str));
         let r = convert(bin, &args);
+        if size.is_empty() {
+            size = r
+                .stdout
+                .lines()
+                .find(|l| l.starts_with("size: "))
+                .unwrap_or("")
+                .into();
+        }
         digests.push(
             r.stdout
                 .lines()
@@ -178,5 +205,5 @@ fn main() {
         digests.windows(2).all(|w| w[0] == w[1]),
         "every run gives the same manifest: {digests:?}"
     );
-    println!("every run gave manifest {}", digests[0]);
+    println!("every run gave manifest {}; {size}", digests[0]);
 }

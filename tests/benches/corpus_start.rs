@@ -10,8 +10,11 @@
 //! `cargo bench -p e2e-tests --bench corpus_start [-- ROUNDS]` (root; `OBD_CORPUS` picks the
 //! images as for the tests: default `flask,nginx`, `all` for the five; default 3 rounds).
 //! Writes bar charts of the times and bytes per rate to `docs/charts/corpus-*.svg`.
-//! For a quick look, `OBD_MODES=lazy,trace` runs some modes only (no charts then) and
-//! `OBD_RATES=100` some rates (MB/s; 0 is no limit).
+//! For a quick look, `OBD_MODES=lazy,trace` runs some modes only (no charts then; only the
+//! images those modes need are made) and `OBD_RATES=100` some rates (MB/s; 0 is no limit);
+//! `OBD_WARM=0` skips the warm part. `OBD_CONVERT_ARGS` (e.g. `--algorithm zstd --block-size
+//! 16384`) are given to the conversion of the lazy (and traced) image; its size against the
+//! source's gzip layers is printed.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -145,12 +148,21 @@ fn main() {
     for app in &apps {
         let bytes = corpus::push(&e.registry_addr, app, "v1").expect("mmdebstrap");
         let n = app.name;
-        e.convert(&format!("{n}:v1"), &format!("{n}:obd"));
-        e.convert_with(&["--turbo-oci"], &format!("{n}:v1"), &format!("{n}:turbo"));
-        // The trace of a start: the app's command, recorded for 10 s.
-        let cmd = corpus::command(app, free_port());
-        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        e.record_trace(&image(&e, app, "lazy"), &image(&e, app, "trace"), 10, &cmd);
+        let extra = std::env::var("OBD_CONVERT_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        let out = e.convert_with(&extra, &format!("{n}:v1"), &format!("{n}:obd"));
+        for l in out.lines().filter(|l| l.starts_with("size: ")) {
+            println!("corpus_start: {n} converted with {extra:?}: {l}");
+        }
+        if modes.contains(&"TurboOCI") {
+            e.convert_with(&["--turbo-oci"], &format!("{n}:v1"), &format!("{n}:turbo"));
+        }
+        if modes.contains(&"trace") {
+            // The trace of a start: the app's command, recorded for 10 s.
+            let cmd = corpus::command(app, free_port());
+            let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            e.record_trace(&image(&e, app, "lazy"), &image(&e, app, "trace"), 10, &cmd);
+        }
         sizes.insert(n, bytes);
         println!(
             "corpus_start: {n}: {:.1} MB of gzip layers",
@@ -225,6 +237,9 @@ fn main() {
     // removed from containerd first, its blocks still in the daemon's cache) then the start,
     // which is what a cold time includes.
     e.relay.set_rate(0);
+    if std::env::var("OBD_WARM").is_ok_and(|v| v == "0") {
+        return;
+    }
     for app in &apps {
         let (mut warm, mut warm_pull) = (Vec::new(), Vec::new());
         for round in 0..rounds {

@@ -102,7 +102,7 @@ fn main() {
                     &["--turbo-oci"],
                     &format!("{repo}:v1"),
                     &format!("{repo}:turbo{r}"),
-                )
+                );
             }));
         }
         let meta = layer_bytes(&e.registry_addr, repo, "turbo0");

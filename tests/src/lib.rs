@@ -566,11 +566,12 @@ impl Env {
 
     /// `overlaybd-convertor convert` from the registry into the registry (not counted).
     pub fn convert(&self, src_repo_tag: &str, dst_repo_tag: &str) {
-        self.convert_with(&[], src_repo_tag, dst_repo_tag)
+        self.convert_with(&[], src_repo_tag, dst_repo_tag);
     }
 
-    /// [`Env::convert`] with more arguments (e.g. `--turbo-oci`).
-    pub fn convert_with(&self, args: &[&str], src_repo_tag: &str, dst_repo_tag: &str) {
+    /// [`Env::convert`] with more arguments (e.g. `--turbo-oci`); what it printed (a line per
+    /// layer, the size line, the new reference).
+    pub fn convert_with(&self, args: &[&str], src_repo_tag: &str, dst_repo_tag: &str) -> String {
         let o = Command::new(bin("overlaybd-convertor"))
             .args(["convert", "--plain-http", "-q"])
             .args(args)
@@ -584,6 +585,7 @@ impl Env {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// `overlaybd-convertor record-trace SRC DST -- CMD` against this containerd (images on

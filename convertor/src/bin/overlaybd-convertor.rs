@@ -262,6 +262,21 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
             );
         }
     }
+    // The size against the source's layers (what a full download costs, and what registry
+    // storage grows by), per manifest.
+    for c in &converted {
+        let (from, to) = c.layers.iter().fold((0u64, 0u64), |(a, b), l| {
+            (a + l.source_size, b + l.blob.size)
+        });
+        if from > 0 && !opts.turbo_oci {
+            println!(
+                "size: {:.1} MB of source layers -> {:.1} MB converted ({:.2}x)",
+                from as f64 / 1e6,
+                to as f64 / 1e6,
+                to as f64 / from as f64
+            );
+        }
+    }
     let out = ImageRef {
         tag: Some(tag),
         ..d

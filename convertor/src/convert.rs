@@ -340,7 +340,28 @@ pub(crate) fn download(
 }
 
 pub(crate) fn decompressed(path: &Path, c: LayerCompression) -> Result<Box<dyn Read>> {
+    decompressed_checked(path, c, None)
+}
+
+/// [`decompressed`], checking the compressed bytes against `check` (digest and size) as they
+/// are read: the read that reaches their end fails when they do not match. For a blob read
+/// in place (an OCI layout's) rather than downloaded, which checks as it copies.
+pub(crate) fn decompressed_checked(
+    path: &Path,
+    c: LayerCompression,
+    check: Option<(String, u64)>,
+) -> Result<Box<dyn Read>> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let f: Box<dyn Read> = match check {
+        Some((digest, size)) => Box::new(Checked {
+            inner: f,
+            h: Sha256::new(),
+            n: 0,
+            digest,
+            size,
+        }),
+        None => Box::new(f),
+    };
     let f = BufReader::with_capacity(1 << 20, f);
     Ok(match c {
         LayerCompression::None => Box::new(f),
@@ -349,6 +370,37 @@ pub(crate) fn decompressed(path: &Path, c: LayerCompression) -> Result<Box<dyn R
             zstd::stream::read::Decoder::new(f).map_err(|e| Error::io("decompress", path, e))?,
         ),
     })
+}
+
+/// A reader that hashes what it reads and, at the end, compares it with a descriptor.
+struct Checked<R> {
+    inner: R,
+    h: Sha256,
+    n: u64,
+    digest: String,
+    size: u64,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.h.update(&buf[..k]);
+        self.n += k as u64;
+        if self.n > self.size || (k == 0 && !buf.is_empty()) {
+            let got = format!("sha256:{}", hex::encode(self.h.clone().finalize()));
+            if self.n != self.size || got != self.digest {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the blob does not match its descriptor ({} bytes with digest {got}, \
+                         expected {} bytes with digest {})",
+                        self.n, self.size, self.digest
+                    ),
+                ));
+            }
+        }
+        Ok(k)
+    }
 }
 
 pub(crate) fn work_dir(opts: &Options) -> Result<tempfile::TempDir> {

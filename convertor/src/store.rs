@@ -22,6 +22,11 @@ pub trait Store: Send + Sync {
     fn put_manifest(&self, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Result<()>;
     /// For messages, and as the place a dedup record names (`host/repository`, `oci:DIR`).
     fn describe(&self) -> String;
+    /// A blob's file when the store is a local directory (read in place, not copied), if the
+    /// store has it.
+    fn local_blob(&self, _digest: &str) -> Option<PathBuf> {
+        None
+    }
     /// Makes `digest`, which is at `from` (another store's `describe()`), present here without
     /// an upload if the store can (a registry's cross-repository mount). False when it cannot.
     fn try_mount(&self, _digest: &str, _from: &str) -> Result<bool> {
@@ -252,6 +257,10 @@ impl Store for Layout {
 
     fn describe(&self) -> String {
         format!("oci:{}", self.dir.display())
+    }
+
+    fn local_blob(&self, digest: &str) -> Option<PathBuf> {
+        self.blob_path(digest).ok().filter(|p| p.is_file())
     }
 }
 

@@ -167,7 +167,8 @@ fn bad_sources_fail_with_a_message_naming_what_is_wrong() {
         stderr.contains("cli/none") && stderr.contains("404"),
         "{stderr}"
     );
-    // A layer whose bytes do not match its digest (the layout's blob was replaced).
+    // A layer whose bytes do not match its digest (the layout's blob was replaced; it is read
+    // in place and checked as it is read: the mismatch is what is reported, not the tar).
     let layout = Layout::open(&dir.path().join("src"), true).unwrap();
     let (digest, _) = push_image_as(&layout, Some("v1"), &small_layers("x"), false);
     let m = manifest(&layout, &digest);
@@ -181,7 +182,8 @@ fn bad_sources_fail_with_a_message_naming_what_is_wrong() {
     let (ok, _, stderr) = cli(&["convert", "-q", "--plain-http", &src, &dst]);
     assert!(!ok);
     assert!(
-        stderr.contains(&m.layers[1].digest) && stderr.contains("the manifest says"),
+        stderr.contains(&m.layers[1].digest)
+            && stderr.contains("the blob does not match its descriptor"),
         "{stderr}"
     );
     // A hostile layer: refused with the entry named, nothing pushed under the tag.

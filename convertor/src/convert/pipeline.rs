@@ -15,7 +15,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use overlaybd_lsmt::{Mapping, Uuid};
 use sha2::{Digest, Sha256};
 
-use super::{decompressed, download, now, LayerReport, Options, Plan};
+use super::{decompressed_checked, download, now, LayerReport, Options, Plan};
 use crate::apply::{Applier, ApplyStats};
 use crate::dedup;
 use crate::disk::WorkDisk;
@@ -129,7 +129,19 @@ pub(crate) fn download_source(
 fn fetch(c: Ctx<'_>, i: usize) -> Result<PathBuf> {
     let path = c.work.join(format!("src-{i:04}"));
     match &c.plan.reuse[i] {
-        None => download_source(c.src, &c.plan.m.layers[i], c.work, c.progress, i),
+        None => {
+            let l = &c.plan.m.layers[i];
+            // A layout's blob is read in place (a symbolic link in the work directory, which
+            // the applier removes after use), its digest checked as the inflater reads it.
+            if let Some(p) = c.src.local_blob(&l.digest) {
+                if std::os::unix::fs::symlink(&p, &path).is_ok() {
+                    c.progress.bytes(i, Phase::Download, l.size);
+                    c.progress.done(i, Phase::Download);
+                    return Ok(path);
+                }
+            }
+            download_source(c.src, l, c.work, c.progress, i)
+        }
         Some(rec) if c.plan.needs_load(i) => {
             let d = Descriptor {
                 media_type: media::OCI_LAYER.into(),
@@ -366,17 +378,31 @@ fn apply_layer<'scope>(
         )));
     }
     let (mut tar, inflater) = spawn_inflater(s, c, i, path, plain);
-    let stats = {
+    let applied = (|| -> Result<ApplyStats> {
         let mut fs = Fs::open(disk, true, t).at(|| format!("layer {i}: open the filesystem"))?;
         let stats = Applier::new(&mut fs)
             .apply(&mut tar)
             .at(|| format!("layer {i} ({digest})"))?;
         fs.close()
             .at(|| format!("layer {i}: write the filesystem back"))?;
-        stats
+        Ok(stats)
+    })();
+    let rest = std::io::copy(&mut tar, &mut std::io::sink());
+    let stats = match applied {
+        Ok(stats) => stats,
+        Err(e) => {
+            // Bytes that are not the blob (a layout's blob read in place, checked at its end)
+            // are the cause to report, not what applying them did.
+            drop(tar.rx);
+            if let Ok(Err(bad)) = inflater.join() {
+                if bad.kind() == io::ErrorKind::InvalidData {
+                    return Err(bad).at(|| format!("layer {i} ({digest})"));
+                }
+            }
+            return Err(e);
+        }
     };
-    std::io::copy(&mut tar, &mut std::io::sink())
-        .map_err(|e| Error::io("read the rest of", path, e))
+    rest.map_err(|e| Error::io("read the rest of", path, e))
         .at(|| format!("layer {i}"))?;
     drop(tar.rx);
     let got = inflater
@@ -408,9 +434,14 @@ fn spawn_inflater<'scope>(
     let (chunks_tx, chunks_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
     let path = path.to_path_buf();
     let kind = c.plan.kinds[i];
+    let l = &c.plan.m.layers[i];
+    // Read in place (a link to a layout's blob): not checked by a download.
+    let check = std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.file_type().is_symlink())
+        .then(|| (l.digest.clone(), l.size));
     let inflater = s.spawn(move || -> Result<Option<String>> {
         let mut tar = Hashing {
-            inner: decompressed(&path, kind)?,
+            inner: decompressed_checked(&path, kind, check)?,
             h: (!plain).then(Sha256::new),
             n: 0,
             reported: 0,

@@ -448,7 +448,7 @@ pub fn convert_manifest(
         progress,
         work: work.path(),
     })?;
-    record_dedup(opts, &plan, &reports, dst)?;
+    record_dedup(opts, &plan, &reports, dst);
     let oci_types = opts.oci || m.media_type.as_deref() != Some(media::DOCKER_MANIFEST);
     let config = write_config(&mut config, &reports, dst, oci_types)?;
     let desc = write_manifest(m, config, &reports, dst, tag, oci_types)?;
@@ -520,7 +520,12 @@ fn plan<'m>(
     let mut reuse: Vec<Option<dedup::Record>> = vec![None; n];
     if let Some(db) = &opts.dedup {
         for i in 0..n {
-            if let Some(rec) = db.get(&keys[i])? {
+            // The cache only saves work: a lookup that fails converts the layer.
+            let rec = db.get(&keys[i]).unwrap_or_else(|e| {
+                tracing::warn!("dedup cache: layer {i}: {e}; the layer is converted");
+                None
+            });
+            if let Some(rec) = rec {
                 if available(dst, &rec)? {
                     reuse[i] = Some(rec);
                 }
@@ -540,26 +545,23 @@ fn plan<'m>(
 }
 
 /// Records the layers converted (not reused) in the dedup database, as pushed to `dst`.
-fn record_dedup(
-    opts: &Options,
-    plan: &Plan<'_>,
-    reports: &[LayerReport],
-    dst: &dyn Store,
-) -> Result<()> {
+fn record_dedup(opts: &Options, plan: &Plan<'_>, reports: &[LayerReport], dst: &dyn Store) {
     if let Some(db) = &opts.dedup {
         for (r, k) in reports.iter().zip(&plan.keys) {
             if !r.reused {
-                db.put(
+                // The image is converted and pushed: a record that cannot be made is a warning.
+                if let Err(e) = db.put(
                     k,
                     &r.blob.digest,
                     r.blob.size,
                     &r.blob.integrity_root,
                     &dst.describe(),
-                )?;
+                ) {
+                    tracing::warn!("dedup cache: could not record {}: {e}", r.blob.digest);
+                }
             }
         }
     }
-    Ok(())
 }
 
 /// Uploads the source's config with the new diff IDs (each layer blob is an uncompressed tar:

@@ -9,7 +9,10 @@
 //!   every CI runner that pushes there already reaches: one small OCI artifact per record
 //!   (tagged by the key's SHA-256), whose one layer is the converted blob itself, mounted into
 //!   that repository. Any runner reuses what another converted, and the registry keeps the
-//!   blob while the record exists.
+//!   blob while the record exists. Whoever can push to that repository can write records, so
+//!   with a secret (`--dedup-secret-file`) records are signed (HMAC-SHA256 over the key and
+//!   the layer's digest, size and integrity root) and unsigned or forged ones are ignored.
+//!   A record names no other repository: blobs are mounted from the cache repository only.
 //!
 //! Either way the record says in which repositories the blob was pushed, so a layer converted
 //! for one repository is mounted into another of the same registry instead of re-uploaded.
@@ -148,10 +151,9 @@ impl DedupCache for DedupDb {
 
 /// The artifact type of a record in a [`RegistryCache`].
 pub const RECORD_ARTIFACT_TYPE: &str = "application/vnd.overlaybd.convertor.dedup.v1+json";
-/// A record's annotations: its key (checked on reading), and the `,`-separated places the
-/// blob was pushed to besides the cache repository.
+/// A record's annotations: its key (checked on reading), and with a secret its signature.
 pub const KEY_ANNOTATION: &str = "vnd.overlaybd.dedup.key";
-pub const LOCATIONS_ANNOTATION: &str = "vnd.overlaybd.dedup.locations";
+pub const SIGNATURE_ANNOTATION: &str = "vnd.overlaybd.dedup.signature";
 /// The OCI empty descriptor's blob (`{}`), the config of every record.
 const EMPTY: &[u8] = b"{}";
 
@@ -159,6 +161,7 @@ const EMPTY: &[u8] = b"{}";
 pub struct RegistryCache {
     repo: Box<dyn Store>,
     place: String,
+    secret: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RegistryCache {
@@ -168,10 +171,33 @@ impl std::fmt::Debug for RegistryCache {
 }
 
 impl RegistryCache {
-    /// Records in `repo` (opened for push).
-    pub fn new(repo: Box<dyn Store>) -> RegistryCache {
+    /// Records in `repo` (opened for push); with `secret`, signed and checked.
+    pub fn new(repo: Box<dyn Store>, secret: Option<Vec<u8>>) -> RegistryCache {
         let place = repo.describe();
-        RegistryCache { repo, place }
+        RegistryCache {
+            repo,
+            place,
+            secret,
+        }
+    }
+
+    /// The signature of a record, with the secret.
+    fn sign(&self, key: &str, digest: &str, size: u64, root: &str) -> Option<String> {
+        let s = self.secret.as_ref()?;
+        let size = size.to_string();
+        let mac = oci::digest::hmac_sha256(
+            s,
+            &[
+                key.as_bytes(),
+                b"\0",
+                digest.as_bytes(),
+                b"\0",
+                size.as_bytes(),
+                b"\0",
+                root.as_bytes(),
+            ],
+        );
+        Some(hex::encode(mac))
     }
 
     /// A record's tag: `obd-` and the key's SHA-256 (tags are limited to 128 characters of
@@ -191,25 +217,25 @@ impl RegistryCache {
             return None;
         }
         let l = &m.layers[0];
-        let mut locations = vec![self.place.clone()];
-        for p in ann
-            .get(LOCATIONS_ANNOTATION)
-            .map_or("", String::as_str)
-            .split(',')
-            .filter(|p| !p.is_empty())
-        {
-            if !locations.iter().any(|l| l == p) {
-                locations.push(p.to_string());
+        let root = l.annotation(annotation::INTEGRITY_ROOT).unwrap_or_default();
+        if let Some(want) = self.sign(key, &l.digest, l.size, root) {
+            let got = ann.get(SIGNATURE_ANNOTATION)?;
+            // Compared in constant time: both are 64 hex digits when valid.
+            if got.len() != want.len()
+                || got
+                    .bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    != 0
+            {
+                return None;
             }
         }
         Some(Record {
             digest: l.digest.clone(),
             size: l.size,
-            integrity_root: l
-                .annotation(annotation::INTEGRITY_ROOT)
-                .unwrap_or_default()
-                .to_string(),
-            locations,
+            integrity_root: root.to_string(),
+            locations: vec![self.place.clone()],
         })
     }
 }
@@ -234,13 +260,6 @@ impl DedupCache for RegistryCache {
                  must be on the destination's registry",
                 self.place
             )));
-        }
-        let mut locations: Vec<String> = match self.get(key)? {
-            Some(r) if r.digest == digest => r.locations.into_iter().skip(1).collect(),
-            _ => Vec::new(),
-        };
-        if location != self.place && !locations.iter().any(|l| l == location) {
-            locations.push(location.to_string());
         }
         let empty = Descriptor {
             media_type: "application/vnd.oci.empty.v1+json".into(),
@@ -270,10 +289,15 @@ impl DedupCache for RegistryCache {
                 artifact_type: None,
             }],
             subject: None,
-            annotations: Some(BTreeMap::from([
-                (KEY_ANNOTATION.to_string(), key.to_string()),
-                (LOCATIONS_ANNOTATION.to_string(), locations.join(",")),
-            ])),
+            annotations: Some(
+                [(KEY_ANNOTATION.to_string(), key.to_string())]
+                    .into_iter()
+                    .chain(
+                        self.sign(key, digest, size, root)
+                            .map(|s| (SIGNATURE_ANNOTATION.to_string(), s)),
+                    )
+                    .collect(),
+            ),
         };
         let bytes = serde_json::to_vec(&m).map_err(|e| Error::json("a dedup record", e))?;
         self.repo

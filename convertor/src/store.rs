@@ -260,7 +260,9 @@ impl Store for Layout {
     }
 
     fn local_blob(&self, digest: &str) -> Option<PathBuf> {
-        self.blob_path(digest).ok().filter(|p| p.is_file())
+        // Absolute: the caller links to it from elsewhere (`oci:DIR` may be relative).
+        let p = self.blob_path(digest).ok()?;
+        std::fs::canonicalize(p).ok().filter(|p| p.is_file())
     }
 }
 

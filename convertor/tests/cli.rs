@@ -391,4 +391,68 @@ fn the_dedup_registry_flag_shares_converted_layers() {
         &format!("{}:v1", at("flag/three")),
     ]);
     assert!(!ok && err.contains("cannot be used with"), "{err}");
+    // The cache repository must be on the destination's registry; a secret must be long.
+    let (ok, _, err) = cli(&[
+        "convert",
+        "--plain-http",
+        "--dedup-registry",
+        "elsewhere.example:5000/cache",
+        &format!("{}:v1", at("flag/src")),
+        &format!("{}:v1", at("flag/three")),
+    ]);
+    assert!(
+        !ok && err.contains("must be on the destination's registry"),
+        "{err}"
+    );
+    let short = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(short.path(), "short\n").unwrap();
+    let (ok, _, err) = cli(&[
+        "convert",
+        "--plain-http",
+        "--dedup-registry",
+        &cache,
+        "--dedup-secret-file",
+        short.path().to_str().unwrap(),
+        &format!("{}:v1", at("flag/src")),
+        &format!("{}:v1", at("flag/three")),
+    ]);
+    assert!(!ok && err.contains("at least 16 bytes"), "{err}");
+}
+
+/// A layout named by a relative path (`oci:src:v1`, from its parent directory): its blobs are
+/// read in place and stay where they are, untouched.
+#[test]
+fn a_relative_layout_path_converts_and_the_source_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::open(&dir.path().join("src"), true).unwrap();
+    let (digest, _) = push_image_as(&layout, Some("v1"), &small_layers("r"), false);
+    let m = manifest(&layout, &digest);
+    let blobs = |m: &oci::Manifest| -> Vec<Vec<u8>> {
+        m.layers
+            .iter()
+            .map(|l| {
+                let mut b = Vec::new();
+                layout.get_blob(&l.digest, &mut b).unwrap();
+                b
+            })
+            .collect()
+    };
+    let before = blobs(&m);
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["convert", "-q", "oci:src:v1", "oci:dst:v1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(blobs(&m), before, "the source's blobs changed");
+    let (ok, stdout, stderr) = cli(&[
+        "verify",
+        &format!("oci:{}:v1", dir.path().join("src").display()),
+        &format!("oci:{}:v1", dir.path().join("dst").display()),
+    ]);
+    assert!(ok, "{stdout}{stderr}");
 }

@@ -366,10 +366,12 @@ fn the_registry_dedup_cache_is_shared_between_runners() {
     let src = reg.remote("ci/src", true);
     push_image(&src, "a", &[l0.clone(), l1.clone(), l2a]);
     push_image(&src, "b", &[l0, l1, l2b]);
+    let secret = || Some(b"the runners' shared secret".to_vec());
     let runner = || Options {
-        dedup: Some(Arc::new(RegistryCache::new(Box::new(
-            reg.remote("ci/dedup-cache", true),
-        ))) as Arc<dyn DedupCache>),
+        dedup: Some(Arc::new(RegistryCache::new(
+            Box::new(reg.remote("ci/dedup-cache", true)),
+            secret(),
+        )) as Arc<dyn DedupCache>),
         ..Options::default()
     };
 
@@ -444,28 +446,34 @@ fn the_registry_dedup_cache_is_shared_between_runners() {
     });
     assert_eq!(results[0], results[1]);
 
-    // A record under a key's tag that names another key is not trusted.
-    let cache = RegistryCache::new(Box::new(reg.remote("ci/dedup-cache", true)));
+    // Records that name another key, are unsigned, or are signed with another secret are
+    // ignored; the same record signed with the runners' secret is taken.
+    let cache = RegistryCache::new(Box::new(reg.remote("ci/dedup-cache", true)), secret());
     let chain = &conv[0].layers[2].chain_id;
     let key = convertor::dedup::key(chain, &Default::default(), 64 << 30);
     assert!(cache.get(&key).unwrap().is_some());
-    let other = RegistryCache::new(Box::new(reg.remote("ci/other-cache", true)));
     let l2 = &conv[0].layers[2].blob;
-    other
-        .put(
-            "another key",
-            &l2.digest,
-            l2.size,
-            "",
-            &reg.remote("ci/b", true).describe(),
-        )
-        .unwrap();
-    let (bytes, _) = reg
-        .remote("ci/other-cache", false)
-        .get_manifest(&RegistryCache::tag("another key"))
-        .unwrap();
-    reg.remote("ci/dedup-cache", true)
-        .put_manifest(Some(&RegistryCache::tag(&key)), media::OCI_MANIFEST, &bytes)
-        .unwrap();
-    assert_eq!(cache.get(&key).unwrap(), None);
+    let forge = |secret: Option<Vec<u8>>, k: &str| {
+        let forger = RegistryCache::new(Box::new(reg.remote("ci/forger", true)), secret);
+        let from = reg.remote("ci/b", true).describe();
+        forger.put(k, &l2.digest, l2.size, "", &from).unwrap();
+        let (bytes, _) = reg
+            .remote("ci/forger", false)
+            .get_manifest(&RegistryCache::tag(k))
+            .unwrap();
+        reg.remote("ci/dedup-cache", true)
+            .put_manifest(Some(&RegistryCache::tag(&key)), media::OCI_MANIFEST, &bytes)
+            .unwrap();
+        cache.get(&key).unwrap()
+    };
+    assert_eq!(forge(secret(), "another key"), None, "another key's record");
+    assert_eq!(forge(None, &key), None, "an unsigned record");
+    let other = Some(b"another deployment's secret".to_vec());
+    assert_eq!(forge(other, &key), None, "another secret's record");
+    let signed = forge(secret(), &key).expect("a record signed with the secret");
+    // It names the cache repository only, whatever the record's writer pushed to.
+    assert_eq!(
+        signed.locations,
+        [reg.remote("ci/dedup-cache", false).describe()]
+    );
 }

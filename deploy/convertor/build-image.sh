@@ -11,16 +11,29 @@
 # The image runs as 65534:65534 in /work with TMPDIR=/work (mount a volume there for large
 # images: the work disk is sparse, about the size of the image). The same workspace build
 # gives the same image digest (file times, owners and order are pinned).
-# CONVERTOR_BIN overrides the binary (default target/release/overlaybd-convertor, built if
-# missing); SOURCE_DATE_EPOCH the time stamped in the image (default 2020-01-01).
+# CONVERTOR_BIN names a binary to use (default: `cargo build --release` of the workspace's);
+# SOURCE_DATE_EPOCH the time stamped in the image (default 2020-01-01). OUT_DIR's index.json
+# is rewritten: it names this one image. Needs strip (binutils), gzip, tar, sha256sum.
 set -euo pipefail
+umask 022
 out=${1:?usage: build-image.sh OUT_DIR [TAG]}
 tag=${2:-latest}
+case $tag in
+    *[!A-Za-z0-9_.-]* | "" | [.-]*) echo "build-image.sh: bad tag $tag" >&2; exit 2 ;;
+esac
+case $(uname -m) in
+    x86_64) arch=amd64 ;;
+    aarch64) arch=arm64 ;;
+    *) arch=$(uname -m) ;;
+esac
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=${CONVERTOR_BIN:-$root/target/release/overlaybd-convertor}
-if [ ! -x "$bin" ]; then
+if [ -n "${CONVERTOR_BIN:-}" ]; then
+    bin=$CONVERTOR_BIN
+else
     cargo build --release --manifest-path "$root/Cargo.toml" -p convertor --bin overlaybd-convertor
+    bin=$root/target/release/overlaybd-convertor
 fi
+command -v strip >/dev/null || { echo "build-image.sh: needs strip (binutils)" >&2; exit 2; }
 mke2fs=$(command -v mke2fs || echo /usr/sbin/mke2fs)
 epoch=${SOURCE_DATE_EPOCH:-1577836800}
 work=$(mktemp -d)
@@ -30,9 +43,7 @@ mkdir -p "$fs/usr/local/bin" "$fs/usr/sbin" "$fs/etc/ssl/certs" "$fs/tmp" "$fs/w
 chmod 1777 "$fs/tmp" "$fs/work"
 cp "$bin" "$fs/usr/local/bin/overlaybd-convertor"
 # The release profile keeps debug info (for profiles); the image does not need it.
-if command -v strip >/dev/null; then
-    strip --strip-debug "$fs/usr/local/bin/overlaybd-convertor"
-fi
+strip --strip-debug "$fs/usr/local/bin/overlaybd-convertor"
 cp "$mke2fs" "$fs/usr/sbin/mke2fs"
 # The libraries and the dynamic loader, at the paths the binaries ask for.
 for lib in $( (ldd "$bin"; ldd "$mke2fs") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
@@ -54,8 +65,8 @@ mkdir -p "$out/blobs/sha256"
 layer=$(sha "$work/layer.tar.gz")
 cp "$work/layer.tar.gz" "$out/blobs/sha256/$layer"
 created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
-printf '{"architecture":"amd64","os":"linux","created":"%s","config":{"User":"65534:65534","WorkingDir":"/work","Env":["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/bin","TMPDIR=/work"],"Entrypoint":["/usr/local/bin/overlaybd-convertor"],"Cmd":["--help"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"%s","created_by":"deploy/convertor/build-image.sh"}]}' \
-    "$created" "$diff_id" "$created" >"$work/config.json"
+printf '{"architecture":"%s","os":"linux","created":"%s","config":{"User":"65534:65534","WorkingDir":"/work","Env":["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/bin","TMPDIR=/work"],"Entrypoint":["/usr/local/bin/overlaybd-convertor"],"Cmd":["--help"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"%s","created_by":"deploy/convertor/build-image.sh"}]}' \
+    "$arch" "$created" "$diff_id" "$created" >"$work/config.json"
 config=$(sha "$work/config.json")
 cp "$work/config.json" "$out/blobs/sha256/$config"
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \

@@ -8,6 +8,7 @@ pub mod config;
 pub mod containerd_config;
 pub mod error;
 pub mod filter;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fuzz;
 
 pub mod mount;

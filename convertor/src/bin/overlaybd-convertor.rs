@@ -96,6 +96,11 @@ struct ConvertArgs {
     /// converted layer, whose layer is the converted blob (mounted there).
     #[arg(long, value_name = "REPOSITORY")]
     dedup_registry: Option<String>,
+    /// With --dedup-registry: a file holding a secret shared by the runners (16 bytes or
+    /// more); records are signed with it, and unsigned or forged ones are ignored. Without it,
+    /// whoever can push to the cache repository can make runners reuse any blob.
+    #[arg(long, value_name = "PATH", requires = "dedup_registry")]
+    dedup_secret_file: Option<PathBuf>,
     /// Make a TurboOCI meta image instead: SRC's layers stay as they are (copied into DST's
     /// repository when missing), and DST holds, per layer, the ext4 metadata and a gzip index
     /// that let overlaybd read the original layer lazily. Plain tar and gzip layers are read
@@ -215,14 +220,37 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
             (Some(p), _) => Some(std::sync::Arc::new(convertor::dedup::DedupDb::open(p)?) as _),
             (None, Some(r)) => {
                 let cache = ImageRef::parse(r)?;
-                if !matches!(cache.location, Location::Registry { .. })
-                    || cache.tag.is_some()
-                    || cache.digest.is_some()
-                {
+                let (Location::Registry { host, .. }, None, None) =
+                    (&cache.location, &cache.tag, &cache.digest)
+                else {
                     bail!("--dedup-registry {r:?}: expected a repository (host/name), no tag");
+                };
+                // Records hold the converted blob, mounted from DST's repository.
+                match &d.location {
+                    Location::Registry { host: dh, .. } if dh == host => {}
+                    _ => bail!(
+                        "--dedup-registry {r:?}: the cache repository must be on the \
+                         destination's registry ({})",
+                        a.dst
+                    ),
                 }
+                let secret = match &a.dedup_secret_file {
+                    Some(p) => {
+                        let s = std::fs::read(p)
+                            .with_context(|| format!("read --dedup-secret-file {}", p.display()))?;
+                        let s = s.trim_ascii().to_vec();
+                        if s.len() < 16 {
+                            bail!(
+                                "--dedup-secret-file {}: at least 16 bytes of secret",
+                                p.display()
+                            );
+                        }
+                        Some(s)
+                    }
+                    None => None,
+                };
                 let store = open(r, &cache, &a.registry, true)?;
-                Some(std::sync::Arc::new(convertor::dedup::RegistryCache::new(store)) as _)
+                Some(std::sync::Arc::new(convertor::dedup::RegistryCache::new(store, secret)) as _)
             }
             (None, None) => None,
         },

@@ -377,7 +377,9 @@ fn apply_layer<'scope>(
             "layer {i} ({digest}) is an uncompressed tar, but the config gives it diff ID {diff_id}"
         )));
     }
-    let (mut tar, inflater) = spawn_inflater(s, c, i, path, plain);
+    // Read in place (a link to a layout's blob): checked as the inflater reads it.
+    let in_place = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let (mut tar, inflater) = spawn_inflater(s, c, i, path, plain, in_place);
     let applied = (|| -> Result<ApplyStats> {
         let mut fs = Fs::open(disk, true, t).at(|| format!("layer {i}: open the filesystem"))?;
         let stats = Applier::new(&mut fs)
@@ -387,12 +389,14 @@ fn apply_layer<'scope>(
             .at(|| format!("layer {i}: write the filesystem back"))?;
         Ok(stats)
     })();
-    let rest = std::io::copy(&mut tar, &mut std::io::sink());
     let stats = match applied {
         Ok(stats) => stats,
+        // The pipe is dropped with `tar`: the inflater stops.
+        Err(e) if !in_place => return Err(e),
         Err(e) => {
             // Bytes that are not the blob (a layout's blob read in place, checked at its end)
-            // are the cause to report, not what applying them did.
+            // are the cause to report, not what applying them did: read to the end to know.
+            let _ = std::io::copy(&mut tar, &mut std::io::sink());
             drop(tar.rx);
             if let Ok(Err(bad)) = inflater.join() {
                 if bad.kind() == io::ErrorKind::InvalidData {
@@ -402,7 +406,8 @@ fn apply_layer<'scope>(
             return Err(e);
         }
     };
-    rest.map_err(|e| Error::io("read the rest of", path, e))
+    std::io::copy(&mut tar, &mut std::io::sink())
+        .map_err(|e| Error::io("read the rest of", path, e))
         .at(|| format!("layer {i}"))?;
     drop(tar.rx);
     let got = inflater
@@ -430,15 +435,14 @@ fn spawn_inflater<'scope>(
     i: usize,
     path: &Path,
     plain: bool,
+    in_place: bool,
 ) -> (Pipe, ScopedJoinHandle<'scope, Result<Option<String>>>) {
     let (chunks_tx, chunks_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
     let path = path.to_path_buf();
     let kind = c.plan.kinds[i];
     let l = &c.plan.m.layers[i];
-    // Read in place (a link to a layout's blob): not checked by a download.
-    let check = std::fs::symlink_metadata(&path)
-        .is_ok_and(|m| m.file_type().is_symlink())
-        .then(|| (l.digest.clone(), l.size));
+    // Read in place: not checked by a download.
+    let check = in_place.then(|| (l.digest.clone(), l.size));
     let inflater = s.spawn(move || -> Result<Option<String>> {
         let mut tar = Hashing {
             inner: decompressed_checked(&path, kind, check)?,

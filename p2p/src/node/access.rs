@@ -81,6 +81,7 @@ impl Node {
                     upstream: Upstream::Registry,
                     depth: 0,
                     rejoin_at: None,
+                    rejoining: false,
                 });
             }),
             Role::Agent => self.join(o, auth, None).await,
@@ -220,7 +221,10 @@ impl Node {
             size,
             upstream: Upstream::Registry,
             depth: 0,
-            rejoin_at: None,
+            // An agent asked about a blob it never joined: it asks the roots at its first fill.
+            rejoin_at: (self.cfg.role == Role::Agent && !self.cfg.roots.is_empty())
+                .then(Instant::now),
+            rejoining: false,
         });
         Ok(size)
     }

@@ -140,21 +140,35 @@ impl Node {
     }
 
     /// An agent reading the registry for want of a root asks the roots again once it is
-    /// time to. One fill asks; the others wait for its answer rather than read the registry
-    /// meanwhile (the blob's state changes only when the join is done).
+    /// time to. One fill asks (the next time is set first, so a join that fails is tried
+    /// again `tree::ROOT_DOWN_FOR` later, not by every fill); the fills of that blob wait for
+    /// its answer rather than read the registry meanwhile. Fills of blobs read from the tree
+    /// never wait here.
     async fn back_to_tree(&self, o: &Origin, auth: Option<&str>) {
         let key = o.key();
-        let due = || {
-            lock(&self.blobs).get(&key).is_some_and(|b| {
-                b.upstream == Upstream::Registry && b.rejoin_at.is_some_and(|t| t <= Instant::now())
-            })
+        let due = |b: &super::BlobState| {
+            b.upstream == Upstream::Registry && b.rejoin_at.is_some_and(|t| t <= Instant::now())
         };
-        if !due() {
+        let waits = lock(&self.blobs)
+            .get(&key)
+            .is_some_and(|b| due(b) || (b.upstream == Upstream::Registry && b.rejoining));
+        if !waits {
             return;
         }
         let _one = self.rejoining.lock().await;
-        if due() {
+        let claimed = match lock(&self.blobs).get_mut(&key) {
+            Some(b) if due(b) => {
+                b.rejoin_at = Some(Instant::now() + super::tree::ROOT_DOWN_FOR);
+                b.rejoining = true;
+                true
+            }
+            _ => false,
+        };
+        if claimed {
             let _ = self.join(o, auth, None).await;
+            if let Some(b) = lock(&self.blobs).get_mut(&key) {
+                b.rejoining = false;
+            }
         }
     }
 

@@ -76,6 +76,8 @@ struct BlobState {
     /// An agent reading the registry because no root answered: when to ask the roots again
     /// (a root back from a restart takes its readers back).
     rejoin_at: Option<Instant>,
+    /// A fill is asking the roots again (the others wait for its answer).
+    rejoining: bool,
 }
 
 #[derive(Debug)]

@@ -143,6 +143,7 @@ impl Node {
                     upstream,
                     depth: reply.depth,
                     rejoin_at: None,
+                    rejoining: false,
                 };
                 lock(&self.blobs).insert(key, state);
                 return Ok(reply.size);
@@ -172,6 +173,7 @@ impl Node {
             upstream: Upstream::Registry,
             depth: 0,
             rejoin_at: (!self.cfg.roots.is_empty()).then(|| Instant::now() + ROOT_DOWN_FOR),
+            rejoining: false,
         };
         lock(&self.blobs).insert(key, state);
         Ok(size)

@@ -67,7 +67,8 @@ struct ConvertArgs {
     #[command(flatten)]
     registry: RegistryArgs,
     /// Block compression of the layers (zstd: 1.1x the gzip layers' size, where lz4 over 4 KiB
-    /// blocks, overlaybd's default, is 1.6x; starts are no slower: `docs/benchmarks.md`).
+    /// blocks, overlaybd's default, is 1.6x; starts are no slower, but local sequential reads
+    /// are a third slower: `docs/benchmarks.md`).
     #[arg(long, default_value = "zstd", value_parser = ["lz4", "zstd"])]
     algorithm: String,
     /// Uncompressed bytes per ZFile block (4096 to 65536, a power of two).

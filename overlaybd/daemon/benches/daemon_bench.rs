@@ -5,7 +5,8 @@
 //! `cargo bench -p overlaybd --bench daemon_bench` — builds a 256 MiB disk of mixed content
 //! (overlaybd's vector generator), commits it twice as an overlaybd layer (lz4, 4 KiB blocks,
 //! tar envelope; once with the BLAKE3 table, once with CRCs only, as overlaybd's tools write
-//! it), pushes both to Debian's `docker-registry` on 127.0.0.1, attaches them to an
+//! it; `OBD_ZFILE=zstd:16384` picks another algorithm and block size, as the convertor's
+//! default now is), pushes both to Debian's `docker-registry` on 127.0.0.1, attaches them to an
 //! `overlaybd-daemon` (FUSE file + loop device, and NBD on a unix socket), reads each once to
 //! warm the cache (checking every byte), and then, in one run beside two plain loop devices over the raw disk file
 //! (buffered: the file is in the page cache; direct I/O: reads go to the disk, as our loop
@@ -274,10 +275,19 @@ fn commit_layer(dir: &Path, data: &[u8], integrity: bool) -> (PathBuf, Option<St
         virtual_size: l.header().virtual_size,
         ..Default::default()
     };
-    let zopts = zfile::WriterOptions {
+    let mut zopts = zfile::WriterOptions {
         integrity,
         ..Default::default()
     };
+    if let Ok(v) = std::env::var("OBD_ZFILE") {
+        let (a, bs) = v.split_once(':').expect("OBD_ZFILE: ALGORITHM:BLOCK_SIZE");
+        zopts.algorithm = match a {
+            "zstd" => zfile::Algorithm::Zstd,
+            "lz4" => zfile::Algorithm::Lz4,
+            _ => panic!("OBD_ZFILE: lz4 or zstd"),
+        };
+        zopts.block_size = bs.parse().expect("OBD_ZFILE: a block size");
+    }
     let f = std::io::BufWriter::new(std::fs::File::create(&out).unwrap());
     let pax = zfile::envelope::PaxWriter::new(f).unwrap();
     let mut z = zfile::ZFileWriter::new(pax, zopts).unwrap();

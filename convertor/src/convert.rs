@@ -251,7 +251,7 @@ fn convert_index(
 }
 
 /// The descriptor of a document.
-fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
+pub(crate) fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
     Descriptor {
         media_type: media_type.into(),
         digest: oci::sha256_digest(bytes),

@@ -220,14 +220,7 @@ impl RegistryCache {
         let root = l.annotation(annotation::INTEGRITY_ROOT).unwrap_or_default();
         if let Some(want) = self.sign(key, &l.digest, l.size, root) {
             let got = ann.get(SIGNATURE_ANNOTATION)?;
-            // Compared in constant time: both are 64 hex digits when valid.
-            if got.len() != want.len()
-                || got
-                    .bytes()
-                    .zip(want.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    != 0
-            {
+            if !oci::digest::equal_in_constant_time(got.as_bytes(), want.as_bytes()) {
                 return None;
             }
         }
@@ -261,15 +254,7 @@ impl DedupCache for RegistryCache {
                 self.place
             )));
         }
-        let empty = Descriptor {
-            media_type: "application/vnd.oci.empty.v1+json".into(),
-            digest: oci::sha256_digest(EMPTY),
-            size: EMPTY.len() as u64,
-            urls: None,
-            annotations: None,
-            platform: None,
-            artifact_type: None,
-        };
+        let empty = crate::convert::descriptor("application/vnd.oci.empty.v1+json", EMPTY);
         self.repo.put_blob(&empty.digest, EMPTY)?;
         let m = Manifest {
             schema_version: 2,

@@ -74,32 +74,11 @@ mod tests {
             b"\x04containerd github.com/containerd/containerd/v2 v2.1.4 75cb2b7".to_vec(),
             b"\x05{\"id\":3,\"kind\":\"committed\",\"parent\":\"p\",\"labels\":{\"a\":\"b\"},\"created\":1,\"updated\":2,\"storage\":\"remote\",\"size\":4096,\"inodes\":1}".to_vec(),
         ];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for seed in &seeds {
+        for (k, seed) in seeds.iter().enumerate() {
             super::input(seed);
-            for _ in 0..1000 {
-                let mut b = seed.clone();
-                for _ in 0..1 + next() % 4 {
-                    // Never the first byte: it picks the parser.
-                    let i = 1 + (next() as usize) % (b.len() - 1);
-                    match next() % 3 {
-                        0 => b[i] = next() as u8,
-                        1 if b.len() > 2 => {
-                            b.remove(i);
-                        }
-                        _ => {
-                            let alphabet = b"=.,\"\\~![](){}*+?^$0aZ\n\0:/@";
-                            b.insert(i, alphabet[(next() as usize) % alphabet.len()]);
-                        }
-                    }
-                }
-                super::input(&b);
+            // The first byte, which picks the parser, is kept.
+            for m in test_support::mutations(seed, 1000, k as u64 + 1) {
+                super::input(&m);
             }
         }
     }

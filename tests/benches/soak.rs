@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::soak::{run, SoakOptions};
+use e2e_tests::soak::{run, Fault, SoakOptions};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") || !e2e_tests::require() {
@@ -26,9 +26,13 @@ fn main() {
         fault_every: Duration::from_secs(20),
         schedule: (0..60)
             .map(|i| match i {
-                29 => "daemon killed",
-                59 => "snapshotter killed",
-                _ => ["registry outage", "registry 503s", "registry stall"][i % 3],
+                29 => Fault::DaemonKilled,
+                59 => Fault::SnapshotterKilled,
+                _ => [
+                    Fault::RegistryOutage,
+                    Fault::Registry503s,
+                    Fault::RegistryStall,
+                ][i % 3],
             })
             .collect(),
         outages: [Duration::from_secs(5), Duration::from_secs(15)],

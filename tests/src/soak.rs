@@ -67,8 +67,8 @@ pub struct SoakOptions {
     pub workers: usize,
     /// A fault every this often, the next of `schedule` (which repeats).
     pub fault_every: Duration,
-    /// The faults in order, from [`FAULTS`].
-    pub schedule: Vec<&'static str>,
+    /// The faults in order.
+    pub schedule: Vec<Fault>,
     /// How long registry outages last, in turn: one shorter than the daemon's read deadline
     /// (10 s; reads wait and succeed), one longer (reads fail with EIO, then fast while the
     /// daemon has the registry down).
@@ -80,16 +80,30 @@ pub struct SoakOptions {
     pub cache_mb: u64,
 }
 
-/// The faults a schedule names: the registry gone (connections cut and refused, for
+/// A fault of a schedule: the registry gone (connections cut and refused, for
 /// [`SoakOptions::outages`]), answering 503 or stalled (for [`SoakOptions::blip`]), a process
 /// SIGKILLed and started again.
-pub const FAULTS: [&str; 5] = [
-    "registry outage",
-    "registry 503s",
-    "registry stall",
-    "daemon killed",
-    "snapshotter killed",
-];
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    RegistryOutage,
+    Registry503s,
+    RegistryStall,
+    DaemonKilled,
+    SnapshotterKilled,
+}
+
+impl Fault {
+    /// How the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::RegistryOutage => "registry outage",
+            Fault::Registry503s => "registry 503s",
+            Fault::RegistryStall => "registry stall",
+            Fault::DaemonKilled => "daemon killed",
+            Fault::SnapshotterKilled => "snapshotter killed",
+        }
+    }
+}
 
 /// What a soak saw.
 #[derive(Debug, Default)]
@@ -346,11 +360,7 @@ pub fn run(o: &SoakOptions) -> Report {
         }));
     }
     // Faults, in turn, and memory samples.
-    assert!(
-        !o.schedule.is_empty() && o.schedule.iter().all(|k| FAULTS.contains(k)),
-        "{:?}",
-        o.schedule
-    );
+    assert!(!o.schedule.is_empty(), "a schedule without faults");
     let kinds = &o.schedule;
     let mut next_fault = started + o.fault_every;
     let mut k = 0;
@@ -375,22 +385,23 @@ pub fn run(o: &SoakOptions) -> Report {
         if Instant::now() < next_fault {
             continue;
         }
-        let kind = kinds[k % kinds.len()];
+        let fault = kinds[k % kinds.len()];
+        let kind = fault.name();
         k += 1;
         next_fault = Instant::now() + o.fault_every;
         *report.lock().unwrap().faults.entry(kind).or_default() += 1;
         let id = faults.begin(kind);
-        match kind {
-            "registry outage" => {
+        match fault {
+            Fault::RegistryOutage => {
                 let n = report.lock().unwrap().faults[kind] as usize;
                 env.lock().unwrap().relay.stop();
                 std::thread::sleep(o.outages[(n - 1) % 2]);
                 env.lock().unwrap().relay.resume();
             }
-            "registry 503s" | "registry stall" => {
+            Fault::Registry503s | Fault::RegistryStall => {
                 {
                     let e = env.lock().unwrap();
-                    if kind == "registry stall" {
+                    if fault == Fault::RegistryStall {
                         e.relay.stall();
                     } else {
                         e.relay.unavailable();
@@ -399,14 +410,14 @@ pub fn run(o: &SoakOptions) -> Report {
                 std::thread::sleep(o.blip);
                 env.lock().unwrap().relay.resume();
             }
-            "daemon killed" => {
+            Fault::DaemonKilled => {
                 let mut e = env.lock().unwrap();
                 if let Some(d) = e.daemon.as_mut() {
                     d.kill9();
                 }
                 e.start_daemon();
             }
-            _ => {
+            Fault::SnapshotterKilled => {
                 let mut e = env.lock().unwrap();
                 if let Some(s) = e.snapshotter.as_mut() {
                     s.kill9();

@@ -62,8 +62,6 @@ fn the_convertor_image_converts_as_nobody_inside_containerd() {
     );
 
     let tool = format!("{}/tools/overlaybd-convertor:v1", env.host());
-    // ctr replaces the whole command line (the entrypoint too); Docker and Kubernetes add
-    // the arguments to the entrypoint.
     let o = Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:v1", layout.display()))
@@ -76,56 +74,35 @@ fn the_convertor_image_converts_as_nobody_inside_containerd() {
     env.ctr_pull("default", "overlayfs", &[], &tool);
     let src = format!("{}/app:v1", env.host());
     let dst = format!("{}/app:v1-obd", env.host());
-    let out = env.ctr(
-        "default",
-        &[
-            "run",
-            "--rm",
-            "--net-host",
-            "--read-only",
-            // The root is read-only: the work disk goes to a volume (an emptyDir in
-            // Kubernetes).
-            "--mount",
-            "type=tmpfs,src=tmpfs,dst=/work,options=nosuid:nodev:mode=1777",
-            &tool,
-            "conv",
+    // The tool with a read-only root, `/work` mounted as `mount`, converting `src` to `to`.
+    // ctr replaces the whole command line (the entrypoint too); Docker and Kubernetes add the
+    // arguments to the entrypoint.
+    let convert = |id: &str, mount: &str, to: &str| {
+        let run = ["run", "--rm", "--net-host", "--read-only", "--mount", mount];
+        let cmd = [
             "overlaybd-convertor",
             "convert",
             "-q",
             "--plain-http",
             &src,
-            &dst,
-        ],
-    );
+            to,
+        ];
+        env.ctr("default", &[&run[..], &[&tool, id], &cmd[..]].concat())
+    };
+    // The work disk goes to a volume (an emptyDir in Kubernetes).
+    let tmpfs = "type=tmpfs,src=tmpfs,dst=/work,options=nosuid:nodev:mode=1777";
+    let out = convert("conv", tmpfs, &dst);
     assert!(out.contains(&format!("{dst}@sha256:")), "{out}");
     assert!(out.contains("size: "), "{out}");
     // As nobody: a conversion into an OCI layout on a host directory leaves files of 65534.
     let host = dir.path().join("out");
     std::fs::create_dir(&host).unwrap();
     std::fs::set_permissions(&host, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let mount = format!(
+    let bind = format!(
         "type=bind,src={},dst=/work,options=rbind:rw",
         host.display()
     );
-    env.ctr(
-        "default",
-        &[
-            "run",
-            "--rm",
-            "--net-host",
-            "--read-only",
-            "--mount",
-            &mount,
-            &tool,
-            "conv2",
-            "overlaybd-convertor",
-            "convert",
-            "-q",
-            "--plain-http",
-            &src,
-            "oci:/work/layout:v1",
-        ],
-    );
+    convert("conv2", &bind, "oci:/work/layout:v1");
     let owner = std::os::unix::fs::MetadataExt::uid(
         &std::fs::metadata(host.join("layout/index.json")).unwrap(),
     );

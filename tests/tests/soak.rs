@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::soak::{print, run, SoakOptions};
+use e2e_tests::soak::{print, run, Fault, SoakOptions};
 
 #[test]
 fn a_short_soak_with_faults_reads_only_right_bytes_and_leaks_nothing() {
@@ -20,11 +20,11 @@ fn a_short_soak_with_faults_reads_only_right_bytes_and_leaks_nothing() {
         workers: 2,
         fault_every: Duration::from_secs(16),
         schedule: vec![
-            "registry outage",
-            "daemon killed",
-            "registry 503s",
-            "snapshotter killed",
-            "registry stall",
+            Fault::RegistryOutage,
+            Fault::DaemonKilled,
+            Fault::Registry503s,
+            Fault::SnapshotterKilled,
+            Fault::RegistryStall,
         ],
         outages: [Duration::from_secs(14); 2],
         blip: Duration::from_secs(5),

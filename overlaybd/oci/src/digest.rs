@@ -46,6 +46,14 @@ pub fn hmac_sha256(key: &[u8], msg: &[&[u8]]) -> [u8; 32] {
     outer.finalize().into()
 }
 
+/// Whether `a` equals `b`, in time that does not depend on where they differ (for MACs).
+pub fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.iter()
+        .zip(b)
+        .fold(a.len() ^ b.len(), |d, (x, y)| d | usize::from(x ^ y))
+        == 0
+}
+
 /// Chain IDs of a list of diff IDs (the image spec's `ChainID`): what containerd names a
 /// layer's committed snapshot.
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {

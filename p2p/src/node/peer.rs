@@ -125,12 +125,7 @@ impl Signer {
             return refuse("a malformed signature");
         };
         let want = self.mac(method, path, node, ts, nonce, body);
-        // Constant time: the comparison does not stop at the first differing byte.
-        let diff = want
-            .bytes()
-            .zip(mac.bytes())
-            .fold(want.len() ^ mac.len(), |d, (a, b)| d | usize::from(a ^ b));
-        if diff != 0 {
+        if !overlaybd_oci::digest::equal_in_constant_time(want.as_bytes(), mac.as_bytes()) {
             return refuse("a bad signature (another secret, or the request was changed)");
         }
         let skew = now_ms().abs_diff(ts);

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use zfile::ReadAt;
@@ -15,13 +15,43 @@ use crate::{Error, Result};
 struct Entry {
     bytes: u64,
     last_use: u64,
-    open: Option<Weak<dyn Evict>>,
+    /// The cache object over the files, while one is open or closing.
+    open: Option<OpenObject>,
+}
+
+struct OpenObject {
+    object: Weak<dyn Evict>,
+    /// Set by the object's drop once its record is written.
+    closed: Arc<AtomicBool>,
+}
+
+/// Where the files of a blob stand.
+enum Files {
+    /// A cache object is open over them.
+    Open(Arc<dyn Evict>),
+    /// Its object is being dropped (its record not yet written): neither open nor delete.
+    Closing,
+    /// No object: free to open or to delete.
+    Closed,
 }
 
 struct Inner {
     used: u64,
     clock: u64,
     blobs: HashMap<String, Entry>,
+}
+
+impl Inner {
+    fn files(&self, key: &str) -> Files {
+        let Some(open) = self.blobs.get(key).and_then(|e| e.open.as_ref()) else {
+            return Files::Closed;
+        };
+        match open.object.upgrade() {
+            Some(o) => Files::Open(o),
+            None if open.closed.load(Ordering::Acquire) => Files::Closed,
+            None => Files::Closing,
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -97,13 +127,21 @@ impl Shared {
         }
     }
 
+    /// Counts `bytes` more of blob `key` (called under the blob's unit lock, like
+    /// [`Shared::shrank`], so the count moves with the units).
     pub(crate) fn grew(&self, key: &str, bytes: u64) {
+        let mut g = self.lock();
+        g.used += bytes;
+        if let Some(e) = g.blobs.get_mut(key) {
+            e.bytes += bytes;
+        }
+    }
+
+    /// Evicts least recently used blobs (never `key`, the one growing) down to the low
+    /// watermark once the count is over the high one.
+    pub(crate) fn make_room(&self, key: &str) {
         let victims = {
-            let mut g = self.lock();
-            g.used += bytes;
-            if let Some(e) = g.blobs.get_mut(key) {
-                e.bytes += bytes;
-            }
+            let g = self.lock();
             if g.used <= self.high {
                 return;
             }
@@ -123,25 +161,32 @@ impl Shared {
                 }
                 let e = &g.blobs[&k];
                 excess = excess.saturating_sub(e.bytes);
-                victims.push((k.clone(), e.open.as_ref().and_then(Weak::upgrade)));
+                victims.push((k.clone(), e.open.as_ref().and_then(|o| o.object.upgrade())));
             }
             victims
         };
         for (k, open) in victims {
-            let freed = match open {
-                Some(blob) => blob.evict().unwrap_or(0),
+            match open {
+                // Uncounted by its drop of the units.
+                Some(blob) => {
+                    let _ = blob.evict();
+                }
                 None => {
+                    // Closed when chosen: its files go under the lock, unless it was opened
+                    // again since ([`CacheDir::blob`] opens files under the same lock) or its
+                    // object is still writing its record.
+                    let mut g = self.lock();
+                    if !matches!(g.files(&k), Files::Closed) {
+                        continue;
+                    }
                     let (data, record) = blob_paths(&self.dir, &k);
                     let len = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
                     let _ = std::fs::remove_file(record);
                     let _ = std::fs::remove_file(&data);
-                    let mut g = self.lock();
                     let freed = g.blobs.remove(&k).map_or(len, |e| e.bytes);
                     g.used = g.used.saturating_sub(freed);
-                    continue;
                 }
-            };
-            self.shrank(&k, freed);
+            }
         }
     }
 }
@@ -226,9 +271,29 @@ impl CacheDir {
         size: u64,
         origin: S,
     ) -> Result<Arc<BlobCache<S>>> {
-        if let Some(open) = self.open_blob::<S>(key, size)? {
-            return Ok(open);
-        }
+        let mut g = loop {
+            let mut g = self.shared.lock();
+            g.clock += 1;
+            let now = g.clock;
+            match g.files(key) {
+                Files::Open(object) => {
+                    let open = Self::downcast::<S>(object, key, size)?;
+                    if let Some(e) = g.blobs.get_mut(key) {
+                        e.last_use = now;
+                    }
+                    return Ok(open);
+                }
+                // Its record is being written: read it once written.
+                Files::Closing => {
+                    drop(g);
+                    std::thread::yield_now();
+                }
+                Files::Closed => break g,
+            }
+        };
+        let now = g.clock;
+        // The files are opened under the lock: an eviction deletes a closed blob's files under
+        // it too, so they cannot go between this open and the entry that marks them open.
         let cache = BlobCache::open_in(
             &self.shared.dir,
             key,
@@ -238,60 +303,31 @@ impl CacheDir {
             Some(self.shared.clone()),
         )?;
         let bytes = cache.cached_bytes();
-        let weak: Weak<dyn Evict> = Arc::downgrade(&(cache.clone() as Arc<dyn Evict>));
-        let mut g = self.shared.lock();
-        // Opened by another thread meanwhile: use that one (ours wrote nothing yet).
-        if let Some(open) = Self::live::<S>(&g, key, size)? {
-            return Ok(open);
-        }
-        g.clock += 1;
-        let now = g.clock;
+        let object: Weak<dyn Evict> = Arc::downgrade(&(cache.clone() as Arc<dyn Evict>));
         let old = g.blobs.insert(
             key.to_string(),
             Entry {
                 bytes,
                 last_use: now,
-                open: Some(weak),
+                open: Some(OpenObject {
+                    object,
+                    closed: cache.closed_flag(),
+                }),
             },
         );
-        g.used = g.used - old.map_or(0, |e| e.bytes) + bytes;
+        g.used = g.used.saturating_sub(old.map_or(0, |e| e.bytes)) + bytes;
         Ok(cache)
     }
 
-    fn open_blob<S: ReadAt + 'static>(
-        &self,
+    /// The open cache object of `key` as its own type. One open with another size (or origin
+    /// type) is an error: a second object would resize the data file under the first.
+    fn downcast<S: ReadAt + 'static>(
+        object: Arc<dyn Evict>,
         key: &str,
         size: u64,
-    ) -> Result<Option<Arc<BlobCache<S>>>> {
-        let mut g = self.shared.lock();
-        let Some(open) = Self::live::<S>(&g, key, size)? else {
-            return Ok(None);
-        };
-        g.clock += 1;
-        let now = g.clock;
-        if let Some(e) = g.blobs.get_mut(key) {
-            e.last_use = now;
-        }
-        Ok(Some(open))
-    }
-
-    /// The open cache object of `key`, if any. One open with another size (or origin type)
-    /// is an error: a second object would resize the data file under the first.
-    fn live<S: ReadAt + 'static>(
-        g: &Inner,
-        key: &str,
-        size: u64,
-    ) -> Result<Option<Arc<BlobCache<S>>>> {
-        let Some(object) = g
-            .blobs
-            .get(key)
-            .and_then(|e| e.open.as_ref())
-            .and_then(Weak::upgrade)
-        else {
-            return Ok(None);
-        };
+    ) -> Result<Arc<BlobCache<S>>> {
         match object.into_any().downcast::<BlobCache<S>>() {
-            Ok(c) if c.size().ok() == Some(size) => Ok(Some(c)),
+            Ok(c) if c.size().ok() == Some(size) => Ok(c),
             Ok(c) => Err(Error::InvalidArgument(format!(
                 "blob {key} is open at {} bytes; asked for {size}",
                 c.size().unwrap_or(0)
@@ -331,7 +367,7 @@ impl CacheDir {
             .lock()
             .blobs
             .values()
-            .filter_map(|e| e.open.as_ref().and_then(Weak::upgrade))
+            .filter_map(|e| e.open.as_ref().and_then(|o| o.object.upgrade()))
             .collect();
         let mut first = Ok(());
         for b in open {

@@ -329,6 +329,44 @@ fn least_recently_used_blobs_are_evicted_between_watermarks() {
     assert!(!again.holds("sha256:3", size));
 }
 
+/// Blobs opened, read, closed and evicted from several threads at once: a closed blob is
+/// evicted by deleting its files while another thread may be opening it again. The count of
+/// used bytes stays what the files hold (a new handle counts it from the records), and every
+/// read is right. (A reopen racing such an eviction once lost its files and then drove the
+/// count below an entry's bytes: an overflow panic in a daemon's attach.)
+#[test]
+fn used_bytes_stay_true_while_blobs_are_opened_read_and_evicted_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 8 * UNIT as u64;
+    let cd = CacheDir::open(dir.path(), cap, 0.9, 0.5, UNIT).unwrap();
+    let origins: Vec<_> = (0..6)
+        .map(|i| Origin::new(3 * UNIT as usize, 20 + i))
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (cd, origins) = (&cd, &origins);
+            s.spawn(move || {
+                for round in 0..400 {
+                    let i = (t * 7 + round * 5) % origins.len();
+                    let o = &origins[i];
+                    let key = format!("sha256:{i}");
+                    let b = cd.blob(&key, o.data.len() as u64, o.clone()).unwrap();
+                    check_all(&*b, &o.data);
+                }
+            });
+        }
+    });
+    let used = cd.used();
+    assert!(used <= cap, "used {used} over capacity {cap}");
+    drop(cd);
+    let again = CacheDir::open(dir.path(), cap, 0.9, 0.5, UNIT).unwrap();
+    assert_eq!(
+        again.used(),
+        used,
+        "the count drifted from what the files hold"
+    );
+}
+
 /// The generation a ZFile reader relies on to skip digests it already checked: unchanged by
 /// hits, moved by every fill, including an eviction's refill and a fill for another device
 /// opening the same blob (one cache object per open blob in a directory).

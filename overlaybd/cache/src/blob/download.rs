@@ -104,10 +104,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             }
         }
         if hasher.finalize().as_slice() != want.as_slice() {
-            let freed = self.drop_range(0, self.size, true)?;
-            if let Some(dir) = &self.dir {
-                dir.shrank(&self.key, freed);
-            }
+            self.drop_range(0, self.size, true)?;
             self.checkpoint()?;
             return Err(Error::corrupt(
                 format!("blob {}", self.key),

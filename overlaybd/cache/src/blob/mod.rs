@@ -40,7 +40,8 @@ struct State {
 
 /// Something the [`CacheDir`] can evict.
 pub(crate) trait Evict: Send + Sync {
-    fn evict(&self) -> Result<u64>;
+    /// Drops every unit (uncounted in the directory as they go).
+    fn evict(&self) -> Result<()>;
     fn save(&self) -> Result<()>;
     /// The object itself, for [`crate::CacheDir::blob`] to hand out again as its own type.
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
@@ -72,6 +73,11 @@ pub struct BlobCache<S> {
     /// Bumped each time bytes from the origin are stored, before they can be read: the
     /// source's `generation` (shared by every cache object of this blob in a directory).
     fills: Arc<AtomicU64>,
+    /// Set once this object is dropped and its record written: until then a [`CacheDir`]
+    /// neither opens its files again nor deletes them.
+    closed: Arc<AtomicBool>,
+    /// Held while the record is written.
+    writing: Mutex<()>,
     me: Weak<Self>,
 }
 
@@ -199,6 +205,8 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             granule: AtomicU64::new(granule),
             complete: AtomicBool::new(false),
             fills,
+            closed: Arc::default(),
+            writing: Mutex::new(()),
             me: me.clone(),
         }))
     }
@@ -224,6 +232,10 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         &self.origin
     }
 
+    pub(crate) fn closed_flag(&self) -> Arc<AtomicBool> {
+        self.closed.clone()
+    }
+
     /// Bytes of the blob present in the cache.
     pub fn cached_bytes(&self) -> u64 {
         let st = self.lock();
@@ -243,6 +255,9 @@ impl<S: ReadAt + 'static> BlobCache<S> {
 
     /// Writes the record if it changed (atomically: temporary file, then rename).
     pub fn checkpoint(&self) -> Result<()> {
+        // One writer at a time, so that an older state never lands after a newer one (two
+        // evictions, or an eviction and the periodic checkpoint, at once).
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let raw = {
             let mut st = self.lock();
             if !st.dirty {
@@ -251,7 +266,7 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             st.dirty = false;
             encode_state(self.size, self.unit, &st)
         };
-        write_record(&self.record_path, &raw)
+        write_record(&self.record_path, &raw).inspect_err(|_| self.lock().dirty = true)
     }
 
     /// Makes units `first..=last` present and verified. Units another reader is already
@@ -318,6 +333,10 @@ impl<S: ReadAt + 'static> BlobCache<S> {
             }
             st.units[u as usize] = state;
             st.dirty = true;
+        }
+        // Counted in the directory before the units can be seen (and evicted) by others.
+        if let (Some(dir), true) = (&self.dir, added > 0) {
+            dir.grew(&self.key, added);
         }
         drop(st);
         self.fetched.notify_all();
@@ -470,11 +489,13 @@ impl<S: ReadAt + 'static> BlobCache<S> {
         (first..=last).any(|u| !st.units[u as usize].unit.present)
     }
 
+    /// After a read or a fill that added `added` bytes (already counted): its place in the
+    /// LRU order, and eviction if the directory is over its high watermark.
     fn account(&self, added: u64) {
         if let Some(dir) = &self.dir {
             dir.touch(&self.key);
             if added > 0 {
-                dir.grew(&self.key, added);
+                dir.make_room(&self.key);
             }
         }
     }
@@ -482,7 +503,8 @@ impl<S: ReadAt + 'static> BlobCache<S> {
 
 impl<S: ReadAt + 'static> BlobCache<S> {
     /// Drops the units covering `[offset, offset + len)`: because their bytes failed a check
-    /// above (`failed`, counted in the stats) or to evict them. Returns the bytes freed.
+    /// above (`failed`, counted in the stats) or to evict them. Returns the bytes freed (already
+    /// uncounted in the directory).
     fn drop_range(&self, offset: u64, len: u64, failed: bool) -> Result<u64> {
         if len == 0 || offset >= self.size {
             return Ok(0);
@@ -516,6 +538,10 @@ impl<S: ReadAt + 'static> BlobCache<S> {
                 }
             }
             st.dirty = true;
+            // Uncounted under the same lock as the units: a fill's count never crosses it.
+            if let Some(dir) = &self.dir {
+                dir.shrank(&self.key, freed);
+            }
         }
         // Still under the exclusive pin: no reader can use these bytes until the hole is made.
         for (a, b) in runs {
@@ -541,19 +567,15 @@ impl<S: ReadAt + 'static> ReadAt for BlobCache<S> {
     fn discard_cached(&self, offset: u64, len: u64) -> io::Result<()> {
         // The origin learns too: a P2P-backed source refetches this range from the registry.
         self.origin.discard_cached(offset, len)?;
-        let freed = self.drop_range(offset, len, true).map_err(Error::into_io)?;
-        if let Some(dir) = &self.dir {
-            dir.shrank(&self.key, freed);
-        }
+        self.drop_range(offset, len, true).map_err(Error::into_io)?;
         Ok(())
     }
 }
 
 impl<S: ReadAt + 'static> Evict for BlobCache<S> {
-    fn evict(&self) -> Result<u64> {
-        let freed = self.drop_range(0, self.size, false)?;
-        self.checkpoint()?;
-        Ok(freed)
+    fn evict(&self) -> Result<()> {
+        self.drop_range(0, self.size, false)?;
+        self.checkpoint()
     }
     fn save(&self) -> Result<()> {
         self.checkpoint()
@@ -570,6 +592,7 @@ impl<S> Drop for BlobCache<S> {
         if st.dirty {
             let _ = write_record(&self.record_path, &encode_state(self.size, self.unit, st));
         }
+        self.closed.store(true, Ordering::Release);
     }
 }
 

@@ -8,6 +8,8 @@ use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::writeback::WriteBack;
+
 /// Inode number.
 pub type Ino = u32;
 /// The root directory's inode.
@@ -248,7 +250,7 @@ fn io_code(e: &io::Error) -> c_int {
 
 struct IoCtx<'a> {
     ops: IoOps,
-    disk: &'a mut dyn DiskIo,
+    disk: WriteBack<'a>,
     /// The first I/O error, with its offset, for the message.
     failure: Option<String>,
 }
@@ -260,7 +262,7 @@ fn disk_op(
     what: impl FnOnce() -> String,
     op: impl FnOnce(&mut dyn DiskIo) -> io::Result<()>,
 ) -> c_int {
-    match catch_unwind(AssertUnwindSafe(|| op(&mut *c.disk))) {
+    match catch_unwind(AssertUnwindSafe(|| op(&mut c.disk))) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
             c.failure.get_or_insert_with(|| format!("{}: {e}", what()));
@@ -334,7 +336,7 @@ impl<'a> Fs<'a> {
                 write: io_write,
                 flush: io_flush,
             },
-            disk,
+            disk: WriteBack::new(disk),
             failure: None,
         });
         io.ops.ctx = &mut *io as *mut IoCtx<'a> as *mut c_void;
@@ -362,7 +364,13 @@ impl<'a> Fs<'a> {
         // SAFETY: raw is the open handle; it is freed by this call and not used again.
         let r = unsafe { obd_fs_close(raw) };
         let what = self.io_context("write the filesystem back".into());
-        check(r, || what)
+        check(r, || what)?;
+        // libext2fs flushed on close; this writes back anything held after that.
+        self.io.disk.write_back().map_err(|e| FsError {
+            what: "write the filesystem back".into(),
+            code: io_code(&e).into(),
+            message: e.to_string(),
+        })
     }
 
     /// (free blocks, free inodes, block size).
@@ -448,7 +456,7 @@ impl<'a> Fs<'a> {
 
     /// The disk under the filesystem (for [`DiskIo::declare_remote`]).
     pub fn disk(&mut self) -> &mut dyn DiskIo {
-        &mut *self.io.disk
+        &mut self.io.disk
     }
 
     /// Opens a regular file for writing.

@@ -20,5 +20,6 @@ pub mod remote;
 pub mod store;
 pub mod turbo;
 pub mod verify;
+pub mod writeback;
 
 pub use error::{Error, Result};

@@ -219,9 +219,15 @@ impl Store for Layout {
             return Ok(false);
         }
         let tmp = dst.with_extension("tmp");
-        fs::copy(path, &tmp)
-            .map_err(|e| Error::io("copy", path, e))
-            .at(|| format!("store {digest} as {}", tmp.display()))?;
+        let _ = fs::remove_file(&tmp);
+        // The work files handed here are not written again: a link, where the filesystem is
+        // the same (no copy of a layer), else a copy. Never a link to a symbolic link.
+        let is_file = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+        if !is_file || fs::hard_link(path, &tmp).is_err() {
+            fs::copy(path, &tmp)
+                .map_err(|e| Error::io("copy", path, e))
+                .at(|| format!("store {digest} as {}", tmp.display()))?;
+        }
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename to", &dst, e))?;
         Ok(true)
     }
@@ -375,5 +381,36 @@ mod tests {
         );
         assert!(l.get_manifest("v2").is_err());
         assert!(l.blob_path("sha256:../../x").is_err());
+    }
+
+    /// A work file becomes a blob by a link (no copy); a symbolic link (a source layout's blob
+    /// read in place) by a copy of what it points to, never a link to the link.
+    #[test]
+    fn a_layout_links_work_files_and_copies_through_symlinks() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::open(&dir.path().join("layout"), true).unwrap();
+        let (a, b) = (b"layer a".as_slice(), b"layer b".as_slice());
+        let (da, db) = (oci::sha256_digest(a), oci::sha256_digest(b));
+        let work = dir.path().join("out-0000");
+        fs::write(&work, a).unwrap();
+        assert!(l.put_blob_file(&da, a.len() as u64, &work).unwrap());
+        let blob = l.blob_path(&da).unwrap();
+        assert_eq!(
+            fs::metadata(&blob).unwrap().ino(),
+            fs::metadata(&work).unwrap().ino()
+        );
+        assert!(
+            !l.put_blob_file(&da, a.len() as u64, &work).unwrap(),
+            "already there"
+        );
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b).unwrap();
+        let link = dir.path().join("src-0001");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(l.put_blob_file(&db, b.len() as u64, &link).unwrap());
+        let blob = l.blob_path(&db).unwrap();
+        assert!(fs::symlink_metadata(&blob).unwrap().file_type().is_file());
+        assert_eq!(fs::read(&blob).unwrap(), b);
     }
 }

@@ -38,7 +38,8 @@ pub(super) struct Ctx<'a> {
     pub work: &'a Path,
 }
 
-/// A layer's blocks, snapshotted out of the work disk, for the committer.
+/// A layer's blocks, snapshotted out of the work disk (or, for the last layer, on the work
+/// disk itself), for the committer, which removes `raw` once committed.
 struct Job {
     i: usize,
     raw: PathBuf,
@@ -277,7 +278,19 @@ fn apply_all<'scope>(
         }
         let stats = apply_layer(s, c, &mut disk, i, &src_path, t)?;
         let _ = std::fs::remove_file(&src_path);
-        let job = cut(c, &mut disk, i, uuid, parent)?;
+        // The last layer applied commits from the work disk itself: nothing moves it on.
+        let last = c.plan.reuse[i + 1..].iter().all(Option::is_some);
+        let job = if last {
+            Job {
+                i,
+                raw: disk.path().to_path_buf(),
+                maps: disk.take_dirty(),
+                uuid,
+                parent,
+            }
+        } else {
+            cut(c, &mut disk, i, uuid, parent)?
+        };
         parent = Some(uuid);
         if commit_tx.send(job).is_err() {
             break;

@@ -21,6 +21,7 @@ use crate::oci::{
 use crate::progress::{Phase, Progress};
 use crate::store::{read_small_blob, Store};
 
+pub(crate) mod growing;
 pub(crate) mod pipeline;
 
 /// The time stamped on everything the convertor makes rather than copies (superblock, implicit
@@ -288,6 +289,18 @@ pub(crate) fn download(
     progress: &dyn Progress,
     i: usize,
 ) -> Result<()> {
+    download_growing(src, d, path, progress, i, None)
+}
+
+/// [`download`], telling `growing` how far the file is written (readers read behind it).
+pub(crate) fn download_growing(
+    src: &dyn Store,
+    d: &Descriptor,
+    path: &Path,
+    progress: &dyn Progress,
+    i: usize,
+    growing: Option<&growing::Growing>,
+) -> Result<()> {
     oci::check_digest(&d.digest)?;
     let f = File::create(path).map_err(|e| Error::io("create", path, e))?;
     struct W<'a> {
@@ -297,6 +310,7 @@ pub(crate) fn download(
         cap: u64,
         p: &'a dyn Progress,
         i: usize,
+        growing: Option<&'a growing::Growing>,
     }
     impl Write for W<'_> {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -309,6 +323,10 @@ pub(crate) fn download(
             self.h.update(b);
             self.n += b.len() as u64;
             self.p.bytes(self.i, Phase::Download, self.n);
+            if let Some(g) = self.growing {
+                // What left the buffer is in the file.
+                g.written(self.n - self.f.buffer().len() as u64);
+            }
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -322,10 +340,14 @@ pub(crate) fn download(
         cap: d.size,
         p: progress,
         i,
+        growing,
     };
     src.get_blob(&d.digest, &mut w)
         .at(|| format!("download layer {}", d.digest))?;
     w.flush().map_err(|e| Error::io("write", path, e))?;
+    if let Some(g) = growing {
+        g.written(w.n);
+    }
     let got = format!("sha256:{}", hex::encode(w.h.finalize()));
     if w.n != d.size || got != d.digest {
         return Err(Error::Invalid(format!(
@@ -352,6 +374,16 @@ pub(crate) fn decompressed_checked(
     check: Option<(String, u64)>,
 ) -> Result<Box<dyn Read>> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    decompress(Box::new(f), path, c, check)
+}
+
+/// [`decompressed_checked`] of the blob `f` reads (`path` names it in messages).
+pub(crate) fn decompress(
+    f: Box<dyn Read>,
+    path: &Path,
+    c: LayerCompression,
+    check: Option<(String, u64)>,
+) -> Result<Box<dyn Read>> {
     let f: Box<dyn Read> = match check {
         Some((digest, size)) => Box::new(Checked {
             inner: f,

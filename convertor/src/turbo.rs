@@ -609,8 +609,9 @@ pub(crate) fn convert_manifest(
     std::thread::scope(|s| -> Result<()> {
         // Layers download `concurrency` at a time, ahead of the one being converted.
         let w = work.path();
-        let rx = spawn_downloads(s, n, opts.concurrency, &next, move |i| {
-            download_source(src, &m.layers[i], w, progress, i)
+        let rx = spawn_downloads(s, n, opts.concurrency, &next, move |i, tx| {
+            tx.send((i, download_source(src, &m.layers[i], w, progress, i)))
+                .is_ok()
         });
         let result = (|| -> Result<()> {
             let mut ready = BTreeMap::new();

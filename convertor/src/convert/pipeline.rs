@@ -9,13 +9,14 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use overlaybd_lsmt::{Mapping, Uuid};
 use sha2::{Digest, Sha256};
 
-use super::{decompressed_checked, download, now, LayerReport, Options, Plan};
+use super::growing::Growing;
+use super::{decompress, download, download_growing, now, LayerReport, Options, Plan};
 use crate::apply::{Applier, ApplyStats};
 use crate::dedup;
 use crate::disk::WorkDisk;
@@ -59,13 +60,33 @@ struct Upload {
     size: u64,
 }
 
+/// Where the applier finds a layer's blob (a file in the work directory).
+enum Input {
+    /// Downloaded whole and checked (or, for a reused layer that is not loaded, nothing).
+    Whole(PathBuf),
+    /// A link to a layout's blob, read in place: checked as it is read.
+    InPlace(PathBuf),
+    /// Still downloading: read behind the download, which checks it.
+    Growing(PathBuf, Arc<Growing>),
+}
+
+impl Input {
+    fn path(&self) -> &Path {
+        match self {
+            Input::Whole(p) | Input::InPlace(p) | Input::Growing(p, _) => p,
+        }
+    }
+}
+
 /// Runs the pipeline over every layer of the plan; returns the layers' reports.
 pub(super) fn run(c: Ctx<'_>) -> Result<Vec<LayerReport>> {
     let n = c.plan.len();
     let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| -> Result<()> {
-        let downloads = spawn_downloads(s, n, c.opts.concurrency, &next, move |i| fetch(c, i));
+        let downloads = spawn_downloads(s, n, c.opts.concurrency, &next, move |i, tx| {
+            fetch(c, i, tx)
+        });
         let (up_tx, uploader) = spawn_uploader(s, c);
         let (commit_tx, committer) = spawn_committer(s, c, up_tx);
         let result = apply_all(s, c, &downloads, &commit_tx, &mut reports);
@@ -84,24 +105,25 @@ pub(super) fn run(c: Ctx<'_>) -> Result<Vec<LayerReport>> {
     Ok(reports)
 }
 
+/// Layer inputs by layer, as the download threads send them.
+pub(crate) type Inputs<T> = mpsc::Sender<(usize, Result<T>)>;
+
 /// Downloads: a pool of `concurrency` threads taking layers `0..n` in order (`fetch` makes
-/// layer i's input); results by layer. Setting `next` to `n` stops new ones (on an error).
-pub(crate) fn spawn_downloads<'scope>(
+/// layer i's input and sends it, when the applier may start on it; false once nobody listens).
+/// Setting `next` to `n` stops new ones (on an error).
+pub(crate) fn spawn_downloads<'scope, T: Send + 'scope>(
     s: &'scope Scope<'scope, '_>,
     n: usize,
     concurrency: usize,
     next: &'scope AtomicUsize,
-    fetch: impl Fn(usize) -> Result<PathBuf> + Copy + Send + 'scope,
-) -> mpsc::Receiver<(usize, Result<PathBuf>)> {
-    let (tx, rx) = mpsc::channel::<(usize, Result<PathBuf>)>();
+    fetch: impl Fn(usize, &Inputs<T>) -> bool + Copy + Send + 'scope,
+) -> mpsc::Receiver<(usize, Result<T>)> {
+    let (tx, rx) = mpsc::channel::<(usize, Result<T>)>();
     for _ in 0..concurrency.clamp(1, n) {
         let tx = tx.clone();
         s.spawn(move || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                break;
-            }
-            if tx.send((i, fetch(i))).is_err() {
+            if i >= n || !fetch(i, &tx) {
                 break;
             }
         });
@@ -124,12 +146,12 @@ pub(crate) fn download_source(
     r
 }
 
-/// Layer `i`'s input in the work directory: its source downloaded, or (a reused layer to
-/// build on) its converted blob downloaded from the destination; nothing for the other
-/// reused layers.
-fn fetch(c: Ctx<'_>, i: usize) -> Result<PathBuf> {
+/// Layer `i`'s input in the work directory, sent on `tx`: its source read in place or
+/// downloaded (the applier reads behind the download), or (a reused layer to build on) its
+/// converted blob downloaded from the destination; nothing for the other reused layers.
+fn fetch(c: Ctx<'_>, i: usize, tx: &Inputs<Input>) -> bool {
     let path = c.work.join(format!("src-{i:04}"));
-    match &c.plan.reuse[i] {
+    let input = match &c.plan.reuse[i] {
         None => {
             let l = &c.plan.m.layers[i];
             // A layout's blob is read in place (a symbolic link in the work directory, which
@@ -138,10 +160,25 @@ fn fetch(c: Ctx<'_>, i: usize) -> Result<PathBuf> {
                 if std::os::unix::fs::symlink(&p, &path).is_ok() {
                     c.progress.bytes(i, Phase::Download, l.size);
                     c.progress.done(i, Phase::Download);
-                    return Ok(path);
+                    return tx.send((i, Ok(Input::InPlace(path)))).is_ok();
                 }
             }
-            download_source(c.src, l, c.work, c.progress, i)
+            // The file exists before the applier hears of it (the download opens it again).
+            if let Err(e) = File::create(&path) {
+                return tx.send((i, Err(Error::io("create", &path, e)))).is_ok();
+            }
+            let growing = Arc::new(Growing::default());
+            if tx
+                .send((i, Ok(Input::Growing(path.clone(), growing.clone()))))
+                .is_err()
+            {
+                return false;
+            }
+            c.progress.bytes(i, Phase::Download, 0);
+            let r = download_growing(c.src, l, &path, c.progress, i, Some(&growing));
+            c.progress.done(i, Phase::Download);
+            growing.end(&r);
+            return true;
         }
         Some(rec) if c.plan.needs_load(i) => {
             let d = Descriptor {
@@ -153,10 +190,11 @@ fn fetch(c: Ctx<'_>, i: usize) -> Result<PathBuf> {
                 platform: None,
                 artifact_type: None,
             };
-            download(c.dst, &d, &path, c.progress, i).map(|()| path)
+            download(c.dst, &d, &path, c.progress, i).map(|()| Input::Whole(path))
         }
-        Some(_) => Ok(path),
-    }
+        Some(_) => Ok(Input::Whole(path)),
+    };
+    tx.send((i, input)).is_ok()
 }
 
 /// Uploads: one thread, in order, while the next layer applies.
@@ -252,21 +290,21 @@ fn commit(c: Ctx<'_>, job: Job, out: &Path) -> Result<LayerBlob> {
 fn apply_all<'scope>(
     s: &'scope Scope<'scope, '_>,
     c: Ctx<'scope>,
-    downloads: &mpsc::Receiver<(usize, Result<PathBuf>)>,
+    downloads: &mpsc::Receiver<(usize, Result<Input>)>,
     commit_tx: &mpsc::Sender<Job>,
     reports: &mut Vec<LayerReport>,
 ) -> Result<()> {
-    let mut ready: BTreeMap<usize, PathBuf> = BTreeMap::new();
+    let mut ready: BTreeMap<usize, Input> = BTreeMap::new();
     let disk_path = c.work.join("disk");
     let mut disk = WorkDisk::create(&disk_path, c.opts.vsize)
         .map_err(|e| Error::io("create the work disk", &disk_path, e))?;
     let t = now();
     let mut parent = None;
     for i in 0..c.plan.len() {
-        let src_path = downloaded(downloads, &mut ready, i)?;
+        let input = downloaded(downloads, &mut ready, i)?;
         let uuid = layer::uuid_from_chain_id(&c.plan.chains[i])?;
         if let Some(rec) = &c.plan.reuse[i] {
-            reports.push(reuse(c, &mut disk, i, rec, &src_path)?);
+            reports.push(reuse(c, &mut disk, i, rec, input.path())?);
             parent = Some(uuid);
             continue;
         }
@@ -276,8 +314,8 @@ fn apply_all<'scope>(
             disk.mark_file_extents()
                 .map_err(|e| Error::io("find the data of", &disk_path, e))?;
         }
-        let stats = apply_layer(s, c, &mut disk, i, &src_path, t)?;
-        let _ = std::fs::remove_file(&src_path);
+        let stats = apply_layer(s, c, &mut disk, i, &input, t)?;
+        let _ = std::fs::remove_file(input.path());
         // The last layer applied commits from the work disk itself: nothing moves it on.
         let last = c.plan.reuse[i + 1..].iter().all(Option::is_some);
         let job = if last {
@@ -300,12 +338,12 @@ fn apply_all<'scope>(
     Ok(())
 }
 
-/// Waits for layer `i`'s download; others that finish first wait in `ready`.
-pub(crate) fn downloaded(
-    downloads: &mpsc::Receiver<(usize, Result<PathBuf>)>,
-    ready: &mut BTreeMap<usize, PathBuf>,
+/// Waits for layer `i`'s input; others that come first wait in `ready`.
+pub(crate) fn downloaded<T>(
+    downloads: &mpsc::Receiver<(usize, Result<T>)>,
+    ready: &mut BTreeMap<usize, T>,
     i: usize,
-) -> Result<PathBuf> {
+) -> Result<T> {
     while !ready.contains_key(&i) {
         let (k, r) = downloads.recv().map_err(|_| Error::Panicked("download"))?;
         ready.insert(k, r?);
@@ -371,16 +409,17 @@ fn load_layer(disk: &mut WorkDisk, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Applies layer `i`'s tar (compressed at `path`) to the work disk, hashing it to check the
-/// diff ID (an uncompressed layer's diff ID is its digest, checked by the download).
+/// Applies layer `i`'s tar (compressed, from `input`) to the work disk, hashing it to check
+/// the diff ID (an uncompressed layer's diff ID is its digest, checked by the download).
 fn apply_layer<'scope>(
     s: &'scope Scope<'scope, '_>,
     c: Ctx<'scope>,
     disk: &mut WorkDisk,
     i: usize,
-    path: &Path,
+    input: &Input,
     t: i64,
 ) -> Result<ApplyStats> {
+    let path = input.path();
     let digest = &c.plan.m.layers[i].digest;
     let diff_id = &c.plan.diff_ids[i];
     c.progress.bytes(i, Phase::Apply, 0);
@@ -390,9 +429,7 @@ fn apply_layer<'scope>(
             "layer {i} ({digest}) is an uncompressed tar, but the config gives it diff ID {diff_id}"
         )));
     }
-    // Read in place (a link to a layout's blob): checked as the inflater reads it.
-    let in_place = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    let (mut tar, inflater) = spawn_inflater(s, c, i, path, plain, in_place);
+    let (mut tar, inflater) = spawn_inflater(s, c, i, input, plain);
     let applied = (|| -> Result<ApplyStats> {
         let mut fs = Fs::open(disk, true, t).at(|| format!("layer {i}: open the filesystem"))?;
         let stats = Applier::new(&mut fs)
@@ -402,11 +439,19 @@ fn apply_layer<'scope>(
             .at(|| format!("layer {i}: write the filesystem back"))?;
         Ok(stats)
     })();
-    let stats = match applied {
-        Ok(stats) => stats,
+    let stats = match (applied, input) {
+        (Ok(stats), _) => stats,
         // The pipe is dropped with `tar`: the inflater stops.
-        Err(e) if !in_place => return Err(e),
-        Err(e) => {
+        (Err(e), Input::Whole(_)) => return Err(e),
+        // Bytes still downloading: a failed download (a digest that does not match, a broken
+        // connection) is the cause to report, not what applying its bytes did.
+        (Err(e), Input::Growing(_, g)) => {
+            drop(tar);
+            let _ = inflater.join();
+            g.wait_end().at(|| format!("layer {i} ({digest})"))?;
+            return Err(e);
+        }
+        (Err(e), Input::InPlace(_)) => {
             // Bytes that are not the blob (a layout's blob read in place, checked at its end)
             // are the cause to report, not what applying them did: read to the end to know.
             let _ = std::io::copy(&mut tar, &mut std::io::sink());
@@ -427,6 +472,11 @@ fn apply_layer<'scope>(
         .join()
         .map_err(|_| Error::Panicked("decompression"))?
         .at(|| format!("layer {i} ({digest})"))?;
+    // The download's end: what the inflater read was the blob (bytes past the compressed
+    // stream's end, which it does not read, are checked here too).
+    if let Input::Growing(_, g) = input {
+        g.wait_end().at(|| format!("layer {i} ({digest})"))?;
+    }
     if let Some(got) = got {
         if got != *diff_id {
             return Err(Error::Invalid(format!(
@@ -446,19 +496,26 @@ fn spawn_inflater<'scope>(
     s: &'scope Scope<'scope, '_>,
     c: Ctx<'scope>,
     i: usize,
-    path: &Path,
+    input: &Input,
     plain: bool,
-    in_place: bool,
 ) -> (Pipe, ScopedJoinHandle<'scope, Result<Option<String>>>) {
     let (chunks_tx, chunks_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
-    let path = path.to_path_buf();
+    let path = input.path().to_path_buf();
+    let growing = match input {
+        Input::Growing(_, g) => Some(g.clone()),
+        _ => None,
+    };
     let kind = c.plan.kinds[i];
     let l = &c.plan.m.layers[i];
     // Read in place: not checked by a download.
-    let check = in_place.then(|| (l.digest.clone(), l.size));
+    let check = matches!(input, Input::InPlace(_)).then(|| (l.digest.clone(), l.size));
     let inflater = s.spawn(move || -> Result<Option<String>> {
+        let blob: Box<dyn Read> = match growing {
+            Some(g) => Box::new(g.reader(&path)?),
+            None => Box::new(File::open(&path).map_err(|e| Error::io("open", &path, e))?),
+        };
         let mut tar = Hashing {
-            inner: decompressed_checked(&path, kind, check)?,
+            inner: decompress(blob, &path, kind, check)?,
             h: (!plain).then(Sha256::new),
             n: 0,
             reported: 0,

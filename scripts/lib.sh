@@ -78,5 +78,63 @@ need_unstable_deb() {
   rm -rf "$tmp"
 }
 
+# need_erofs_utils PREFIX: erofs-utils (mkfs.erofs) 1.9 or later in PREFIX, which Debian 12 does
+# not package (it has 1.5: no incremental build; 1.8 misreads a PAX mtime's fraction), built
+# from Debian unstable's source package (upstream's tarball, no Debian patches needed), with
+# only what the convertor uses (no compressors, no FUSE). Needs autoconf, automake, libtool.
+need_erofs_utils() {
+  local prefix=$1
+  [ -e "$prefix/.complete" ] && return 0
+  need_pkgs autoconf:autoconf automake:automake libtoolize:libtool make:make gcc:gcc \
+    pkg-config:pkg-config
+  echo "== building erofs-utils from Debian unstable's source into $prefix"
+  local mirror
+  mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/src"
+  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror unstable main" >"$tmp/sources.list"
+  local opts=(-qq -o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root)
+  local ok=""
+  for attempt in 1 2 3 4 5; do
+    if apt-get "${opts[@]}" update &&
+      (cd "$tmp/src" && apt-get "${opts[@]}" source --download-only erofs-utils); then
+      ok=1
+      break
+    fi
+    echo "fetching erofs-utils' source failed (attempt $attempt), retrying in 10 s"
+    sleep 10
+  done
+  if [ -z "$ok" ]; then
+    rm -rf "$tmp"
+    echo "could not fetch erofs-utils' source from Debian unstable ($mirror)" >&2
+    return 1
+  fi
+  (
+    set -e
+    cd "$tmp/src"
+    tar xf erofs-utils_*.orig.tar.*
+    cd erofs-utils-*/
+    ./autogen.sh >build.log 2>&1
+    ./configure --prefix="$prefix" --disable-lz4 --disable-lzma --without-zstd \
+      --without-libzstd --without-uuid --without-selinux --disable-fuse --without-libdeflate \
+      --without-zlib --without-xxhash --disable-multithreading --without-libcurl \
+      --without-openssl --without-libxml2 >>build.log 2>&1
+    make -j"$(nproc)" >>build.log 2>&1
+    rm -rf "$prefix"
+    make install >>build.log 2>&1
+  ) || {
+    echo "building erofs-utils failed:" >&2
+    tail -20 "$tmp"/src/erofs-utils-*/build.log >&2 || true
+    rm -rf "$tmp"
+    return 1
+  }
+  "$prefix/bin/mkfs.erofs" --version | head -1 >"$prefix/.complete"
+  rm -rf "$tmp"
+}
+
 # Where the tests find containerd 2.x (OBD_CONTAINERD2 in the harness).
 OBD_CONTAINERD2_DEFAULT=/opt/overlaybd-test/containerd-2

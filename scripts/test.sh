@@ -32,6 +32,11 @@ need_unstable_deb containerd "${OBD_CONTAINERD2:-$OBD_CONTAINERD2_DEFAULT}"
 # Docker Engine 28 with its containerd image store (tests/tests/docker.rs), the same way.
 need_unstable_deb docker.io "${OBD_DOCKER:-/opt/overlaybd-test/docker}"
 need_unstable_deb docker-cli "${OBD_DOCKER_CLI:-/opt/overlaybd-test/docker-cli}"
+# The convertor's EROFS layers need erofs-utils 1.9+ (Debian 12 has 1.5): built from Debian
+# unstable's source into a private prefix (about 30 s, once).
+erofs_prefix="${OBD_EROFS_UTILS:-/opt/overlaybd-test/erofs-utils}"
+need_erofs_utils "$erofs_prefix"
+export OBD_MKFS_EROFS="$erofs_prefix/bin/mkfs.erofs"
 
 # A one-shot build gains nothing from incremental state (2.6 GB of it on a clean build).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

@@ -49,6 +49,8 @@ pub struct Options {
     /// TurboOCI: attach the meta image to the source manifest as an OCI 1.1 referrer
     /// (`subject`, `artifactType`).
     pub referrer: bool,
+    /// The layers' filesystem.
+    pub fs: layer::FsType,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             dedup: None,
             turbo_oci: false,
             referrer: false,
+            fs: layer::FsType::Ext4,
         }
     }
 }
@@ -177,6 +180,11 @@ fn convert_one(
     progress: &dyn Progress,
 ) -> Result<Converted> {
     if opts.turbo_oci {
+        if opts.fs != layer::FsType::Ext4 {
+            return Err(Error::Unsupported(
+                "TurboOCI meta layers are built as ext4 (EROFS ones: not yet)".into(),
+            ));
+        }
         crate::turbo::convert_manifest(src, m, Some(source), dst, tag, opts, progress)
     } else {
         convert_manifest(src, m, dst, tag, opts, progress)
@@ -464,6 +472,9 @@ pub fn convert_manifest(
     progress: &dyn Progress,
 ) -> Result<Converted> {
     let started = Instant::now();
+    if opts.fs == layer::FsType::Erofs {
+        crate::erofs::check_tool()?;
+    }
     let (mut config, diff_ids) = read_config(src, m)?;
     let kinds = layer_kinds(m)?;
     let work = work_dir(opts)?;
@@ -483,7 +494,7 @@ pub fn convert_manifest(
     record_dedup(opts, &plan, &reports, dst);
     let oci_types = opts.oci || m.media_type.as_deref() != Some(media::DOCKER_MANIFEST);
     let config = write_config(&mut config, &reports, dst, oci_types)?;
-    let desc = write_manifest(m, config, &reports, dst, tag, oci_types)?;
+    let desc = write_manifest(m, config, &reports, dst, tag, oci_types, opts.fs)?;
     progress.finish(&desc.digest, started.elapsed());
     Ok(Converted {
         manifest: desc,
@@ -547,7 +558,7 @@ fn plan<'m>(
     let n = m.layers.len();
     let keys: Vec<String> = chains
         .iter()
-        .map(|c| dedup::key(c, &opts.compression, opts.vsize))
+        .map(|c| dedup::key(c, &opts.compression, opts.vsize, opts.fs))
         .collect();
     let mut reuse: Vec<Option<dedup::Record>> = vec![None; n];
     if let Some(db) = &opts.dedup {
@@ -656,6 +667,7 @@ fn write_manifest(
     dst: &dyn Store,
     tag: Option<&str>,
     oci_types: bool,
+    fs: layer::FsType,
 ) -> Result<Descriptor> {
     let (manifest_mt, layer_mt) = if oci_types {
         (media::OCI_MANIFEST, media::OCI_LAYER)
@@ -669,7 +681,7 @@ fn write_manifest(
         config,
         layers: reports
             .iter()
-            .map(|r| layer_descriptor(&r.blob, layer_mt))
+            .map(|r| layer_descriptor(&r.blob, layer_mt, fs))
             .collect(),
         subject: None,
         annotations: m.annotations.clone(),
@@ -678,7 +690,11 @@ fn write_manifest(
 }
 
 /// A converted layer's descriptor with overlaybd's annotations and ours.
-pub(crate) fn layer_descriptor(blob: &layer::LayerBlob, media_type: &str) -> Descriptor {
+pub(crate) fn layer_descriptor(
+    blob: &layer::LayerBlob,
+    media_type: &str,
+    fs: layer::FsType,
+) -> Descriptor {
     Descriptor {
         media_type: media_type.into(),
         digest: blob.digest.clone(),
@@ -689,7 +705,7 @@ pub(crate) fn layer_descriptor(blob: &layer::LayerBlob, media_type: &str) -> Des
                 (annotation::VERSION, annotation::VERSION_VALUE.to_string()),
                 (annotation::BLOB_DIGEST, blob.digest.clone()),
                 (annotation::BLOB_SIZE, blob.size.to_string()),
-                (annotation::FS_TYPE, "ext4".to_string()),
+                (annotation::FS_TYPE, fs.name().to_string()),
                 (annotation::INTEGRITY_ROOT, blob.integrity_root.clone()),
             ]
             .into_iter()

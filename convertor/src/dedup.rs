@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::layer::Compression;
+use crate::layer::{Compression, FsType};
 use crate::oci::{self, annotation, media, Descriptor, Manifest};
 use crate::store::Store;
 
@@ -65,11 +65,12 @@ pub struct DedupDb {
 }
 
 /// The key: chain ID and everything that changes the converted bytes.
-pub fn key(chain_id: &str, z: &Compression, vsize: u64) -> String {
+pub fn key(chain_id: &str, z: &Compression, vsize: u64, fs: FsType) -> String {
     format!(
-        "{chain_id}|{}|{}|{vsize}|ext4|v1",
+        "{chain_id}|{}|{}|{vsize}|{}|v1",
         z.algorithm.name(),
-        z.block_size
+        z.block_size,
+        fs.name()
     )
 }
 
@@ -298,7 +299,12 @@ mod tests {
     fn records_survive_reopening_and_collect_locations() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/dedup.redb");
-        let k = key("sha256:abc", &Compression::default(), 64 << 30);
+        let k = key(
+            "sha256:abc",
+            &Compression::default(),
+            64 << 30,
+            FsType::Ext4,
+        );
         {
             let db = DedupDb::open(&p).unwrap();
             assert_eq!(db.get(&k).unwrap(), None);
@@ -317,8 +323,16 @@ mod tests {
                     block_size: 8192,
                     ..Default::default()
                 },
-                64 << 30
+                64 << 30,
+                FsType::Ext4
             )
         );
+        let erofs = key(
+            "sha256:abc",
+            &Compression::default(),
+            64 << 30,
+            FsType::Erofs,
+        );
+        assert_ne!(k, erofs, "the filesystem is a setting");
     }
 }

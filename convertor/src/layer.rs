@@ -36,6 +36,26 @@ impl Default for Compression {
     }
 }
 
+/// The filesystem the layers build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FsType {
+    /// ext4 through libext2fs (overlaybd's native layers).
+    #[default]
+    Ext4,
+    /// EROFS through erofs-utils' `mkfs.erofs` (`crate::erofs`): read-only.
+    Erofs,
+}
+
+impl FsType {
+    /// The name in the `blob-fs-type` annotation and the dedup key.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Erofs => "erofs",
+        }
+    }
+}
+
 /// A layer blob written to a local file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LayerBlob {

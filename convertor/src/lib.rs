@@ -6,6 +6,7 @@ pub mod apply;
 pub mod convert;
 pub mod dedup;
 pub mod disk;
+pub mod erofs;
 pub mod error;
 pub mod extfs;
 #[cfg(feature = "test-util")]

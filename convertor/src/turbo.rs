@@ -575,7 +575,7 @@ fn native_layer(
     } else {
         media::DOCKER_LAYER
     };
-    let desc = convert::layer_descriptor(&blob, layer_mt);
+    let desc = convert::layer_descriptor(&blob, layer_mt, crate::layer::FsType::Ext4);
     Ok((blob, desc))
 }
 

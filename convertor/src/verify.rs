@@ -574,6 +574,19 @@ pub fn verify_images(
             }
         )));
     }
+    let erofs = |m: &crate::oci::Manifest| {
+        m.layers.iter().any(|l| {
+            l.annotation(crate::oci::annotation::FS_TYPE)
+                .is_some_and(|t| t.starts_with("erofs"))
+        })
+    };
+    if let Some((_, d, _)) = dsts.iter().find(|(_, _, m)| erofs(m)) {
+        return Err(Error::Unsupported(format!(
+            "DST {} (manifest {d}) has EROFS layers: verify reads ext4 only so far (the \
+             merged layers are a plain EROFS image: mount it read-only and compare)",
+            dst.describe()
+        )));
+    }
     let mut out = Vec::new();
     for (platform, sdigest, sm) in &srcs {
         let Some((_, ddigest, dm)) = dsts.iter().find(|(p, _, _)| p == platform) else {

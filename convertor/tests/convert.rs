@@ -16,6 +16,11 @@ use convertor::verify::{diff, tree_of_dir, tree_of_fs, LayerDisk, Tree};
 /// Layers with what the OCI rules are about: a busybox rootfs; real files from this machine
 /// (GNU tar); deletions, an opaque directory, a replaced symlink, a new hard link.
 fn sample_layers() -> Vec<Vec<u8>> {
+    sample_layers_linking(true)
+}
+
+/// The same, with or without the last layer's hard link to a file of a lower layer.
+fn sample_layers_linking(cross_layer_link: bool) -> Vec<Vec<u8>> {
     let l0 = busybox_layer();
     let l1 = host_layer(&[
         "usr/share/common-licenses",
@@ -32,9 +37,11 @@ fn sample_layers() -> Vec<Vec<u8>> {
             0o644,
             b"the opaque directory keeps only this\n",
         )
-        .file("bin/ls", 0o755, b"#!/bin/sh\nexec /bin/busybox ls \"$@\"\n")
-        .link(tar::EntryType::Link, "etc/passwd.link", "etc/passwd")
-        .file("etc/motd", 0o644, &vec![b'x'; 300_000]);
+        .file("bin/ls", 0o755, b"#!/bin/sh\nexec /bin/busybox ls \"$@\"\n");
+    if cross_layer_link {
+        t.link(tar::EntryType::Link, "etc/passwd.link", "etc/passwd");
+    }
+    t.file("etc/motd", 0o644, &vec![b'x'; 300_000]);
     vec![l0, l1, t.finish()]
 }
 
@@ -227,6 +234,109 @@ fn an_image_converted_through_the_registry_equals_its_unpacked_source() {
     // The same input gives the same digests.
     let (again, conv2) = convert(&src, "v1", &dst, Some("v2"), &opts, &Quiet).unwrap();
     assert_eq!(again.digest, desc.digest);
+    for (a, b) in conv[0].layers.iter().zip(&conv2[0].layers) {
+        assert_eq!(a.blob, b.blob);
+    }
+}
+
+/// `--fs erofs`: every layer stack is an EROFS image the kernel mounts, whose tree equals the
+/// source unpacked by umoci (whiteouts and the opaque directory merged away), with the
+/// annotation overlaybd reads for the mount; the same input gives the same digests.
+#[test]
+fn an_image_converted_to_erofs_mounts_and_equals_its_unpacked_source() {
+    let Some(reg) = Registry::start() else { return };
+    if !require_tool("skopeo")
+        || !require_tool("umoci")
+        || !use_mkfs_erofs()
+        || !require(is_root(), "umoci unpack and the kernel mount need root")
+    {
+        return;
+    }
+    let src = reg.remote("erofs/src", true);
+    // erofs-utils' incremental build cannot hard-link to a file of a lower layer: a clear
+    // error, then the same layers without that link.
+    push_image(&src, "linking", &sample_layers());
+    push_image(&src, "v1", &sample_layers_linking(false));
+    let dst = reg.remote("erofs/obd", true);
+    let opts = Options {
+        concurrency: 2,
+        fs: convertor::layer::FsType::Erofs,
+        ..Options::default()
+    };
+    let e = convert(&src, "linking", &dst, Some("linking"), &opts, &Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 2") && e.contains("--fs ext4"), "{e}");
+    let (desc, conv) = convert(&src, "v1", &dst, Some("v1"), &opts, &Quiet).unwrap();
+    let m = manifest(&dst, "v1");
+    assert_eq!(m.layers.len(), 3);
+    for l in &m.layers {
+        assert_eq!(l.annotation(annotation::FS_TYPE), Some("erofs"));
+    }
+    let work = tempfile::tempdir().unwrap();
+    let blobs = download_layers(&dst, &m, work.path());
+    let expected = tree_of_dir(&umoci_rootfs(&reg, "erofs/src:v1", work.path())).unwrap();
+    let mut root_expected = expected.clone();
+    root_expected.remove(&b""[..]);
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    for k in 1..=blobs.len() {
+        let disk = LayerDisk::open(&blobs[..k]).unwrap();
+        let img = work.path().join(format!("disk{k}"));
+        disk.write_sparse(&img).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "erofs",
+                "-o",
+                "loop,ro",
+                img.to_str().unwrap(),
+                mnt.to_str().unwrap(),
+            ],
+        );
+        let mounted = std::panic::catch_unwind(|| tree_of_dir(&mnt).unwrap());
+        run("umount", &[mnt.to_str().unwrap()]);
+        std::fs::remove_file(&img).unwrap();
+        let mut mounted = mounted.unwrap();
+        // The root kept through every incremental build (mkfs.erofs would make it 0777).
+        let root = mounted.remove(&b""[..]).unwrap();
+        assert_eq!(root.mode, 0o40755, "layers 1..={k}: the root's mode");
+        assert!(
+            mounted.len() > 10,
+            "layers 1..={k}: {} entries",
+            mounted.len()
+        );
+        if k == blobs.len() {
+            assert_same(
+                &root_expected,
+                &mounted,
+                "EROFS kernel mount vs umoci unpack",
+            );
+            assert!(
+                !mounted.contains_key(&b"etc/passwd-"[..]),
+                "whiteout applied"
+            );
+            assert_eq!(
+                mounted
+                    .keys()
+                    .filter(|k| k.starts_with(b"usr/share/common-licenses/"))
+                    .count(),
+                1,
+                "opaque directory"
+            );
+        }
+    }
+    // verify says plainly that it reads ext4 only.
+    let e = convertor::verify::verify_images(&src, "v1", &dst, "v1", work.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("EROFS layers"), "{e}");
+    let (again, conv2) = convert(&src, "v1", &dst, Some("v2"), &opts, &Quiet).unwrap();
+    assert_eq!(
+        again.digest, desc.digest,
+        "the same input gives the same digests"
+    );
     for (a, b) in conv[0].layers.iter().zip(&conv2[0].layers) {
         assert_eq!(a.blob, b.blob);
     }
@@ -450,7 +560,7 @@ fn the_registry_dedup_cache_is_shared_between_runners() {
     // ignored; the same record signed with the runners' secret is taken.
     let cache = RegistryCache::new(Box::new(reg.remote("ci/dedup-cache", true)), secret());
     let chain = &conv[0].layers[2].chain_id;
-    let key = convertor::dedup::key(chain, &Default::default(), 64 << 30);
+    let key = convertor::dedup::key(chain, &Default::default(), 64 << 30, Default::default());
     assert!(cache.get(&key).unwrap().is_some());
     let l2 = &conv[0].layers[2].blob;
     let forge = |secret: Option<Vec<u8>>, k: &str| {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use convertor::convert::{convert, Options};
-use convertor::layer::Compression;
+use convertor::layer::{Compression, FsType};
 use convertor::progress::{Progress, Quiet, Reporter};
 use convertor::remote::{Remote, RemoteOptions};
 use convertor::store::{ImageRef, Layout, Location, Store};
@@ -74,6 +74,10 @@ struct ConvertArgs {
     /// Uncompressed bytes per ZFile block (4096 to 65536, a power of two).
     #[arg(long, default_value_t = 16384)]
     block_size: u32,
+    /// The layers' filesystem: ext4 (overlaybd's), or erofs (read-only, smaller; needs
+    /// erofs-utils 1.8 or later: `mkfs.erofs` in PATH or $OBD_MKFS_EROFS).
+    #[arg(long, default_value = "ext4", value_parser = ["ext4", "erofs"])]
+    fs: String,
     /// Virtual disk size in GiB.
     #[arg(long, default_value_t = 64)]
     vsize: u64,
@@ -258,6 +262,11 @@ fn convert_cmd(a: ConvertArgs) -> Result<()> {
         },
         turbo_oci: a.turbo_oci,
         referrer: a.referrer,
+        fs: if a.fs == "erofs" {
+            FsType::Erofs
+        } else {
+            FsType::Ext4
+        },
     };
     if a.turbo_oci && opts.dedup.is_some() {
         bail!(

@@ -22,7 +22,7 @@ use crate::dedup;
 use crate::disk::WorkDisk;
 use crate::error::{At, Error, Result};
 use crate::extfs::{DiskIo, Fs};
-use crate::layer::{self, LayerBlob};
+use crate::layer::{self, FsType, LayerBlob};
 use crate::oci::{media, Descriptor, LayerCompression};
 use crate::progress::{Phase, Progress};
 use crate::store::Store;
@@ -76,6 +76,14 @@ impl Input {
             Input::Whole(p) | Input::InPlace(p) | Input::Growing(p, _) => p,
         }
     }
+}
+
+/// What a layer is applied to.
+enum LayerFs<'a> {
+    /// The ext4 filesystem on the work disk, through libext2fs.
+    Ext4,
+    /// The EROFS image, rebuilt by mkfs.erofs; its changes go onto the work disk.
+    Erofs(&'a mut crate::erofs::Image),
 }
 
 /// Runs the pipeline over every layer of the plan; returns the layers' reports.
@@ -300,21 +308,34 @@ fn apply_all<'scope>(
         .map_err(|e| Error::io("create the work disk", &disk_path, e))?;
     let t = now();
     let mut parent = None;
+    // EROFS: the image built so far, as mkfs.erofs extends it (its UUID: the first layer's).
+    let mut erofs = None;
     for i in 0..c.plan.len() {
         let input = downloaded(downloads, &mut ready, i)?;
         let uuid = layer::uuid_from_chain_id(&c.plan.chains[i])?;
+        let fs_uuid = uuid.to_string().to_lowercase();
         if let Some(rec) = &c.plan.reuse[i] {
             reports.push(reuse(c, &mut disk, i, rec, input.path())?);
             parent = Some(uuid);
+            if let Some(img) = &mut erofs {
+                crate::erofs::Image::disk_changed(img);
+            }
             continue;
         }
-        if i == 0 {
-            let fs_uuid = uuid.to_string().to_lowercase();
-            crate::mkfs::mkfs(disk.path(), &fs_uuid, t, c.work)?;
-            disk.mark_file_extents()
-                .map_err(|e| Error::io("find the data of", &disk_path, e))?;
-        }
-        let stats = apply_layer(s, c, &mut disk, i, &input, t)?;
+        let fs = match c.opts.fs {
+            FsType::Ext4 => {
+                if i == 0 {
+                    crate::mkfs::mkfs(disk.path(), &fs_uuid, t, c.work)?;
+                    disk.mark_file_extents()
+                        .map_err(|e| Error::io("find the data of", &disk_path, e))?;
+                }
+                LayerFs::Ext4
+            }
+            FsType::Erofs => LayerFs::Erofs(erofs.get_or_insert_with(|| {
+                crate::erofs::Image::new(&c.work.join("erofs.img"), &fs_uuid)
+            })),
+        };
+        let stats = apply_layer(s, c, &mut disk, i, &input, t, fs)?;
         let _ = std::fs::remove_file(input.path());
         // The last layer applied commits from the work disk itself: nothing moves it on.
         let last = c.plan.reuse[i + 1..].iter().all(Option::is_some);
@@ -418,6 +439,7 @@ fn apply_layer<'scope>(
     i: usize,
     input: &Input,
     t: i64,
+    fs: LayerFs<'_>,
 ) -> Result<ApplyStats> {
     let path = input.path();
     let digest = &c.plan.m.layers[i].digest;
@@ -431,6 +453,11 @@ fn apply_layer<'scope>(
     }
     let (mut tar, inflater) = spawn_inflater(s, c, i, input, plain);
     let applied = (|| -> Result<ApplyStats> {
+        if let LayerFs::Erofs(img) = fs {
+            img.apply(disk, &mut tar, t)
+                .at(|| format!("layer {i} ({digest}): build EROFS"))?;
+            return Ok(ApplyStats::default());
+        }
         let mut fs = Fs::open(disk, true, t).at(|| format!("layer {i}: open the filesystem"))?;
         let stats = Applier::new(&mut fs)
             .apply(&mut tar)

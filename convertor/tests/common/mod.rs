@@ -7,7 +7,7 @@ use convertor::remote::{Remote, RemoteOptions};
 use convertor::store::Store;
 
 pub use test_support::layer::{busybox_layer, gzip, host_layer, TarBuilder};
-pub use test_support::{is_root, require, require_tool, run};
+pub use test_support::{is_root, require, require_tool, run, use_mkfs_erofs};
 
 /// The test registry, reached as a convertor [`Store`].
 pub struct Registry(pub test_support::registry::Registry);

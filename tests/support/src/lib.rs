@@ -30,6 +30,26 @@ pub fn require(ok: bool, why: &str) -> bool {
     ok
 }
 
+/// Where the tests find erofs-utils 1.8 or later (Debian 12 ships 1.5): `$OBD_MKFS_EROFS`, else
+/// what `scripts/lib.sh`'s `need_erofs_utils` builds. Sets `OBD_MKFS_EROFS` for the convertor
+/// (and its children) when found; false (a failure under CI) when not.
+pub fn use_mkfs_erofs() -> bool {
+    let path = std::env::var_os("OBD_MKFS_EROFS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/overlaybd-test/erofs-utils/bin/mkfs.erofs".into());
+    let found = path.is_file();
+    if found {
+        std::env::set_var("OBD_MKFS_EROFS", &path);
+    }
+    require(
+        found,
+        &format!(
+            "{} (erofs-utils 1.8+; scripts/test.sh builds it)",
+            path.display()
+        ),
+    )
+}
+
 /// Whether `tool` is on PATH (or in `/usr/sbin`, `/sbin`).
 pub fn on_path(tool: &str) -> bool {
     let in_path = std::env::var_os("PATH")

@@ -116,3 +116,57 @@ fn dir_mode_gives_a_container_a_writable_overlaybd_layer() {
         "dir mode mounts no read-only image: {log}"
     );
 }
+
+/// An image converted with `--fs erofs` runs lazily: the snapshotter mounts its device as
+/// EROFS (the layers' `blob-fs-type`), read-only, and the container writes to its overlayfs
+/// upper layer.
+#[test]
+fn an_erofs_image_runs_lazily_and_its_container_writes_to_its_upper_layer() {
+    let _s = serial();
+    if !require() || !test_support::use_mkfs_erofs() {
+        return;
+    }
+    let env = Env::start(Options::default());
+    let big = 16;
+    e2e_tests::image::push_sample(&env.registry_addr, "erofs", "v1", big);
+    env.convert_with(&["--fs", "erofs"], "erofs:v1", "erofs:v1-obd");
+    let image = format!("{}/erofs:v1-obd", env.host());
+    let out = env.rpull(&image);
+    assert!(out.contains("2 remote"), "{out}");
+    let before = env.relay.served();
+    let run = ["run", "--snapshotter", "overlaybd"];
+    env.ctr(
+        "default",
+        &[&run[..], &["-d", &image, "e1", "sleep", "1000"]].concat(),
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let root = env.path("").display().to_string();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(root.trim_end_matches('/')) && l.contains(" erofs ro")),
+        "an EROFS mount under {root}:\n{mounts}"
+    );
+    let out = env.ctr(
+        "default",
+        &[
+            &run[..],
+            &[
+                "--rm",
+                &image,
+                "e2",
+                "sh",
+                "-c",
+                "cat /data/small.txt; echo written > /data/new; cat /data/new",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(out, format!("{GREETING}\nwritten\n"));
+    let served = env.relay.served() - before;
+    assert!(
+        served < (big as u64) << 19,
+        "lazy: {served} bytes served for a {big} MiB file nobody read"
+    );
+    env.remove_container("default", "e1");
+}

@@ -22,6 +22,17 @@ put tar_apply seeds/tar_envelope/* "$vec/g.layer.tar"
 put lsmt_layer "$vec/d.lsmt" "$vec/f.upper.lsmt" "$vec/e.lz4.bs4.zfile" "$vec/g.ext4.lz4.bs4.zfile"
 put registry_config seeds/registry_config/*
 
+# erofs_tree: the test vectors' layer tar as an EROFS image, when erofs-utils 1.9+ is there
+# ($OBD_MKFS_EROFS, else where scripts/lib.sh's need_erofs_utils puts it).
+mkfs_erofs=${OBD_MKFS_EROFS:-/opt/overlaybd-test/erofs-utils/bin/mkfs.erofs}
+if [ -x "$mkfs_erofs" ]; then
+  mkdir -p corpus/erofs_tree
+  rm -f corpus/erofs_tree/seed-g.erofs
+  "$mkfs_erofs" -b4096 --tar=f --quiet -T0 corpus/erofs_tree/seed-g.erofs "$vec/g.layer.tar"
+else
+  echo "no $mkfs_erofs: erofs_tree not seeded" >&2
+fi
+
 # The rest are made: byte layouts the targets' README lines describe.
 gzip -n -9 -c "$vec/g.layer.tar" >"$here/.layer.tar.gz"
 trap 'rm -f "$here/.layer.tar.gz"' EXIT

@@ -63,3 +63,11 @@ pub fn apply_tar(data: &[u8]) -> (MemDisk, bool) {
     let _ = model.apply(data);
     (disk, ok)
 }
+
+/// The body of the `erofs_tree` fuzz target: arbitrary bytes as an EROFS image read by
+/// `verify`'s reader (`crate::erofs::tree_of_erofs`). Errors are expected; a panic, a hang or
+/// an unbounded allocation is a bug.
+pub fn erofs_tree(data: &[u8]) {
+    let mut disk = MemDisk(data.to_vec());
+    let _ = crate::erofs::tree_of_erofs(&mut disk, data.len() as u64);
+}

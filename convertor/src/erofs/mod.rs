@@ -21,6 +21,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod tree;
+pub use tree::tree_of_erofs;
+
 use crate::disk::{WorkDisk, BLOCK};
 use crate::error::{Error, Result};
 use crate::extfs::DiskIo;

@@ -6,7 +6,8 @@
 #   skopeo copy oci:OUT_DIR:TAG docker://registry.example.com/tools/overlaybd-convertor:TAG
 #
 # One layer: the release `overlaybd-convertor`, e2fsprogs' `mke2fs` (layer 0's filesystem),
-# the shared libraries both link (as `ldd` lists them on the build machine: build on the
+# erofs-utils' `mkfs.erofs` (`--fs erofs`) when OBD_MKFS_EROFS names one (1.9+, e.g. what
+# scripts/lib.sh's need_erofs_utils builds), the shared libraries they link (as `ldd` lists them on the build machine: build on the
 # distribution you want, Debian 12 here), the CA certificates, and a passwd entry for nobody.
 # The image runs as 65534:65534 in /work with TMPDIR=/work (mount a volume there for large
 # images: the work disk is sparse, about the size of the image). The same workspace build
@@ -45,8 +46,14 @@ cp "$bin" "$fs/usr/local/bin/overlaybd-convertor"
 # The release profile keeps debug info (for profiles); the image does not need it.
 strip --strip-debug "$fs/usr/local/bin/overlaybd-convertor"
 cp "$mke2fs" "$fs/usr/sbin/mke2fs"
+tools=("$bin" "$mke2fs")
+if [ -n "${OBD_MKFS_EROFS:-}" ]; then
+    cp "$OBD_MKFS_EROFS" "$fs/usr/sbin/mkfs.erofs"
+    strip --strip-debug "$fs/usr/sbin/mkfs.erofs"
+    tools+=("$OBD_MKFS_EROFS")
+fi
 # The libraries and the dynamic loader, at the paths the binaries ask for.
-for lib in $( (ldd "$bin"; ldd "$mke2fs") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
+for lib in $(for t in "${tools[@]}"; do ldd "$t"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u); do
     mkdir -p "$fs$(dirname "$lib")"
     cp -L "$lib" "$fs$lib"
 done

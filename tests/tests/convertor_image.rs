@@ -28,7 +28,8 @@ fn build(out: &Path) -> String {
 #[test]
 fn the_convertor_image_converts_as_nobody_inside_containerd() {
     let _s = e2e_tests::serial();
-    if !require() {
+    // The image carries mkfs.erofs (`--fs erofs`) when the build names one.
+    if !require() || !test_support::use_mkfs_erofs() {
         return;
     }
     let env = Env::start(Options::default());
@@ -77,23 +78,21 @@ fn the_convertor_image_converts_as_nobody_inside_containerd() {
     // The tool with a read-only root, `/work` mounted as `mount`, converting `src` to `to`.
     // ctr replaces the whole command line (the entrypoint too); Docker and Kubernetes add the
     // arguments to the entrypoint.
-    let convert = |id: &str, mount: &str, to: &str| {
+    let convert = |id: &str, mount: &str, to: &str, more: &[&str]| {
         let run = ["run", "--rm", "--net-host", "--read-only", "--mount", mount];
-        let cmd = [
-            "overlaybd-convertor",
-            "convert",
-            "-q",
-            "--plain-http",
-            &src,
-            to,
-        ];
-        env.ctr("default", &[&run[..], &[&tool, id], &cmd[..]].concat())
+        let cmd = ["overlaybd-convertor", "convert", "-q", "--plain-http"];
+        let args = [&run[..], &[&tool, id], &cmd[..], more, &[&src, to]].concat();
+        env.ctr("default", &args)
     };
     // The work disk goes to a volume (an emptyDir in Kubernetes).
     let tmpfs = "type=tmpfs,src=tmpfs,dst=/work,options=nosuid:nodev:mode=1777";
-    let out = convert("conv", tmpfs, &dst);
+    let out = convert("conv", tmpfs, &dst, &[]);
     assert!(out.contains(&format!("{dst}@sha256:")), "{out}");
     assert!(out.contains("size: "), "{out}");
+    // EROFS layers with the image's own mkfs.erofs.
+    let dst_erofs = format!("{}/app:v1-erofs", env.host());
+    let out = convert("conv3", tmpfs, &dst_erofs, &["--fs", "erofs"]);
+    assert!(out.contains(&format!("{dst_erofs}@sha256:")), "{out}");
     // As nobody: a conversion into an OCI layout on a host directory leaves files of 65534.
     let host = dir.path().join("out");
     std::fs::create_dir(&host).unwrap();
@@ -102,7 +101,7 @@ fn the_convertor_image_converts_as_nobody_inside_containerd() {
         "type=bind,src={},dst=/work,options=rbind:rw",
         host.display()
     );
-    convert("conv2", &bind, "oci:/work/layout:v1");
+    convert("conv2", &bind, "oci:/work/layout:v1", &[]);
     let owner = std::os::unix::fs::MetadataExt::uid(
         &std::fs::metadata(host.join("layout/index.json")).unwrap(),
     );

@@ -332,6 +332,9 @@ pub(crate) fn download_growing(
             self.n += b.len() as u64;
             self.p.bytes(self.i, Phase::Download, self.n);
             if let Some(g) = self.growing {
+                if g.is_cancelled() {
+                    return Err(std::io::Error::other(growing::CANCELLED));
+                }
                 // What left the buffer is in the file.
                 g.written(self.n - self.f.buffer().len() as u64);
             }
@@ -472,13 +475,16 @@ pub fn convert_manifest(
     progress: &dyn Progress,
 ) -> Result<Converted> {
     let started = Instant::now();
-    if opts.fs == layer::FsType::Erofs {
-        crate::erofs::check_tool()?;
-    }
+    // The dedup key's filesystem: EROFS layers are diffs against the image mkfs.erofs built
+    // below them, so they are reused only with the same erofs-utils.
+    let fs = match opts.fs {
+        layer::FsType::Ext4 => "ext4".to_string(),
+        layer::FsType::Erofs => format!("erofs/{}", crate::erofs::check_tool()?),
+    };
     let (mut config, diff_ids) = read_config(src, m)?;
     let kinds = layer_kinds(m)?;
     let work = work_dir(opts)?;
-    let plan = plan(m, diff_ids, kinds, dst, opts)?;
+    let plan = plan(m, diff_ids, kinds, dst, opts, &fs)?;
     progress.start(
         plan.len(),
         &m.layers.iter().map(|l| l.size).collect::<Vec<_>>(),
@@ -553,12 +559,13 @@ fn plan<'m>(
     kinds: Vec<LayerCompression>,
     dst: &dyn Store,
     opts: &Options,
+    fs: &str,
 ) -> Result<Plan<'m>> {
     let chains = oci::chain_ids(&diff_ids);
     let n = m.layers.len();
     let keys: Vec<String> = chains
         .iter()
-        .map(|c| dedup::key(c, &opts.compression, opts.vsize, opts.fs))
+        .map(|c| dedup::key(c, &opts.compression, opts.vsize, fs))
         .collect();
     let mut reuse: Vec<Option<dedup::Record>> = vec![None; n];
     if let Some(db) = &opts.dedup {

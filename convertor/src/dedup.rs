@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::layer::{Compression, FsType};
+use crate::layer::Compression;
 use crate::oci::{self, annotation, media, Descriptor, Manifest};
 use crate::store::Store;
 
@@ -65,12 +65,12 @@ pub struct DedupDb {
 }
 
 /// The key: chain ID and everything that changes the converted bytes.
-pub fn key(chain_id: &str, z: &Compression, vsize: u64, fs: FsType) -> String {
+/// `fs`: `ext4`, or `erofs/` and the erofs-utils version that builds the layers.
+pub fn key(chain_id: &str, z: &Compression, vsize: u64, fs: &str) -> String {
     format!(
-        "{chain_id}|{}|{}|{vsize}|{}|v1",
+        "{chain_id}|{}|{}|{vsize}|{fs}|v1",
         z.algorithm.name(),
-        z.block_size,
-        fs.name()
+        z.block_size
     )
 }
 
@@ -299,12 +299,7 @@ mod tests {
     fn records_survive_reopening_and_collect_locations() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/dedup.redb");
-        let k = key(
-            "sha256:abc",
-            &Compression::default(),
-            64 << 30,
-            FsType::Ext4,
-        );
+        let k = key("sha256:abc", &Compression::default(), 64 << 30, "ext4");
         {
             let db = DedupDb::open(&p).unwrap();
             assert_eq!(db.get(&k).unwrap(), None);
@@ -324,14 +319,14 @@ mod tests {
                     ..Default::default()
                 },
                 64 << 30,
-                FsType::Ext4
+                "ext4"
             )
         );
         let erofs = key(
             "sha256:abc",
             &Compression::default(),
             64 << 30,
-            FsType::Erofs,
+            "erofs/1.9.4",
         );
         assert_ne!(k, erofs, "the filesystem is a setting");
     }

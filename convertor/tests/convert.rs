@@ -41,7 +41,9 @@ fn sample_layers_linking(cross_layer_link: bool) -> Vec<Vec<u8>> {
     if cross_layer_link {
         t.link(tar::EntryType::Link, "etc/passwd.link", "etc/passwd");
     }
-    t.file("etc/motd", 0o644, &vec![b'x'; 300_000]);
+    t.file("etc/motd", 0o644, &vec![b'x'; 300_000])
+        // Into a directory of a lower layer (0700) that this layer does not name.
+        .file("root/.profile", 0o644, b"PS1='# '\n");
     vec![l0, l1, t.finish()]
 }
 
@@ -572,7 +574,7 @@ fn the_registry_dedup_cache_is_shared_between_runners() {
     // ignored; the same record signed with the runners' secret is taken.
     let cache = RegistryCache::new(Box::new(reg.remote("ci/dedup-cache", true)), secret());
     let chain = &conv[0].layers[2].chain_id;
-    let key = convertor::dedup::key(chain, &Default::default(), 64 << 30, Default::default());
+    let key = convertor::dedup::key(chain, &Default::default(), 64 << 30, "ext4");
     assert!(cache.get(&key).unwrap().is_some());
     let l2 = &conv[0].layers[2].blob;
     let forge = |secret: Option<Vec<u8>>, k: &str| {

@@ -2,8 +2,9 @@
 # The convertor side by side with itself on a real rootfs (docs/benchmarks.md, "The convertor
 # at scale"): Debian bookworm minbase (mmdebstrap, built once into /var/tmp/overlaybd-test) as a
 # one-layer layout (uncompressed tar) and a three-layer gzip layout, each converted into a
-# layout with overlaybd's setting (lz4, 4 KiB) and the default (zstd, 16 KiB), ROUNDS rounds of
-# the given binaries in turn; prints each one's median wall time, its runs and peak RSS.
+# layout with each setting of SETTINGS (default: ext4 with overlaybd's lz4 / 4 KiB, ext4 and
+# EROFS with the default zstd / 16 KiB), ROUNDS rounds of the given binaries in turn; prints
+# each one's median wall time, its runs, peak RSS and the converted size.
 #
 #   scripts/bench/convert-minbase.sh [ROUNDS] [BINARY ...]
 #
@@ -27,27 +28,32 @@ fi
 work=$(mktemp -d /var/tmp/obd-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 python3 scripts/bench/minbase-layouts.py "$tar" "$work"
+settings=${SETTINGS:-ext4:lz4:4096 ext4:zstd:16384 erofs:zstd:16384}
 for image in one three; do
-  for setting in "lz4 4096" "zstd 16384"; do
-    read -r alg bs <<<"$setting"
+  for setting in $settings; do
+    IFS=: read -r fs alg bs <<<"$setting"
     for _ in $(seq "$rounds"); do
       for b in "${bins[@]}"; do
         rm -rf "$work/out"
-        /usr/bin/time -f "$image $alg/$bs $b %e %M" "$b" convert -q --algorithm "$alg" \
-          --block-size "$bs" "oci:$work/$image" "oci:$work/out" 2>&1 >/dev/null | tail -1
+        /usr/bin/time -f "$image $fs/$alg/$bs $b %e %M" "$b" convert -q --fs "$fs" \
+          --algorithm "$alg" --block-size "$bs" "oci:$work/$image" "oci:$work/out" \
+          2>&1 >/dev/null | tail -1 | tr '\n' ' '
+        # The converted layers' size: every blob but the config and manifest (under 64 KiB).
+        find "$work/out/blobs" -type f -size +64k -printf '%s\n' | awk '{s += $1} END {print s}'
       done
     done
   done
-done | python3 -c '
+done | tee /tmp/bench-raw.txt | python3 -c '
 import sys, statistics
-runs, rss = {}, {}
+runs, rss, size = {}, {}, {}
 for line in sys.stdin:
-    image, setting, b, secs, kib = line.split()
+    image, setting, b, secs, kib, out = line.split()
     k = (image, setting, b)
     runs.setdefault(k, []).append(float(secs))
     rss[k] = max(rss.get(k, 0), int(kib))
+    size[k] = int(out)
 for k in runs:
     t = runs[k]
-    print("%-5s %-10s %-45s median %.2f s (%s) peak RSS %d MiB" % (*k, statistics.median(t),
-          " ".join("%.2f" % x for x in t), rss[k] // 1024))
+    print("%-5s %-16s %-36s median %.2f s (%s) peak RSS %d MiB, %.1f MB" % (*k,
+          statistics.median(t), " ".join("%.2f" % x for x in t), rss[k] // 1024, size[k] / 1e6))
 '

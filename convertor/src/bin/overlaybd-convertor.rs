@@ -75,7 +75,7 @@ struct ConvertArgs {
     #[arg(long, default_value_t = 16384)]
     block_size: u32,
     /// The layers' filesystem: ext4 (overlaybd's), or erofs (read-only, smaller; needs
-    /// erofs-utils 1.8 or later: `mkfs.erofs` in PATH or $OBD_MKFS_EROFS).
+    /// erofs-utils 1.9 or later: `mkfs.erofs` in PATH or $OBD_MKFS_EROFS).
     #[arg(long, default_value = "ext4", value_parser = ["ext4", "erofs"])]
     fs: String,
     /// Virtual disk size in GiB.

@@ -23,6 +23,8 @@ struct State {
     written: u64,
     /// Set once: `Ok` after the whole blob was written and checked against its descriptor.
     end: Option<std::result::Result<(), String>>,
+    /// The reader gave up (its layer failed): the download stops.
+    cancelled: bool,
 }
 
 impl Growing {
@@ -36,10 +38,35 @@ impl Growing {
         self.changed.notify_all();
     }
 
-    /// The download ended: readers get the rest, then its end (the error, if any).
+    /// The download ended: readers get the rest, then its end (the error, if any). Only the
+    /// first end counts.
     pub fn end<T>(&self, r: &Result<T>) {
-        self.lock().end = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        let mut st = self.lock();
+        if st.end.is_none() {
+            st.end = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        drop(st);
         self.changed.notify_all();
+    }
+
+    /// The reader no longer wants the blob: the download stops at its next write.
+    pub fn cancel(&self) {
+        self.lock().cancelled = true;
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.lock().cancelled
+    }
+
+    /// Whether a download's error is only its reaction to [`Growing::cancel`].
+    pub fn is_cancelled_cause(&self, e: &Error) -> bool {
+        self.is_cancelled() && e.to_string().contains(CANCELLED)
+    }
+
+    /// Ends the download with an error if the returned guard is dropped first (the download
+    /// thread panicked): a reader never waits for a writer that is gone.
+    pub fn end_guard(self: &std::sync::Arc<Self>) -> EndGuard {
+        EndGuard(self.clone())
     }
 
     /// Waits for the download's end.
@@ -61,6 +88,19 @@ impl Growing {
             growing: self.clone(),
             pos: 0,
         })
+    }
+}
+
+/// What a cancelled download's writer fails with.
+pub(crate) const CANCELLED: &str = "the layer it feeds failed: download stopped";
+
+/// See [`Growing::end_guard`].
+pub(crate) struct EndGuard(std::sync::Arc<Growing>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0
+            .end::<()>(&Err(Error::Panicked("the download of this layer")));
     }
 }
 

@@ -176,6 +176,7 @@ fn fetch(c: Ctx<'_>, i: usize, tx: &Inputs<Input>) -> bool {
                 return tx.send((i, Err(Error::io("create", &path, e)))).is_ok();
             }
             let growing = Arc::new(Growing::default());
+            let _ended = growing.end_guard();
             if tx
                 .send((i, Ok(Input::Growing(path.clone(), growing.clone()))))
                 .is_err()
@@ -313,7 +314,10 @@ fn apply_all<'scope>(
     for i in 0..c.plan.len() {
         let input = downloaded(downloads, &mut ready, i)?;
         let uuid = layer::uuid_from_chain_id(&c.plan.chains[i])?;
-        let fs_uuid = uuid.to_string().to_lowercase();
+        // The filesystem's UUID: layer 0's, whichever layers this run converts.
+        let fs_uuid = layer::uuid_from_chain_id(&c.plan.chains[0])?
+            .to_string()
+            .to_lowercase();
         if let Some(rec) = &c.plan.reuse[i] {
             reports.push(reuse(c, &mut disk, i, rec, input.path())?);
             parent = Some(uuid);
@@ -473,10 +477,16 @@ fn apply_layer<'scope>(
         // Bytes still downloading: a failed download (a digest that does not match, a broken
         // connection) is the cause to report, not what applying its bytes did.
         (Err(e), Input::Growing(_, g)) => {
+            // The download stops at its next write; if it had failed first, that is the cause.
+            g.cancel();
             drop(tar);
             let _ = inflater.join();
-            g.wait_end().at(|| format!("layer {i} ({digest})"))?;
-            return Err(e);
+            match g.wait_end() {
+                Err(cause) if !g.is_cancelled_cause(&cause) => {
+                    return Err(cause).at(|| format!("layer {i} ({digest})"))
+                }
+                _ => return Err(e),
+            }
         }
         (Err(e), Input::InPlace(_)) => {
             // Bytes that are not the blob (a layout's blob read in place, checked at its end)

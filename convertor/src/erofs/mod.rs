@@ -21,8 +21,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod feed;
 mod tree;
-pub use tree::tree_of_erofs;
+pub use tree::{tree_of_erofs, Meta};
 
 use crate::disk::{WorkDisk, BLOCK};
 use crate::error::{Error, Result};
@@ -35,21 +36,21 @@ pub fn tool() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("mkfs.erofs"))
 }
 
-/// Checks that `mkfs.erofs` runs and is 1.9 or later.
-pub fn check_tool() -> Result<()> {
+/// Checks that `mkfs.erofs` runs and is 1.9 or later; returns its version (`1.9.4`).
+pub fn check_tool() -> Result<String> {
     let t = tool();
     let out = Command::new(&t).arg("--version").output().map_err(|e| {
         Error::Tool(format!(
-            "run {} (EROFS layers need erofs-utils 1.8 or later; OBD_MKFS_EROFS names it): {e}",
+            "run {} (EROFS layers need erofs-utils 1.9 or later; OBD_MKFS_EROFS names it): {e}",
             t.display()
         ))
     })?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
+    let (word, version) = text
         .split_whitespace()
         .find_map(|w| {
             let mut p = w.split('.').map(|n| n.parse::<u32>().ok());
-            Some((p.next()??, p.next()??))
+            Some((w, (p.next()??, p.next()??)))
         })
         .ok_or_else(|| Error::Tool(format!("{}: no version in {text:?}", t.display())))?;
     if version < (1, 9) {
@@ -62,72 +63,7 @@ pub fn check_tool() -> Result<()> {
             version.1
         )));
     }
-    Ok(())
-}
-
-/// A ustar header for the directory `./` with this mode, owner and time.
-fn root_entry(mode: u32, uid: u32, gid: u32, mtime: i64) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    h[..2].copy_from_slice(b"./");
-    let octal = |h: &mut [u8], at: usize, len: usize, v: u64| {
-        let s = format!("{v:0w$o}\0", w = len - 1);
-        h[at..at + len].copy_from_slice(s.as_bytes());
-    };
-    octal(&mut h, 100, 8, (mode & 0o7777) as u64);
-    octal(&mut h, 108, 8, (uid as u64).min(0o7777777));
-    octal(&mut h, 116, 8, (gid as u64).min(0o7777777));
-    octal(&mut h, 124, 12, 0);
-    octal(&mut h, 136, 12, mtime.clamp(0, 0o77777777777) as u64);
-    h[156] = b'5';
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].fill(b' ');
-    let sum: u64 = h.iter().map(|&b| b as u64).sum();
-    octal(&mut h, 148, 7, sum);
-    h[155] = b' ';
-    h
-}
-
-/// The root directory's mode, owner and modification time in the EROFS image at `path`
-/// (`struct erofs_super_block`, `erofs_inode_compact` / `_extended` of erofs-utils 1.9).
-fn root_of(path: &Path) -> Result<(u32, u32, u32, i64)> {
-    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let read = |at: u64, buf: &mut [u8]| {
-        f.read_exact_at(buf, at)
-            .map_err(|e| Error::io("read the root inode of", path, e))
-    };
-    let mut sb = [0u8; 128];
-    read(1024, &mut sb)?;
-    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes(b[at..at + 2].try_into().expect("2"));
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
-    if u32_at(&sb, 0) != 0xE0F5_E1E2 || sb[12] != 12 {
-        return Err(Error::Invalid(format!(
-            "{}: not an EROFS image of 4 KiB blocks",
-            path.display()
-        )));
-    }
-    let (root_nid, epoch, meta) = (u16_at(&sb, 14) as u64, u64_at(&sb, 24), u32_at(&sb, 40));
-    let mut ino = [0u8; 64];
-    read(meta as u64 * BLOCK + root_nid * 32, &mut ino)?;
-    let mode = u16_at(&ino, 4) as u32;
-    Ok(if u16_at(&ino, 0) & 1 == 1 {
-        // Extended: 32-bit owner, 64-bit time.
-        (
-            mode,
-            u32_at(&ino, 24),
-            u32_at(&ino, 28),
-            u64_at(&ino, 32) as i64,
-        )
-    } else {
-        let mtime = epoch as i64 + u32_at(&ino, 12) as i64;
-        (
-            mode,
-            u16_at(&ino, 24) as u32,
-            u16_at(&ino, 26) as u32,
-            mtime,
-        )
-    })
+    Ok(word.to_string())
 }
 
 /// The EROFS image of the layers applied so far, as a file of exactly its size (an
@@ -164,6 +100,15 @@ impl Image {
             self.stale = false;
         }
         let old = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        // The image below, as it is before this build (its root's metadata, its directories).
+        let mut below = match old {
+            0 => None,
+            _ => Some(tree::Lookup::open(&self.path)?),
+        };
+        let root_below = match &mut below {
+            Some(l) => l.meta(b"")?,
+            None => None,
+        };
         let mut cmd = Command::new(tool());
         cmd.args(["-b4096", "--tar=f", "--aufs", "--ovlfs-strip=1", "--quiet"])
             .arg(format!("-T{now}"))
@@ -178,44 +123,28 @@ impl Image {
         let mut child = cmd
             .arg(&self.path)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Error::Tool(format!("run {}: {e}", tool().display())))?;
         let mut stdin = child.stdin.take().expect("piped");
-        let (mut out, mut err) = (
-            child.stdout.take().expect("piped"),
-            child.stderr.take().expect("piped"),
-        );
-        // Its output is read aside, so that it never blocks on a full pipe while we feed it.
-        let talk = std::thread::spawn(move || {
+        let mut err = child.stderr.take().expect("piped");
+        // Its messages are read aside, so that it never blocks on a full pipe while we feed it.
+        let said = std::thread::spawn(move || {
             let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
             let _ = err.read_to_string(&mut s);
             s
         });
-        // The root first, as it is (0755 and root's in a new image) unless the tar says
-        // otherwise: mkfs.erofs makes a root the tar does not name 0777 (an incremental build
-        // too), and a directory it makes for a path the tar names without its parent gets the
-        // root's write bits (so 0777 where containerd makes 0755).
-        let root = match old {
-            0 => root_entry(0o755, 0, 0, now),
-            _ => {
-                let (mode, uid, gid, mtime) = root_of(&self.path)?;
-                root_entry(mode, uid, gid, mtime)
-            }
-        };
-        let fed = stdin
-            .write_all(&root)
-            .and_then(|()| std::io::copy(tar, &mut stdin));
+        let mut root = None;
+        let fed = feed::feed(tar, &mut stdin, below.as_mut(), now, &mut root);
         drop(stdin);
         let status = child
             .wait()
             .map_err(|e| Error::Tool(format!("mkfs.erofs: {e}")))?;
-        let said = talk.join().unwrap_or_default();
+        let said = said.join().unwrap_or_default();
         if !status.success() {
-            let hint = if old > 0 {
-                " (a known cause: erofs-utils' incremental build fails on a hard link to a \
+            let hint = if old > 0 && said.contains("Could not format") {
+                " (one known cause: erofs-utils' incremental build fails on a hard link to a \
                  file of a lower layer; such an image converts with --fs ext4)"
             } else {
                 ""
@@ -225,7 +154,19 @@ impl Image {
                 said.trim()
             )));
         }
-        let fed = fed.map_err(|e| Error::io("feed the layer to mkfs.erofs", &self.path, e))?;
+        // It may stop reading after the tar's end blocks: what it did not read is padding.
+        let fed = match fed {
+            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            r => r?,
+        };
+        // The root as the tar says, else as it was below, else 0755 and root's.
+        let root = root.or(root_below).unwrap_or(tree::Meta {
+            mode: crate::extfs::S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: (now, 0),
+        });
+        tree::set_root(&self.path, &root)?;
         self.changed_onto(disk, old)?;
         Ok(fed)
     }
@@ -306,26 +247,5 @@ impl Image {
             at += n as u64;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_root_entry_is_a_valid_tar_header() {
-        let mut t = root_entry(0o40755, 0, 0, 1_700_000_000);
-        t.extend_from_slice(&[0u8; 1024]);
-        let mut a = tar::Archive::new(t.as_slice());
-        let mut entries = a.entries().unwrap();
-        let e = entries.next().unwrap().unwrap();
-        let h = e.header();
-        assert_eq!(&*e.path_bytes(), b"./");
-        assert_eq!(h.entry_type(), tar::EntryType::Directory);
-        assert_eq!(h.mode().unwrap(), 0o755);
-        assert_eq!(h.mtime().unwrap(), 1_700_000_000);
-        assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
-        assert!(entries.next().is_none());
     }
 }

@@ -14,10 +14,9 @@ use crate::verify::{normalize_groups, Node, Tree};
 
 const BLOCK: u64 = 4096;
 const MAGIC: u32 = 0xE0F5_E1E2;
-/// Incompatible features this reader knows: none of compression, chunks, device tables,
-/// fragments, dedupe or 48-bit layouts (their bits: 0x1 lz4 0-padding, 0x2 big pcluster /
-/// compression configs, 0x4 chunked files, 0x8 device table, 0x10 ztailpacking, 0x20
-/// fragments, 0x40 dedupe, 0x80 xattr prefixes, 0x100 48-bit).
+/// Incompatible features this reader knows: none (compression, chunked files, device tables,
+/// tail packing, fragments, dedupe, long xattr prefixes, 48-bit layouts, metabox: none of
+/// them is what mkfs.erofs makes here, and each is refused).
 const KNOWN_INCOMPAT: u32 = 0;
 
 fn bad(what: impl std::fmt::Display) -> Error {
@@ -31,6 +30,10 @@ struct Image<'a> {
     xattr: u64,
     epoch: i64,
     fixed_nsec: u32,
+    /// Bytes of file data and directory blocks the walk may still read: an honest image reads
+    /// each once (hard links share an inode, hashed once), a hostile one can name the same
+    /// blocks from many inodes.
+    budget: u64,
 }
 
 /// An inode as the tree needs it.
@@ -100,7 +103,10 @@ impl Image<'_> {
                 le16(&b, 24) as u32,
                 le16(&b, 26) as u32,
                 le16(&b, 6) as u32,
-                (self.epoch + le32(&b, 12) as i64, self.fixed_nsec),
+                (
+                    self.epoch.wrapping_add(le32(&b, 12) as i64),
+                    self.fixed_nsec,
+                ),
                 32,
             )
         };
@@ -164,6 +170,10 @@ impl Image<'_> {
     fn data(&mut self, ino: &Inode, from: u64, len: usize) -> Result<Vec<u8>> {
         let end = from.checked_add(len as u64).filter(|&e| e <= ino.size);
         let end = end.ok_or_else(|| bad("a read past a file's end"))?;
+        self.budget = self
+            .budget
+            .checked_sub(len as u64)
+            .ok_or_else(|| bad("more file and directory data than the image holds"))?;
         let mut out = vec![0u8; len];
         let blocks_at = ino.raw as u64 * BLOCK;
         match ino.layout {
@@ -195,6 +205,7 @@ impl Image<'_> {
     /// A directory's entries: (name, nid), without `.` and `..`.
     fn list(&mut self, ino: &Inode) -> Result<Vec<(Vec<u8>, u64)>> {
         let mut out = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
         let mut at = 0;
         while at < ino.size {
             let len = BLOCK.min(ino.size - at) as usize;
@@ -225,6 +236,12 @@ impl Image<'_> {
                 if name.is_empty() || name.contains(&b'/') {
                     return Err(bad("an empty directory entry name, or one with a /"));
                 }
+                // Names are sorted (the kernel looks them up by binary search): a directory
+                // that is not could show verify other files than the kernel would.
+                if last.as_deref().is_some_and(|l: &[u8]| l >= name) {
+                    return Err(bad("a directory whose names are not sorted or repeat"));
+                }
+                last = Some(name.to_vec());
                 if name != b"." && name != b".." {
                     out.push((name.to_vec(), nid));
                 }
@@ -274,9 +291,8 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Describes the EROFS filesystem at the start of `disk` (`size` bytes), as `tree_of_fs` does
-/// an ext4.
-pub fn tree_of_erofs(disk: &mut dyn DiskIo, size: u64) -> Result<Tree> {
+/// The image on `disk` (`size` bytes) after its superblock's checks, and its root's nid.
+fn open(disk: &mut dyn DiskIo, size: u64) -> Result<(Image<'_>, u64)> {
     let mut sb = [0u8; 128];
     disk.read_at(1024, &mut sb)
         .map_err(|e| bad(format!("read the superblock: {e}")))?;
@@ -293,15 +309,166 @@ pub fn tree_of_erofs(disk: &mut dyn DiskIo, size: u64) -> Result<Tree> {
     if incompat & !KNOWN_INCOMPAT != 0 {
         return Err(bad(format!("incompatible features {incompat:#x}")));
     }
-    let mut img = Image {
-        size: size.min(le32(&sb, 36) as u64 * BLOCK),
+    let size = size.min(le32(&sb, 36) as u64 * BLOCK);
+    let img = Image {
+        size,
         meta: le32(&sb, 40) as u64 * BLOCK,
         xattr: le32(&sb, 44) as u64 * BLOCK,
         epoch: le64(&sb, 24) as i64,
         fixed_nsec: le32(&sb, 32),
+        budget: size,
         disk,
     };
-    let root = le16(&sb, 14) as u64;
+    Ok((img, le16(&sb, 14) as u64))
+}
+
+/// A directory's (or any inode's) mode, owner and modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, u32),
+}
+
+/// Looks paths up in an EROFS image file, as its superblock was when opened (mkfs.erofs
+/// extends the file meanwhile: it writes the new superblock last), lookups cached.
+pub struct Lookup {
+    disk: FileDisk,
+    /// The superblock's fields, read once.
+    sb: (u64, u64, u64, i64, u32),
+    root: u64,
+    /// Path → nid, for what was looked up (`None`: not there).
+    found: std::collections::HashMap<Vec<u8>, Option<u64>>,
+}
+
+/// An image file as a read-only disk.
+struct FileDisk(std::fs::File);
+
+impl DiskIo for FileDisk {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+    fn write_at(&mut self, _: u64, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("read-only"))
+    }
+}
+
+impl Lookup {
+    pub fn open(path: &std::path::Path) -> Result<Lookup> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let size = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let mut disk = FileDisk(f);
+        let (img, root) = open(&mut disk, size)?;
+        let sb = (img.size, img.meta, img.xattr, img.epoch, img.fixed_nsec);
+        Ok(Lookup {
+            disk,
+            sb,
+            root,
+            found: Default::default(),
+        })
+    }
+
+    fn image(&mut self) -> Image<'_> {
+        let (size, meta, xattr, epoch, fixed_nsec) = self.sb;
+        Image {
+            disk: &mut self.disk,
+            size,
+            meta,
+            xattr,
+            epoch,
+            fixed_nsec,
+            budget: size,
+        }
+    }
+
+    /// The metadata of `path` (relative, `/`-separated; empty: the root), if it is there.
+    pub fn meta(&mut self, path: &[u8]) -> Result<Option<Meta>> {
+        let Some(nid) = self.nid(path)? else {
+            return Ok(None);
+        };
+        let ino = self.image().inode(nid)?;
+        Ok(Some(Meta {
+            mode: ino.mode,
+            uid: ino.uid,
+            gid: ino.gid,
+            mtime: ino.mtime,
+        }))
+    }
+
+    fn nid(&mut self, path: &[u8]) -> Result<Option<u64>> {
+        if let Some(&n) = self.found.get(path) {
+            return Ok(n);
+        }
+        let n = match path.iter().rposition(|&c| c == b'/') {
+            _ if path.is_empty() => Some(self.root),
+            split => {
+                let (parent, name) = match split {
+                    Some(k) => (&path[..k], &path[k + 1..]),
+                    None => (&b""[..], path),
+                };
+                match self.nid(parent)? {
+                    None => None,
+                    Some(p) => {
+                        let mut img = self.image();
+                        let dir = img.inode(p)?;
+                        if dir.mode & extfs::S_IFMT != extfs::S_IFDIR {
+                            None
+                        } else {
+                            img.list(&dir)?
+                                .into_iter()
+                                .find(|(n, _)| n == name)
+                                .map(|(_, nid)| nid)
+                        }
+                    }
+                }
+            }
+        };
+        self.found.insert(path.to_vec(), n);
+        Ok(n)
+    }
+}
+
+/// Sets the root directory's mode, owner and (where a compact inode can hold it) time in the
+/// image at `path`: an incremental build of mkfs.erofs makes the root 0777 and root's.
+pub fn set_root(path: &std::path::Path, m: &Meta) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let size = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let mut disk = FileDisk(f);
+    let (img, root) = open(&mut disk, size)?;
+    let (at, epoch) = (img.meta + root * 32, img.epoch);
+    let mut ino = [0u8; 64];
+    disk.read_at(at, &mut ino)
+        .map_err(|e| Error::io("read the root inode of", path, e))?;
+    ino[4..6].copy_from_slice(&((m.mode & 0xffff) as u16).to_le_bytes());
+    if le16(&ino, 0) & 1 == 1 {
+        ino[24..28].copy_from_slice(&m.uid.to_le_bytes());
+        ino[28..32].copy_from_slice(&m.gid.to_le_bytes());
+        ino[32..40].copy_from_slice(&(m.mtime.0 as u64).to_le_bytes());
+        ino[40..44].copy_from_slice(&m.mtime.1.to_le_bytes());
+    } else {
+        let (Ok(uid), Ok(gid)) = (u16::try_from(m.uid), u16::try_from(m.gid)) else {
+            return Err(bad("a root owner a compact inode cannot hold"));
+        };
+        ino[24..26].copy_from_slice(&uid.to_le_bytes());
+        ino[26..28].copy_from_slice(&gid.to_le_bytes());
+        // A directory's time is not compared by verify; kept where representable.
+        if let Ok(rel) = u32::try_from(m.mtime.0 - epoch) {
+            ino[12..16].copy_from_slice(&rel.to_le_bytes());
+        }
+    }
+    std::os::unix::fs::FileExt::write_all_at(&disk.0, &ino, at)
+        .map_err(|e| Error::io("write the root inode of", path, e))
+}
+
+/// Describes the EROFS filesystem at the start of `disk` (`size` bytes), as `tree_of_fs` does
+/// an ext4.
+pub fn tree_of_erofs(disk: &mut dyn DiskIo, size: u64) -> Result<Tree> {
+    let (mut img, root) = open(disk, size)?;
     let mut out = Tree::new();
     let mut first_path: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut dirs_seen = HashSet::new();
@@ -328,6 +495,9 @@ pub fn tree_of_erofs(disk: &mut dyn DiskIo, size: u64) -> Result<Tree> {
             extfs::S_IFDIR => {
                 if !dirs_seen.insert(nid) {
                     return Err(bad(format!("directory inode {nid} reached twice")));
+                }
+                if path.len() > 4096 {
+                    return Err(bad("a path longer than 4096 bytes"));
                 }
                 for (name, child) in img.list(&ino)? {
                     let mut p = path.clone();

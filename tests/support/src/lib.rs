@@ -30,7 +30,7 @@ pub fn require(ok: bool, why: &str) -> bool {
     ok
 }
 
-/// Where the tests find erofs-utils 1.8 or later (Debian 12 ships 1.5): `$OBD_MKFS_EROFS`, else
+/// Where the tests find erofs-utils 1.9 or later (Debian 12 ships 1.5): `$OBD_MKFS_EROFS`, else
 /// what `scripts/lib.sh`'s `need_erofs_utils` builds. Sets `OBD_MKFS_EROFS` for the convertor
 /// (and its children) when found; false (a failure under CI) when not.
 pub fn use_mkfs_erofs() -> bool {
@@ -44,7 +44,7 @@ pub fn use_mkfs_erofs() -> bool {
     require(
         found,
         &format!(
-            "{} (erofs-utils 1.8+; scripts/test.sh builds it)",
+            "{} (erofs-utils 1.9+; scripts/test.sh builds it)",
             path.display()
         ),
     )

@@ -113,19 +113,19 @@ need_erofs_utils() {
     echo "could not fetch erofs-utils' source from Debian unstable ($mirror)" >&2
     return 1
   fi
+  # One chain of &&: `set -e` does not hold in a subshell on the left of ||.
   (
-    set -e
-    cd "$tmp/src"
-    tar xf erofs-utils_*.orig.tar.*
-    cd erofs-utils-*/
-    ./autogen.sh >build.log 2>&1
-    ./configure --prefix="$prefix" --disable-lz4 --disable-lzma --without-zstd \
-      --without-libzstd --without-uuid --without-selinux --disable-fuse --without-libdeflate \
-      --without-zlib --without-xxhash --disable-multithreading --without-libcurl \
-      --without-openssl --without-libxml2 >>build.log 2>&1
-    make -j"$(nproc)" >>build.log 2>&1
-    rm -rf "$prefix"
-    make install >>build.log 2>&1
+    cd "$tmp/src" &&
+      tar xf erofs-utils_*.orig.tar.* &&
+      cd erofs-utils-*/ &&
+      ./autogen.sh >build.log 2>&1 &&
+      ./configure --prefix="$prefix" --disable-lz4 --disable-lzma --without-zstd \
+        --without-libzstd --without-uuid --without-selinux --disable-fuse --without-libdeflate \
+        --without-zlib --without-xxhash --disable-multithreading --without-libcurl \
+        --without-openssl --without-libxml2 >>build.log 2>&1 &&
+      make -j"$(nproc)" >>build.log 2>&1 &&
+      rm -rf "$prefix" &&
+      make install >>build.log 2>&1
   ) || {
     echo "building erofs-utils failed:" >&2
     tail -20 "$tmp"/src/erofs-utils-*/build.log >&2 || true

@@ -354,6 +354,28 @@ fn an_image_converted_to_erofs_mounts_and_equals_its_unpacked_source() {
     for (a, b) in conv[0].layers.iter().zip(&conv2[0].layers) {
         assert_eq!(a.blob, b.blob);
     }
+
+    // Layers reused from a dedup database, loaded below a new EROFS layer: the image equals
+    // the one converted without reuse (the image file is rebuilt from the loaded disk).
+    let mut other = sample_layers_linking(false);
+    let mut t = TarBuilder::new();
+    t.file("etc/other", 0o644, b"other\n")
+        .file("root/.other", 0o600, b"x\n");
+    other[2] = t.finish();
+    push_image(&src, "other", &other);
+    let db = work.path().join("dedup.redb");
+    let with_db = Options {
+        dedup: Some(std::sync::Arc::new(convertor::dedup::DedupDb::open(&db).unwrap()) as _),
+        ..opts.clone()
+    };
+    convert(&src, "v1", &dst, Some("db-v1"), &with_db, &Quiet).unwrap();
+    let (reused, r) = convert(&src, "other", &dst, Some("db-other"), &with_db, &Quiet).unwrap();
+    assert!(
+        r[0].layers[..2].iter().all(|l| l.reused) && !r[0].layers[2].reused,
+        "layers 0 and 1 come from the database, layer 2 is built on them"
+    );
+    let (fresh, _) = convert(&src, "other", &dst, Some("other"), &opts, &Quiet).unwrap();
+    assert_eq!(reused.digest, fresh.digest, "reuse changes no byte");
 }
 
 #[test]

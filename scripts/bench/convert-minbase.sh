@@ -43,7 +43,7 @@ for image in one three; do
       done
     done
   done
-done | tee /tmp/bench-raw.txt | python3 -c '
+done | python3 -c '
 import sys, statistics
 runs, rss, size = {}, {}, {}
 for line in sys.stdin:

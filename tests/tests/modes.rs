@@ -168,5 +168,20 @@ fn an_erofs_image_runs_lazily_and_its_container_writes_to_its_upper_layer() {
         served < (big as u64) << 19,
         "lazy: {served} bytes served for a {big} MiB file nobody read"
     );
+    // A writable block layer cannot hold an EROFS image: refused, saying why.
+    let label = format!("{}=dev", convertor::oci::label::WRITABLE);
+    let o = env.ctr_result(
+        "default",
+        &[
+            &run[..],
+            &["--rm", "--snapshotter-label", &label, &image, "e3", "true"],
+        ]
+        .concat(),
+    );
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && said.contains("EROFS") && said.contains("overlayfs"),
+        "{said}"
+    );
     env.remove_container("default", "e1");
 }

@@ -236,6 +236,18 @@ impl Snapshotter {
             .get(labels::WRITABLE)
             .and_then(|m| RwMode::parse(m))
             .unwrap_or(self.cfg.rw_mode);
+        // A writable block layer holds the image's filesystem, written in place: not EROFS.
+        if !s.parent.is_empty() {
+            let parent = self.meta.need(&s.parent)?;
+            if self.fs_type(&parent) == "erofs" {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: the image's layers are EROFS (read-only); a writable block layer \
+                     (`rw_mode` dir or dev, or the snapshot's writable label) needs ext4 \
+                     layers: use rw_mode \"overlayfs\", or convert with --fs ext4",
+                    self.describe(key, s)
+                )));
+            }
+        }
         if creating {
             std::fs::create_dir_all(&mp).map_err(io(format!("create {}", mp.display())))?;
             let mut cfg = self.parent_config(&s.parent)?;

@@ -39,36 +39,42 @@ need_rust() {
   done
 }
 
-# need_unstable_deb PKG PREFIX: PKG's .deb from Debian's unstable suite (on the mirror the
-# system's sources name), unpacked into PREFIX with dpkg-deb -x. The system's apt state (its
-# sources, lists, cache, lock) is untouched: apt runs on a private sources list and lists
-# directory. Used for containerd 2.x and docker.io, which Debian 12 does not package.
+# unstable_fetch TMP DIR KIND ARGS...: runs `apt-get ARGS` in TMP/DIR against Debian unstable
+# (KIND: deb or deb-src), on the mirror the system's sources name, retrying; the system's apt
+# state (its sources, lists, cache, lock) is untouched: apt runs on a private sources list,
+# lists and cache under TMP.
+unstable_fetch() {
+  local tmp=$1 dir=$2 kind=$3
+  shift 3
+  local mirror
+  mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/$dir"
+  echo "$kind [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror unstable main" >"$tmp/sources.list"
+  local opts=(-qq -o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root)
+  for attempt in 1 2 3 4 5; do
+    if apt-get "${opts[@]}" update && (cd "$tmp/$dir" && apt-get "${opts[@]}" "$@"); then
+      return 0
+    fi
+    echo "apt-get $* from Debian unstable failed (attempt $attempt), retrying in 10 s"
+    sleep 10
+  done
+  echo "could not apt-get $* from Debian unstable ($mirror)" >&2
+  return 1
+}
+
+# need_unstable_deb PKG PREFIX: PKG's .deb from Debian's unstable suite, unpacked into PREFIX
+# with dpkg-deb -x. Used for containerd 2.x and docker.io, which Debian 12 does not package.
 need_unstable_deb() {
   local pkg=$1 prefix=$2
   [ -e "$prefix/.complete" ] && return 0
   echo "== fetching $pkg from Debian unstable into $prefix"
-  local mirror
-  mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
   local tmp
   tmp=$(mktemp -d)
-  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/deb"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror unstable main" >"$tmp/sources.list"
-  local opts=(-qq -o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Debug::NoLocking=1
-    -o APT::Sandbox::User=root)
-  local ok=""
-  for attempt in 1 2 3 4 5; do
-    if apt-get "${opts[@]}" update && (cd "$tmp/deb" && apt-get "${opts[@]}" download "$pkg"); then
-      ok=1
-      break
-    fi
-    echo "fetching $pkg failed (attempt $attempt), retrying in 10 s"
-    sleep 10
-  done
-  if [ -z "$ok" ]; then
+  if ! unstable_fetch "$tmp" deb deb download "$pkg"; then
     rm -rf "$tmp"
-    echo "could not fetch $pkg from Debian unstable ($mirror)" >&2
     return 1
   fi
   rm -rf "$prefix"
@@ -88,29 +94,10 @@ need_erofs_utils() {
   need_pkgs autoconf:autoconf automake:automake libtoolize:libtool make:make gcc:gcc \
     pkg-config:pkg-config
   echo "== building erofs-utils from Debian unstable's source into $prefix"
-  local mirror
-  mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
   local tmp
   tmp=$(mktemp -d)
-  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/src"
-  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror unstable main" >"$tmp/sources.list"
-  local opts=(-qq -o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Debug::NoLocking=1
-    -o APT::Sandbox::User=root)
-  local ok=""
-  for attempt in 1 2 3 4 5; do
-    if apt-get "${opts[@]}" update &&
-      (cd "$tmp/src" && apt-get "${opts[@]}" source --download-only erofs-utils); then
-      ok=1
-      break
-    fi
-    echo "fetching erofs-utils' source failed (attempt $attempt), retrying in 10 s"
-    sleep 10
-  done
-  if [ -z "$ok" ]; then
+  if ! unstable_fetch "$tmp" src deb-src source --download-only erofs-utils; then
     rm -rf "$tmp"
-    echo "could not fetch erofs-utils' source from Debian unstable ($mirror)" >&2
     return 1
   fi
   # One chain of &&: `set -e` does not hold in a subshell on the left of ||.

@@ -217,24 +217,7 @@ impl Image {
 
     /// The image file from the work disk: as many bytes as the superblock's block count says.
     fn copy_from(&self, disk: &mut WorkDisk) -> Result<()> {
-        let mut sb = [0u8; 128];
-        disk.read_at(1024, &mut sb)
-            .map_err(|e| Error::io("read", disk.path(), e))?;
-        let magic = u32::from_le_bytes(sb[0..4].try_into().expect("4"));
-        let len = if magic == 0xE0F5_E1E2 {
-            // struct erofs_super_block: blkszbits at 12, blocks (u32) at 36.
-            let bits = sb[12] as u32;
-            let blocks = u32::from_le_bytes(sb[36..40].try_into().expect("4")) as u64;
-            if bits != 12 {
-                return Err(Error::Invalid(format!(
-                    "the EROFS image below has {}-byte blocks; these layers use 4096",
-                    1u64 << bits.min(63)
-                )));
-            }
-            blocks * BLOCK
-        } else {
-            0
-        };
+        let len = tree::image_len(disk)?.unwrap_or(0);
         let mut f = File::create(&self.path).map_err(|e| Error::io("create", &self.path, e))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;

@@ -322,6 +322,18 @@ fn open(disk: &mut dyn DiskIo, size: u64) -> Result<(Image<'_>, u64)> {
     Ok((img, le16(&sb, 14) as u64))
 }
 
+/// The size of the EROFS image at the start of `disk` (its superblock's block count), or
+/// `None` when there is none.
+pub(crate) fn image_len(disk: &mut dyn DiskIo) -> Result<Option<u64>> {
+    let mut magic = [0u8; 4];
+    disk.read_at(1024, &mut magic)
+        .map_err(|e| bad(format!("read the superblock: {e}")))?;
+    if u32::from_le_bytes(magic) != MAGIC {
+        return Ok(None);
+    }
+    Ok(Some(open(disk, u64::MAX)?.0.size))
+}
+
 /// A directory's (or any inode's) mode, owner and modification time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {

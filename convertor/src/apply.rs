@@ -659,7 +659,7 @@ pub(crate) fn xattrs<R: Read>(
 }
 
 /// Seconds and nanoseconds of a PAX time ("1234.5678", possibly negative).
-fn pax_time(v: &[u8]) -> Option<(i64, u32)> {
+pub(crate) fn pax_time(v: &[u8]) -> Option<(i64, u32)> {
     let s = std::str::from_utf8(v).ok()?;
     let (neg, s) = match s.strip_prefix('-') {
         Some(r) => (true, r),

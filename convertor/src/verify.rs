@@ -209,12 +209,7 @@ pub fn tree_of_fs(disk: &mut dyn DiskIo) -> Result<Tree> {
                     if path.is_empty() && name == b"lost+found" {
                         continue;
                     }
-                    let mut p = path.clone();
-                    if !p.is_empty() {
-                        p.push(b'/');
-                    }
-                    p.extend_from_slice(&name);
-                    todo.push((p, child));
+                    todo.push((child_path(&path, &name), child));
                 }
             }
             extfs::S_IFREG => {
@@ -239,8 +234,7 @@ pub fn tree_of_fs(disk: &mut dyn DiskIo) -> Result<Tree> {
             _ => {}
         }
         if kind != extfs::S_IFDIR && st.links > 1 {
-            let first = first_path.entry(ino).or_insert_with(|| path.clone());
-            node.link_group = Some(first.clone());
+            node.link_group = Some(link_group(&mut first_path, ino, &path));
         }
         out.insert(path, node);
     }
@@ -273,12 +267,7 @@ pub fn tree_of_dir(root: &Path) -> Result<Tree> {
                 let list = |e: io::Error| Error::io("list", &abs, e);
                 for e in std::fs::read_dir(&abs).map_err(list)? {
                     let e = e.map_err(list)?;
-                    let mut p = rel.clone();
-                    if !p.is_empty() {
-                        p.push(b'/');
-                    }
-                    p.extend_from_slice(e.file_name().as_bytes());
-                    todo.push((p, e.path()));
+                    todo.push((child_path(&rel, e.file_name().as_bytes()), e.path()));
                 }
             }
             extfs::S_IFREG => {
@@ -299,10 +288,7 @@ pub fn tree_of_dir(root: &Path) -> Result<Tree> {
             _ => {}
         }
         if kind != extfs::S_IFDIR && m.nlink() > 1 {
-            let first = first_path
-                .entry((m.dev(), m.ino()))
-                .or_insert_with(|| rel.clone());
-            node.link_group = Some(first.clone());
+            node.link_group = Some(link_group(&mut first_path, (m.dev(), m.ino()), &rel));
         }
         out.insert(rel, node);
     }
@@ -311,6 +297,29 @@ pub fn tree_of_dir(root: &Path) -> Result<Tree> {
 }
 
 /// Names each hard-link group by its smallest path, so walk order does not matter.
+/// `name` in the directory at `dir` (a tree path: the root is empty).
+pub(crate) fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// The hard-link group of `path`, whose inode is `key`: the first path seen with that inode
+/// (made the least one of the group by [`normalize_groups`]).
+pub(crate) fn link_group<K: Ord>(
+    first_path: &mut BTreeMap<K, Vec<u8>>,
+    key: K,
+    path: &[u8],
+) -> Vec<u8> {
+    first_path
+        .entry(key)
+        .or_insert_with(|| path.to_vec())
+        .clone()
+}
+
 pub(crate) fn normalize_groups(t: &mut Tree) {
     let mut least: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for (p, n) in t.iter() {

@@ -231,12 +231,7 @@ pub(crate) fn feed(
                     .unwrap_or(ustar)
             };
             let mtime = rec(b"mtime")
-                .and_then(|v| {
-                    let s = std::str::from_utf8(v).ok()?;
-                    let (sec, frac) = s.split_once('.').unwrap_or((s, "0"));
-                    let ns = format!("{frac:0<9}").get(..9)?.parse::<u32>().ok()?;
-                    Some((sec.parse::<i64>().ok()?, ns))
-                })
+                .and_then(|v| crate::apply::pax_time(v))
                 .unwrap_or((octal(&block[136..148]) as i64, 0));
             *root = Some(Meta {
                 mode: extfs::S_IFDIR | (octal(&block[100..108]) as u32 & 0o7777),

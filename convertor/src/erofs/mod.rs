@@ -93,8 +93,8 @@ impl Image {
     }
 
     /// Builds the tar read from `tar` into the image, then writes the blocks that changed onto
-    /// `disk` (marked dirty: the layer's diff). Returns the bytes of tar read.
-    pub fn apply(&mut self, disk: &mut WorkDisk, tar: &mut dyn Read, now: i64) -> Result<u64> {
+    /// `disk` (marked dirty: the layer's diff).
+    pub fn apply(&mut self, disk: &mut WorkDisk, tar: &mut dyn Read, now: i64) -> Result<()> {
         if self.stale {
             self.copy_from(disk)?;
             self.stale = false;
@@ -155,10 +155,12 @@ impl Image {
             )));
         }
         // It may stop reading after the tar's end blocks: what it did not read is padding.
-        let fed = match fed {
-            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::BrokenPipe => 0,
-            r => r?,
-        };
+        match fed {
+            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::BrokenPipe => {}
+            r => {
+                r?;
+            }
+        }
         // The root as the tar says, else as it was below, else 0755 and root's.
         let root = root.or(root_below).unwrap_or(tree::Meta {
             mode: crate::extfs::S_IFDIR | 0o755,
@@ -167,8 +169,7 @@ impl Image {
             mtime: (now, 0),
         });
         tree::set_root(&self.path, &root)?;
-        self.changed_onto(disk, old)?;
-        Ok(fed)
+        self.changed_onto(disk, old)
     }
 
     /// Writes onto `disk` every block of the image that differs from it below `old` (the

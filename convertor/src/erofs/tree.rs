@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::extfs::{self, DiskIo};
-use crate::verify::{normalize_groups, Node, Tree};
+use crate::verify::{child_path, link_group, normalize_groups, Node, Tree};
 
 const BLOCK: u64 = 4096;
 const MAGIC: u32 = 0xE0F5_E1E2;
@@ -512,12 +512,7 @@ pub fn tree_of_erofs(disk: &mut dyn DiskIo, size: u64) -> Result<Tree> {
                     return Err(bad("a path longer than 4096 bytes"));
                 }
                 for (name, child) in img.list(&ino)? {
-                    let mut p = path.clone();
-                    if !p.is_empty() {
-                        p.push(b'/');
-                    }
-                    p.extend_from_slice(&name);
-                    todo.push((p, child));
+                    todo.push((child_path(&path, &name), child));
                 }
             }
             extfs::S_IFREG => {
@@ -553,8 +548,7 @@ pub fn tree_of_erofs(disk: &mut dyn DiskIo, size: u64) -> Result<Tree> {
             _ => {}
         }
         if kind != extfs::S_IFDIR && ino.nlink > 1 {
-            let first = first_path.entry(nid).or_insert_with(|| path.clone());
-            node.link_group = Some(first.clone());
+            node.link_group = Some(link_group(&mut first_path, nid, &path));
         }
         out.insert(path, node);
     }
